@@ -1,0 +1,166 @@
+"""The ``dblurdose`` command line: dose, kernel, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import DblurDoseError
+
+
+def _progress_printer(quiet: bool):
+    last = {"message": None}
+
+    def progress(fraction: float, message: str) -> None:
+        if quiet:
+            return
+        if message != last["message"]:
+            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+            last["message"] = message
+
+    return progress
+
+
+def cmd_dose(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .density import load_calibration
+    from .dose import METHODS, compute_dose_rate_maps
+    from .metrics import drvh_table, statistics_table
+    from .outputs import OutputFolder, write_csv
+    from .segments import read_segments
+    from .volume import read_volume, write_volume
+
+    methods = METHODS if args.method == "all" else (args.method,)
+    names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else [])
+    out = OutputFolder(args.out, names, overwrite=args.overwrite)  # refuses before any work is done
+    spect = read_volume(args.spect, what="SPECT")
+    ct = read_volume(args.ct, what="CT")
+    calibration = load_calibration(args.hu_calibration) if args.hu_calibration else None
+    segments = read_segments(args.seg, ct) if args.seg else None
+    t0 = time.perf_counter()
+    report: dict = {}
+    maps = compute_dose_rate_maps(
+        spect, ct, methods,
+        spect_units=args.spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
+        device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
+        hu_calibration=calibration, clip_negative=args.clip_negative, progress=_progress_printer(args.quiet),
+        report=report,
+    )
+    with out as stage:
+        for method, volume in maps.items():
+            write_volume(volume, stage / f"dose_rate_{method}.nrrd")
+        if segments:
+            arrays = {m: np.asarray(v.array) for m, v in maps.items()}
+            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv")
+            write_csv(drvh_table(arrays, segments), stage / "drvh.csv")
+    if not args.quiet:
+        print(
+            f"activity in the CT field {report['total_activity_mbq']:.4g} MBq "
+            f"({report['fraction_inside_ct']:.1%} of the SPECT's); kernel: {report['kernel_source']}; "
+            f"{time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
+        for name in names:
+            print(Path(args.out) / name)
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from .kernels import build_kernel, get_kernel, write_kernel_nrrd
+
+    spacing = tuple(args.spacing)
+    if args.build:
+        kernel = build_kernel(args.nuclide, spacing, n_decays=args.decays, seed=args.seed)
+    else:
+        kernel = get_kernel(args.nuclide, spacing)
+    path = write_kernel_nrrd(kernel, args.out, part=args.part, size=args.size, overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, overwrite=args.overwrite, device=args.device, progress=_progress_printer(args.quiet))
+    print(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dblurdose", description="Voxel-level Lu-177 dose-rate maps from SPECT/CT (DVK and DblurDoseNet)."
+    )
+    parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dose", help="compute dose-rate maps (mGy/h) from a SPECT and a CT")
+    p.add_argument("--spect", required=True, help="SPECT image (NRRD, NIfTI, MHA, or a DICOM folder)")
+    p.add_argument("--ct", required=True, help="CT image in HU (NRRD, NIfTI, MHA, or a DICOM folder)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=("dvk", "cnn", "all"), default="dvk")
+    p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--spect-units", default="bqml", choices=("bqml", "kbqml", "mbqml", "counts"))
+    p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
+    p.add_argument("--duration", type=float, help="acquisition duration in seconds (with --spect-units counts)")
+    p.add_argument("--per-mbq", action="store_true", help="report nGy/(MBq s) for 1 MBq in the field (paper's unit)")
+    p.add_argument("--scale-electron-only", action="store_true",
+                   help="density-scale only the electron part of the DVK (closer to Monte Carlo in lung)")
+    p.add_argument("--hu-calibration", help="CSV 'hu,density' replacing the built-in HU-to-density curve")
+    p.add_argument("--clip-negative", action="store_true", help="set negative SPECT voxels to zero instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_dose)
+
+    p = sub.add_parser("kernel", help="write a centred dose-voxel kernel (mGy per decay) as NRRD")
+    p.add_argument("--nuclide", default="Lu-177")
+    p.add_argument("--spacing", type=float, nargs=3, required=True, metavar=("SX", "SY", "SZ"), help="voxel size, mm")
+    p.add_argument("--size", type=int, help="odd edge length N of the N^3 kernel (default: the grid's own size)")
+    p.add_argument("--part", choices=("all", "electron", "photon"), default="all")
+    p.add_argument("--out", required=True, help="output .nrrd file")
+    p.add_argument("--build", action="store_true", help="build by Monte Carlo with ompmc (optional 'mc' extra)")
+    p.add_argument("--decays", type=int, default=2_000_000, help="decays for --build")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_kernel)
+
+    p = sub.add_parser("demo", help="make a virtual patient, compute its dose rate and write an HTML report")
+    p.add_argument("--out", default="dblurdose-demo", help="output folder (default ./dblurdose-demo)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DblurDoseError as exc:
+        print(f"dblurdose: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "dblurdose: error: out of memory. Close other programs, use --device cpu (more memory than a GPU), "
+            "or crop the CT to the SPECT field",
+            file=sys.stderr,
+        )
+        return 3
+    except KeyboardInterrupt:
+        print("dblurdose: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # torch reports device out-of-memory as RuntimeError
+        if "out of memory" in str(exc).lower():
+            print("dblurdose: error: the device ran out of memory; use --device cpu or crop the CT", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

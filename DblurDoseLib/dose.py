@@ -1,0 +1,181 @@
+"""The dose-rate workflow: SPECT + CT in, dose-rate maps (mGy/h) on the CT grid out.
+
+Steps: check inputs -> SPECT to Bq/mL -> activity-conserving resample to the CT grid ->
+HU to density -> DVK convolution with density scaling (-> CNN correction, when available).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .density import check_ct_is_hu, hu_to_density
+from .errors import DblurDoseError
+from .resample import ResampleReport, resample_activity
+from .volume import Volume
+
+SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
+_UNIT_FACTORS = {"bqml": 1.0, "kbqml": 1e3, "mbqml": 1e6}
+METHODS = ("dvk", "cnn")
+#: nGy/(MBq s) per (mGy/h per MBq): the paper's normalisation for 1 MBq in the field.
+NGY_PER_MBQ_S = 1e6 / 3600.0
+
+Progress = Callable[[float, str], object]
+
+
+def available_methods() -> tuple[str, ...]:
+    """Dose methods usable in this installation (the CNN needs its shipped weights)."""
+    try:
+        from . import inference  # noqa: F401  (lands with the CNN)
+    except ImportError:
+        return ("dvk",)
+    return METHODS
+
+
+def spect_to_bqml(
+    spect: Volume, units: str = "bqml", calibration_cps_per_mbq: float | None = None, duration_s: float | None = None
+) -> Volume:
+    """The SPECT as activity concentration (Bq/mL), from Bq/mL, kBq/mL, MBq/mL or counts per voxel."""
+    units = (units or "bqml").lower().replace("/", "").replace("_", "")
+    if units not in SPECT_UNITS:
+        raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of {', '.join(SPECT_UNITS)}")
+    values = np.asarray(spect.array, dtype=np.float32)
+    if units == "counts":
+        if not calibration_cps_per_mbq or not duration_s:
+            raise DblurDoseError(
+                "SPECT in counts needs the camera calibration and the acquisition duration: "
+                "pass --calibration CPS_PER_MBQ and --duration SECONDS"
+            )
+        if calibration_cps_per_mbq <= 0 or duration_s <= 0:
+            raise DblurDoseError("--calibration and --duration must be positive numbers")
+        bq = values / np.float32(calibration_cps_per_mbq * duration_s) * np.float32(1e6)
+        return spect.with_array((bq / np.float32(spect.voxel_volume_ml)).astype(np.float32))
+    return spect.with_array(values * np.float32(_UNIT_FACTORS[units]))
+
+
+def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
+    """Refuse NaN, negative or empty activity (clip small negatives only when asked)."""
+    if not np.all(np.isfinite(bqml)):
+        raise DblurDoseError("the SPECT holds NaN or infinite values; reconstruct or export it again")
+    negative = bqml < 0
+    if negative.any():
+        if not clip_negative:
+            share = float(-bqml[negative].sum() / max(np.abs(bqml).sum(), 1e-30) * 100)
+            raise DblurDoseError(
+                f"the SPECT holds negative activity ({int(negative.sum())} voxels, down to {float(bqml.min()):.3g}; "
+                f"{share:.2f}% of the total magnitude). Negative activity is unphysical: pass --clip-negative to set "
+                "those voxels to zero, or check the reconstruction (scatter subtraction)"
+            )
+        bqml = np.where(negative, np.float32(0), bqml)
+    return bqml
+
+
+def check_geometry(spect: Volume, ct: Volume) -> None:
+    """Refuse SPECT/CT pairs whose fields do not overlap."""
+    lo_s, hi_s = spect.physical_corners().min(0), spect.physical_corners().max(0)
+    lo_c, hi_c = ct.physical_corners().min(0), ct.physical_corners().max(0)
+    overlap = np.clip(np.minimum(hi_s, hi_c) - np.maximum(lo_s, lo_c), 0, None)
+    if np.any(overlap <= 0):
+        raise DblurDoseError(
+            "the SPECT and CT fields do not overlap in space "
+            f"(SPECT spans {np.round(lo_s, 1).tolist()} to {np.round(hi_s, 1).tolist()} mm, "
+            f"CT {np.round(lo_c, 1).tolist()} to {np.round(hi_c, 1).tolist()} mm). "
+            "Use a SPECT and CT of the same study with their original positions, or register them first."
+        )
+
+
+def compute_dose_rate_maps(
+    spect: Volume,
+    ct: Volume,
+    methods: tuple[str, ...] | list[str] = ("dvk",),
+    *,
+    spect_units: str = "bqml",
+    calibration_cps_per_mbq: float | None = None,
+    duration_s: float | None = None,
+    device: str = "auto",
+    scale_electron_only: bool = False,
+    per_mbq: bool = False,
+    hu_calibration: np.ndarray | None = None,
+    clip_negative: bool = False,
+    nuclide: str = "Lu-177",
+    progress: Progress | None = None,
+    report: dict | None = None,
+) -> dict[str, Volume]:
+    """Dose-rate maps on the CT grid, one per method: mGy/h, or nGy/(MBq s) with ``per_mbq``.
+
+    ``progress(fraction, message)`` is called along the way; returning False cancels.
+    ``report`` (a dict) receives what was done: activity totals, resampling factor, kernel source.
+    """
+    from .kernels import get_kernel
+
+    methods = tuple(dict.fromkeys(m.lower() for m in methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
+    if "cnn" in methods and "cnn" not in available_methods():
+        raise DblurDoseError("the CNN method is not available in this version yet; use --method dvk")
+
+    def step(fraction: float, message: str) -> None:
+        if progress is not None and progress(fraction, message) is False:
+            raise DblurDoseError("cancelled by the user; nothing was written")
+
+    step(0.0, "checking inputs")
+    hu = np.asarray(ct.array, dtype=np.float32)
+    check_ct_is_hu(hu)
+    check_geometry(spect, ct)
+    bqml = spect_to_bqml(spect, spect_units, calibration_cps_per_mbq, duration_s)
+    bqml = bqml.with_array(check_spect(np.asarray(bqml.array), clip_negative))
+    if float(bqml.array.max()) <= 0:
+        raise DblurDoseError("the SPECT holds no activity (all zero); check the input file")
+    kernel = get_kernel(nuclide, ct.spacing)
+
+    step(0.1, "resampling the SPECT onto the CT grid")
+    resampling: list[ResampleReport] = []
+    activity = resample_activity(bqml, ct, resampling)
+    total_mbq = resampling[0].inside_target_bq / 1e6
+    if resampling[0].fraction_inside < 0.5:
+        raise DblurDoseError(
+            f"only {resampling[0].fraction_inside:.0%} of the SPECT activity lies inside the CT field; "
+            "the images look misaligned. Check the SPECT and CT positions or register them first."
+        )
+    activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
+    density = hu_to_density(hu, hu_calibration)
+
+    step(0.2, "DVK convolution")
+    from .dvk import dvk_dose_rate
+
+    results: dict[str, Volume] = {}
+    dvk = dvk_dose_rate(
+        activity_bq,
+        density,
+        kernel.electron,
+        kernel.photon,
+        kernel.medium_density,
+        scaling="electron" if scale_electron_only else "all",
+        device=device,
+        progress=lambda f: step(0.2 + 0.6 * f, "DVK convolution"),
+    )
+    results["dvk"] = ct.with_array(dvk)
+    if "cnn" in methods:
+        from .inference import cnn_dose_rate
+
+        step(0.8, "CNN correction")
+        results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device)
+    if per_mbq:
+        factor = np.float32(NGY_PER_MBQ_S / total_mbq)
+        results = {m: v.with_array(v.array * factor) for m, v in results.items()}
+    results = {m: v for m, v in results.items() if m in methods}
+    for volume in results.values():
+        volume.metadata.update({"units": "nGy/(MBq s)" if per_mbq else "mGy/h", "nuclide": nuclide})
+    if report is not None:
+        report.update(
+            total_activity_mbq=total_mbq,
+            spect_total_mbq=resampling[0].source_total_bq / 1e6,
+            fraction_inside_ct=resampling[0].fraction_inside,
+            resample_factor=resampling[0].rescale_factor,
+            kernel_source=kernel.source,
+            units="nGy/(MBq s)" if per_mbq else "mGy/h",
+        )
+    step(1.0, "done")
+    return results

@@ -1,0 +1,141 @@
+"""Dose-rate statistics: per-VOI mean and DRx, dose-rate-volume histograms, errors, profiles.
+
+All functions take plain arrays (any dose-rate unit; results come back in the same unit).
+DRx is the minimum dose rate received by the hottest x% of the VOI (paper: DR10..DR90).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import DblurDoseError
+from .volume import Volume
+
+DR_LEVELS: tuple[int, ...] = (10, 30, 70, 90)
+
+
+def _values(dose_rate: np.ndarray, mask: np.ndarray, name: str = "segment") -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != np.shape(dose_rate):
+        raise DblurDoseError(f"{name}: mask shape {mask.shape} differs from the dose map's {np.shape(dose_rate)}")
+    if not mask.any():
+        raise DblurDoseError(f"{name} is empty on the dose grid; check the segmentation covers the CT field")
+    return np.asarray(dose_rate)[mask].astype(np.float64)
+
+
+def dr_x(values: np.ndarray, x: float) -> float:
+    """Minimum value received by the top ``x`` percent of ``values`` (hottest voxels first)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())[::-1]
+    k = max(int(np.ceil(x / 100.0 * ordered.size)), 1)
+    return float(ordered[k - 1])
+
+
+def segment_statistics(
+    dose_rate: np.ndarray, mask: np.ndarray, voxel_volume_ml: float, name: str = "segment"
+) -> dict[str, float]:
+    """Volume (mL), mean and DR10/30/70/90 of the dose rate inside ``mask``."""
+    values = _values(dose_rate, mask, name)
+    stats = {"volume_ml": float(values.size * voxel_volume_ml), "mean": float(values.mean())}
+    stats.update({f"DR{level}": dr_x(values, level) for level in DR_LEVELS})
+    return stats
+
+
+def drvh_bin_edges(max_dose_rate: float, n_bins: int = 200) -> np.ndarray:
+    """Bin edges from 0 to a rounded ceiling above ``max_dose_rate`` (1, 2 or 5 x 10^k)."""
+    top = max(float(max_dose_rate), 1e-12)
+    exponent = np.floor(np.log10(top))
+    for mult in (1.0, 2.0, 5.0, 10.0):
+        ceiling = mult * 10.0**exponent
+        if ceiling >= top:
+            break
+    return np.linspace(0.0, ceiling, int(n_bins) + 1)
+
+
+def drvh(
+    dose_rate: np.ndarray, mask: np.ndarray, bin_edges: np.ndarray | None = None, name: str = "segment"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dose-rate-volume histogram of the VOI.
+
+    Returns (bin_edges, differential volume fraction per bin, cumulative fraction of the VOI
+    receiving at least each bin's lower edge).
+    """
+    values = _values(dose_rate, mask, name)
+    edges = drvh_bin_edges(values.max()) if bin_edges is None else np.asarray(bin_edges, dtype=np.float64)
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+    differential = counts / values.size
+    cumulative = 1.0 - np.concatenate([[0.0], np.cumsum(differential)[:-1]])
+    return edges, differential, cumulative
+
+
+def mean_error_percent(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Absolute error of the VOI mean relative to the true mean, in percent."""
+    est, tru = _values(estimate, mask), _values(truth, mask)
+    return float(abs(est.mean() - tru.mean()) / abs(tru.mean()) * 100.0)
+
+
+def nrmse(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Normalised RMS error inside the VOI (paper's definition: RMS error / RMS truth)."""
+    est, tru = _values(estimate, mask), _values(truth, mask)
+    return float(np.sqrt(np.mean((est - tru) ** 2)) / np.sqrt(np.mean(tru**2)))
+
+
+def ensemble_noise_percent(realisations: Sequence[np.ndarray], mask: np.ndarray) -> float:
+    """Ensemble noise over M noise realisations inside the VOI (paper's Table 1 formula), percent."""
+    if len(realisations) < 2:
+        raise DblurDoseError("ensemble noise needs at least two noise realisations")
+    stack = np.stack([_values(r, mask) for r in realisations])
+    mu = stack.mean(axis=0)
+    var = stack.var(axis=0, ddof=1)
+    return float(np.sqrt(var.mean()) / mu.mean() * 100.0)
+
+
+def line_profile(
+    volume: Volume, start_lps_mm: Sequence[float], end_lps_mm: Sequence[float], n_points: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values sampled trilinearly along a line between two LPS points (mm).
+
+    Returns (distance from the start in mm, values); points outside the field read 0.
+    ``n_points`` defaults to one sample per smallest voxel spacing along the line.
+    """
+    from scipy.ndimage import map_coordinates
+
+    p0, p1 = np.asarray(start_lps_mm, dtype=np.float64), np.asarray(end_lps_mm, dtype=np.float64)
+    length = float(np.linalg.norm(p1 - p0))
+    if n_points is None:
+        n_points = max(int(np.ceil(length / min(volume.spacing))) + 1, 2)
+    t = np.linspace(0.0, 1.0, n_points)
+    points = p0[None, :] + t[:, None] * (p1 - p0)[None, :]
+    ijk = ((points - np.asarray(volume.origin)) @ volume.direction) / np.asarray(volume.spacing)
+    coords = ijk[:, ::-1].T  # to [z, y, x]
+    values = map_coordinates(np.asarray(volume.array, dtype=np.float64), coords, order=1, mode="constant", cval=0.0)
+    return t * length, values
+
+
+def statistics_table(
+    dose_maps: dict[str, np.ndarray], segments: Sequence, voxel_volume_ml: float
+) -> list[dict[str, float | str]]:
+    """Rows (segment, method, volume_ml, mean, DR10..DR90) for each segment and dose map."""
+    rows: list[dict[str, float | str]] = []
+    for segment in segments:
+        for method, dose in dose_maps.items():
+            stats = segment_statistics(dose, segment.mask, voxel_volume_ml, segment.name)
+            rows.append({"segment": segment.name, "method": method, **stats})
+    return rows
+
+
+def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence, n_bins: int = 200) -> list[dict[str, float | str]]:
+    """Long-format DRVH rows; bins shared by all methods of a segment (0 to a rounded maximum)."""
+    rows: list[dict[str, float | str]] = []
+    for segment in segments:
+        top = max(float(np.asarray(d)[segment.mask].max()) for d in dose_maps.values())
+        edges = drvh_bin_edges(top, n_bins)
+        for method, dose in dose_maps.items():
+            _, diff, cum = drvh(dose, segment.mask, edges, segment.name)
+            for lo, hi, d, c in zip(edges[:-1], edges[1:], diff, cum):
+                rows.append(
+                    {"segment": segment.name, "method": method, "dose_rate_low": float(lo),
+                     "dose_rate_high": float(hi), "differential_fraction": float(d), "cumulative_fraction": float(c)}
+                )
+    return rows

@@ -1,0 +1,99 @@
+"""Small HTML reports with PNG figures (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Panel:
+    """One image in a row of pictures: a 2D slice with its colour map and unit label."""
+
+    title: str
+    image: np.ndarray
+    cmap: str = "inferno"
+    unit: str = ""
+    vmin: float | None = None
+    vmax: float | None = None
+    aspect: float = 1.0  # pixel height / width (e.g. z spacing / x spacing for coronal views)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
+    """A row of slices with colour bars, saved as PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        im = ax.imshow(panel.image, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect=panel.aspect,
+                       origin="upper", interpolation="nearest")
+        ax.set_title(panel.title, fontsize=10)
+        ax.axis("off")
+        cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cbar.set_label(panel.unit, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str,
+                title: str = "", styles: dict[str, str] | None = None) -> Path:
+    """Line plot of named (x, y) curves, saved as PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, (styles or {}).get(name, "-"), label=name, linewidth=1.4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def html_table(rows: Sequence[dict], float_format: str = "{:.4g}") -> str:
+    """An HTML table from dict rows (columns from the first row)."""
+    if not rows:
+        return "<p>(no rows)</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td>{float_format.format(v) if isinstance(v, float) else html.escape(str(v))}</td>" for v in row.values()
+        ) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """A self-contained HTML page: (heading, html body) sections; images referenced by relative path."""
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}"
+    )
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    parts.append("</body></html>")
+    path.write_text("".join(parts))
+    return path

@@ -1,0 +1,99 @@
+"""Moving images between grids: activity-conserving SPECT -> CT, nearest-neighbour labels.
+
+Activity method: the concentration (Bq/mL) is interpolated trilinearly onto the target grid
+(SimpleITK, zero outside the source field); then one global factor makes the total activity
+inside the target field equal the source activity whose voxel centres lie inside that field.
+Trilinear interpolation alone is conservative to well under 1% for sources away from the
+field edge; the factor removes the remaining sampling error and is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DblurDoseError
+from .volume import Volume
+
+
+@dataclass
+class ResampleReport:
+    """What happened to the activity when it moved grids."""
+
+    source_total_bq: float
+    inside_target_bq: float
+    fraction_inside: float
+    rescale_factor: float
+
+
+def _resample(source: Volume, target: Volume, interpolator: str, dtype) -> np.ndarray:
+    import SimpleITK as sitk
+
+    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolator]
+    image = source.to_sitk()
+    reference = target.with_array(np.zeros(target.shape, dtype=np.uint8)).to_sitk()
+    out = sitk.Resample(image, reference, sitk.Transform(), interp, 0.0, image.GetPixelID())
+    return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
+
+
+def centres_inside(source: Volume, target: Volume) -> np.ndarray:
+    """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field."""
+    nz, ny, nx = source.shape
+    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    idx = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)
+    points = np.asarray(source.origin) + (idx * np.asarray(source.spacing)) @ source.direction.T
+    # continuous index of each point in the target grid
+    cont = ((points - np.asarray(target.origin)) @ target.direction) / np.asarray(target.spacing)
+    tz, ty, tx = target.shape
+    upper = np.array([tx, ty, tz]) - 0.5
+    inside = np.all((cont >= -0.5) & (cont <= upper), axis=1)
+    return inside.reshape(source.shape)
+
+
+def resample_activity(spect: Volume, target: Volume, report: list | None = None) -> Volume:
+    """Activity concentration (Bq/mL) moved onto ``target``'s grid, total activity conserved.
+
+    Raises DblurDoseError when the fields do not overlap. Appends a ResampleReport to
+    ``report`` when given a list.
+    """
+    conc = np.asarray(spect.array, dtype=np.float32)
+    source_total = float(conc.sum(dtype=np.float64)) * spect.voxel_volume_ml
+    inside_total = float(conc[centres_inside(spect, target)].sum(dtype=np.float64)) * spect.voxel_volume_ml
+    out = _resample(spect.with_array(conc), target, "linear", np.float32)
+    out_total = float(out.sum(dtype=np.float64)) * target.voxel_volume_ml
+    if source_total > 0 and inside_total <= 0:
+        raise DblurDoseError(
+            "the SPECT and CT fields do not overlap (no SPECT activity lies inside the CT field). "
+            "Check that both images come from the same study and keep their DICOM position/orientation, "
+            "or register the SPECT to the CT first."
+        )
+    factor = inside_total / out_total if out_total > 0 else 1.0
+    if out_total > 0:
+        out *= np.float32(factor)
+    if report is not None:
+        report.append(
+            ResampleReport(source_total, inside_total, inside_total / source_total if source_total else 1.0, factor)
+        )
+    return target.with_array(out)
+
+
+def resample_labels(labels: Volume, target: Volume) -> Volume:
+    """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept)."""
+    if labels.same_grid(target):
+        return target.with_array(np.asarray(labels.array))
+    arr = np.asarray(labels.array)
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.integer) else np.int32
+    return target.with_array(_resample(labels.with_array(arr.astype(dtype)), target, "nearest", dtype))
+
+
+def resample_linear(volume: Volume, target: Volume, default: float = 0.0) -> Volume:
+    """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation."""
+    if volume.same_grid(target):
+        return target.with_array(np.asarray(volume.array, dtype=np.float32))
+    import SimpleITK as sitk
+
+    image = volume.with_array(np.asarray(volume.array, dtype=np.float32)).to_sitk()
+    reference = target.with_array(np.zeros(target.shape, dtype=np.uint8)).to_sitk()
+    out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+    return target.with_array(sitk.GetArrayFromImage(out))

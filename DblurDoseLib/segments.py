@@ -1,0 +1,85 @@
+"""Segments (VOIs) for statistics: read a labelmap or a Slicer .seg.nrrd, move it to the CT grid.
+
+Each segment keeps its own mask, so overlapping segments (layers of a .seg.nrrd) are honoured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DblurDoseError
+from .resample import resample_labels
+from .volume import Volume
+
+
+@dataclass
+class Segment:
+    """A named VOI as a boolean mask [z,y,x] on the dose grid."""
+
+    name: str
+    mask: np.ndarray
+
+
+def segments_from_labelmap(labels: Volume, target: Volume, names: dict[int, str] | None = None) -> list[Segment]:
+    """One segment per non-zero label value, resampled (nearest) onto ``target``'s grid."""
+    on_grid = np.asarray(resample_labels(labels, target).array)
+    values = [int(v) for v in np.unique(np.asarray(labels.array)) if v != 0]
+    if not values:
+        raise DblurDoseError("the segmentation holds no labelled voxels; give a labelmap with non-zero labels")
+    names = names or {}
+    return [Segment(names.get(v, f"label_{v}"), on_grid == v) for v in values]
+
+
+def _seg_nrrd_segments(path: Path, target: Volume) -> list[Segment]:
+    """Segments of a Slicer .seg.nrrd (one or several layers, metadata Segment<i>_*)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    n_layers = image.GetNumberOfComponentsPerPixel()
+    layers = [sitk.VectorIndexSelectionCast(image, i) for i in range(n_layers)] if n_layers > 1 else [image]
+    layers = [Volume.from_sitk(layer) for layer in layers]
+    segments = []
+    i = 0
+    while f"Segment{i}_ID" in meta or f"Segment{i}_Name" in meta:
+        name = meta.get(f"Segment{i}_Name", f"segment_{i}")
+        value = int(meta.get(f"Segment{i}_LabelValue", i + 1))
+        layer = int(meta.get(f"Segment{i}_Layer", 0))
+        if layer >= len(layers):
+            raise DblurDoseError(f"{path}: segment {name!r} refers to layer {layer}, which the file does not hold")
+        moved = np.asarray(resample_labels(layers[layer], target).array)
+        segments.append(Segment(name, moved == value))
+        i += 1
+    if not segments:  # a plain labelmap saved with a .seg.nrrd name
+        return segments_from_labelmap(layers[0], target)
+    return segments
+
+
+def read_segments(path: str | os.PathLike, target: Volume) -> list[Segment]:
+    """Segments from a labelmap file (NRRD/NIfTI/MHA) or a Slicer .seg.nrrd, on ``target``'s grid."""
+    from .volume import read_volume
+
+    path = Path(path)
+    if not path.exists():
+        raise DblurDoseError(f"segmentation file not found: {path}")
+    if path.name.lower().endswith(".seg.nrrd"):
+        segments = _seg_nrrd_segments(path, target)
+    else:
+        labels = read_volume(path, dtype=None, what="segmentation")
+        if not np.issubdtype(labels.array.dtype, np.integer):
+            rounded = np.rint(labels.array)
+            if not np.allclose(rounded, labels.array):
+                raise DblurDoseError(f"{path} holds non-integer values; a segmentation must be a labelmap")
+            labels = labels.with_array(rounded.astype(np.int32))
+        segments = segments_from_labelmap(labels, target)
+    empty = [s.name for s in segments if not s.mask.any()]
+    if empty:
+        raise DblurDoseError(
+            f"segment(s) {', '.join(empty)} are empty on the CT grid (outside the CT field or smaller than a voxel); "
+            "remove them or check the segmentation's geometry"
+        )
+    return segments

@@ -1,0 +1,145 @@
+"""A 3D image with its geometry, and reading/writing it through SimpleITK.
+
+Arrays are indexed [z, y, x]; spacing/origin/direction are in ITK (x, y, z) order, mm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DblurDoseError
+
+READABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+
+
+@dataclass
+class Volume:
+    """A voxel array [z, y, x] with spacing (mm), origin (mm) and direction (3x3), ITK order."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 3:
+            raise DblurDoseError(f"expected a 3D image, got an array of shape {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if min(self.spacing) <= 0:
+            raise DblurDoseError(f"voxel spacing must be positive, got {self.spacing} mm")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL (cm3)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same geometry holding another array (of the same shape)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} differs from the grid's {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(), {})
+
+    def same_grid(self, other: Volume, tol_mm: float = 1e-3) -> bool:
+        """True when both volumes share shape, spacing, origin and direction."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol_mm)
+            and np.allclose(self.origin, other.origin, atol=tol_mm)
+            and np.allclose(self.direction, other.direction, atol=1e-6)
+        )
+
+    def physical_corners(self) -> np.ndarray:
+        """The 8 outer corners of the field (voxel edges, not centres), shape (8, 3), mm."""
+        nz, ny, nx = self.shape
+        idx = np.array([[i, j, k] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
+
+    # --- SimpleITK bridges -------------------------------------------------------------
+    def to_sitk(self):
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(tuple(self.direction.ravel()))
+        for key, value in self.metadata.items():
+            image.SetMetaData(key, str(value))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image, dtype=None) -> Volume:
+        import SimpleITK as sitk
+
+        if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+            image = image[:, :, :, 0]
+        if image.GetDimension() != 3:
+            raise DblurDoseError(
+                f"expected a 3D image, got {image.GetDimension()}D of size {image.GetSize()}; "
+                "export a single 3D volume"
+            )
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise DblurDoseError("expected a scalar image, got a multi-component (e.g. RGB) image")
+        array = sitk.GetArrayFromImage(image)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if len(image.GetMetaData(k)) < 200}
+        return cls(array, image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3), meta)
+
+
+def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image") -> Volume:
+    """Read NRRD, NIfTI, MHA/MHD or a DICOM series (a folder, or one file of it).
+
+    ``what`` names the input in error messages ("SPECT", "CT", ...).
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise DblurDoseError(f"{what} file not found: {path}. Check the path (it is read, never modified).")
+    try:
+        if path.is_dir() or path.suffix.lower() == ".dcm":
+            folder = path if path.is_dir() else path.parent
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(folder))
+            if not series:
+                raise DblurDoseError(f"no DICOM series found in {folder} for the {what}")
+            if len(series) > 1:
+                raise DblurDoseError(
+                    f"{folder} holds {len(series)} DICOM series; put the {what} series in a folder of its own"
+                )
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+            reader.MetaDataDictionaryArrayUpdateOn()
+            reader.LoadPrivateTagsOff()
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DblurDoseError(
+            f"could not read the {what} from {path}: {str(exc).strip().splitlines()[-1]}. "
+            f"Supported: {', '.join(READABLE_SUFFIXES)} or a DICOM folder."
+        ) from None
+    return Volume.from_sitk(image, dtype=dtype)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write a volume (NRRD or any SimpleITK format by suffix); refuses to overwrite unless asked."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DblurDoseError(f"{path} already exists; choose another output or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(volume.to_sitk(), str(path), compress)
+    return path
