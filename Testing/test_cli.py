@@ -1,0 +1,156 @@
+"""The `dblurdose dose` and `kernel` commands: results, and a clear error for every bad input."""
+
+import numpy as np
+import pytest
+from conftest import uniform_spect_like, water_phantom_ct
+
+from DblurDoseLib.cli import main
+from DblurDoseLib.volume import Volume, read_volume, write_volume
+
+
+@pytest.fixture
+def case(tmp_path):
+    ct = water_phantom_ct((24, 24, 24), (4.8, 4.8, 4.8))
+    spect = uniform_spect_like(ct, 2e5)
+    spect.array[10:14, 10:14, 10:14] = 8e5
+    labels = ct.with_array(np.zeros(ct.shape, np.int16))
+    labels.array[10:14, 10:14, 10:14] = 1
+    labels.array[5:8, 5:8, 5:8] = 2
+    paths = {
+        "ct": write_volume(ct, tmp_path / "ct.nrrd"),
+        "spect": write_volume(spect, tmp_path / "spect.nii.gz"),
+        "seg": write_volume(labels, tmp_path / "labels.nrrd"),
+    }
+    return tmp_path, paths, ct, spect
+
+
+def _run(paths, out, *extra):
+    return main(["dose", "--spect", str(paths["spect"]), "--ct", str(paths["ct"]), "--out", str(out), "--quiet", *extra])
+
+
+def test_dose_writes_map_and_tables(case):
+    tmp, paths, ct, _ = case
+    out = tmp / "out"
+    assert _run(paths, out, "--seg", str(paths["seg"]), "--device", "cpu") == 0
+    dose = read_volume(out / "dose_rate_dvk.nrrd")
+    assert dose.same_grid(ct)
+    assert dose.array.max() > 0 and dose.array[0].max() == 0  # air slab gets nothing
+    stats = (out / "stats.csv").read_text().splitlines()
+    assert stats[0].split(",")[:4] == ["segment", "method", "volume_ml", "mean"]
+    assert len(stats) == 3  # two labels, one method
+    hot = dict(zip(stats[0].split(","), stats[1].split(",")))
+    assert float(hot["DR90"]) <= float(hot["mean"]) <= float(hot["DR10"])
+    assert (out / "drvh.csv").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_existing_output_is_not_overwritten(case):
+    tmp, paths, *_ = case
+    out = tmp / "out"
+    assert _run(paths, out) == 0
+    before = (out / "dose_rate_dvk.nrrd").read_bytes()
+    assert _run(paths, out) == 2
+    assert (out / "dose_rate_dvk.nrrd").read_bytes() == before
+    assert _run(paths, out, "--overwrite") == 0
+
+
+def test_per_mbq_normalisation(case):
+    tmp, paths, ct, spect = case
+    assert _run(paths, tmp / "a") == 0
+    assert _run(paths, tmp / "b", "--per-mbq") == 0
+    a = read_volume(tmp / "a" / "dose_rate_dvk.nrrd").array
+    b = read_volume(tmp / "b" / "dose_rate_dvk.nrrd").array
+    total_mbq = spect.array.sum(dtype=np.float64) * spect.voxel_volume_ml / 1e6
+    i = np.unravel_index(np.argmax(a), a.shape)
+    assert b[i] == pytest.approx(a[i] / total_mbq * 1e6 / 3600, rel=1e-4)
+
+
+def test_counts_with_calibration_equals_bqml(case):
+    tmp, paths, ct, spect = case
+    cal, dur = 12.5, 1200.0  # cps/MBq, s
+    counts = spect.array * spect.voxel_volume_ml / 1e6 * cal * dur
+    write_volume(spect.with_array(counts.astype(np.float32)), tmp / "counts.nrrd")
+    assert _run(paths, tmp / "a") == 0
+    p2 = dict(paths, spect=tmp / "counts.nrrd")
+    assert _run(p2, tmp / "c", "--spect-units", "counts") == 2  # calibration missing
+    assert not (tmp / "c").exists()
+    assert _run(p2, tmp / "c", "--spect-units", "counts", "--calibration", str(cal), "--duration", str(dur)) == 0
+    np.testing.assert_allclose(read_volume(tmp / "c" / "dose_rate_dvk.nrrd").array,
+                               read_volume(tmp / "a" / "dose_rate_dvk.nrrd").array, rtol=1e-4, atol=1e-6)
+
+
+def _bad_spect(spect, kind):
+    arr = spect.array.copy()
+    if kind == "nan":
+        arr[3, 3, 3] = np.nan
+    elif kind == "negative":
+        arr[12, 12, 12] = -5e5
+    elif kind == "zero":
+        arr[:] = 0
+    return spect.with_array(arr)
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("nan", "NaN"), ("negative", "--clip-negative"), ("zero", "no activity"),
+])
+def test_bad_activity(case, capsys, kind, match):
+    tmp, paths, ct, spect = case
+    write_volume(_bad_spect(spect, kind), tmp / "bad.nrrd")
+    out = tmp / "out"
+    assert _run(dict(paths, spect=tmp / "bad.nrrd"), out) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_negative_activity_clipped_on_request(case):
+    tmp, paths, ct, spect = case
+    write_volume(_bad_spect(spect, "negative"), tmp / "bad.nrrd")
+    assert _run(dict(paths, spect=tmp / "bad.nrrd"), tmp / "out", "--clip-negative") == 0
+
+
+def test_non_overlapping_geometry(case, capsys):
+    tmp, paths, ct, spect = case
+    moved = Volume(spect.array, spect.spacing, (900.0, 0.0, 0.0), spect.direction)
+    write_volume(moved, tmp / "far.nrrd")
+    assert _run(dict(paths, spect=tmp / "far.nrrd"), tmp / "out") == 2
+    assert "do not overlap" in capsys.readouterr().err
+    assert not (tmp / "out").exists()
+
+
+def test_ct_not_in_hu(case, capsys):
+    tmp, paths, ct, spect = case
+    write_volume(ct.with_array(ct.array + 1024), tmp / "raw.nrrd")
+    assert _run(dict(paths, ct=tmp / "raw.nrrd"), tmp / "out") == 2
+    assert "Hounsfield" in capsys.readouterr().err
+
+
+def test_empty_segment(case, capsys):
+    tmp, paths, ct, spect = case
+    far = Volume(np.ones((3, 3, 3), np.int16), (4.8,) * 3, (800.0, 0.0, 0.0))
+    write_volume(far, tmp / "far_labels.nrrd")
+    assert _run(paths, tmp / "out", "--seg", str(tmp / "far_labels.nrrd")) == 2
+    assert "empty" in capsys.readouterr().err
+    assert not (tmp / "out").exists()
+
+
+def test_missing_file(case, capsys):
+    tmp, paths, *_ = case
+    assert _run(dict(paths, ct=tmp / "missing.nrrd"), tmp / "out") == 2
+    assert "CT file not found" in capsys.readouterr().err
+
+
+def test_unknown_nuclide(tmp_path, capsys):
+    code = main(["kernel", "--nuclide", "Tc-99m", "--spacing", "4.8", "4.8", "4.8", "--out", str(tmp_path / "k.nrrd")])
+    assert code == 2
+    assert "Tc-99m" in capsys.readouterr().err
+    assert not (tmp_path / "k.nrrd").exists()
+
+
+def test_kernel_command_writes_centred_kernel(tmp_path):
+    out = tmp_path / "k.nrrd"
+    assert main(["kernel", "--nuclide", "Lu-177", "--spacing", "4.8", "4.8", "4.8", "--size", "11",
+                 "--part", "electron", "--out", str(out)]) == 0
+    k = read_volume(out)
+    assert k.shape == (11, 11, 11)
+    assert np.unravel_index(np.argmax(k.array), k.shape) == (5, 5, 5)
+    np.testing.assert_allclose(k.spacing, (4.8, 4.8, 4.8))

@@ -1,0 +1,43 @@
+"""HU to density calibration and the HU sanity check."""
+
+import numpy as np
+import pytest
+
+from DblurDoseLib.density import check_ct_is_hu, hu_to_density, load_calibration
+from DblurDoseLib.errors import DblurDoseError
+
+
+def test_default_curve_points():
+    rho = hu_to_density(np.array([-1000.0, 0.0, 60.0, 1500.0, -2000.0, 5000.0]))
+    np.testing.assert_allclose(rho[:4], [0.0012, 1.0, 1.06, 1.92], rtol=1e-5)
+    assert rho[4] == pytest.approx(0.0012) and rho[5] == pytest.approx(2.8)  # clamped
+    assert rho.dtype == np.float32
+
+
+def test_user_csv_replaces_the_curve(tmp_path):
+    csv = tmp_path / "cal.csv"
+    csv.write_text("hu,density\n-1000,0\n0,1\n1000,2\n")
+    table = load_calibration(csv)
+    assert hu_to_density(np.array([500.0]), table)[0] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("hu,density\n0,1\n", "at least two"),
+    ("hu,density\n0,1\n-10,0.9\n", "ascending"),
+    ("hu,density\n0,1\nx,y\n", "cannot read"),
+])
+def test_bad_csv_is_refused(tmp_path, text, match):
+    csv = tmp_path / "cal.csv"
+    csv.write_text(text)
+    with pytest.raises(DblurDoseError, match=match):
+        load_calibration(csv)
+
+
+def test_ct_not_in_hu_is_refused():
+    with pytest.raises(DblurDoseError, match="subtract 1024"):
+        check_ct_is_hu(np.array([0.0, 1024.0, 2000.0]))
+    with pytest.raises(DblurDoseError, match="density map"):
+        check_ct_is_hu(np.array([0.0, 1.0, 1.9]))
+    with pytest.raises(DblurDoseError, match="NaN"):
+        check_ct_is_hu(np.array([-1000.0, np.nan]))
+    check_ct_is_hu(np.array([-1024.0, 40.0, 1200.0]))

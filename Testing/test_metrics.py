@@ -1,0 +1,78 @@
+"""VOI statistics, DRVHs, errors and profiles on cases with known answers."""
+
+import numpy as np
+import pytest
+
+from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.metrics import (
+    dr_x,
+    drvh,
+    drvh_bin_edges,
+    ensemble_noise_percent,
+    line_profile,
+    mean_error_percent,
+    nrmse,
+    segment_statistics,
+)
+from DblurDoseLib.volume import Volume
+
+
+def test_dr_levels_on_a_ramp():
+    dose = np.arange(1, 101, dtype=np.float32).reshape(1, 10, 10)  # values 1..100
+    stats = segment_statistics(dose, np.ones_like(dose, bool), voxel_volume_ml=0.5)
+    assert stats["volume_ml"] == pytest.approx(50.0)
+    assert stats["mean"] == pytest.approx(50.5)
+    # the hottest 10% (91..100) all receive at least 91
+    assert stats["DR10"] == 91 and stats["DR30"] == 71 and stats["DR70"] == 31 and stats["DR90"] == 11
+    assert dr_x(np.array([5.0]), 90) == 5.0
+
+
+def test_empty_segment_is_a_clear_error():
+    with pytest.raises(DblurDoseError, match="liver is empty"):
+        segment_statistics(np.ones((2, 2, 2)), np.zeros((2, 2, 2), bool), 1.0, name="liver")
+
+
+def test_drvh_is_a_proper_histogram():
+    rng = np.random.default_rng(0)
+    dose = rng.gamma(2.0, 3.0, size=(20, 20, 20))
+    mask = np.ones(dose.shape, bool)
+    edges, diff, cum = drvh(dose, mask)
+    assert diff.sum() == pytest.approx(1.0)
+    assert cum[0] == pytest.approx(1.0)
+    assert np.all(np.diff(cum) <= 1e-12)
+    # the cumulative curve at a bin edge is the fraction at or above it
+    i = 40
+    assert cum[i] == pytest.approx((dose >= edges[i]).mean(), abs=1e-9)
+    assert edges[-1] >= dose.max()
+
+
+def test_bin_edges_round_up():
+    assert drvh_bin_edges(37.0, 10)[-1] == 50.0
+    assert drvh_bin_edges(0.012, 10)[-1] == pytest.approx(0.02)
+
+
+def test_errors():
+    truth = np.full((4, 4, 4), 10.0)
+    mask = np.ones(truth.shape, bool)
+    assert nrmse(truth, truth, mask) == 0
+    assert mean_error_percent(truth * 1.1, truth, mask) == pytest.approx(10.0)
+    assert nrmse(truth * 1.1, truth, mask) == pytest.approx(0.1)
+
+
+def test_ensemble_noise_matches_formula():
+    rng = np.random.default_rng(1)
+    reals = [10 + rng.normal(0, 1, (6, 6, 6)) for _ in range(3)]
+    mask = np.ones((6, 6, 6), bool)
+    stack = np.stack(reals).reshape(3, -1)
+    mu = stack.mean(0)
+    expected = np.sqrt(np.mean(((stack - mu) ** 2).sum(0) / 2)) / mu.mean() * 100
+    assert ensemble_noise_percent(reals, mask) == pytest.approx(expected)
+
+
+def test_line_profile_samples_the_right_voxels():
+    arr = np.zeros((5, 5, 20), np.float32)
+    arr[:, :, :] = np.arange(20, dtype=np.float32)  # value = x index
+    vol = Volume(arr, spacing=(2.0, 1.0, 1.0), origin=(10.0, 0.0, 0.0))
+    dist, values = line_profile(vol, (10.0, 2.0, 2.0), (48.0, 2.0, 2.0), n_points=20)
+    np.testing.assert_allclose(dist, np.linspace(0, 38, 20))
+    np.testing.assert_allclose(values, np.arange(20), atol=1e-5)
