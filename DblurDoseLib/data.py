@@ -1,0 +1,293 @@
+"""Training/test data sets: virtual patients, their simulated SPECT, DVK and Monte Carlo dose rates.
+
+Layout of a data set folder (all volumes gzip-compressed NRRD, float32 unless stated; nothing
+is stored at reduced precision, labels are int16)::
+
+    DIR/manifest.json           settings, seeds, software versions, timings, train/test split
+    DIR/p00/hu.nrrd             CT in HU                      (CT grid)
+    DIR/p00/density.nrrd        g/cm3                         (CT grid)
+    DIR/p00/activity.nrrd       true activity, Bq/mL          (CT grid)
+    DIR/p00/labels.nrrd         VOI labelmap; names in labels.json
+    DIR/p00/spect_native_r0.nrrd  reconstructed SPECT, Bq/mL  (SPECT grid), one per realisation
+    DIR/p00/spect_r0.nrrd       the same moved onto the CT grid (activity conserved)
+    DIR/p00/dvk_r0.nrrd         DVK dose rate from spect_r0, mGy/h
+    DIR/p00/mc_truth.nrrd       Monte Carlo dose rate of the true activity, mGy/h (the label)
+    DIR/p00/mc_truth_unc.nrrd   its relative uncertainty (1 sigma)
+    DIR/p00/mc_spect_r0.nrrd    test phantoms only: Monte Carlo from spect_r0 ("SPECT + MC")
+    DIR/p00/done.json           per-part timings; a part whose file exists is skipped on resume
+
+Each phantom is an independent job, run on a Dask distributed cluster (a local one by default,
+or an existing scheduler's address), so a site with a cluster can generate hundreds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DblurDoseError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class DataSettings:
+    """What a data set is made of. Defaults follow the paper (14 phantoms, 9 train / 5 test)."""
+
+    phantoms: list[int] = field(default_factory=lambda: list(range(14)))
+    realisations: int = 3
+    decays: float = 3e7  # Monte Carlo decays for the ground truth of a phantom
+    test_decays: float = 1e8  # test truth needs less noise than training labels
+    spect_mc_decays: float = 1e7  # "SPECT + MC" method on test phantoms (paper: 1e9 histories)
+    counts: tuple[float, float] = (3e6, 2e7)  # total counts range, drawn per phantom
+    shape: tuple[int, int, int] = (130, 512, 512)
+    spacing: tuple[float, float, float] = (0.98, 0.98, 3.0)
+    spect_matrix: tuple[int, int, int] = (128, 128, 81)
+    spect_voxel_mm: float = 4.8
+    n_views: int = 128
+    iterations: int = 16
+    subsets: int = 4
+    time_days: tuple[float, float] = (1.0, 7.0)
+    n_test: int = 5
+    seed: int = 2022
+
+    def phantom_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+
+    def split(self) -> dict[int, str]:
+        """Train/test by whole phantom (never by slice), chosen by the data-set seed."""
+        rng = np.random.default_rng(self.seed)
+        order = list(rng.permutation(sorted(self.phantoms)))
+        n_test = min(self.n_test, max(len(order) - 1, 0))
+        test = set(int(i) for i in order[:n_test])
+        return {int(i): ("test" if i in test else "train") for i in self.phantoms}
+
+
+def parse_range(text: str) -> list[int]:
+    """'0-13' or '0,2,5-7' -> phantom indices."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise DblurDoseError(f"cannot read the phantom range {text!r}; write e.g. 0-13 or 0,2,5-7") from None
+    if not out or min(out) < 0:
+        raise DblurDoseError(f"the phantom range {text!r} is empty or negative")
+    return sorted(set(out))
+
+
+def _software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("dblurdose", "numpy", "scipy", "SimpleITK", "torch", "pytomography", "ompmc", "dask", "distributed"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _write(volume, path: Path) -> None:
+    from .volume import write_volume
+
+    tmp = path.with_name(path.name + ".part.nrrd")
+    write_volume(volume, tmp, overwrite=True)
+    os.replace(tmp, path)  # a part exists only once complete: safe to resume after a crash
+
+
+def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
+                     log: Callable[[str], None] = print) -> dict:
+    """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
+    from .dose import compute_dose_rate_maps
+    from .montecarlo import monte_carlo_dose_rate
+    from .phantom import make_phantom
+    from .resample import resample_activity
+    from .spect import SpectAcquisition, simulate_spect
+    from .volume import read_volume
+
+    folder = Path(out) / f"p{index:02d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    done_path = folder / "done.json"
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    seed = settings.phantom_seed(index)
+    rng = np.random.default_rng(seed)
+    time_days = float(rng.uniform(*settings.time_days))
+    counts = float(np.exp(rng.uniform(np.log(settings.counts[0]), np.log(settings.counts[1]))))
+    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts}
+
+    def part(name: str, files: list[str], make: Callable[[], None]) -> None:
+        if all((folder / f).exists() for f in files):
+            return
+        t0 = time.perf_counter()
+        make()
+        done[name] = round(time.perf_counter() - t0, 2)
+        done_path.write_text(json.dumps(done, indent=1))
+        log(f"p{index:02d}: {name} {done[name]:.1f} s")
+
+    phantom_files = ["hu.nrrd", "density.nrrd", "activity.nrrd", "labels.nrrd", "labels.json"]
+
+    def make_anatomy() -> None:
+        ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
+        for name, vol in (("hu", ph.hu), ("density", ph.density), ("activity", ph.activity), ("labels", ph.labels)):
+            _write(vol, folder / f"{name}.nrrd")
+        meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
+        (folder / "labels.json").write_text(json.dumps(meta, indent=1, default=str))
+
+    part("phantom", phantom_files, make_anatomy)
+    hu = read_volume(folder / "hu.nrrd")
+    density = read_volume(folder / "density.nrrd")
+    activity = read_volume(folder / "activity.nrrd")
+    r_files = [f"spect_native_r{r}.nrrd" for r in range(settings.realisations)]
+
+    def make_spect() -> None:
+        acq = SpectAcquisition(matrix=tuple(settings.spect_matrix), voxel_mm=settings.spect_voxel_mm,
+                               n_views=settings.n_views, iterations=settings.iterations, subsets=settings.subsets)
+        recons = simulate_spect(activity, density, counts, seed, acq, realisations=settings.realisations)
+        for r, recon in enumerate(recons):
+            _write(recon, folder / r_files[r])
+            _write(resample_activity(recon, hu), folder / f"spect_r{r}.nrrd")
+
+    part("spect", r_files + [f"spect_r{r}.nrrd" for r in range(settings.realisations)], make_spect)
+
+    def make_dvk() -> None:
+        for r in range(settings.realisations):
+            spect = read_volume(folder / f"spect_r{r}.nrrd")
+            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / f"dvk_r{r}.nrrd")
+
+    part("dvk", [f"dvk_r{r}.nrrd" for r in range(settings.realisations)], make_dvk)
+
+    def make_truth() -> None:
+        bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
+        decays = settings.test_decays if split == "test" else settings.decays
+        dose, unc = monte_carlo_dose_rate(bq, density, int(decays), seed)
+        _write(dose, folder / "mc_truth.nrrd")
+        _write(unc, folder / "mc_truth_unc.nrrd")
+
+    part("mc_truth", ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
+
+    if split == "test":
+        def make_spect_mc() -> None:
+            for r in range(settings.realisations):
+                spect = read_volume(folder / f"spect_r{r}.nrrd")
+                bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
+                dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r)
+                _write(dose, folder / f"mc_spect_r{r}.nrrd")
+
+        part("spect_mc", [f"mc_spect_r{r}.nrrd" for r in range(settings.realisations)], make_spect_mc)
+    return {"index": index, **info, "timings_s": done}
+
+
+def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, scheduler: str | None = None,
+             log: Callable[[str], None] = print) -> Path:
+    """Generate (or resume) a data set; phantoms run as Dask tasks. Returns the manifest path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    split = settings.split()
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("settings", {}).get("seed") != settings.seed:
+            raise DblurDoseError(
+                f"{out} holds a data set made with other settings (seed {old['settings'].get('seed')}); "
+                "use another --out folder, or the same settings to resume"
+            )
+    manifest = {
+        "format": 1,
+        "settings": asdict(settings),
+        "spacing": list(settings.spacing),
+        "software": _software_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": " ".join(sys.argv),
+        "phantoms": {},
+    }
+    if manifest_path.exists():
+        manifest["phantoms"] = json.loads(manifest_path.read_text()).get("phantoms", {})
+
+    def record(result: dict) -> None:
+        key = f"p{result['index']:02d}"
+        manifest["phantoms"][key] = {**result, "realisations": settings.realisations}
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+
+    if workers <= 1 and scheduler is None:
+        for i in settings.phantoms:
+            record(generate_phantom(out, i, settings, split[i], log))
+            log(f"[{len(manifest['phantoms'])}/{len(settings.phantoms)}] phantom p{i:02d} done")
+        return manifest_path
+
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise DblurDoseError("parallel generation needs Dask: pip install 'dblurdose[data]'") from None
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False)
+                   for i in settings.phantoms]
+        for n, future in enumerate(as_completed(futures), 1):
+            result = future.result()
+            record(result)
+            log(f"[{n}/{len(futures)}] phantom p{result['index']:02d} done")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return manifest_path
+
+
+def add_data_arguments(sub) -> None:
+    """`dblurdose data generate ...`"""
+    p = sub.add_parser("data", help="generate training/test data (virtual patients, SPECT, DVK, Monte Carlo)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser("generate", help="generate or resume a data set")
+    g.add_argument("--out", required=True, help="data folder (outside git)")
+    g.add_argument("--phantoms", default="0-13", help="phantom indices, e.g. 0-13")
+    g.add_argument("--realisations", type=int, default=3, help="Poisson realisations per phantom")
+    g.add_argument("--decays", type=float, default=3e7, help="Monte Carlo decays for training truth")
+    g.add_argument("--test-decays", type=float, default=1e8, help="Monte Carlo decays for test truth")
+    g.add_argument("--spect-mc-decays", type=float, default=1e7, help="decays for the SPECT+MC method")
+    g.add_argument("--counts", default="3e6:2e7", help="range of total SPECT counts, LOW:HIGH")
+    g.add_argument("--small", action="store_true",
+                   help="reduced size for a quick look: 48x96x96 CT at 5.2x5.2x8.1 mm, 32^3 SPECT at 15.6 mm, "
+                        "32 views, 4x4 OSEM")
+    g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
+    g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
+    g.add_argument("--seed", type=int, default=2022)
+    g.set_defaults(func=cmd_data)
+
+
+SMALL = dict(shape=(48, 96, 96), spacing=(5.2, 5.2, 8.125), spect_matrix=(32, 32, 26), spect_voxel_mm=15.6,
+             n_views=32, iterations=4, subsets=4)
+
+
+def cmd_data(args) -> int:
+    try:
+        low, high = (float(v) for v in args.counts.split(":"))
+    except ValueError:
+        raise DblurDoseError(f"--counts {args.counts!r}: write LOW:HIGH, e.g. 3e6:2e7") from None
+    if not 0 < low <= high:
+        raise DblurDoseError("--counts needs 0 < LOW <= HIGH")
+    if args.realisations < 1:
+        raise DblurDoseError("--realisations must be at least 1")
+    settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
+                            test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
+                            seed=args.seed, **(SMALL if args.small else {}))
+    path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler)
+    print(path)
+    return 0
