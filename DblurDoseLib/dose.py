@@ -7,6 +7,7 @@ HU to density -> DVK convolution with density scaling (-> CNN correction, when a
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -24,13 +25,13 @@ NGY_PER_MBQ_S = 1e6 / 3600.0
 Progress = Callable[[float, str], object]
 
 
+#: Where the shipped DblurDoseNet weights live.
+MODEL_PATH = Path(__file__).resolve().parent / "data" / "models" / "dblurdosenet.pt"
+
+
 def available_methods() -> tuple[str, ...]:
     """Dose methods usable in this installation (the CNN needs its shipped weights)."""
-    try:
-        from . import inference  # noqa: F401  (lands with the CNN)
-    except ImportError:
-        return ("dvk",)
-    return METHODS
+    return METHODS if MODEL_PATH.exists() else ("dvk",)
 
 
 def spect_to_bqml(
@@ -114,7 +115,10 @@ def compute_dose_rate_maps(
     if unknown or not methods:
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
     if "cnn" in methods and "cnn" not in available_methods():
-        raise DblurDoseError("the CNN method is not available in this version yet; use --method dvk")
+        raise DblurDoseError(
+            f"the CNN method needs trained DblurDoseNet weights, which are not installed ({MODEL_PATH}); "
+            "use --method dvk"
+        )
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
