@@ -136,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .data import add_data_arguments
+    from .evaluate import add_evaluate_arguments
+    from .training import add_train_arguments
 
     add_data_arguments(sub)
+    add_train_arguments(sub)
+    add_evaluate_arguments(sub)
     return parser
 
 

@@ -1,0 +1,310 @@
+"""The paper's evaluation on held-out test phantoms: DVK, SPECT+MC and CNN against Monte Carlo truth.
+
+Per test phantom and Poisson realisation: mean dose-rate error (%) and NRMSE per VOI (lesions,
+kidneys, liver, healthy liver, spleen, lumbar vertebrae L2-L5), errors of DR10/30/70/90 (%),
+ensemble noise over the realisations in background spheres (paper's Table 1), DRVHs and line
+profiles through a kidney and a lesion; optionally the ablation models (paper's Table 3).
+Writes ``report.md`` with PNG figures and ``results.json`` with every number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DblurDoseError
+from .metrics import (
+    DR_LEVELS,
+    drvh,
+    drvh_bin_edges,
+    ensemble_noise_percent,
+    line_profile,
+    nrmse,
+    segment_statistics,
+)
+
+#: VOI groups as in the paper's Fig. 7.
+VOI_GROUPS = ("lesion", "kidney_left", "kidney_right", "liver", "healthy_liver", "spleen", "lumbar_L2_L5")
+#: The paper's headline numbers (Li et al. 2022), for the README table.
+PAPER = {
+    "mean_error_improvement_vs_dvk": {"lesion": 55, "kidney": 66},
+    "mean_error_improvement_vs_mc": {"lesion": 53, "kidney": 56},
+    "nrmse_improvement_vs_dvk": {"lesion": 18, "kidney": 10},
+    "nrmse_improvement_vs_mc": {"lesion": 17, "kidney": 11},
+    "noise_improvement_vs_dvk": 21,
+    "noise_improvement_vs_mc": 27,
+    "table3_cnn_mean_error": {"lesion": 5.3, "kidney_left": 0.9, "kidney_right": 1.8, "liver": 1.9},
+}
+SPHERE_RADIUS_MM = 15.0
+
+
+def vois(labels: np.ndarray, label_meta: dict) -> dict[str, np.ndarray]:
+    """Evaluation VOI masks from a data-set labelmap and its labels.json."""
+    names = {int(k): v for k, v in label_meta["label_names"].items()}
+    by_name = {v: k for k, v in names.items()}
+    lesions = label_meta.get("info", {}).get("lesions", [])
+    out: dict[str, np.ndarray] = {}
+    for les in lesions:
+        mask = labels == int(les["label"])
+        if mask.sum() >= 8:
+            out[f"lesion:{les['name']}"] = mask
+    for side in ("left", "right"):
+        if f"kidney_{side}" in by_name:
+            out[f"kidney_{side}"] = labels == by_name[f"kidney_{side}"]
+    if "liver" in by_name:
+        healthy = labels == by_name["liver"]
+        in_liver = [int(les["label"]) for les in lesions if les.get("organ") == "liver"]
+        out["healthy_liver"] = healthy
+        out["liver"] = healthy | np.isin(labels, in_liver)
+    if "spleen" in by_name:
+        out["spleen"] = labels == by_name["spleen"]
+    lumbar = [by_name[n] for n in ("vertebra_L2", "vertebra_L3", "vertebra_L4", "vertebra_L5") if n in by_name]
+    if lumbar:
+        out["lumbar_L2_L5"] = np.isin(labels, lumbar)
+    return {k: v for k, v in out.items() if v.any()}
+
+
+def group_of(voi: str) -> str:
+    return "lesion" if voi.startswith("lesion:") else voi
+
+
+def background_sphere(mask: np.ndarray, spacing_xyz, radius_mm: float = SPHERE_RADIUS_MM) -> np.ndarray | None:
+    """The largest sphere (up to ``radius_mm``) inside ``mask``, centred on its deepest voxel."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        return None
+    depth = distance_transform_edt(mask, sampling=tuple(spacing_xyz)[::-1])
+    centre = np.unravel_index(np.argmax(depth), mask.shape)
+    radius = min(radius_mm, float(depth[centre]))
+    zz, yy, xx = (np.arange(n) - c for n, c in zip(mask.shape, centre))
+    sz, sy, sx = tuple(spacing_xyz)[::-1]
+    sphere = (zz[:, None, None] * sz) ** 2 + (yy[None, :, None] * sy) ** 2 + (xx[None, None, :] * sx) ** 2
+    sphere = (sphere <= radius**2) & mask
+    return sphere if sphere.sum() >= 8 else None
+
+
+def voi_errors(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """Mean dose-rate error (%), NRMSE and DRx errors (%) of ``estimate`` against ``truth`` in ``mask``."""
+    est = segment_statistics(estimate, mask, voxel_ml)
+    tru = segment_statistics(truth, mask, voxel_ml)
+    row = {"volume_ml": tru["volume_ml"], "true_mean": tru["mean"], "mean": est["mean"],
+           "mean_error": abs(est["mean"] - tru["mean"]) / tru["mean"] * 100.0,
+           "nrmse": nrmse(estimate, truth, mask)}
+    for level in DR_LEVELS:
+        key = f"DR{level}"
+        row[f"{key}_error"] = abs(est[key] - tru[key]) / max(tru[key], 1e-30) * 100.0
+    return row
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def evaluate(
+    data_dir: str | os.PathLike,
+    model_path: str | os.PathLike | None = None,
+    ablations: dict[str, str] | None = None,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluate every test phantom of a data set; returns (and writes) all numbers."""
+    from .inference import cnn_dose_rate, load_model
+    from .volume import read_volume
+
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise DblurDoseError(f"{data_dir} is not a data set (no manifest.json); make one with `dblurdose data generate`")
+    manifest = json.loads(manifest_path.read_text())
+    tests = sorted(k for k, v in manifest["phantoms"].items() if v.get("split") == "test")
+    if not tests:
+        raise DblurDoseError(f"{data_dir} has no test phantoms; generate the data set with test phantoms")
+    models = {"cnn": load_model(model_path, device=device)}
+    for name, path in (ablations or {}).items():
+        models[f"cnn_{name}"] = load_model(path, device=device)
+    results: dict = {"data": str(data_dir), "phantoms": {}, "model": str(model_path or "shipped")}
+    for key in tests:
+        folder = data_dir / key
+        log(f"evaluating {key}")
+        hu = read_volume(folder / "hu.nrrd")
+        density = read_volume(folder / "density.nrrd").array
+        labels = read_volume(folder / "labels.nrrd", dtype=None).array
+        meta = json.loads((folder / "labels.json").read_text())
+        truth = read_volume(folder / "mc_truth.nrrd").array
+        masks = vois(labels, meta)
+        n_real = int(manifest["phantoms"][key].get("realisations", 1))
+        estimates: dict[str, list[np.ndarray]] = {}
+        for r in range(n_real):
+            spect = read_volume(folder / f"spect_r{r}.nrrd")
+            dvk = read_volume(folder / f"dvk_r{r}.nrrd").array
+            estimates.setdefault("dvk", []).append(dvk)
+            mc_path = folder / f"mc_spect_r{r}.nrrd"
+            if mc_path.exists():
+                estimates.setdefault("mc", []).append(read_volume(mc_path).array)
+            for name, model in models.items():
+                estimates.setdefault(name, []).append(cnn_dose_rate(spect, hu, density, dvk, device, model).array)
+        phantom: dict = {"vois": {}, "noise": {}}
+        for voi, mask in masks.items():
+            phantom["vois"][voi] = {
+                method: {k: _mean(voi_errors(e, truth, mask, hu.voxel_volume_ml)[k] for e in maps)
+                         for k in ("volume_ml", "true_mean", "mean", "mean_error", "nrmse",
+                                   *(f"DR{lv}_error" for lv in DR_LEVELS))}
+                for method, maps in estimates.items()
+            }
+        for organ in ("healthy_liver", "spleen"):
+            sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
+            if sphere is not None and n_real >= 2:
+                phantom["noise"][organ] = {m: ensemble_noise_percent(maps, sphere) for m, maps in estimates.items()}
+                phantom["noise"][organ]["voxels"] = int(sphere.sum())
+        if out is not None:
+            _phantom_figures(Path(out), key, hu, truth, estimates, masks)
+        results["phantoms"][key] = phantom
+    results["summary"] = summarise(results)
+    if out is not None:
+        write_report(results, Path(out))
+    return results
+
+
+def summarise(results: dict) -> dict:
+    """Averages per VOI group and method, and the CNN's improvements over DVK and SPECT+MC (%)."""
+    groups: dict[str, dict[str, dict[str, list[float]]]] = {}
+    noise: dict[str, list[float]] = {}
+    for phantom in results["phantoms"].values():
+        for voi, methods in phantom["vois"].items():
+            g = groups.setdefault(group_of(voi), {})
+            for method, row in methods.items():
+                for k, v in row.items():
+                    g.setdefault(method, {}).setdefault(k, []).append(v)
+        for organ_noise in phantom["noise"].values():
+            for method, v in organ_noise.items():
+                if method != "voxels":
+                    noise.setdefault(method, []).append(v)
+    table = {g: {m: {k: _mean(v) for k, v in rows.items()} for m, rows in ms.items()} for g, ms in groups.items()}
+    summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
+    for base in ("dvk", "mc"):
+        for metric in ("mean_error", "nrmse"):
+            for g, ms in table.items():
+                if "cnn" in ms and base in ms and ms[base][metric] > 0:
+                    imp = (ms[base][metric] - ms["cnn"][metric]) / ms[base][metric] * 100.0
+                    summary["improvement"].setdefault(f"{metric}_vs_{base}", {})[g] = imp
+        if base in summary["noise"] and "cnn" in summary["noise"] and summary["noise"][base] > 0:
+            summary["improvement"][f"noise_vs_{base}"] = (
+                (summary["noise"][base] - summary["noise"]["cnn"]) / summary["noise"][base] * 100.0)
+    return summary
+
+
+def _phantom_figures(out: Path, key: str, hu, truth, estimates, masks) -> None:
+    from .report import save_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    first = {m: maps[0] for m, maps in estimates.items()}
+    styles = {"truth": "k-", "dvk": "b--", "mc": "g:", "cnn": "r-"}
+    for target in ("kidney_left", next((v for v in masks if v.startswith("lesion:")), None)):
+        if target is None or target not in masks:
+            continue
+        mask = masks[target]
+        z, y, x = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+        p0 = np.asarray(hu.origin) + hu.direction @ (np.array([max(x - 40, 0), y, z]) * np.asarray(hu.spacing))
+        p1 = np.asarray(hu.origin) + hu.direction @ (
+            np.array([min(x + 40, hu.shape[2] - 1), y, z]) * np.asarray(hu.spacing))
+        curves = {}
+        for name, arr in {"truth": truth, **first}.items():
+            d, v = line_profile(hu.with_array(arr), p0, p1)
+            curves[name] = (d, v)
+        tag = target.replace(":", "_")
+        save_curves(curves, out / f"{key}_profile_{tag}.png", "distance (mm)", "dose rate (mGy/h)",
+                    f"{key}: profile through {target}", styles)
+        edges = drvh_bin_edges(max(float(a[mask].max()) for a in (truth, *first.values())))
+        drvhs = {}
+        for name, arr in {"truth": truth, **first}.items():
+            e, _d, cum = drvh(arr, mask, edges)
+            drvhs[name] = (e[:-1], cum * 100)
+        save_curves(drvhs, out / f"{key}_drvh_{tag}.png", "dose rate (mGy/h)", "volume (%)",
+                    f"{key}: cumulative DRVH of {target}", styles)
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.1f}"
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """report.md (tables like the paper's Fig. 7, Table 1, Table 3) and results.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    s = results["summary"]
+    methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: ("dvk", "mc", "cnn").index(m)
+                     if m in ("dvk", "mc", "cnn") else 9)
+    lines = ["# DblurDose evaluation", "", f"Data: `{results['data']}`; model: `{results['model']}`; "
+             f"test phantoms: {', '.join(results['phantoms'])}.", "",
+             "## Mean dose-rate error and NRMSE per VOI (Fig. 7), averaged over phantoms and realisations", "",
+             "| VOI | " + " | ".join(f"{m} mean err %" for m in methods) + " | "
+             + " | ".join(f"{m} NRMSE" for m in methods) + " |",
+             "|---|" + "---|" * (2 * len(methods))]
+    for g in VOI_GROUPS:
+        if g in s["table"]:
+            row = s["table"][g]
+            lines.append(f"| {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error")) for m in methods) + " | "
+                         + " | ".join(f"{row.get(m, {}).get('nrmse', float('nan')):.3f}" for m in methods) + " |")
+    lines += ["", "## DRVH statistics errors (%)", "", "| VOI | method | DR10 | DR30 | DR70 | DR90 |",
+              "|---|---|---|---|---|---|"]
+    for g in VOI_GROUPS:
+        for m in methods:
+            row = s["table"].get(g, {}).get(m)
+            if row:
+                lines.append(f"| {g} | {m} | " + " | ".join(_fmt(row[f'DR{lv}_error']) for lv in DR_LEVELS) + " |")
+    lines += ["", "## Ensemble noise in background spheres (Table 1), %", "",
+              "| phantom | region | voxels | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    for key, ph in results["phantoms"].items():
+        for organ, row in ph["noise"].items():
+            lines.append(f"| {key} | {organ} | {row['voxels']} | " + " | ".join(_fmt(row.get(m)) for m in methods) + " |")
+    lines += ["", "## CNN improvement (%)", "", "| comparison | " + " | ".join(VOI_GROUPS) + " |",
+              "|---|" + "---|" * len(VOI_GROUPS)]
+    for key, row in s["improvement"].items():
+        if isinstance(row, dict):
+            lines.append(f"| {key} | " + " | ".join(_fmt(row.get(g)) for g in VOI_GROUPS) + " |")
+        else:
+            lines.append(f"| {key} | {_fmt(row)} |" + " |" * (len(VOI_GROUPS) - 1))
+    ablations = [m for m in methods if m.startswith("cnn_")]
+    if ablations:
+        lines += ["", "## Ablations (Table 3): mean dose-rate error %", "",
+                  "| VOI | " + " | ".join(["cnn", *ablations]) + " |", "|---|" + "---|" * (1 + len(ablations))]
+        for g in VOI_GROUPS:
+            if g in s["table"]:
+                lines.append(f"| {g} | " + " | ".join(_fmt(s["table"][g].get(m, {}).get("mean_error"))
+                                                        for m in ["cnn", *ablations]) + " |")
+    figures = sorted(p.name for p in out.glob("*.png"))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def add_evaluate_arguments(sub) -> None:
+    p = sub.add_parser("evaluate", help="the paper's evaluation on a data set's test phantoms")
+    p.add_argument("--data", required=True, help="data set folder (from `dblurdose data generate`)")
+    p.add_argument("--model", help="model file (default: the shipped weights)")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME=FILE",
+                   help="an ablation model to compare, e.g. no_residual=nores.pt (repeatable)")
+    p.add_argument("--out", default="dblurdose-evaluation", help="report folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    ablations = {}
+    for item in args.ablation:
+        if "=" not in item:
+            raise DblurDoseError(f"--ablation {item!r}: write NAME=FILE, e.g. no_residual=nores.pt")
+        name, path = item.split("=", 1)
+        ablations[name] = path
+    evaluate(args.data, args.model, ablations, args.out, args.device)
+    print(Path(args.out) / "report.md")
+    return 0
