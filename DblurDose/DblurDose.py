@@ -1,0 +1,727 @@
+"""DblurDose: voxel-level Lu-177 dose-rate maps (mGy/h) from SPECT/CT in 3D Slicer.
+
+Module, parameter node, Widget (thin), Logic (usable without the GUI) and Test, after Slicer's
+scripted-module template and its LineProfile module. The computation and everything that
+touches MRML lives in the ``DblurDoseLib`` package (``DblurDoseLib.mrml`` is Qt-free); this file
+only wires the panel, installs missing Python packages on first use and reports progress.
+
+Nothing heavy is imported at file scope (no numpy-based library code, no torch): the module
+loads in a fresh Slicer with no extra package installed.
+"""
+
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsLineNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4
+
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: torch version the library needs (installed through the PyTorch extension when present).
+TORCH_REQUIREMENT = ">=2.1"
+#: What the panel shows -> the library's keywords.
+SPECT_UNIT_CHOICES = {"Bq/mL": "bqml", "kBq/mL": "kbqml", "MBq/mL": "mbqml", "counts": "counts"}
+DEVICE_CHOICES = {"Auto": "auto", "CPU": "cpu", "GPU": "gpu"}
+DEMO_SAMPLE_NAME = "DblurDoseDemo"
+
+
+def ensureLibraryImportable() -> None:
+    """Make ``DblurDoseLib`` importable: a built extension installs it beside this module; a clone
+    keeps it at the repository top level, one folder up."""
+    if importlib.util.find_spec("DblurDoseLib") is not None:
+        return
+    for candidate in (MODULE_DIR, os.path.dirname(MODULE_DIR)):
+        if os.path.isdir(os.path.join(candidate, "DblurDoseLib")) and candidate not in sys.path:
+            sys.path.insert(0, candidate)
+            return
+
+
+ensureLibraryImportable()
+
+
+#
+# DblurDose
+#
+
+
+class DblurDose(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DblurDose")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Nuclear Medicine")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DblurDose developers"]
+        self.parent.helpText = _("""
+Voxel-level Lu-177 dose-rate maps (mGy/h) from a SPECT/CT: dose-voxel-kernel (DVK) convolution with
+density scaling, and the DblurDoseNet CNN correction when its weights are installed.
+Outputs: one dose-rate volume per method on the CT grid, segment statistics (volume, mean, DR10-DR90),
+dose-rate-volume histograms and a profile along a markups line.
+Research software: not for clinical use. Lu-177 only; the CNN was trained on virtual patients.
+""")
+        self.parent.acknowledgementText = _("""
+Method: Li, Fessler, Mikell, Wilderman, Dewaraja, "DblurDoseNet", Med. Phys. 49(2) 2022,
+doi:10.1002/mp.15397. Module layout after Slicer's scripted-module template and LineProfile module.
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: the demo case, generated locally (never downloaded)
+#
+
+
+def demoFolder(tag: str = "demo") -> str:
+    return os.path.join(slicer.app.cachePath, "DblurDose", tag)
+
+
+def _demoFileNames() -> dict:
+    ensureLibraryImportable()
+    from DblurDoseLib.sampledata import demo_file_names
+
+    return demo_file_names()
+
+
+DEMO_ROLES = ("ct", "spect", "segmentation", "line")
+DEMO_NODE_NAMES = ("DblurDose demo CT", "DblurDose demo SPECT", "DblurDose demo organs", "DblurDose demo line")
+DEMO_FILE_TYPES = ("VolumeFile", "VolumeFile", "SegmentationFile", "MarkupsFile")
+
+
+def registerSampleData():
+    """Register the demo case in the Sample Data module: file:// sources, written on first use."""
+    try:
+        import SampleData
+    except ImportError:
+        return
+    try:
+        names = _demoFileNames()
+    except Exception:  # a broken install must not break Slicer's start-up
+        logging.exception("DblurDose: the demo case could not be registered")
+        return
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory("DblurDose", title=_("DblurDose"))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="DblurDose",
+        sampleName=DEMO_SAMPLE_NAME,
+        thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "DblurDose.png"),
+        uris=[_fileUri(os.path.join(demoFolder(), names[r])) for r in DEMO_ROLES],
+        fileNames=[names[r] for r in DEMO_ROLES],
+        nodeNames=list(DEMO_NODE_NAMES),
+        loadFileTypes=list(DEMO_FILE_TYPES),
+        checksums=None,
+        # the Sample Data button calls this instead of downloading: the files are made here
+        customDownloader=lambda source: loadDemoCaseWithProgress(),
+    )
+
+
+def _fileUri(path: str) -> str:
+    import pathlib
+
+    return pathlib.Path(path).as_uri()
+
+
+def loadDemoCase(small: bool = False, progress=None) -> dict:
+    """Write the demo files locally (first time only) and load them; returns the nodes by role.
+
+    ``small`` makes a smaller case (for tests). The files are read through the Sample Data
+    module from file:// addresses: nothing is downloaded.
+    """
+    import SampleData
+
+    ensureLibraryImportable()
+    from DblurDoseLib import mrml
+    from DblurDoseLib.sampledata import TEST_SHAPE, demo_file_names, write_demo_case
+
+    name = f"DblurDoseDemo{'Small' if small else ''}-v{_demoVersion()}"
+    folder = demoFolder("test" if small else "demo")
+    paths = write_demo_case(folder, shape=TEST_SHAPE if small else None, name=name, progress=progress)
+    names = demo_file_names(name)
+    source = SampleData.SampleDataSource(
+        sampleName=name, uris=[_fileUri(str(paths[r])) for r in DEMO_ROLES], fileNames=[names[r] for r in DEMO_ROLES],
+        nodeNames=list(DEMO_NODE_NAMES), loadFileTypes=list(DEMO_FILE_TYPES))
+    loaded = SampleData.SampleDataLogic().downloadFromSource(source)
+    nodes = dict(zip(DEMO_ROLES, loaded))
+    if len(nodes) != len(DEMO_ROLES) or not all(hasattr(n, "GetID") for n in nodes.values()):
+        raise RuntimeError(f"the demo files in {folder} could not be loaded; delete the folder and try again")
+    mrml.setSpectUnits(nodes["spect"], "bqml")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "DblurDose virtual patient")
+    study = sh.CreateStudyItem(patient, "Lu-177 SPECT/CT, day 1")
+    for node in nodes.values():
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(study, node)
+        sh.SetItemParent(item, study)
+    slicer.util.setSliceViewerLayers(background=nodes["ct"], foreground=nodes["spect"], foregroundOpacity=0.4, fit=True)
+    return nodes
+
+
+def loadDemoCaseWithProgress():
+    """loadDemoCase for the GUI: installs what is missing, shows progress, reports errors; None on failure."""
+    if not ensureDependencies():
+        return None
+    dialog, progress = progressDialog(_("Making the DblurDose demo case"))
+    try:
+        return loadDemoCase(progress=progress)
+    except Exception as exc:
+        reportError(exc, _("Failed to make the DblurDose demo case"))
+    finally:
+        dialog.close()
+    return None
+
+
+def reportError(exc: Exception, context: str) -> str:
+    """Tell the user what went wrong (DblurDoseError messages say how to fix it); returns the status text."""
+    from DblurDoseLib.errors import DblurDoseError
+
+    if isinstance(exc, DblurDoseError):
+        if str(exc).startswith("cancelled"):
+            return _("Cancelled: nothing was added to the scene.")
+        slicer.util.errorDisplay(str(exc), windowTitle=_("DblurDose"))
+    else:
+        logging.error("DblurDose: %s\n%s", context, traceback.format_exc())
+        slicer.util.errorDisplay(f"{context}: {exc}", windowTitle=_("DblurDose"), detailedText=traceback.format_exc())
+    return _("Failed: {message}").format(message=exc)
+
+
+def progressDialog(title: str):
+    """A modal progress dialog and the ``progress(fraction, message)`` callback that drives it
+    (keeps the window responsive; returns False once the user clicked Cancel)."""
+    dialog = slicer.util.createProgressDialog(parent=slicer.util.mainWindow(), windowTitle=title,
+                                              labelText=_("Starting..."), maximum=100)
+
+    def progress(fraction, message):
+        dialog.labelText = message
+        dialog.value = int(round(100 * fraction))
+        slicer.app.processEvents()
+        return not dialog.wasCanceled
+
+    return dialog, progress
+
+
+def demoSegmentIds(segmentationNode) -> list:
+    """The demo's organs worth a first look (kidneys, liver, spleen, lesions), out of its ~40 labels."""
+    segmentation = segmentationNode.GetSegmentation()
+    keys = ("kidney", "liver", "spleen", "lesion")
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+            if any(k in segmentation.GetNthSegment(i).GetName().lower() for k in keys)]
+
+
+def _demoVersion() -> int:
+    from DblurDoseLib.sampledata import DEMO_DATA_VERSION
+
+    return DEMO_DATA_VERSION
+
+
+#
+# Dependencies (installed on first Apply, never at start-up)
+#
+
+
+def ensureDependencies(requester: str = "DblurDose") -> bool:
+    """Install the Python packages DblurDose needs; False when the user declines or installing fails.
+
+    ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.11+) or
+    ``slicer.util.pip_install`` (older); PyTorch through the PyTorch extension when installed.
+    """
+    requirements = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+    try:
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            try:
+                packaging.pip_ensure(packaging.load_requirements(requirements), requester=requester)
+            except RuntimeError:  # the user declined
+                return False
+        else:
+            missing = [r for r in _readRequirements(requirements) if not _distributionInstalled(r)]
+            if missing:
+                if not slicer.util.confirmOkCancelDisplay(
+                    _("DblurDose needs these Python packages: {packages}. Install them now?").format(
+                        packages=", ".join(missing)), windowTitle=requester):
+                    return False
+                slicer.util.pip_install(missing)
+        return ensureTorch()
+    except Exception as exc:  # pip failed (offline, no permission...): say so, do not leave a traceback
+        reportError(exc, _("Installing the Python packages DblurDose needs failed"))
+        return False
+
+
+def _readRequirements(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    return [line for line in lines if line]
+
+
+def _distributionInstalled(requirement: str) -> bool:
+    import importlib.metadata
+    import re
+
+    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+    try:
+        importlib.metadata.version(name)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def ensureTorch() -> bool:
+    """PyTorch, through the PyTorch extension (it picks the build that fits the GPU) when present."""
+    if importlib.util.find_spec("torch") is not None:
+        return True
+    try:
+        import PyTorchUtils
+    except ImportError:
+        PyTorchUtils = None
+    if PyTorchUtils is not None:
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
+                                                              torchVersionRequirement=TORCH_REQUIREMENT)
+        return torch is not None
+    if not slicer.util.confirmOkCancelDisplay(
+        _("DblurDose needs PyTorch. Recommended: install the 'PyTorch' extension from the Extensions Manager, "
+          "restart Slicer and click Apply again; it picks the PyTorch build that fits your GPU.\n\n"
+          "Click OK to install PyTorch's default build with pip instead (a large download)."),
+        windowTitle="DblurDose"):
+        return False
+    slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
+    return importlib.util.find_spec("torch") is not None
+
+
+def cnnShipped() -> bool:
+    """Whether this installation has the CNN: its code and its weights (checked without importing torch)."""
+    spec = importlib.util.find_spec("DblurDoseLib")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    library = list(spec.submodule_search_locations)[0]
+    models = os.path.join(library, "data", "models")
+    return importlib.util.find_spec("DblurDoseLib.inference") is not None and os.path.isdir(models) and any(
+        name.endswith(".pt") for name in os.listdir(models))
+
+
+#
+# DblurDoseParameterNode
+#
+
+
+@parameterNodeWrapper
+class DblurDoseParameterNode:
+    """What the user chose (saved with the scene).
+
+    spectVolume / ctVolume - the SPECT (activity) and CT (HU) volumes.
+    segmentation, segmentIds - segments for statistics and DRVHs (all when the list is empty);
+        wired to the segment selector by hand (there is no connector for it).
+    profileLine - optional markups line for the dose-rate profile.
+    spectUnits - units of the SPECT voxels; for counts, calibrationCpsPerMBq and acquisitionDurationS.
+    methodDvk / methodCnn / differenceMap - what to compute.
+    device - Auto (CUDA, then Apple MPS, then CPU), CPU or GPU.
+    electronOnlyScaling - density-scale only the electron part of the kernel.
+    huCalibrationFile - optional HU-to-density table (CSV 'hu,density'); wired by hand.
+    drvhBins - number of dose-rate bins of the histograms.
+    """
+
+    spectVolume: vtkMRMLScalarVolumeNode
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentIds: list[str]
+    profileLine: vtkMRMLMarkupsLineNode
+    spectUnits: Annotated[str, Choice(list(SPECT_UNIT_CHOICES))] = "Bq/mL"
+    calibrationCpsPerMBq: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
+    acquisitionDurationS: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
+    methodDvk: bool = True
+    methodCnn: bool = False
+    differenceMap: bool = True
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
+    electronOnlyScaling: bool = False
+    huCalibrationFile: str = ""
+    drvhBins: Annotated[int, WithinRange(10, 5000)] = 200
+
+
+#
+# DblurDoseWidget
+#
+
+
+class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGui = False
+        self._lastSpect = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DblurDose.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DblurDoseLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # Widgets without a parameter-node connector, wired by hand
+        self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.segmentSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectionChanged)
+        self.ui.huCalibrationPathLineEdit.connect("currentPathChanged(QString)", self.onHuCalibrationChanged)
+        self.ui.resultChartSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onShowChart)
+        self.ui.resultTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onShowTable)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
+
+        shipped = cnnShipped()
+        self.ui.cnnCheckBox.enabled = shipped
+        if not shipped:
+            self.ui.cnnCheckBox.toolTip = _("The CNN is not part of this version yet; DVK is available.")
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic:
+            self.logic.stopObservingLine()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+        if self.logic:
+            self.logic.stopObservingLine()
+            self.logic.result = None
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode == inputParameterNode:
+            return
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # .ui widgets with a "SlicerParameterName" property are connected here
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    # -- parameter node -> hand-wired widgets ---------------------------------------------------
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        pn = self._parameterNode
+        if pn is None or self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            selector = self.ui.segmentSelector
+            wasBlocked = selector.blockSignals(True)
+            if selector.currentNode() != pn.segmentation:
+                selector.setCurrentNode(pn.segmentation)
+            if list(selector.selectedSegmentIDs()) != list(pn.segmentIds):
+                selector.setSelectedSegmentIDs(list(pn.segmentIds))
+            selector.blockSignals(wasBlocked)
+            pathEdit = self.ui.huCalibrationPathLineEdit
+            if pathEdit.currentPath != pn.huCalibrationFile:
+                wasBlocked = pathEdit.blockSignals(True)
+                pathEdit.currentPath = pn.huCalibrationFile
+                pathEdit.blockSignals(wasBlocked)
+            if pn.spectVolume is not self._lastSpect:
+                self._lastSpect = pn.spectVolume
+                self._updateSpectUnitsFromImage()
+            result = self.logic.result
+            if result is not None and pn.profileLine is not None and pn.profileLine is not result.lineNode:
+                self.logic.setProfileLine(pn.profileLine)  # a line chosen after Apply: profile it too
+            counts = pn.spectUnits == "counts"
+            for widget in (self.ui.calibrationLabel, self.ui.calibrationSpinBox,
+                           self.ui.durationLabel, self.ui.durationSpinBox):
+                widget.visible = counts
+            self.ui.differenceCheckBox.enabled = pn.methodDvk and pn.methodCnn
+            self._checkCanApply()
+        finally:
+            self._updatingGui = False
+
+    def _updateSpectUnitsFromImage(self) -> None:
+        pn = self._parameterNode
+        node = pn.spectVolume
+        if node is None:
+            self.ui.unitsInfoLabel.text = _("Select the SPECT volume.")
+            return
+        units = self.logic.detectSpectUnits(node)
+        if units:
+            label = {v: k for k, v in SPECT_UNIT_CHOICES.items()}[units]
+            pn.spectUnits = label
+            self.ui.unitsInfoLabel.text = _("Units read from the image: {units}.").format(units=label)
+        else:
+            self.ui.unitsInfoLabel.text = _(
+                "The image does not record its units. Choose them below; for counts, enter the camera "
+                "calibration (cps/MBq) and the acquisition duration (s).")
+
+    def _checkCanApply(self) -> None:
+        pn = self._parameterNode
+        problem = None
+        if not pn.spectVolume or not pn.ctVolume:
+            problem = _("Select the SPECT and CT volumes.")
+        elif pn.spectVolume == pn.ctVolume:
+            problem = _("The SPECT and CT must be different volumes.")
+        elif not (pn.methodDvk or pn.methodCnn):
+            problem = _("Choose at least one method.")
+        elif pn.spectUnits == "counts" and (pn.calibrationCpsPerMBq <= 0 or pn.acquisitionDurationS <= 0):
+            problem = _("SPECT in counts: enter the calibration (cps/MBq) and the acquisition duration (s).")
+        self.ui.applyButton.enabled = problem is None
+        self.ui.applyButton.toolTip = problem or _("Compute the dose-rate maps and their statistics.")
+
+    # -- hand-wired widgets -> parameter node ---------------------------------------------------
+    def onSegmentationChanged(self, node) -> None:
+        if self._parameterNode and not self._updatingGui:
+            self._parameterNode.segmentation = node
+            self._parameterNode.segmentIds = list(self.ui.segmentSelector.selectedSegmentIDs())
+
+    def onSegmentSelectionChanged(self, segmentIds) -> None:
+        if self._parameterNode and not self._updatingGui:
+            self._parameterNode.segmentIds = list(segmentIds)
+
+    def onHuCalibrationChanged(self, path) -> None:
+        if self._parameterNode and not self._updatingGui:
+            self._parameterNode.huCalibrationFile = path
+
+    def onShowChart(self, chartNode) -> None:
+        if chartNode:
+            self.logic.showInLayout(chart=chartNode)
+
+    def onShowTable(self, tableNode) -> None:
+        if tableNode:
+            self.logic.showInLayout(table=tableNode)
+
+    # -- actions --------------------------------------------------------------------------------
+    def onLoadDemoButton(self) -> None:
+        nodes = loadDemoCaseWithProgress()
+        if not nodes:
+            return
+        pn = self._parameterNode
+        pn.spectVolume, pn.ctVolume = nodes["spect"], nodes["ct"]
+        pn.segmentation, pn.profileLine = nodes["segmentation"], nodes["line"]
+        pn.segmentIds = demoSegmentIds(nodes["segmentation"])
+        self.ui.statusLabel.text = _("Demo case loaded (kidneys, liver, spleen and lesions selected): click Apply.")
+
+    def onApplyButton(self) -> None:
+        """Install what is missing, compute with a progress dialog (Cancel works), show the results."""
+        if not ensureDependencies():
+            self.ui.statusLabel.text = _("Not computed: the Python packages DblurDose needs are not installed.")
+            return
+        dialog, progress = progressDialog(_("DblurDose"))
+        self.ui.applyButton.enabled = False
+        self.ui.statusLabel.text = _("Computing...")
+        try:
+            result = self.logic.processParameterNode(self._parameterNode, progress=progress)
+        except Exception as exc:
+            dialog.close()
+            self.ui.statusLabel.text = reportError(exc, _("DblurDose failed unexpectedly"))
+            return
+        finally:
+            dialog.close()
+            self._checkCanApply()
+        self.logic.showResult(result)
+        self.ui.resultChartSelector.setCurrentNode(result.mainChart())
+        self.ui.resultTableSelector.setCurrentNode(result.statisticsTable)
+        lines = [_("Done: {names}.").format(names=", ".join(n.GetName() for n in result.doseNodes.values()))]
+        lines += [_("Warning: {message}").format(message=w) for w in result.warnings]
+        self.ui.statusLabel.text = "\n".join(lines)
+
+
+#
+# DblurDoseLogic
+#
+
+
+class DblurDoseLogic(ScriptedLoadableModuleLogic):
+    """Computation without GUI: wraps ``DblurDoseLib.mrml.computeDoseRateMaps`` and keeps the
+    line-profile observation of the last result (as LineProfile's logic does)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.result = None
+
+    def getParameterNode(self):
+        return DblurDoseParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def detectSpectUnits(spectNode):
+        """'bqml', 'kbqml', 'mbqml' or 'counts' when the image says, else None (never raises)."""
+        try:
+            from DblurDoseLib.mrml import spectUnitsFromNode
+
+            units = spectUnitsFromNode(spectNode)
+            if units:
+                return units
+        except Exception:
+            logging.debug("DblurDose: units not readable from the node", exc_info=True)
+        return DblurDoseLogic._dicomUnits(spectNode)
+
+    @staticmethod
+    def _dicomUnits(node):
+        """Units (0054,1001) of the DICOM series the node came from; None when unknown or absent."""
+        try:
+            uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+            database = getattr(slicer, "dicomDatabase", None)
+            if not uids or database is None:
+                return None
+            value = database.fileValue(database.fileForInstance(uids[0]), "0054,1001")
+            return {"BQML": "bqml", "CNTS": "counts"}.get((value or "").strip().upper())
+        except Exception:
+            return None
+
+    def process(self, spectNode, ctNode, segmentationNode=None, segmentIds=None, lineNode=None,
+                methods=("dvk",), device="auto", spectUnits=None, calibrationCpsPerMBq=None,
+                acquisitionDurationS=None, electronOnlyScaling=False, huCalibrationFile=None,
+                drvhBins=200, differenceMap=True, show=True, progress=None):
+        """Compute and add the outputs to the scene; returns ``DblurDoseLib.mrml.DoseRateResult``.
+
+        ``spectUnits``: 'bqml', 'kbqml', 'mbqml' or 'counts' (then calibration and duration are
+        needed); None reads them from the image (assumes Bq/mL with a warning when it cannot).
+        Raises ``DblurDoseLib.errors.DblurDoseError`` with a message for the user.
+        """
+        ensureLibraryImportable()
+        from DblurDoseLib import mrml
+
+        options = {"drvhBins": int(drvhBins), "differenceMap": bool(differenceMap), "show": bool(show),
+                   "scale_electron_only": bool(electronOnlyScaling)}
+        if spectUnits:
+            options["spect_units"] = spectUnits
+        if spectUnits == "counts":
+            options.update(calibration_cps_per_mbq=calibrationCpsPerMBq, duration_s=acquisitionDurationS)
+        if huCalibrationFile:
+            from DblurDoseLib.density import load_calibration
+
+            options["hu_calibration"] = load_calibration(huCalibrationFile)
+        self.stopObservingLine()
+        self.result = mrml.computeDoseRateMaps(
+            spectNode, ctNode, segmentationNode, lineNode, methods=tuple(methods), device=device,
+            segmentIds=list(segmentIds) if segmentIds else None, progress=progress, **options)
+        return self.result
+
+    def processParameterNode(self, pn, progress=None):
+        methods = [m for m, on in (("dvk", pn.methodDvk), ("cnn", pn.methodCnn)) if on]
+        return self.process(
+            pn.spectVolume, pn.ctVolume, pn.segmentation, list(pn.segmentIds) or None, pn.profileLine,
+            methods=methods, device=DEVICE_CHOICES[pn.device], spectUnits=SPECT_UNIT_CHOICES[pn.spectUnits],
+            calibrationCpsPerMBq=pn.calibrationCpsPerMBq, acquisitionDurationS=pn.acquisitionDurationS,
+            electronOnlyScaling=pn.electronOnlyScaling, huCalibrationFile=pn.huCalibrationFile or None,
+            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress)
+
+    def setProfileLine(self, lineNode) -> None:
+        """Profile of the last result along another line (followed while it moves)."""
+        if self.result is not None:
+            self.result.setLine(lineNode)
+
+    def stopObservingLine(self) -> None:
+        if self.result is not None:
+            self.result.stopObservingLine()
+
+    def showResult(self, result) -> None:
+        """Dose over the CT in the slice views, statistics table and a chart in the layout."""
+        dose = result.mainDoseNode()
+        if dose is not None:
+            slicer.util.setSliceViewerLayers(background=result.ctNode, foreground=dose, foregroundOpacity=0.5,
+                                             fit=True)
+        self.showInLayout(table=result.statisticsTable, chart=result.mainChart())
+
+    @staticmethod
+    def showInLayout(table=None, chart=None) -> None:
+        if table is None and chart is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode()
+        if table is not None:
+            selection.SetActiveTableID(table.GetID())
+            appLogic.PropagateTableSelection()
+        if chart is not None:
+            selection.SetActivePlotChartID(chart.GetID())
+            appLogic.PropagatePlotChartSelection()
+
+
+#
+# DblurDoseTest
+#
+
+
+class DblurDoseTest(ScriptedLoadableModuleTest):
+    """Runs the (small) demo case through the logic and checks the outputs."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DblurDose_demo()
+
+    def test_DblurDose_demo(self):
+        missing = [name for name in ("scipy", "torch") if importlib.util.find_spec(name) is None]
+        if missing:
+            self.skipTest(f"needs {', '.join(missing)} in Slicer's Python (installed on the first Apply)")
+        self.delayDisplay("Making and loading the small demo case")
+        nodes = loadDemoCase(small=True)
+        logic = DblurDoseLogic()
+        self.delayDisplay("Computing the DVK dose rate")
+        fractions = []
+        result = logic.process(nodes["spect"], nodes["ct"], nodes["segmentation"], lineNode=nodes["line"],
+                               methods=("dvk",), device="cpu", progress=lambda f, m: fractions.append(f))
+        dose = result.doseNodes["dvk"]
+        self.assertEqual(dose.GetVoxelValueUnits().GetCodeValue(), "mGy/h")
+        self.assertEqual(dose.GetAttribute("DicomRtImport.DoseVolume"), "1")
+        self.assertEqual(dose.GetImageData().GetDimensions(), nodes["ct"].GetImageData().GetDimensions())
+        self.assertGreater(dose.GetImageData().GetScalarRange()[1], 0.0)
+        self.assertGreater(result.statisticsTable.GetNumberOfRows(), 0)
+        self.assertGreater(result.profileTable.GetNumberOfRows(), 1)
+        self.assertEqual(fractions, sorted(fractions))
+        # moving the line refreshes the profile
+        rows = result.profileTable.GetNumberOfRows()
+        p = [0.0, 0.0, 0.0]
+        nodes["line"].GetNthControlPointPositionWorld(1, p)
+        nodes["line"].SetNthControlPointPositionWorld(1, p[0] / 2, p[1], p[2])
+        self.assertLess(result.profileTable.GetNumberOfRows(), rows)
+        logic.stopObservingLine()
+        self.delayDisplay("Test passed")

@@ -1,0 +1,190 @@
+"""DblurDose/DblurDose.py outside the Slicer application: its Logic on a real MRML scene.
+
+slicer-core has MRML but not Slicer's Qt layer; the few Qt-side names the module file imports
+(``ScriptedLoadableModule``, ``parameterNodeWrapper``) and the Sample Data module are replaced by
+minimal stand-ins, so that the Logic, the demo loader and the dependency helpers run for real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+pytestmark = pytest.mark.slicer
+
+import slicer  # noqa: E402
+from slicer_helpers import SlicerScene  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = (33, 64, 64)
+
+
+class _Base:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class _Logic:
+    def __init__(self):
+        pass
+
+
+class _Validator:
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+
+class _SampleDataSource:
+    def __init__(self, sampleName=None, uris=None, fileNames=None, nodeNames=None, loadFileTypes=None, **kwargs):
+        self.sampleName, self.uris, self.fileNames = sampleName, uris, fileNames
+        self.nodeNames, self.loadFileTypes = nodeNames, loadFileTypes
+
+
+class _SampleDataLogic:
+    """Reads file:// sources into ``slicer.mrmlScene`` with MRML storage nodes (as Slicer's readers do)."""
+
+    registered: list = []
+
+    @staticmethod
+    def registerCustomSampleDataCategory(category, title):
+        pass
+
+    @staticmethod
+    def registerCustomSampleDataSource(**kwargs):
+        _SampleDataLogic.registered.append(kwargs)
+
+    def downloadFromSource(self, source):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        readers = {"VolumeFile": ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode"),
+                   "SegmentationFile": ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode"),
+                   "MarkupsFile": ("vtkMRMLMarkupsLineNode", "vtkMRMLMarkupsJsonStorageNode")}
+        nodes = []
+        for uri, name, kind in zip(source.uris, source.nodeNames, source.loadFileTypes):
+            assert uri.startswith("file:"), uri
+            node_class, storage_class = readers[kind]
+            node = slicer.mrmlScene.AddNewNodeByClass(node_class, name)
+            storage = slicer.mrmlScene.AddNewNodeByClass(storage_class)
+            storage.SetFileName(url2pathname(urlparse(uri).path))
+            assert storage.ReadData(node)
+            nodes.append(node)
+        return nodes
+
+
+@pytest.fixture
+def module(monkeypatch, tmp_path):
+    """DblurDose.py imported with stand-ins for Slicer's Qt-side modules; slicer.mrmlScene is a test scene."""
+    scene = SlicerScene()
+    stubs = {
+        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
+            ScriptedLoadableModule=_Base, ScriptedLoadableModuleWidget=_Base,
+            ScriptedLoadableModuleLogic=_Logic, ScriptedLoadableModuleTest=object),
+        "slicer.parameterNodeWrapper": types.SimpleNamespace(
+            parameterNodeWrapper=lambda cls: cls, Choice=_Validator, WithinRange=_Validator),
+        "SampleData": types.SimpleNamespace(SampleDataLogic=_SampleDataLogic, SampleDataSource=_SampleDataSource),
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(slicer, "mrmlScene", scene.scene, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(cachePath=str(tmp_path / "cache")), raising=False)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kwargs: None)
+    spec = importlib.util.spec_from_file_location("DblurDose", ROOT / "DblurDose" / "DblurDose.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.test_scene = scene
+    return mod
+
+
+def test_module_imports_without_heavy_packages(module):
+    assert "torch" not in module.__dict__ and "numpy" not in module.__dict__
+    assert module.SPECT_UNIT_CHOICES["counts"] == "counts" and module.DEVICE_CHOICES["GPU"] == "gpu"
+
+
+def test_library_found_from_a_clone(module, monkeypatch):
+    root = str(ROOT)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "DblurDoseLib" and root not in sys.path else real_find_spec(name, *a))
+    module.ensureLibraryImportable()
+    assert sys.path[0] == root
+
+
+def test_requirements_are_readable_and_unpinned(module):
+    requirements = module._readRequirements(str(ROOT / "DblurDose" / "Resources" / "requirements.txt"))
+    assert "scipy>=1.10" in requirements
+    assert not any("==" in r for r in requirements)
+    assert module._distributionInstalled("scipy>=1.10") and not module._distributionInstalled("no-such-package-x>=1")
+
+
+def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
+    from DblurDoseLib import sampledata
+
+    monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
+    nodes = module.loadDemoCase(small=True)
+    assert set(nodes) == {"ct", "spect", "segmentation", "line"}
+    assert module.DblurDoseLogic.detectSpectUnits(nodes["spect"]) == "bqml"
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = sh.GetItemParent(sh.GetItemByDataNode(nodes["ct"]))
+    assert sh.GetItemLevel(study) == "Study"
+
+    logic = module.DblurDoseLogic()
+    fractions = []
+    result = logic.process(nodes["spect"], nodes["ct"], nodes["segmentation"], ["kidney_left", "liver"], nodes["line"],
+                           methods=("dvk",), device="cpu", progress=lambda f, m: fractions.append(f))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [result.statisticsTable.GetCellText(r, 0) for r in range(2)] == ["kidney_left", "liver"]
+    assert sh.GetItemParent(sh.GetItemByDataNode(result.doseNodes["dvk"])) == study
+    rows = result.profileTable.GetNumberOfRows()
+    p = [0.0, 0.0, 0.0]
+    nodes["line"].GetNthControlPointPositionWorld(1, p)
+    nodes["line"].SetNthControlPointPositionWorld(1, p[0] / 2, p[1], p[2])
+    assert result.profileTable.GetNumberOfRows() < rows
+    # counts need calibration and duration: the options reach the library
+    dose = slicer.util.arrayFromVolume(result.doseNodes["dvk"])
+    counts = logic.process(nodes["spect"], nodes["ct"], spectUnits="counts", calibrationCpsPerMBq=2.0,
+                           acquisitionDurationS=500.0, methods=("dvk",), device="cpu", differenceMap=False)
+    voxel_ml = np.prod(nodes["spect"].GetSpacing()) / 1000.0
+    # counts per voxel -> Bq/mL = counts / (cps/MBq * s) * 1e6 / voxel mL; same image read as Bq/mL
+    factor = 1e6 / (2.0 * 500.0) / voxel_ml
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(counts.doseNodes["dvk"]), dose * factor,
+                               rtol=2e-3, atol=1e-6 * float(dose.max()) * factor)
+    logic.stopObservingLine()
+
+
+def test_sample_data_registration_uses_local_files_only(module):
+    _SampleDataLogic.registered.clear()
+    module.registerSampleData()
+    (source,) = _SampleDataLogic.registered
+    assert source["sampleName"] == module.DEMO_SAMPLE_NAME
+    assert all(uri.startswith("file:") for uri in source["uris"])
+    assert source["loadFileTypes"] == ["VolumeFile", "VolumeFile", "SegmentationFile", "MarkupsFile"]
+    assert callable(source["customDownloader"])
+
+
+def test_units_from_dicom_are_optional(module):
+    node = module.test_scene.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "spect")
+    assert module.DblurDoseLogic.detectSpectUnits(node) is None  # no units, no DICOM: no crash
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3")
+    assert module.DblurDoseLogic.detectSpectUnits(node) is None  # no DICOM database: no crash
+
+
+def test_cnn_is_offered_only_with_its_code_and_weights(module, tmp_path, monkeypatch):
+    library = tmp_path / "DblurDoseLib"
+    (library / "data" / "models").mkdir(parents=True)
+    (library / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "DblurDoseLib" or m.startswith("DblurDoseLib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert not module.cnnShipped()
+    (library / "inference.py").write_text("")
+    assert not module.cnnShipped()  # no weights yet
+    (library / "data" / "models" / "dblurdosenet.pt").write_bytes(b"x")
+    assert module.cnnShipped()
