@@ -1,0 +1,415 @@
+"""DblurDoseNet: a 3D depth-feature extractor feeding a 2D U-Net, plus the DVK map (global residual).
+
+Tensor layout (all code here): ``[batch, channel, z, y, x]``, slices along dim 2, the same
+order as the library's numpy ``[z, y, x]`` arrays. A *pack* is 11 consecutive slices;
+the network maps a pack to the dose rate of its centre slice.
+
+* Input ``x``: ``[B, 2, 11, Y, X]``, channel 0 the scaled SPECT, channel 1 the density (g/cm3).
+* ``dvk``: ``[B, 1, Y, X]``, the scaled DVK dose rate of the centre slice. It is added to the
+  U-Net output (global residual) and never fed into the network.
+* Output: ``[B, 1, Y, X]``, the scaled dose rate of the centre slice (no clamping; the
+  test-time clamp at 0 and the air mask live in :func:`postprocess`).
+
+Architecture (paper, Fig. 3; the public reference code pins the details):
+
+* Depth extractor: Conv3d 2->8, kernel (z,y,x) = (5,7,7), padding (1,3,3), no bias, BN,
+  LeakyReLU(0.1); MaxPool over z only (2, ceil mode); Conv3d 8->16 (3,7,7), padding (0,3,3),
+  no bias, BN, LeakyReLU(0.1); Conv3d 16->16 (3,7,7), padding (0,3,3), with bias, linear.
+  z goes 11 -> 9 -> 5 -> 3 -> 1.
+* 2D U-Net: 4 max-pool(2) downsamplings; each level a double 3x3 conv (no bias) + BN;
+  LeakyReLU(0.1) in the encoder, ReLU in the decoder; encoder widths 16, 32, 64, 128 and a
+  128-channel bottleneck; nearest x2 upsampling, skip concatenated before the upsampled map;
+  decoder widths 64, 32, 16, 16 (first conv of each decoder level halves its input width);
+  1x1 linear output. 1,143,233 parameters in all (the reference: about 1.14 M).
+* In-plane sizes that are not multiples of 16 are zero-padded (split evenly between the two
+  sides) in front of the U-Net and cropped back after it.
+
+Variants (same training): ``"dblurdose"`` (the paper's network), ``"no_residual"`` (the DVK is
+not added), ``"2d"`` (no depth extractor: the 11 SPECT and 11 density slices are 22 channels,
+SPECT first, into the same 2D U-Net; residual kept).
+
+Scaling (:class:`ModelConfig`): with ``A`` the total activity of the input volume (Bq),
+scaled SPECT = concentration (Bq/mL) x ``spect_scale_ml`` / A, scaled dose rate =
+dose rate (mGy/h) x ``dose_scale`` / A; density stays in g/cm3. Both factors are per volume,
+so the network never sees the count level, and the scaled values do not depend on the grid
+(A is a physical total, not a voxel sum). With the defaults (1e4 mL, 1e8 Bq h/mGy) soft tissue
+of a patient is of order 1 in all three inputs, like the density (the paper's "similar range").
+
+Whole-volume and slab evaluation: :meth:`DblurDoseNet.forward_slab` returns, for ``S + 10``
+consecutive slices, the ``S`` outputs of the ``S`` packs they contain, computing the depth
+extractor's work once per slice position instead of once per pack (see
+:meth:`DepthExtractor.forward_slab`); it equals the per-pack forward to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DblurDoseError
+
+PACK = 11  # slices per input pack
+HALF = PACK // 2  # slices either side of the centre
+VARIANTS = ("dblurdose", "no_residual", "2d")
+FORMAT = "dblurdosenet"
+FORMAT_VERSION = 1
+LEAK = 0.1
+WIDTHS = (16, 32, 64, 128)  # U-Net encoder widths; the bottleneck keeps the last
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to use a set of weights, stored with them."""
+
+    variant: str = "dblurdose"
+    #: voxel size (x, y, z) in mm of the grid the model was trained on: its working grid
+    spacing: tuple[float, float, float] = (0.98, 0.98, 3.0)
+    #: scaled SPECT = Bq/mL x spect_scale_ml / total activity (Bq)
+    spect_scale_ml: float = 1.0e4
+    #: scaled dose rate = mGy/h x dose_scale / total activity (Bq)
+    dose_scale: float = 1.0e8
+    density_units: str = "g/cm3"
+    pack: int = PACK
+    version: int = FORMAT_VERSION
+    #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise DblurDoseError(f"unknown DblurDoseNet variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise DblurDoseError(f"the model's working voxel size must be 3 positive numbers (mm), got {self.spacing}")
+        if self.pack != PACK:
+            raise DblurDoseError(f"this version handles packs of {PACK} slices, the model file says {self.pack}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+
+def _leaky(x: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU(0.1), in place when no gradient is being recorded (inference)."""
+    return F.leaky_relu(x, LEAK, inplace=not torch.is_grad_enabled())
+
+
+def _slices_last(t: torch.Tensor) -> bool:
+    """True for a 5D tensor stored channels-last (z-slices are contiguous blocks)."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _take_z(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(2, index)``, keeping (and copying fast in) a channels-last layout."""
+    if _slices_last(t):
+        return t.permute(0, 2, 3, 4, 1).index_select(1, index).permute(0, 4, 1, 2, 3)
+    return t.index_select(2, index)
+
+
+def _cat_z(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, 2)``, keeping (and copying fast in) a channels-last layout."""
+    if all(_slices_last(p) or p.shape[2] == 1 for p in parts) and any(_slices_last(p) for p in parts):
+        return torch.cat([p.permute(0, 2, 3, 4, 1) for p in parts], 1).permute(0, 4, 1, 2, 3)
+    return torch.cat(parts, 2)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, no bias -> BN -> activation) twice; ``mid`` channels in between."""
+
+    def __init__(self, cin: int, cout: int, act: str, mid: int | None = None) -> None:
+        mid = mid or cout
+
+        def activation() -> nn.Module:
+            return nn.LeakyReLU(LEAK) if act == "leaky" else nn.ReLU()
+
+        super().__init__(
+            nn.Conv2d(cin, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), activation(),
+            nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), activation(),
+        )
+
+
+class UNet2D(nn.Module):
+    """The 2D U-Net: ``[N, cin, Y, X] -> [N, 1, Y, X]``; any Y, X (padded to multiples of 16 inside)."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        w = WIDTHS
+        self.enc = nn.ModuleList(
+            [DoubleConv(cin, w[0], "leaky")] + [DoubleConv(w[i], w[i + 1], "leaky") for i in range(3)]
+        )
+        self.bottom = DoubleConv(w[3], w[3], "leaky")
+        # decoder level i takes cat(skip w[i], upsampled) and halves towards w[i - 1] (16 at the top)
+        ups = []
+        below = w[3]
+        for i in (3, 2, 1, 0):
+            cin_up = w[i] + below
+            cout = w[max(i - 1, 0)]
+            ups.append(DoubleConv(cin_up, cout, "relu", mid=cin_up // 2))
+            below = cout
+        self.dec = nn.ModuleList(ups)
+        self.out = nn.Conv2d(w[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ny, nx = x.shape[-2:]
+        py, px = (-ny) % 16, (-nx) % 16
+        if py or px:
+            x = F.pad(x, (px // 2, px - px // 2, py // 2, py - py // 2))
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = self.bottom(F.max_pool2d(x, 2))
+        for block, skip in zip(self.dec, reversed(skips)):
+            x = block(torch.cat([skip, F.interpolate(x, scale_factor=2.0, mode="nearest")], dim=1))
+        x = self.out(x)
+        if py or px:
+            x = x[..., py // 2: py // 2 + ny, px // 2: px // 2 + nx]
+        return x
+
+
+class DepthExtractor(nn.Module):
+    """``[B, 2, 11, Y, X] -> [B, 16, Y, X]``: three 3D convolutions collapse the 11 slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(2, 8, (5, 7, 7), padding=(1, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(8)
+        self.conv2 = nn.Conv3d(8, 16, (3, 7, 7), padding=(0, 3, 3), bias=False)
+        self.bn2 = nn.BatchNorm3d(16)
+        self.conv3 = nn.Conv3d(16, 16, (3, 7, 7), padding=(0, 3, 3), bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] != PACK:
+            raise ValueError(f"a pack has {PACK} slices, got {x.shape[2]}")
+        x = _leaky(self.bn1(self.conv1(x)))  # z 11 -> 9
+        x = F.max_pool3d(x, (2, 1, 1), ceil_mode=True)  # 9 -> 5
+        x = _leaky(self.bn2(self.conv2(x)))  # 5 -> 3
+        return self.conv3(x)[:, :, 0]  # 3 -> 1
+
+    def forward_slab(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 2, S + 10, Y, X] -> [B, 16, S, Y, X]``: output k is ``forward(x[:, :, k:k + 11])``.
+
+        Within a pack, the first conv's output j (of 9) sees pack slices j-1..j+3 with a zero
+        slice in place of -1 and 11. Outputs 1..7 therefore depend only on the slab position
+        g = k + j ("interior", F[g], one 5-tap conv over the slab); output 0 of pack k is the
+        conv without its first tap (L[k]), output 8 the conv without its last tap (R[k]); each
+        is computed once per pack. After BN and the activation, the ceil-mode z-pool of pack k
+        is ``p0 = max(L[k], F[k+1]), p1..p3 = M[k+2], M[k+4], M[k+6], p4 = R[k]`` with
+        ``M[g] = max(F[g], F[g+1])`` (once per position). The second conv's three outputs per
+        pack read the triplets (p0 p1 p2), (p1 p2 p3), (p2 p3 p4), gathered into one tensor and
+        convolved with z-stride 3; the third conv reads the three results with z-stride 3.
+        Per output slice this costs 13 first-layer taps instead of 45 and no pooling work;
+        the second and third convs cannot be shared between packs (the pack edges reach them).
+        A conv bias (after BN folding, :func:`fuse_for_inference`) is honoured in every layer.
+
+        In training mode the batch-norm statistics are those of the per-pack forward: BN1
+        weights each interior position by the number of packs that contain it.
+        """
+        nb, _, nz = x.shape[:3]
+        s = nz - (PACK - 1)
+        if s < 1:
+            raise ValueError(f"a slab needs at least {PACK} slices, got {nz}")
+        w1, b1 = self.conv1.weight, self.conv1.bias
+        inner = F.conv3d(x, w1, b1, padding=(0, 3, 3))  # F[g], g = 1 .. s + 6
+        left = F.conv3d(x[:, :, : s + 3], w1[:, :, 1:], b1, padding=(0, 3, 3))  # L[k], k < s
+        right = F.conv3d(x[:, :, 7:], w1[:, :, :4], b1, padding=(0, 3, 3))  # R[k] (at g = k + 8)
+        inner, left, right = self._bn1_act(inner, left, right, s)
+        pooled = _cat_z([torch.maximum(left, inner[:, :, :s]),  # p0[k] = max(L[k], F[k + 1])
+                         torch.maximum(inner[:, :, 1: s + 5], inner[:, :, 2: s + 6]),  # M[g], g = 2 .. s + 5
+                         right])
+        del inner, left, right
+        # each pack's conv2 input triplets (p0 p1 p2)(p1 p2 p3)(p2 p3 p4), p1..p3 = M[k+2], M[k+4], M[k+6]
+        k = torch.arange(s, device=x.device).view(-1, 1)
+        m2, m4, m6, r = s + k, s + k + 2, s + k + 4, 2 * s + 4 + k
+        triplets = _take_z(pooled, torch.cat([k, m2, m4, m2, m4, m6, m4, m6, r], dim=1).flatten())  # [B, 8, 9s, ..]
+        del pooled
+        q = F.conv3d(triplets, self.conv2.weight, self.conv2.bias, stride=(3, 1, 1), padding=(0, 3, 3))
+        del triplets
+        q = _leaky(self.bn2(q))  # [B, 16, 3s, Y, X]: q0, q1, q2 of each pack
+        return F.conv3d(q, self.conv3.weight, self.conv3.bias, stride=(3, 1, 1), padding=(0, 3, 3))
+
+    def _bn1_act(self, f1, left, right, s):
+        """BN1 + activation on the three kinds of first-layer maps, with per-pack batch statistics."""
+        bn = self.bn1
+        if not isinstance(bn, nn.BatchNorm3d):  # folded into conv1 (fuse_for_inference)
+            return tuple(_leaky(bn(t)) for t in (f1, left, right))
+        if bn.training:
+            # each pack holds F[k+1..k+7], L[k], R[k]: F[g] appears in min(g, 7, s + 7 - g, s) packs
+            g = torch.arange(1, s + 7, device=f1.device)
+            mult = torch.minimum(torch.minimum(g, s + 7 - g), torch.full_like(g, min(7, s))).to(f1.dtype)
+            mult = mult.view(1, 1, -1, 1, 1)
+            n_elem = f1.shape[0] * f1.shape[3] * f1.shape[4]
+            count = 9.0 * s * n_elem
+            dims = (0, 2, 3, 4)
+            f32 = [t if t.dtype == torch.float64 else t.float() for t in (f1, left, right)]  # float32 under autocast
+            mean = ((f32[0] * mult).sum(dims) + f32[1].sum(dims) + f32[2].sum(dims)) / count
+            cm = mean.view(1, -1, 1, 1, 1)
+            var = (((f32[0] - cm) ** 2 * mult).sum(dims) + ((f32[1] - cm) ** 2).sum(dims)
+                   + ((f32[2] - cm) ** 2).sum(dims)) / count
+            if bn.track_running_stats:
+                with torch.no_grad():
+                    bn.num_batches_tracked += 1
+                    mom = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                    bn.running_mean.mul_(1 - mom).add_(mom * mean.detach())
+                    bn.running_var.mul_(1 - mom).add_(mom * var.detach() * count / max(count - 1, 1))
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = bn.weight / torch.sqrt(var + bn.eps)
+        shift = bn.bias - mean * scale
+        scale, shift = scale.view(1, -1, 1, 1, 1), shift.view(1, -1, 1, 1, 1)
+        return tuple(_leaky(t * scale + shift) for t in (f1, left, right))
+
+
+class DblurDoseNet(nn.Module):
+    """The whole network; see the module docstring for layouts and variants.
+
+    ``config`` (a :class:`ModelConfig`, or just a variant name) travels with the weights.
+    """
+
+    def __init__(self, config: ModelConfig | str = "dblurdose") -> None:
+        super().__init__()
+        self.config = ModelConfig(variant=config) if isinstance(config, str) else config
+        self.variant = self.config.variant
+        self.extractor = None if self.variant == "2d" else DepthExtractor()
+        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16)
+
+    @property
+    def residual(self) -> bool:
+        return self.variant != "no_residual"
+
+    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
+        """One output slice per pack: ``x [B, 2, 11, Y, X]``, ``dvk [B, 1, Y, X]`` -> ``[B, 1, Y, X]``."""
+        if self.extractor is None:
+            if x.shape[2] != PACK:
+                raise ValueError(f"a pack has {PACK} slices, got {x.shape[2]}")
+            features = x.reshape(x.shape[0], 2 * PACK, *x.shape[3:])  # SPECT slices, then density
+        else:
+            features = self.extractor(x)
+        return self._residual(self.unet(features), dvk)
+
+    def forward_slab(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
+        """All packs of a slab: ``x [B, 2, S + 10, Y, X]``, ``dvk [B, 1, S, Y, X]`` -> ``[B, 1, S, Y, X]``.
+
+        Output k equals ``forward(x[:, :, k:k + 11], dvk[:, :, k])``; the U-Net runs on all
+        ``B * S`` slices as one batch.
+        """
+        nb, _, nz, ny, nx = x.shape
+        s = nz - (PACK - 1)
+        features = self.slab_features(x).transpose(1, 2).reshape(nb * s, -1, ny, nx)
+        return self._residual(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
+
+    def _residual(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+        if not self.residual:
+            return out
+        if dvk is None:
+            raise ValueError(f"the {self.variant!r} network adds the DVK map to its output: pass dvk")
+        return out + dvk
+
+    def slab_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's input for every pack of a slab: ``[B, 2, S + 10, Y, X] -> [B, C, S, Y, X]``."""
+        if self.extractor is not None:
+            return self.extractor.forward_slab(x)
+        nb, _, nz, ny, nx = x.shape
+        s = nz - (PACK - 1)
+        if s < 1:
+            raise ValueError(f"a slab needs at least {PACK} slices, got {nz}")
+        windows = x.unfold(2, PACK, 1)  # [B, 2, S, Y, X, 11]
+        return windows.permute(0, 1, 5, 2, 3, 4).reshape(nb, 2 * PACK, s, ny, nx)
+
+
+def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:
+    """An eval-only copy with every batch norm folded into the convolution before it.
+
+    Equal to ``model.eval()`` to float rounding, with fewer passes over memory; activations
+    run in place under ``torch.no_grad``/``inference_mode``. Not for training.
+    """
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, DoubleConv):
+            for i in (0, 3):
+                module[i] = nn.utils.fuse_conv_bn_eval(module[i], module[i + 1])
+                module[i + 1] = nn.Identity()
+        elif isinstance(module, DepthExtractor):
+            module.conv1 = nn.utils.fuse_conv_bn_eval(module.conv1, module.bn1)
+            module.conv2 = nn.utils.fuse_conv_bn_eval(module.conv2, module.bn2)
+            module.bn1, module.bn2 = nn.Identity(), nn.Identity()
+        elif isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+            module.inplace = True
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def postprocess(dose: torch.Tensor, density: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """The paper's test-time step: clamp at 0, zero where the (centre-slice) density < threshold g/cm3."""
+    return torch.where(density < threshold, torch.zeros_like(dose), dose.clamp_min(0))
+
+
+# --- saving and loading ---------------------------------------------------------------------
+
+
+def _digest(config: dict, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_model(model: DblurDoseNet, path: str | os.PathLike) -> Path:
+    """One file: ``torch.save`` of {format, config, state_dict, sha256}; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = asdict(model.config)
+    cfg["spacing"] = list(cfg["spacing"])
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "config": cfg, "state_dict": state, "sha256": _digest(cfg, state)}
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model_file(path: str | os.PathLike, device="cpu") -> DblurDoseNet:
+    """Read a model file written by :func:`save_model` and verify its checksum; returns it in eval mode."""
+    path = Path(path)
+    fix = ("reinstall dblurdose to restore the shipped weights, or train new ones with "
+           "`dblurdose train --data DIR --out FILE`")
+    if not path.is_file():
+        raise DblurDoseError(f"DblurDoseNet weights not found at {path}; {fix}")
+    try:
+        payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or damaged zip, or not a torch file at all
+        raise DblurDoseError(f"the DblurDoseNet weights file {path} is unreadable or corrupted "
+                             f"({type(exc).__name__}); {fix}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DblurDoseError(f"{path} is not a DblurDoseNet model file (as written by `dblurdose train`); {fix}")
+    cfg, state = payload.get("config", {}), payload.get("state_dict", {})
+    if payload.get("sha256") != _digest(cfg, state):
+        raise DblurDoseError(f"the DblurDoseNet weights file {path} is corrupted (SHA-256 checksum mismatch); {fix}")
+    if int(cfg.get("version", 0)) > FORMAT_VERSION:
+        raise DblurDoseError(f"{path} was written by a newer dblurdose (model format {cfg.get('version')}); "
+                             "upgrade dblurdose")
+    model = DblurDoseNet(ModelConfig.from_dict(cfg))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DblurDoseError(f"the weights in {path} do not fit the {model.variant!r} network ({exc}); {fix}") from None
+    return model.to(device).eval()

@@ -1,0 +1,473 @@
+"""Training DblurDoseNet on a data set written by ``dblurdose data generate``.
+
+Data: ``DIR/manifest.json`` lists the phantoms with their split ("train"/"test") and number of
+SPECT realisations; ``DIR/pNN/`` holds ``density.nrrd`` (g/cm3), ``spect_r*.nrrd`` (Bq/mL),
+``dvk_r*.nrrd`` and ``mc_truth.nrrd`` (mGy/h), all on the CT grid. Each (phantom,
+realisation) is one training volume; "test" phantoms are never read. Validation holds out
+whole phantoms of the "train" split (20%, at least one when there are two or more; chosen
+by the seed), so no slice of a validation phantom is ever trained on.
+
+A training sample is a *slab*: ``slab`` consecutive output slices of a ``patch`` x ``patch``
+in-plane patch, read as ``slab + 10`` input slices (volume ends replicated, as at inference)
+and evaluated with the shared-extractor forward
+(:meth:`~DblurDoseLib.network.DblurDoseNet.forward_slab`, same result and the same batch-norm
+statistics as the per-pack forward). A batch is ``batch_size`` output slices
+(``batch_size // slab`` slabs). Patch centres are drawn from tissue (density >= 0.1 g/cm3)
+9 times in 10, anywhere otherwise; random in-plane flips/transposition and z flips.
+Inputs and label are scaled per volume as in :mod:`DblurDoseLib.network`.
+
+Loss: mean squared error with voxel weights 0.7 inside the body (centre-slice density
+>= 0.1 g/cm3) and 0.3 outside, as the public reference code. Adam (lr 1e-3, the paper),
+ReduceLROnPlateau (factor 0.2, patience 10 epochs) on the validation loss.
+
+Every epoch: a checkpoint ``OUT.ckpt`` (model, optimiser, scheduler, history; ``resume``
+continues from it), the loss curve ``OUT.loss.png``, and the model file ``OUT`` rewritten
+whenever the validation loss is the best so far. Volumes are cached as ``.npy`` files
+(memory-mapped) in ``DIR/.cache`` (or beside ``OUT`` when ``DIR`` is read-only).
+
+Devices: CUDA with mixed precision (bf16 where supported, else fp16 with loss scaling), then
+MPS, then CPU (float32). Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains with
+DistributedDataParallel on its own GPU (``LOCAL_RANK``) or on the CPU (gloo); only rank 0
+writes files and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DblurDoseError
+
+Progress = Callable[[float, str], object]
+BODY_WEIGHT, OUTSIDE_WEIGHT = 0.7, 0.3
+TISSUE_FRACTION = 0.9  # share of patches centred on tissue
+VAL_FRACTION = 0.2
+VAL_BATCHES = 8
+
+
+@dataclass
+class _Case:
+    """One training volume: a (phantom, SPECT realisation) pair, arrays memory-mapped."""
+
+    phantom: str
+    spect: np.ndarray
+    dvk: np.ndarray
+    density: np.ndarray
+    truth: np.ndarray
+    spect_factor: float  # spect_scale_ml / total activity
+    dose_factor: float  # dose_scale / total activity
+    tissue: np.ndarray  # flat indices of (a sample of) tissue voxels
+
+
+# --- the data set ---------------------------------------------------------------------------
+
+
+def read_manifest(data_dir: Path) -> dict:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        raise DblurDoseError(f"{data_dir} is not a DblurDose data set (no manifest.json); "
+                             "make one with `dblurdose data generate --out DIR`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DblurDoseError(f"{path} is not valid JSON ({exc}); regenerate or repair the data set") from None
+    if not manifest.get("phantoms") or len(manifest.get("spacing", [])) != 3:
+        raise DblurDoseError(f"{path} lists no phantoms or no voxel spacing; finish `dblurdose data generate` first")
+    return manifest
+
+
+def split_phantoms(manifest: dict, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[list[str], list[str]]:
+    """(training, validation) phantom names: whole phantoms of the 'train' split, validation chosen by seed."""
+    train = sorted(name for name, info in manifest["phantoms"].items() if info.get("split", "train") == "train")
+    if not train:
+        raise DblurDoseError("the data set has no phantoms in the 'train' split; generate more phantoms")
+    n_val = 0 if len(train) < 2 else min(max(1, round(val_fraction * len(train))), len(train) - 1)
+    rng = np.random.default_rng([seed, 7])
+    val = sorted(str(v) for v in rng.choice(train, size=n_val, replace=False)) if n_val else []
+    return [p for p in train if p not in val], val
+
+
+def _cache_dir(data_dir: Path, out_path: Path) -> Path:
+    for folder in (data_dir / ".cache", out_path.parent / (out_path.name + ".cache")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            return folder
+        except OSError:
+            continue
+    raise DblurDoseError(f"cannot write a cache next to {data_dir} or {out_path}; check the permissions")
+
+
+def _array(path: Path, cache: Path) -> np.ndarray:
+    """The volume in ``path`` (NRRD) as a read-only memory map of a cached .npy copy."""
+    from .volume import read_volume
+
+    if not path.is_file():
+        raise DblurDoseError(f"the data set is incomplete: {path} is missing; resume `dblurdose data generate`")
+    npy = cache / path.parent.name / (path.name.split(".")[0] + ".npy")
+    if not npy.is_file() or npy.stat().st_mtime < path.stat().st_mtime:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(npy.name + f".{os.getpid()}.part")
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(read_volume(path).array, dtype=np.float32))
+        os.replace(tmp, npy)
+    return np.load(npy, mmap_mode="r")
+
+
+def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cache: Path) -> list[_Case]:
+    voxel_ml = float(np.prod(manifest["spacing"])) / 1000.0
+    cases = []
+    for name in phantoms:
+        folder = data_dir / name
+        density = _array(folder / "density.nrrd", cache)
+        truth = _array(folder / "mc_truth.nrrd", cache)
+        body = np.flatnonzero(density.reshape(-1) >= 0.1)
+        if body.size > 200_000:
+            body = np.sort(np.random.default_rng(0).choice(body, 200_000, replace=False))
+        for r in range(int(manifest["phantoms"][name].get("realisations", 1))):
+            spect = _array(folder / f"spect_r{r}.nrrd", cache)
+            dvk = _array(folder / f"dvk_r{r}.nrrd", cache)
+            if not (spect.shape == dvk.shape == density.shape == truth.shape):
+                raise DblurDoseError(f"{folder}: volumes of realisation {r} are not on one grid; regenerate the phantom")
+            total = float(np.sum(spect, dtype=np.float64)) * voxel_ml
+            if not total > 0:
+                continue  # no activity: nothing to learn from this realisation
+            cases.append(_Case(name, spect, dvk, density, truth, config.spect_scale_ml / total,
+                               config.dose_scale / total, body))
+    return cases
+
+
+def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int):
+    """``n_slabs`` random slabs: inputs [n, 2, slab + 10, P, P], DVK, label and weights [n, 1, slab, P, P]."""
+    from .network import HALF
+
+    xs, dvks, truths, weights = [], [], [], []
+    for _ in range(n_slabs):
+        c = cases[rng.integers(len(cases))]
+        nz, ny, nx = c.density.shape
+        if c.tissue.size and rng.random() < TISSUE_FRACTION:
+            zc, yc, xc = np.unravel_index(c.tissue[rng.integers(c.tissue.size)], c.density.shape)
+        else:
+            zc, yc, xc = rng.integers(nz), rng.integers(ny), rng.integers(nx)
+        z0 = int(np.clip(zc - slab // 2, 0, nz - slab))
+        y0 = int(np.clip(yc - patch // 2, 0, ny - patch))
+        x0 = int(np.clip(xc - patch // 2, 0, nx - patch))
+        rows = np.clip(np.arange(z0 - HALF, z0 + slab + HALF), 0, nz - 1)
+        ys, xs_ = slice(y0, y0 + patch), slice(x0, x0 + patch)
+        out = slice(z0, z0 + slab)
+        x = np.stack([c.spect[rows, ys, xs_] * np.float32(c.spect_factor), c.density[rows, ys, xs_]])
+        dvk = c.dvk[out, ys, xs_] * np.float32(c.dose_factor)
+        truth = c.truth[out, ys, xs_] * np.float32(c.dose_factor)
+        w = np.where(c.density[out, ys, xs_] >= 0.1, BODY_WEIGHT, OUTSIDE_WEIGHT).astype(np.float32)
+        # augmentation: the dose physics is unchanged by in-plane flips/transposition and a z flip
+        views = [x, dvk[None], truth[None], w[None]]
+        if rng.random() < 0.5:
+            views = [v[:, ::-1] for v in views]
+        for axis in (2, 3):
+            if rng.random() < 0.5:
+                views = [np.flip(v, axis) for v in views]
+        if rng.random() < 0.5:
+            views = [v.swapaxes(2, 3) for v in views]
+        for store, v in zip((xs, dvks, truths, weights), views):
+            store.append(np.ascontiguousarray(v, dtype=np.float32))
+    return tuple(np.stack(s) for s in (xs, dvks, truths, weights))
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def _print_progress(fraction: float, message: str) -> None:
+    print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def _save_curve(history: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key, style, label in (("train_loss", "o-", "training"), ("val_loss", "s-", "validation (held-out phantoms)")):
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax.semilogy(*zip(*points), style, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted MSE (scaled dose rate)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".part.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(out_path: str | os.PathLike) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".ckpt")
+
+
+def train(
+    data_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    epochs: int = 200,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    patch: int = 128,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = True,
+    variant: str = "dblurdose",
+    progress: Progress | None = None,
+    *,
+    slab: int = 4,
+    steps_per_epoch: int | None = None,
+    val_fraction: float = VAL_FRACTION,
+    patience: int = 10,
+    amp: bool = True,
+) -> Path:
+    """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
+
+    ``steps_per_epoch`` defaults to one pass over the training slices in patches
+    (slices x in-plane area / patch area / batch size). See the module docstring.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from .devices import resolve_device
+    from .network import DblurDoseNet, ModelConfig, save_model
+
+    data_dir, out_path = Path(data_dir), Path(out_path)
+    progress = progress or _print_progress
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("patch", patch), ("slab", slab)):
+        if int(value) < 1:
+            raise DblurDoseError(f"the {name} must be at least 1, got {value}")
+    if not lr > 0:
+        raise DblurDoseError(f"the learning rate must be positive, got {lr}")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    if distributed:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dev = torch.device("cuda", local)
+        else:
+            dev = torch.device("cpu")
+        own_group = not dist.is_initialized()
+        if own_group:
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    else:
+        dev = resolve_device(device)
+    main = rank == 0
+
+    def say(fraction: float, message: str) -> None:
+        if main and progress(fraction, message) is False:
+            raise DblurDoseError("training cancelled; resume later from the checkpoint")
+
+    manifest = read_manifest(data_dir)
+    train_names, val_names = split_phantoms(manifest, seed, val_fraction)
+    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]))
+    cache = _cache_dir(data_dir, out_path)
+    say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
+             f"(held out: {', '.join(val_names) or 'none'})")
+    cases = load_cases(data_dir, train_names, manifest, config, cache)
+    val_cases = load_cases(data_dir, val_names, manifest, config, cache)
+    if not cases:
+        raise DblurDoseError("no training volume holds any activity; check the data set")
+    nz_min = min(c.density.shape[0] for c in cases + val_cases)
+    ny_min = min(min(c.density.shape[1:]) for c in cases + val_cases)
+    slab = max(1, min(slab, batch_size, nz_min))
+    patch = min(patch, ny_min) // 16 * 16
+    if patch < 16:
+        raise DblurDoseError(f"volumes of {ny_min} voxels in-plane are too small for the U-Net (16 at least)")
+    n_slabs = max(1, batch_size // slab)
+    if steps_per_epoch is None:
+        area = sum(c.density.shape[0] * c.density.shape[1] * c.density.shape[2] for c in cases)
+        steps_per_epoch = max(1, math.ceil(area / (patch * patch * n_slabs * slab)))
+    local_steps = max(1, math.ceil(steps_per_epoch / world))
+
+    torch.manual_seed(seed)
+    net = DblurDoseNet(config).to(dev)
+    channels_last = dev.type == "cpu" and patch >= 64
+    if channels_last:  # oneDNN's preferred layouts (their one-time kernel setup costs more than tiny patches gain)
+        net.unet.to(memory_format=torch.channels_last)
+        if net.extractor is not None:
+            net.extractor.to(memory_format=torch.channels_last_3d)
+
+    class SlabModel(nn.Module):  # DistributedDataParallel hooks into forward()
+        def __init__(self, inner: DblurDoseNet) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, dvk):
+            return self.inner.forward_slab(x, dvk)
+
+    model: nn.Module = SlabModel(net)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience)
+    use_amp = amp and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
+                "batch_size": batch_size, "patch": patch, "slab": slab, "seed": seed,
+                "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names}
+    ckpt_path = checkpoint_path(out_path)
+    start, history, best = 0, [], math.inf
+    if resume and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
+                                 "pass --no-resume to start over") from None
+        changed = [k for k in ("data", "variant", "spacing", "patch", "slab", "seed", "val_phantoms")
+                   if ckpt["settings"].get(k) != settings[k]]
+        if changed:
+            raise DblurDoseError(f"the checkpoint {ckpt_path} was made with other settings ({', '.join(changed)}); "
+                                 "use the same settings, another --out, or --no-resume to start over")
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best"])
+        say(start / epochs, f"resuming after epoch {start} from {ckpt_path}")
+
+    def to_device(arrays):
+        x, dvk, truth, w = (torch.from_numpy(a).to(dev, non_blocking=True) for a in arrays)
+        if channels_last and net.extractor is not None:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, dvk, truth, w
+
+    def loss_of(pred, truth, w):
+        return (w * (pred.float() - truth) ** 2).mean()
+
+    val_rng = np.random.default_rng([seed, 99])
+    val_batches = [sample_batch(val_cases, val_rng, n_slabs, slab, patch) for _ in range(VAL_BATCHES)] \
+        if val_cases else []
+
+    def mean_over_ranks(value: float) -> float:
+        if not distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=dev)
+        dist.all_reduce(t)
+        return float(t) / world
+
+    def validate() -> float | None:
+        if not val_batches:
+            return None
+        net.eval()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            losses = []
+            for arrays in val_batches:
+                x, dvk, truth, w = to_device(arrays)
+                losses.append(float(loss_of(net.forward_slab(x, dvk if net.residual else None), truth, w)))
+        return mean_over_ranks(float(np.mean(losses)))
+
+    t_start = time.perf_counter()
+    if start == 0 and val_batches:  # the starting point of the validation curve
+        history = [{"epoch": 0, "train_loss": None, "val_loss": validate(), "lr": lr, "seconds": 0.0}]
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        net.train()
+        rng = np.random.default_rng([seed, epoch, rank])
+        total, last_report = 0.0, time.perf_counter()
+        for step in range(local_steps):
+            x, dvk, truth, w = to_device(sample_batch(cases, rng, n_slabs, slab, patch))
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                pred = model(x, dvk if net.residual else None)
+            loss = loss_of(pred, truth, w)
+            if not torch.isfinite(loss):
+                raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower --lr "
+                                     "or check the data set for NaN values")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.item()
+            if time.perf_counter() - last_report > 60:
+                last_report = time.perf_counter()
+                say((epoch + (step + 1) / local_steps) / epochs,
+                    f"epoch {epoch + 1}/{epochs}: step {step + 1}/{local_steps}, loss {total / (step + 1):.4g}")
+        train_loss = mean_over_ranks(total / local_steps)
+        val_loss = validate()
+        monitor = val_loss if val_loss is not None else train_loss
+        scheduler.step(monitor)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)})
+        improved = monitor < best
+        best = min(best, monitor)
+        if main:
+            if improved:
+                net.config.info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **settings}
+                save_model(net, out_path)
+            _atomic_torch_save({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                "history": history, "best": best, "settings": settings}, ckpt_path)
+            _save_curve(history, out_path.with_name(out_path.stem + ".loss.png"))
+        if distributed:
+            dist.barrier()
+        val_text = f", validation {val_loss:.4g}" if val_loss is not None else ""
+        say((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: training loss {train_loss:.4g}{val_text}, "
+                                  f"lr {optimizer.param_groups[0]['lr']:.2g}, {time.perf_counter() - t0:.1f} s"
+                                  + (" (best so far, saved)" if improved else ""))
+    if main and not out_path.exists():  # e.g. resumed after the last epoch of an interrupted save
+        save_model(net, out_path)
+    say(1.0, f"done in {time.perf_counter() - t_start:.0f} s: {out_path}")
+    if distributed and own_group:
+        dist.destroy_process_group()
+    return out_path
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def add_train_arguments(subparser) -> None:
+    """Adds the ``train`` options to a parser (or creates the ``train`` command on a subparsers object)."""
+    p = subparser.add_parser("train", help="train DblurDoseNet on a data set") \
+        if hasattr(subparser, "add_parser") else subparser
+    p.add_argument("--data", required=True, help="data set folder written by `dblurdose data generate`")
+    p.add_argument("--out", required=True, help="model file to write (e.g. dblurdosenet.pt)")
+    p.add_argument("--epochs", type=int, default=200, help="epochs (paper: 200)")
+    p.add_argument("--batch-size", type=int, default=32, help="output slices per batch (paper: 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (paper: 1e-3)")
+    p.add_argument("--patch", type=int, default=128, help="in-plane patch size, a multiple of 16")
+    p.add_argument("--slab", type=int, default=4, help="consecutive output slices per training sample")
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training slices in patches")
+    p.add_argument("--variant", choices=("dblurdose", "no_residual", "2d"), default="dblurdose",
+                   help="the paper's network, or an ablation (no DVK residual; 2D U-Net only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    path = train(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch=args.patch,
+                 seed=args.seed, device=args.device, resume=args.resume, variant=args.variant,
+                 slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(path)
+    return 0

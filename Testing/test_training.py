@@ -1,0 +1,186 @@
+"""Training on a tiny synthetic data set: the loss falls, resume continues, validation is held out."""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from DblurDoseLib import training
+from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.inference import cnn_dose_rate, load_model
+from DblurDoseLib.volume import Volume, read_volume, write_volume
+
+SPACING = (10.0, 10.0, 15.0)  # coarse voxels: a patient-sized body in a tiny grid
+FAST = dict(epochs=2, batch_size=8, patch=32, slab=4, steps_per_epoch=10, lr=2e-3, seed=3, device="cpu")
+
+
+def make_dataset(root, n_phantoms=5, n_test=1, shape=(14, 32, 32), realisations=2, seed=0):
+    """The data generator's layout with stand-in physics: blurred SPECT, DVK from it, a sharper label."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij")
+    phantoms = {}
+    for i in range(n_phantoms):
+        name = f"p{i:02d}"
+        folder = root / name
+        folder.mkdir(parents=True)
+        body = (y / (shape[1] * 0.42)) ** 2 + (x / (shape[2] * 0.45)) ** 2 <= 1
+        density = np.where(body, 1.0, 0.0012).astype(np.float32)
+        density[body & (((x - shape[2] * 0.2) / 5) ** 2 + (y / 6) ** 2 <= 1)] = 0.3
+        act = np.where(body, 1e4, 0.0)
+        for _ in range(3):
+            c = rng.uniform(-0.3, 0.3, 3) * np.array(shape)
+            act += 2e5 * body * (((z - c[0]) / 1.5) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= rng.uniform(4, 16))
+        tissue = density >= 0.1
+        truth = 1.5 * gaussian_filter(act, 0.7) * 1e-4 / np.maximum(density, 0.1) * tissue
+        vol = lambda a: Volume(np.asarray(a, np.float32), SPACING)  # noqa: E731
+        write_volume(vol(density), folder / "density.nrrd")
+        write_volume(vol(tissue), folder / "labels.nrrd")
+        write_volume(vol(truth), folder / "mc_truth.nrrd")
+        for r in range(realisations):
+            spect = rng.poisson(gaussian_filter(act, 1.5) / 1e3) * 1e3
+            write_volume(vol(spect), folder / f"spect_r{r}.nrrd")
+            write_volume(vol(gaussian_filter(spect, 1.0) * 1e-4 / np.maximum(density, 0.1) * tissue),
+                         folder / f"dvk_r{r}.nrrd")
+        phantoms[name] = {"index": i, "split": "test" if i < n_test else "train", "realisations": realisations}
+    (root / "manifest.json").write_text(json.dumps({"format": 1, "phantoms": phantoms, "spacing": list(SPACING)}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """Two epochs without interruption; returns (model path, messages)."""
+    out = tmp_path_factory.mktemp("run") / "model.pt"
+    messages = []
+    training.train(dataset, out, progress=lambda f, m: messages.append((f, m)), **FAST)
+    return out, messages
+
+
+def _checkpoint(out):
+    return torch.load(training.checkpoint_path(out), weights_only=True)
+
+
+def test_training_lowers_the_loss_and_writes_its_files(trained):
+    out, messages = trained
+    history = _checkpoint(out)["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[2]["train_loss"] < 0.8 * history[1]["train_loss"]
+    assert min(h["val_loss"] for h in history[1:]) < history[0]["val_loss"]  # held-out phantoms improve too
+    assert out.is_file() and out.with_name("model.loss.png").stat().st_size > 1000
+    assert messages[-1][0] == 1.0 and any("epoch 2/2" in m for _, m in messages)
+
+
+def test_saved_model_runs_through_cnn_dose_rate(trained, dataset):
+    out, _ = trained
+    model = load_model(out, device="cpu")
+    assert model.config.spacing == SPACING and model.config.variant == "dblurdose"
+    assert model.config.info["val_phantoms"] and model.config.info["epoch"] >= 1
+    ct = read_volume(dataset / "p00" / "density.nrrd")  # a test phantom, never trained on
+    density = ct.array
+    spect = read_volume(dataset / "p00" / "spect_r0.nrrd")
+    dvk = read_volume(dataset / "p00" / "dvk_r0.nrrd").array
+    dose = cnn_dose_rate(spect, ct, density, dvk, "cpu", model=model)
+    assert dose.same_grid(ct) and np.isfinite(dose.array).all()
+    assert dose.array.min() >= 0 and not dose.array[density < 0.1].any()
+    assert dose.array.max() > 0
+
+
+def test_resume_continues_where_it_stopped(trained, dataset, tmp_path):
+    out = tmp_path / "model.pt"
+    training.train(dataset, out, **{**FAST, "epochs": 1}, progress=lambda f, m: None)
+    assert _checkpoint(out)["epoch"] == 1
+    messages = []
+    training.train(dataset, out, **FAST, progress=lambda f, m: messages.append(m))
+    assert any("resuming after epoch 1" in m for m in messages)
+    assert not any("epoch 1/2" in m for m in messages)  # epoch 1 is not trained again
+    ckpt = _checkpoint(out)
+    assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [0, 1, 2]
+    steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
+    assert steps == {2 * FAST["steps_per_epoch"]}  # Adam's state carried over, not restarted
+    # interrupted + resumed is the same run as the uninterrupted one
+    reference = _checkpoint(trained[0])
+    for name, value in reference["model"].items():
+        torch.testing.assert_close(ckpt["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_other_settings(trained, dataset, tmp_path):
+    out = tmp_path / "model.pt"
+    training.train(dataset, out, **{**FAST, "epochs": 1, "steps_per_epoch": 1}, progress=lambda f, m: None)
+    with pytest.raises(DblurDoseError, match="other settings.*variant.*--no-resume"):
+        training.train(dataset, out, **{**FAST, "steps_per_epoch": 1, "variant": "2d"}, progress=lambda f, m: None)
+
+
+def test_validation_is_held_out_by_phantom(dataset):
+    manifest = training.read_manifest(dataset)
+    train_names, val_names = training.split_phantoms(manifest, seed=3)
+    assert set(train_names).isdisjoint(val_names) and val_names
+    assert "p00" not in train_names + val_names  # the 'test' split is never read
+    assert sorted(train_names + val_names) == ["p01", "p02", "p03", "p04"]
+    assert training.split_phantoms(manifest, seed=3) == (train_names, val_names)  # fixed by the seed
+    nine = {"phantoms": {f"p{i:02d}": {"split": "train"} for i in range(9)}, "spacing": [1, 1, 1]}
+    splits = {tuple(training.split_phantoms(nine, seed)[1]) for seed in range(10)}
+    assert all(len(v) == 2 for v in splits) and len(splits) > 1  # 2 of 9, chosen by the seed
+
+
+def test_batches_come_from_training_phantoms_only(dataset, tmp_path):
+    from DblurDoseLib.network import ModelConfig
+
+    manifest = training.read_manifest(dataset)
+    train_names, val_names = training.split_phantoms(manifest, seed=3)
+    cases = training.load_cases(dataset, train_names, manifest, ModelConfig(spacing=SPACING), tmp_path)
+    assert {c.phantom for c in cases} == set(train_names) and len(cases) == 2 * len(train_names)
+    x, dvk, truth, w = training.sample_batch(cases, np.random.default_rng(0), 2, 4, 32)
+    assert x.shape == (2, 2, 14, 32, 32) and dvk.shape == truth.shape == w.shape == (2, 1, 4, 32, 32)
+    assert np.isin(w, np.float32([training.BODY_WEIGHT, training.OUTSIDE_WEIGHT])).all()
+
+
+def test_bad_data_folders_are_refused(tmp_path):
+    with pytest.raises(DblurDoseError, match="no manifest.json.*dblurdose data generate"):
+        training.train(tmp_path, tmp_path / "m.pt", device="cpu")
+    root = make_dataset(tmp_path / "data", n_phantoms=2, shape=(12, 16, 16))
+    (root / "p01" / "dvk_r1.nrrd").unlink()
+    with pytest.raises(DblurDoseError, match="dvk_r1.nrrd is missing"):
+        training.train(root, tmp_path / "m.pt", device="cpu", epochs=1)
+
+
+def test_command_line_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    training.add_train_arguments(sub)
+    args = parser.parse_args(["train", "--data", "D", "--out", "M.pt", "--epochs", "3", "--variant", "2d",
+                              "--no-resume"])
+    assert args.func is training.cmd_train
+    assert (args.epochs, args.batch_size, args.variant, args.resume, args.amp) == (3, 32, "2d", False, True)
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
+    """torchrun with 2 processes (gloo on the CPU): trains, and only rank 0 writes files and prints."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    out = tmp_path / "ddp" / "model.pt"
+    script.write_text(
+        "from DblurDoseLib.training import train\n"
+        f"train({str(dataset)!r}, {str(out)!r}, epochs=1, batch_size=8, patch=32, slab=4, steps_per_epoch=2, "
+        "device='cpu')\n"
+    )
+    root = str(Path(training.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("epoch 1/1:") == 1  # rank 0 reports, rank 1 is silent
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.loss.png", "model.pt", "model.pt.ckpt"]
+    assert load_model(out, device="cpu").config.info["epoch"] == 1
