@@ -7,7 +7,6 @@ HU to density -> DVK convolution with density scaling (-> CNN correction, when a
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -25,13 +24,11 @@ NGY_PER_MBQ_S = 1e6 / 3600.0
 Progress = Callable[[float, str], object]
 
 
-#: Where the shipped DblurDoseNet weights live.
-MODEL_PATH = Path(__file__).resolve().parent / "data" / "models" / "dblurdosenet.pt"
-
-
 def available_methods() -> tuple[str, ...]:
     """Dose methods usable in this installation (the CNN needs its shipped weights)."""
-    return METHODS if MODEL_PATH.exists() else ("dvk",)
+    from .inference import weights_installed
+
+    return METHODS if weights_installed() else ("dvk",)
 
 
 def spect_to_bqml(
@@ -115,8 +112,10 @@ def compute_dose_rate_maps(
     if unknown or not methods:
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
     if "cnn" in methods and "cnn" not in available_methods():
+        from .inference import DEFAULT_MODEL_PATH
+
         raise DblurDoseError(
-            f"the CNN method needs trained DblurDoseNet weights, which are not installed ({MODEL_PATH}); "
+            f"the CNN method needs trained DblurDoseNet weights, which are not installed ({DEFAULT_MODEL_PATH}); "
             "use --method dvk"
         )
 
