@@ -120,7 +120,7 @@ def _take_z(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _cat_z(parts: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(parts, 2)``, keeping (and copying fast in) a channels-last layout."""
-    if all(_slices_last(p) or p.shape[2] == 1 for p in parts) and any(_slices_last(p) for p in parts):
+    if any(_slices_last(p) for p in parts):
         return torch.cat([p.permute(0, 2, 3, 4, 1) for p in parts], 1).permute(0, 4, 1, 2, 3)
     return torch.cat(parts, 2)
 
@@ -210,8 +210,9 @@ class DepthExtractor(nn.Module):
         ``M[g] = max(F[g], F[g+1])`` (once per position). The second conv's three outputs per
         pack read the triplets (p0 p1 p2), (p1 p2 p3), (p2 p3 p4), gathered into one tensor and
         convolved with z-stride 3; the third conv reads the three results with z-stride 3.
-        Per output slice this costs 13 first-layer taps instead of 45 and no pooling work;
-        the second and third convs cannot be shared between packs (the pack edges reach them).
+        Per output slice the first layer costs 13 + 30/S taps instead of 45 and the pooling a
+        third; the second and third convs cannot be shared between packs (every pack's edge
+        outputs L and R reach both of them), so they cost what they cost per pack.
         A conv bias (after BN folding, :func:`fuse_for_inference`) is honoured in every layer.
 
         In training mode the batch-norm statistics are those of the per-pack forward: BN1
@@ -247,13 +248,12 @@ class DepthExtractor(nn.Module):
             return tuple(_leaky(bn(t)) for t in (f1, left, right))
         if bn.training:
             # each pack holds F[k+1..k+7], L[k], R[k]: F[g] appears in min(g, 7, s + 7 - g, s) packs
-            g = torch.arange(1, s + 7, device=f1.device)
-            mult = torch.minimum(torch.minimum(g, s + 7 - g), torch.full_like(g, min(7, s))).to(f1.dtype)
-            mult = mult.view(1, 1, -1, 1, 1)
-            n_elem = f1.shape[0] * f1.shape[3] * f1.shape[4]
-            count = 9.0 * s * n_elem
-            dims = (0, 2, 3, 4)
             f32 = [t if t.dtype == torch.float64 else t.float() for t in (f1, left, right)]  # float32 under autocast
+            g = torch.arange(1, s + 7, device=f1.device)
+            mult = torch.minimum(torch.minimum(g, s + 7 - g), torch.full_like(g, min(7, s))).to(f32[0].dtype)
+            mult = mult.view(1, 1, -1, 1, 1)
+            count = 9.0 * s * f1.shape[0] * f1.shape[3] * f1.shape[4]
+            dims = (0, 2, 3, 4)
             mean = ((f32[0] * mult).sum(dims) + f32[1].sum(dims) + f32[2].sum(dims)) / count
             cm = mean.view(1, -1, 1, 1, 1)
             var = (((f32[0] - cm) ** 2 * mult).sum(dims) + ((f32[1] - cm) ** 2).sum(dims)

@@ -342,7 +342,7 @@ def train(
         except Exception as exc:
             raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
                                  "pass --no-resume to start over") from None
-        changed = [k for k in ("data", "variant", "spacing", "patch", "slab", "seed", "val_phantoms")
+        changed = [k for k in ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms")
                    if ckpt["settings"].get(k) != settings[k]]
         if changed:
             raise DblurDoseError(f"the checkpoint {ckpt_path} was made with other settings ({', '.join(changed)}); "

@@ -7,11 +7,13 @@ weights) whose working grid is the CT grid. Timed in one process:
 * DVK: the density-scaled DVK convolution (the CNN's input), ``dvk_dose_rate``;
 * CNN: ``cnn_dose_rate`` (scaling, shared-extractor slabs, U-Net, clamp/mask), whole volume;
 * naive: the same model, every 11-slice pack through the module's ``forward`` one at a time
-  (``predict_scaled(naive=True)``), timed on ``--naive-slices`` output slices and extrapolated
-  to 130 (each pack costs the same, so the extrapolation is linear); the fast path is also
-  checked against it on those slices.
+  (``predict_scaled(naive=True)``), timed on ``--naive-slices`` central output slices plus
+  their 10 context slices and extrapolated linearly to all slices (every pack costs the same);
+  the fast path is checked against it on the central slices.
 
-Medians of ``--repeats`` runs for DVK and CNN; on CUDA also the GPU time and peak GPU memory.
+CNN and naive runs alternate (``--repeats`` each), so both see the same machine: on a shared
+machine compare the ratio, and the process CPU times, rather than the absolute wall times.
+Medians; on CUDA also peak GPU memory.
 
     python benchmarks/bench_cnn.py [--repeats 3] [--naive-slices 6] [--small]
 """
@@ -49,15 +51,13 @@ def make_case(small: bool):
     return ct, ct.with_array(act), density
 
 
-def median_time(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+def timed(fn, sync=lambda: None) -> tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, result) of one call."""
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fn()
+    sync()
+    return time.perf_counter() - t0, time.process_time() - c0, result
 
 
 def bench_device(dev: str, model, ct, activity, density, kernel, args) -> None:
@@ -72,13 +72,9 @@ def bench_device(dev: str, model, ct, activity, density, kernel, args) -> None:
     if dev == "cuda":
         cnn_dose_rate(activity, ct, density, np.zeros(ct.shape, np.float32), dev, model=model)  # warm-up
         torch.cuda.reset_peak_memory_stats()
-    t_dvk, dvk = median_time(lambda: dvk_dose_rate(bq, density, kernel.electron, kernel.photon, device=dev),
-                             args.repeats, sync)
-    t_cnn, cnn = median_time(lambda: cnn_dose_rate(activity, ct, density, dvk, dev, model=model), args.repeats, sync)
-    print(f"[{dev}] DVK {t_dvk:.1f} s + CNN {t_cnn:.1f} s = {t_dvk + t_cnn:.1f} s "
-          f"(median of {args.repeats}); CNN {t_cnn / nz * 1000:.0f} ms per slice", flush=True)
-    if dev == "cuda":
-        print(f"[cuda] peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    dvk_runs = [timed(lambda: dvk_dose_rate(bq, density, kernel.electron, kernel.photon, device=dev), sync)
+                for _ in range(args.repeats)]
+    t_dvk, dvk = statistics.median(r[0] for r in dvk_runs), dvk_runs[-1][2]
 
     # the naive per-pack loop on a few central output slices, each with its real 11-slice context
     n = min(args.naive_slices, nz)
@@ -87,14 +83,27 @@ def bench_device(dev: str, model, ct, activity, density, kernel, args) -> None:
     total = float(activity.array.sum(dtype=np.float64)) * ct.voxel_volume_ml
     sp = activity.array[rows] * np.float32(model.config.spect_scale_ml / total)
     dv = dvk[rows] * np.float32(model.config.dose_scale / total)
-    t_naive, naive = median_time(lambda: predict_scaled(model, sp, density[rows], dv, dev, naive=True), 1, sync)
-    fast = cnn.array[z0: z0 + n] * np.float32(model.config.dose_scale / total)
-    naive = naive[z0 - rows.start: z0 - rows.start + n]
+    cnn_runs, naive_runs = [], []
+    for _ in range(args.repeats):  # interleaved, so that both see the same machine
+        cnn_runs.append(timed(lambda: cnn_dose_rate(activity, ct, density, dvk, dev, model=model), sync))
+        naive_runs.append(timed(lambda: predict_scaled(model, sp, density[rows], dv, dev, naive=True), sync))
+    t_cnn = statistics.median(r[0] for r in cnn_runs)
+    c_cnn = statistics.median(r[1] for r in cnn_runs)
+    k = nz / (rows.stop - rows.start)  # naive: extrapolated from the timed slices to the whole volume
+    t_naive = statistics.median(r[0] for r in naive_runs) * k
+    c_naive = statistics.median(r[1] for r in naive_runs) * k
+    ratios = [nr[0] * k / cr[0] for cr, nr in zip(cnn_runs, naive_runs)]
+    print(f"[{dev}] DVK {t_dvk:.1f} s + CNN {t_cnn:.1f} s = {t_dvk + t_cnn:.1f} s wall (median of {args.repeats}); "
+          f"CNN {t_cnn / nz * 1000:.0f} ms per slice, {c_cnn:.0f} s CPU", flush=True)
+    print(f"[{dev}] naive per-pack {t_naive:.0f} s wall, {c_naive:.0f} s CPU (timed on {rows.stop - rows.start} "
+          f"slices, extrapolated to {nz}); CNN faster by {statistics.median(ratios):.2f}x wall "
+          f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}), {c_naive / c_cnn:.2f}x CPU", flush=True)
+    fast = cnn_runs[-1][2].array[z0: z0 + n] * np.float32(model.config.dose_scale / total)
+    naive = naive_runs[-1][2][z0 - rows.start: z0 - rows.start + n]
     err = float(np.abs(naive - fast).max() / max(np.abs(fast).max(), 1e-30))
-    per_slice = t_naive / (rows.stop - rows.start)
-    print(f"[{dev}] naive per-pack: {per_slice * 1000:.0f} ms per slice (timed on {rows.stop - rows.start} slices, "
-          f"extrapolated) -> {per_slice * nz:.0f} s for {nz} slices; CNN speed-up {per_slice * nz / t_cnn:.2f}x; "
-          f"largest difference to the fast path {err:.1e} of the maximum", flush=True)
+    print(f"[{dev}] largest difference fast vs naive: {err:.1e} of the maximum", flush=True)
+    if dev == "cuda":
+        print(f"[cuda] peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
 
 
 def main() -> None:
