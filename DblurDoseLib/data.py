@@ -58,6 +58,7 @@ class DataSettings:
     time_days: tuple[float, float] = (1.0, 7.0)
     n_test: int = 5
     seed: int = 2022
+    threads: int | None = None  # CPU threads per phantom job (None: all cores; set when jobs share a machine)
 
     def phantom_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
@@ -120,6 +121,10 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
 
     folder = Path(out) / f"p{index:02d}"
     folder.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     done_path = folder / "done.json"
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
     seed = settings.phantom_seed(index)
@@ -172,7 +177,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     def make_truth() -> None:
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
         decays = settings.test_decays if split == "test" else settings.decays
-        dose, unc = monte_carlo_dose_rate(bq, density, int(decays), seed)
+        dose, unc = monte_carlo_dose_rate(bq, density, int(decays), seed, threads=settings.threads)
         _write(dose, folder / "mc_truth.nrrd")
         _write(unc, folder / "mc_truth_unc.nrrd")
 
@@ -183,7 +188,8 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
             for r in range(settings.realisations):
                 spect = read_volume(folder / f"spect_r{r}.nrrd")
                 bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
-                dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r)
+                dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
+                                                threads=settings.threads)
                 _write(dose, folder / f"mc_spect_r{r}.nrrd")
 
         part("spect_mc", [f"mc_spect_r{r}.nrrd" for r in range(settings.realisations)], make_spect_mc)
@@ -285,9 +291,12 @@ def cmd_data(args) -> int:
         raise DblurDoseError("--counts needs 0 < LOW <= HIGH")
     if args.realisations < 1:
         raise DblurDoseError("--realisations must be at least 1")
+    if args.workers < 1:
+        raise DblurDoseError("--workers must be at least 1")
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
-                            seed=args.seed, **(SMALL if args.small else {}))
+                            seed=args.seed, threads=threads, **(SMALL if args.small else {}))
     path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler)
     print(path)
     return 0
