@@ -1,4 +1,10 @@
-"""``dblurdose demo``: a virtual patient, a SPECT-like image of it, its dose-rate maps and a report."""
+"""``dblurdose demo``: a virtual patient, its simulated SPECT, dose-rate maps and an HTML report.
+
+With the ``sim`` extra (pytomography) the SPECT is simulated and reconstructed as in the paper,
+at reduced settings for speed (DEMO_ACQUISITION); without it a blurred stand-in is used. With the
+``mc`` extra (ompmc) the Monte Carlo dose rate of the true activity is the reference shown beside
+the DVK (and the CNN, when its weights are installed).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +19,22 @@ from .volume import Volume
 #: Demo CT grid: the paper's axial field (130 slices x 3 mm) at half its in-plane resolution.
 DEMO_SHAPE = (130, 256, 256)
 DEMO_SPACING = (1.96, 1.96, 3.0)
-#: SPECT-like blur: system resolution of a medium-energy collimator at ~15 cm, mm FWHM.
+#: Stand-in SPECT blur when pytomography is missing: ME collimator resolution at ~15 cm, mm FWHM.
 DEMO_SPECT_FWHM_MM = 12.0
 DEMO_SPECT_VOXEL_MM = 4.8
+#: Monte Carlo decays for the demo's reference dose rate (data sets use 3e7 to 1e8).
+DEMO_DECAYS = 4_000_000
+
+
+def demo_acquisition():
+    """The paper's acquisition at reduced cost: 64 views and 8 x 4 OSEM on the 4.8 mm grid."""
+    from .spect import SpectAcquisition
+
+    return SpectAcquisition(n_views=64, iterations=8, subsets=4, projection_oversampling=1)
 
 
 def spect_like(activity: Volume, fwhm_mm: float = DEMO_SPECT_FWHM_MM, voxel_mm: float = DEMO_SPECT_VOXEL_MM) -> Volume:
-    """A blurred, coarse-grid stand-in for a reconstructed SPECT (Bq/mL), activity conserved.
-
-    Gaussian blur of ``fwhm_mm`` in physical units, then an activity-conserving move onto an
-    isotropic ``voxel_mm`` grid covering the same field.
-    """
+    """A blurred, coarse-grid stand-in for a reconstructed SPECT (Bq/mL), activity conserved."""
     from scipy.ndimage import gaussian_filter
 
     from .resample import resample_activity
@@ -32,10 +43,17 @@ def spect_like(activity: Volume, fwhm_mm: float = DEMO_SPECT_FWHM_MM, voxel_mm: 
     blurred = gaussian_filter(np.asarray(activity.array, dtype=np.float32), sigma, mode="constant")
     extent = np.asarray(activity.spacing) * np.asarray(activity.shape[::-1])
     n = np.maximum(np.round(extent / voxel_mm).astype(int), 1)
-    centre = np.asarray(activity.origin) + activity.direction @ ((np.asarray(activity.shape[::-1]) - 1) / 2 * np.asarray(activity.spacing))
+    centre = np.asarray(activity.origin) + activity.direction @ (
+        (np.asarray(activity.shape[::-1]) - 1) / 2 * np.asarray(activity.spacing))
     origin = centre - activity.direction @ ((n - 1) / 2 * voxel_mm)
     grid = Volume(np.zeros(tuple(n[::-1]), dtype=np.float32), (voxel_mm,) * 3, tuple(origin), activity.direction)
     return resample_activity(activity.with_array(blurred), grid)
+
+
+def _has(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
 
 
 def run_demo(
@@ -45,92 +63,126 @@ def run_demo(
     seed: int = 3,
     shape: tuple[int, int, int] = DEMO_SHAPE,
     spacing: tuple[float, float, float] = DEMO_SPACING,
+    decays: int = DEMO_DECAYS,
     progress: Callable[[float, str], object] | None = None,
 ) -> Path:
     """Run the demo into ``out``; returns the path of the HTML report."""
-    from .dose import compute_dose_rate_maps
+    from .dose import available_methods, compute_dose_rate_maps
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, write_csv
     from .phantom import make_phantom
     from .report import html_table, write_html
+    from .resample import resample_activity
     from .segments import segments_from_labelmap
     from .volume import write_volume
 
     say = progress or (lambda f, m: None)
-    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "labels.nrrd", "dose_rate_dvk.nrrd", "stats.csv",
-             "drvh.csv", "report.html", "slices.png", "drvh.png", "profile.png"]
+    methods = available_methods()
+    simulate, monte_carlo = _has("pytomography"), _has("ompmc")
+    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "labels.nrrd", "stats.csv", "drvh.csv", "report.html",
+             "slices.png", "drvh.png", "profile.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
+    names += ["dose_rate_truth_mc.nrrd"] if monte_carlo else []
     folder = OutputFolder(out, names, overwrite=overwrite)
+    notes = []
+
     say(0.0, "making a virtual patient")
     phantom = make_phantom(seed, shape=shape, spacing=spacing, time_days=1.0)
-    say(0.2, "simulating a SPECT-like image")
-    spect = spect_like(phantom.activity)
-    maps = compute_dose_rate_maps(spect, phantom.hu, ("dvk",), device=device,
-                                  progress=lambda f, m: say(0.3 + 0.4 * f, m))
-    dose = np.asarray(maps["dvk"].array)
-    segments = [s for s in segments_from_labelmap(phantom.labels, phantom.hu, phantom.label_names) if s.mask.any()]
-    stats = statistics_table({"dvk": dose}, segments, phantom.hu.voxel_volume_ml)
+    if simulate:
+        from .spect import simulate_spect
 
-    say(0.8, "writing volumes and report")
+        acq = demo_acquisition()
+        say(0.05, f"simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets}; pytomography)")
+        spect = simulate_spect(phantom.activity, phantom.density, None, seed, acq,
+                               progress=lambda stage, f: say(0.05 + 0.45 * f, stage))[0]
+        notes.append(f"SPECT simulated with pytomography: Siemens Intevo ME collimator, 208 keV 20% window, "
+                     f"{acq.n_views} views (paper: 128), OSEM {acq.iterations} iterations x {acq.subsets} subsets "
+                     f"(paper: 16 x 4), {acq.matrix[0]}x{acq.matrix[1]}x{acq.matrix[2]} at {acq.voxel_mm} mm, "
+                     f"{acq.duration_s / 60:.0f} min scan, Poisson noise, scatter added and corrected.")
+    else:
+        spect = spect_like(phantom.activity)
+        notes.append("pytomography is not installed (pip install 'dblurdose[sim]'): the SPECT is a stand-in, the "
+                     f"true activity blurred {DEMO_SPECT_FWHM_MM} mm FWHM on a {DEMO_SPECT_VOXEL_MM} mm grid.")
+    maps = compute_dose_rate_maps(spect, phantom.hu, methods, device=device,
+                                  progress=lambda f, m: say(0.5 + 0.15 * f, m))
+    dose = {m: np.asarray(v.array) for m, v in maps.items()}
+    if monte_carlo:
+        from .montecarlo import monte_carlo_dose_rate
+
+        say(0.65, f"Monte Carlo reference from the true activity ({decays:.0e} decays; ompmc)")
+        bq = phantom.activity.with_array(phantom.activity.array * np.float32(phantom.activity.voxel_volume_ml))
+        truth, _unc = monte_carlo_dose_rate(bq, phantom.density, decays, seed,
+                                            progress=lambda f, m="": say(0.65 + 0.2 * f, "Monte Carlo"))
+        dose = {"truth (MC)": np.asarray(truth.array), **dose}
+        notes.append(f"Reference: Monte Carlo (ompmc) dose rate of the true activity, {decays:.0e} decays.")
+    else:
+        notes.append("ompmc is not installed (pip install 'dblurdose[mc]'): no Monte Carlo reference is shown.")
+    segments = [s for s in segments_from_labelmap(phantom.labels, phantom.hu, phantom.label_names) if s.mask.any()]
+    stats = statistics_table(dose, segments, phantom.hu.voxel_volume_ml)
+
+    say(0.9, "writing volumes and report")
     with folder as stage:
         write_volume(phantom.hu, stage / "ct.nrrd")
         write_volume(spect, stage / "spect.nrrd")
         write_volume(phantom.activity, stage / "true_activity.nrrd")
         write_volume(phantom.labels, stage / "labels.nrrd")
-        write_volume(maps["dvk"], stage / "dose_rate_dvk.nrrd")
+        for m, v in maps.items():
+            write_volume(v, stage / f"dose_rate_{m}.nrrd")
+        if monte_carlo:
+            write_volume(truth, stage / "dose_rate_truth_mc.nrrd")
         write_csv(stats, stage / "stats.csv")
-        write_csv(drvh_table({"dvk": dose}, segments), stage / "drvh.csv")
-        _figures(stage, phantom, spect, dose, segments)
-        write_html(stage / "report.html", "DblurDose demo: DVK dose rate of a virtual patient", [
-            ("Patient", f"<p>Virtual patient seed {seed}, CT grid {shape[2]}x{shape[1]}x{shape[0]} at "
-                        f"{spacing[0]}x{spacing[1]}x{spacing[2]} mm; SPECT-like image: true activity blurred "
-                        f"{DEMO_SPECT_FWHM_MM} mm FWHM on a {DEMO_SPECT_VOXEL_MM} mm grid.</p>"),
+        write_csv(drvh_table(dose, segments), stage / "drvh.csv")
+        spect_ct = np.asarray(resample_activity(spect, phantom.hu).array)
+        _figures(stage, phantom, spect_ct, dose, segments)
+        key_rows = [r for r in stats if any(k in str(r["segment"]) for k in ("kidney", "lesion", "liver", "spleen"))]
+        write_html(stage / "report.html", "DblurDose demo: dose rate of a virtual Lu-177 patient", [
+            ("Patient", f"<p>Virtual patient seed {seed}, day 1 after 7.4 GBq, CT grid {shape[2]}x{shape[1]}x"
+                        f"{shape[0]} at {spacing[0]}x{spacing[1]}x{spacing[2]} mm.</p>"
+                        + "".join(f"<p>{n}</p>" for n in notes)),
             ("Slices through the kidneys", "<img src='slices.png'>"),
             ("Line profile through a kidney", "<img src='profile.png'>"),
             ("Dose-rate-volume histograms", "<img src='drvh.png'>"),
-            ("Segment statistics (mGy/h)", html_table(stats)),
+            ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
+            ("All segments (mGy/h)", html_table(stats)),
         ])
     return Path(out) / "report.html"
 
 
-def _kidney_slice(phantom) -> tuple[int, str]:
-    names = {v: k for k, v in phantom.label_names.items()}
-    label = next((names[n] for n in names if "kidney" in n.lower()), None)
+def _kidney(phantom) -> tuple[int, int | None]:
+    label = next((v for v, n in phantom.label_names.items() if "kidney" in n.lower()), None)
     labels = np.asarray(phantom.labels.array)
     mask = labels == label if label is not None else labels > 0
-    z = int(np.argmax(mask.sum(axis=(1, 2))))
-    return z, (label if label is not None else "body")
+    return int(np.argmax(mask.sum(axis=(1, 2)))), label
 
 
-def _figures(stage: Path, phantom, spect: Volume, dose: np.ndarray, segments) -> None:
-    from .metrics import drvh, line_profile
+def _figures(stage: Path, phantom, spect_ct: np.ndarray, dose: dict[str, np.ndarray], segments) -> None:
+    from .metrics import drvh, drvh_bin_edges, line_profile
     from .report import Panel, save_curves, save_panels
-    from .resample import resample_linear
 
-    z, kidney = _kidney_slice(phantom)
-    spect_ct = np.asarray(resample_linear(spect, phantom.hu).array)
+    z, kidney = _kidney(phantom)
     truth = np.asarray(phantom.activity.array)
-    top = float(np.percentile(dose[dose > 0], 99.9)) if (dose > 0).any() else 1.0
     top_a = float(np.percentile(truth[truth > 0], 99.9)) if (truth > 0).any() else 1.0
-    save_panels([
-        Panel("CT", phantom.hu.array[z], "gray", "HU", -200, 300),
-        Panel("true activity", truth[z], "hot", "Bq/mL", 0, top_a),
-        Panel("SPECT", spect_ct[z], "hot", "Bq/mL", 0, top_a),
-        Panel("DVK dose rate", dose[z], "inferno", "mGy/h", 0, top),
-    ], stage / "slices.png")
-    # a left-right line through the kidneys at the slice's kidney centroid row
+    top_d = max(float(np.percentile(d[d > 0], 99.9)) if (d > 0).any() else 1.0 for d in dose.values())
+    panels = [Panel("CT", phantom.hu.array[z], "gray", "HU", -200, 300),
+              Panel("true activity", truth[z], "hot", "Bq/mL", 0, top_a),
+              Panel("SPECT", spect_ct[z], "hot", "Bq/mL", 0, top_a)]
+    panels += [Panel(f"{name} dose rate", d[z], "inferno", "mGy/h", 0, top_d) for name, d in dose.items()]
+    save_panels(panels, stage / "slices.png")
     labels = np.asarray(phantom.labels.array)
-    rows = np.nonzero(labels[z] == kidney)[0] if isinstance(kidney, int) else np.array([labels.shape[1] // 2])
+    rows = np.nonzero(labels[z] == kidney)[0] if kidney is not None else np.array([])
     row = int(np.median(rows)) if rows.size else labels.shape[1] // 2
     vol = phantom.hu
     p0 = np.asarray(vol.origin) + vol.direction @ (np.array([0, row, z]) * np.asarray(vol.spacing))
     p1 = np.asarray(vol.origin) + vol.direction @ (np.array([vol.shape[2] - 1, row, z]) * np.asarray(vol.spacing))
-    dist, d_prof = line_profile(phantom.hu.with_array(dose), p0, p1)
-    save_curves({"DVK dose rate": (dist, d_prof)}, stage / "profile.png", "distance along the line (mm)", "mGy/h",
-                "left-right profile through the kidneys")
+    styles = {"truth (MC)": "k-", "dvk": "b--", "cnn": "r-"}
+    profiles = {name: line_profile(vol.with_array(d), p0, p1) for name, d in dose.items()}
+    save_curves(profiles, stage / "profile.png", "distance along the line (mm)", "mGy/h",
+                "left-right profile through the kidneys", styles)
     curves = {}
     for segment in segments:
-        if any(key in segment.name.lower() for key in ("kidney", "lesion", "liver", "spleen")):
-            edges, _diff, cum = drvh(dose, segment.mask)
-            curves[segment.name] = (edges[:-1], cum * 100.0)
+        if any(key in segment.name.lower() for key in ("kidney_left", "lesion_1")):
+            edges = drvh_bin_edges(max(float(d[segment.mask].max()) for d in dose.values()))
+            for name, d in dose.items():
+                e, _diff, cum = drvh(d, segment.mask, edges)
+                curves[f"{segment.name} {name}"] = (e[:-1], cum * 100.0)
     save_curves(curves, stage / "drvh.png", "dose rate (mGy/h)", "volume receiving at least (%)",
-                "cumulative DRVH (DVK)")
+                "cumulative DRVHs")
