@@ -52,7 +52,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     )
     with out as stage:
         for method, volume in maps.items():
-            write_volume(volume, stage / f"dose_rate_{method}.nrrd")
+            write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
         if segments:
             arrays = {m: np.asarray(v.array) for m, v in maps.items()}
             write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv")

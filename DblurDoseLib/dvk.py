@@ -25,9 +25,16 @@ SECONDS_PER_HOUR = 3600.0
 
 
 def _fast_len(n: int) -> int:
-    from scipy.fft import next_fast_len
-
-    return int(next_fast_len(int(n), real=True))
+    """Smallest 5-smooth length >= n (2^a 3^b 5^c: fast for pocketfft, MKL and cuFFT alike)."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
 
 
 def _crop_centred(kernel: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
@@ -41,10 +48,10 @@ def _kernel_spectrum(kernel, shape: tuple[int, int, int], device):
     import torch
 
     k = torch.as_tensor(np.ascontiguousarray(kernel, dtype=np.float32), device=device)
-    half = [s // 2 for s in k.shape]
+    # kernel offset j in [-h, h] goes to index j mod L (wrapped): no full-grid roll needed
+    index = [torch.remainder(torch.arange(n, device=device) - n // 2, length) for n, length in zip(k.shape, shape)]
     padded = torch.zeros(shape, dtype=torch.float32, device=device)
-    padded[: k.shape[0], : k.shape[1], : k.shape[2]] = k
-    padded = torch.roll(padded, shifts=[-h for h in half], dims=(0, 1, 2))
+    padded[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]] = k
     return torch.fft.rfftn(padded)
 
 
@@ -102,8 +109,11 @@ def fft_convolve(
             spectrum = torch.fft.rfftn(grid)
             del grid
             for out, k_spec in zip(outputs, spectra[lz]):
-                result = torch.fft.irfftn(spectrum * k_spec, s=(lz, ly, lx))
-                out[o0:o1] += result[: o1 - o0, :ny, :nx].cpu().numpy()
+                result = torch.fft.irfftn(spectrum * k_spec, s=(lz, ly, lx))[: o1 - o0, :ny, :nx]
+                if len(slabs) == 1:
+                    out[...] = result.cpu().numpy()
+                else:
+                    out[o0:o1] += result.cpu().numpy()
                 del result
             del spectrum
             if progress is not None:
@@ -134,16 +144,16 @@ def dvk_dose_rate(
     if activity_bq.shape != density.shape:
         raise ValueError(f"activity {activity_bq.shape} and density {density.shape} grids differ")
     body = density >= AIR_DENSITY_THRESHOLD
-    scale = np.zeros_like(density)
-    scale[body] = medium_density / density[body]
+    per_hour = np.float32(SECONDS_PER_HOUR)
+    # per-voxel factor: seconds per hour x medium density / local density, zero in air
+    scale = np.divide(np.float32(medium_density) * per_hour, density, out=np.zeros_like(density), where=body)
     if scaling == "electron":
         electron, photon = fft_convolve(activity_bq, [electron_kernel, photon_kernel], device, max_bytes, progress)
-        dose = electron * scale + photon * body
+        dose = electron * scale + photon * (body * per_hour)
     else:
         (dose,) = fft_convolve(activity_bq, [total_kernel(electron_kernel, photon_kernel)], device, max_bytes, progress)
-        dose *= scale if scaling == "all" else body
+        dose *= scale if scaling == "all" else body * per_hour
     np.maximum(dose, 0.0, out=dose)  # FFT round-off far from any activity
-    dose *= np.float32(SECONDS_PER_HOUR)
     return dose
 
 

@@ -41,9 +41,10 @@ What is simulated (the paper's SIMIND + in-house OSEM pipeline, replaced by an a
   divided by ``S * t_view`` (and the voxel volume) is in Bq/mL.
 
 Conventions: :class:`~DblurDoseLib.volume.Volume` arrays are [z, y, x]; pytomography objects are
-[x, y, z] tensors (the transpose), projections are [view, r, z] with ``r`` along the object's y
-axis at view 0. Both simulation and reconstruction use the same mapping, so the orientation of the
-input is kept. pytomography is imported lazily (it is the optional ``sim`` extra); importing it
+[x, y, z] tensors (the transpose), projections are [view, r, z]. In grid index axes the detector
+faces the object from -y at view 0 (``r`` then runs along +x), from -x at 90 degrees, +y at 180 and
++x at 270. Simulation and reconstruction use the same mapping, so the orientation of the input is
+kept (tested: an off-centre source comes back where it was, in physical coordinates). pytomography is imported lazily (it is the optional ``sim`` extra); importing it
 switches off Python warnings and numpy floating-point errors globally, which is undone here.
 """
 

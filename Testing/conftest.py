@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,11 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
             if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if os.environ.get("DBLURDOSE_PAPER_TESTS") != "1":
+        skip = pytest.mark.skip(reason="paper-size run (minutes): set DBLURDOSE_PAPER_TESTS=1")
+        for item in items:
+            if "paper" in item.keywords:
                 item.add_marker(skip)
 
 

@@ -385,7 +385,7 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
 # ---------------------------------------------------------------------------------------------
 # paper size
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.paper
 def test_paper_size_simulation_recovers_a_large_uniform_region():
     """128 views, 128 x 128 x 81 at 4.8 mm, OSEM 4 x 16: a few minutes on 2 CPU cores."""
     ct = ct_grid(shape=(130, 256, 256), spacing=(1.96, 1.96, 3.0))

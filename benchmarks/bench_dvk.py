@@ -89,7 +89,7 @@ def child_baseline(ct: Path, spect: Path, out: Path) -> None:
     img = sitk.GetImageFromArray(dose)
     img.CopyInformation(ct_img)
     out.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(out / "dose_rate_baseline.nrrd"), True)
+    sitk.WriteImage(img, str(out / "dose_rate_baseline.nrrd"), False)  # same format as dblurdose writes
 
 
 def run_child(kind: str, ct: Path, spect: Path, out: Path) -> dict:

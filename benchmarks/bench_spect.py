@@ -67,6 +67,45 @@ def abdomen(shape=(130, 512, 512), spacing=(0.98, 0.98, 3.0)) -> tuple[Volume, V
     return grid.with_array(activity), grid.with_array(density), masks
 
 
+def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timings) -> None:
+    """Best-of-n wall times of the unit operations, scaled to whole phases."""
+    import torch
+
+    def best(fn) -> float:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    h = system.matrix
+    obj = S._to_tensor(act_spect.array)
+    h.set_n_subsets(acq.subsets)
+    g = torch.as_tensor(counts, dtype=torch.float32)
+    with torch.no_grad():
+        fp = best(lambda: h.forward(obj))
+        sub = best(lambda: h.backward(h.get_projection_subset(g, 0) / (h.forward(obj, 0) + 1.0), 0))
+    timings[f"[best of {n}] forward projection, recon grid"] = (fp, float("nan"))
+    timings[f"[best of {n}] OSEM 4x16 = 64 x one sub-iteration"] = (64 * sub, float("nan"))
+    # the 2x finer data projection: time 1/16 of the views
+    k = acq.projection_oversampling
+    if k > 1:
+        nx, ny, nz = acq.matrix
+        fine_acq = dataclasses.replace(
+            acq, matrix=(nx * k, ny * k, nz * k), voxel_mm=acq.voxel_mm / k, cache_attenuation=False
+        )
+        fine_grid = S.spect_grid(activity, fine_acq)
+        fine_act = S._resample(activity, fine_grid, "concentration")
+        mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
+        fine_sys = S.build_system(S._resample(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
+        fine_sys.matrix.set_n_subsets(16)
+        fine_obj = S._to_tensor(fine_act.array)
+        with torch.no_grad():
+            part = best(lambda: fine_sys.matrix.forward(fine_obj, 0))
+        timings[f"[best of {n}] data projection, {k}x finer grid = 16 x 8 views"] = (16 * part, float("nan"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=16)
@@ -78,6 +117,14 @@ def main() -> None:
         help="also time one OSEM iteration with pytomography's own transforms",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--unit-timings",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the unit operations best-of-N (robust when other jobs share the cores) "
+        "and extrapolate the per-phantom and per-realisation costs from them",
+    )
     args = ap.parse_args()
 
     import torch
@@ -151,6 +198,9 @@ def main() -> None:
             s2.normalisation(a2.subsets)
             with phase(f"[compare] {label}: OSEM 4x16 (1 iteration x 16)", scale=16.0):
                 S.reconstruct(s2, counts, tew, duration_s=duration, iterations=1)
+
+    if args.unit_timings:
+        unit_timings(args.unit_timings, acq, system, act_spect, activity, density, counts, tew, timings)
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"\n  {'phase':<72s} {'wall s':>8s} {'CPU s':>8s}")
