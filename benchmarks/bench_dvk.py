@@ -67,11 +67,11 @@ def child_ours(ct: Path, spect: Path, out: Path) -> None:
 def child_baseline(ct: Path, spect: Path, out: Path) -> None:
     """The same steps done plainly: SimpleITK resample, scipy fftconvolve, density scaling, write."""
     import SimpleITK as sitk
-    from DblurDoseLib.kernels import get_kernel
     from scipy.signal import fftconvolve
 
     from DblurDoseLib.density import DEFAULT_CALIBRATION
     from DblurDoseLib.dvk import total_kernel
+    from DblurDoseLib.kernels import get_kernel
 
     ct_img = sitk.ReadImage(str(ct))
     sp_img = sitk.ReadImage(str(spect), sitk.sitkFloat32)
@@ -106,10 +106,10 @@ def run_child(kind: str, ct: Path, spect: Path, out: Path) -> dict:
 def compute_alone(ct: Path, spect: Path, repeats: int) -> dict[str, float]:
     """Median time of the convolution + scaling alone, on the CPU and (if present) CUDA."""
     import torch
-    from DblurDoseLib.kernels import get_kernel
 
     from DblurDoseLib.density import hu_to_density
     from DblurDoseLib.dvk import dvk_dose_rate
+    from DblurDoseLib.kernels import get_kernel
     from DblurDoseLib.resample import resample_activity
     from DblurDoseLib.volume import read_volume
 
