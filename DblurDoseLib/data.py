@@ -198,7 +198,11 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
 
 def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, scheduler: str | None = None,
              log: Callable[[str], None] = print) -> Path:
-    """Generate (or resume) a data set; phantoms run as Dask tasks. Returns the manifest path."""
+    """Generate (or resume) a data set; phantoms run as Dask tasks. Returns the manifest path.
+
+    ``scheduler``: address of an existing Dask scheduler; otherwise a local cluster of ``workers``
+    processes is started (and closed at the end).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -227,16 +231,10 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         manifest["phantoms"][key] = {**result, "realisations": settings.realisations}
         manifest_path.write_text(json.dumps(manifest, indent=1))
 
-    if workers <= 1 and scheduler is None:
-        for i in settings.phantoms:
-            record(generate_phantom(out, i, settings, split[i], log))
-            log(f"[{len(manifest['phantoms'])}/{len(settings.phantoms)}] phantom p{i:02d} done")
-        return manifest_path
-
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise DblurDoseError("parallel generation needs Dask: pip install 'dblurdose[data]'") from None
+        raise DblurDoseError("data generation runs its phantoms on Dask: pip install 'dblurdose[data]'") from None
     cluster = None
     if scheduler:
         client = Client(scheduler)
