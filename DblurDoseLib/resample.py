@@ -59,6 +59,10 @@ def resample_activity(spect: Volume, target: Volume, report: list | None = None)
     """
     conc = np.asarray(spect.array, dtype=np.float32)
     source_total = float(conc.sum(dtype=np.float64)) * spect.voxel_volume_ml
+    if spect.same_grid(target):  # nothing to move (e.g. a SPECT already on the CT grid)
+        if report is not None:
+            report.append(ResampleReport(source_total, source_total, 1.0, 1.0))
+        return target.with_array(conc.copy())
     inside_total = float(conc[centres_inside(spect, target)].sum(dtype=np.float64)) * spect.voxel_volume_ml
     out = _resample(spect.with_array(conc), target, "linear", np.float32)
     out_total = float(out.sum(dtype=np.float64)) * target.voxel_volume_ml
