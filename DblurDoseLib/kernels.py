@@ -71,7 +71,9 @@ class Kernel:
 
     def total(self) -> np.ndarray:
         """Electron added into the centre of photon, on the larger of the two supports."""
-        return _add_centred(self.electron, self.photon)
+        from .dvk import total_kernel
+
+        return total_kernel(self.electron, self.photon)
 
     def part(self, part: str = "all") -> np.ndarray:
         if part not in PARTS:
@@ -81,14 +83,6 @@ class Kernel:
     def energy_kev(self, part: str = "all") -> float:
         """Energy absorbed within the kernel per decay, keV: sum(kernel) x voxel mass."""
         return float(np.sum(self.part(part), dtype=np.float64)) * self.voxel_mass_g / MGY_PER_KEV_PER_G
-
-
-def _add_centred(*arrays: np.ndarray) -> np.ndarray:
-    shape = tuple(max(a.shape[i] for a in arrays) for i in range(3))
-    out = np.zeros(shape, dtype=np.float32)
-    for a in arrays:
-        out[_centred_slices(shape, a.shape)] += a
-    return out
 
 
 def _centred_slices(outer, inner) -> tuple[slice, ...]:
