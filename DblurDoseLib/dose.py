@@ -129,8 +129,14 @@ def compute_dose_rate_maps(
     check_geometry(spect, ct)
     bqml = spect_to_bqml(spect, spect_units, calibration_cps_per_mbq, duration_s)
     bqml = bqml.with_array(check_spect(np.asarray(bqml.array), clip_negative))
-    if float(bqml.array.max()) <= 0:
+    peak = float(bqml.array.max())
+    if peak <= 0:
         raise DblurDoseError("the SPECT holds no activity (all zero); check the input file")
+    if peak < 1.0:
+        raise DblurDoseError(
+            f"the SPECT's highest concentration is {peak:.3g} Bq/mL, far below any Lu-177 scan: the image is "
+            "probably in kBq/mL or MBq/mL. Give its units with --spect-units kbqml or mbqml"
+        )
     kernel = get_kernel(nuclide, ct.spacing)
 
     step(0.1, "resampling the SPECT onto the CT grid")

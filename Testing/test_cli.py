@@ -102,6 +102,19 @@ def test_bad_activity(case, capsys, kind, match):
     assert not out.exists()
 
 
+def test_spect_in_mbqml_given_as_bqml_is_refused(case, capsys):
+    tmp, paths, ct, spect = case
+    write_volume(spect.with_array(spect.array / 1e6), tmp / "mbqml.nrrd")
+    p2 = dict(paths, spect=tmp / "mbqml.nrrd")
+    assert _run(p2, tmp / "out") == 2
+    assert "--spect-units" in capsys.readouterr().err
+    assert not (tmp / "out").exists()
+    assert _run(p2, tmp / "ok", "--spect-units", "mbqml") == 0
+    assert _run(paths, tmp / "ref") == 0
+    np.testing.assert_allclose(read_volume(tmp / "ok" / "dose_rate_dvk.nrrd").array,
+                               read_volume(tmp / "ref" / "dose_rate_dvk.nrrd").array, rtol=1e-4, atol=1e-6)
+
+
 def test_negative_activity_clipped_on_request(case):
     tmp, paths, ct, spect = case
     write_volume(_bad_spect(spect, "negative"), tmp / "bad.nrrd")
