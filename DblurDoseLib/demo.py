@@ -93,7 +93,7 @@ def run_demo(
         acq = demo_acquisition()
         say(0.05, f"simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets}; pytomography)")
         spect = simulate_spect(phantom.activity, phantom.density, None, seed, acq,
-                               progress=lambda stage, f: say(0.05 + 0.45 * f, stage))[0]
+                               progress=lambda f, stage: say(0.05 + 0.45 * f, stage))[0]
         notes.append(f"SPECT simulated with pytomography: Siemens Intevo ME collimator, 208 keV 20% window, "
                      f"{acq.n_views} views (paper: 128), OSEM {acq.iterations} iterations x {acq.subsets} subsets "
                      f"(paper: 16 x 4), {acq.matrix[0]}x{acq.matrix[1]}x{acq.matrix[2]} at {acq.voxel_mm} mm, "

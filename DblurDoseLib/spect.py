@@ -68,7 +68,7 @@ from .density import AIR_DENSITY_THRESHOLD
 from .errors import DblurDoseError
 from .volume import Volume
 
-Progress = Callable[[str, float], None]
+Progress = Callable[[float, str], object]  # progress(fraction in [0, 1], message), as elsewhere in the library
 
 #: Lu-177 208 keV gamma yield per decay (ICRP-107); used when icrp107-database is unavailable.
 LU177_208KEV_YIELD = 0.11
@@ -770,7 +770,7 @@ def reconstruct(
                 ratio = g_m / (h.forward(f, m) + s_m + _DELTA)
                 f = f * h.backward(ratio, m) / (norms[m] + _DELTA)
                 if progress is not None:
-                    progress("OSEM", (it * subsets + m + 1) / (iterations * subsets))
+                    progress((it * subsets + m + 1) / (iterations * subsets), "OSEM")
     system.timings["osem_normalisation_s"] = t1 - t0
     system.timings["osem_s"] = time.perf_counter() - t1
     bq_per_voxel = _to_array(f).astype(np.float64) / system.counts_per_bq(duration_s)
@@ -915,7 +915,7 @@ def simulate_spect(
     photopeak and the scatter windows from ``numpy.random.SeedSequence(seed).spawn``, so realisation
     ``i`` is the same whatever the number asked for. The noise-free projections and the system
     matrix (with OSEM's normalisation) are shared. Results lie on ``spect_grid(activity, acq)``;
-    their metadata give the calibration, counts and effective scan time. ``progress(stage, fraction)``
+    their metadata give the calibration, counts and effective scan time. ``progress(fraction, message)``
     is called along the way.
     """
     acq = SpectAcquisition() if acq is None else acq
@@ -926,7 +926,7 @@ def simulate_spect(
 
     def report(stage: str, fraction: float) -> None:
         if progress is not None:
-            progress(stage, fraction)
+            progress(fraction, stage)
 
     report("SPECT: attenuation map and projections", 0.0)
     sim = simulate_projections(activity, density, total_counts, acq)
@@ -936,7 +936,7 @@ def simulate_spect(
     for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(realisations))):
         counts, tew = sim.draw(np.random.default_rng(child))
 
-        def osem_progress(stage: str, fraction: float, i=i) -> None:
+        def osem_progress(fraction: float, stage: str, i=i) -> None:
             report(
                 f"SPECT: OSEM, realisation {i + 1}/{realisations}", 0.1 + 0.9 * (i + fraction) / realisations
             )

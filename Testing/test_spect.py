@@ -313,7 +313,7 @@ def test_progress_is_reported():
         seed=0,
         acq=dataclasses.replace(SMALL, iterations=1),
         realisations=2,
-        progress=lambda s, f: calls.append((s, f)),
+        progress=lambda f, s: calls.append((s, f)),
     )
     fractions = [f for _, f in calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)

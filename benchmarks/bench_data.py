@@ -49,7 +49,7 @@ def main() -> None:
 
     marks: dict[str, float] = {}
 
-    def progress(stage: str, fraction: float) -> None:
+    def progress(fraction: float, stage: str) -> None:
         marks.setdefault("osem" if "OSEM" in stage else stage, time.perf_counter())
 
     t0 = time.perf_counter()
