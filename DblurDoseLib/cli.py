@@ -38,7 +38,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else [])
     out = OutputFolder(args.out, names, overwrite=args.overwrite)  # refuses before any work is done
     spect = read_volume(args.spect, what="SPECT")
-    ct = read_volume(args.ct, what="CT")
+    ct = read_volume(args.ct, dtype=None, what="CT")  # native type: 16-bit HU take the fast table
     calibration = load_calibration(args.hu_calibration) if args.hu_calibration else None
     segments = read_segments(args.seg, ct) if args.seg else None
     t0 = time.perf_counter()

@@ -118,6 +118,7 @@ def run_demo(
         notes.append("ompmc is not installed (pip install 'dblurdose[mc]'): no Monte Carlo reference is shown.")
     segments = [s for s in segments_from_labelmap(phantom.labels, phantom.hu, phantom.label_names) if s.mask.any()]
     stats = statistics_table(dose, segments, phantom.hu.voxel_volume_ml)
+    errors = _errors_against_truth(dose, segments, phantom.hu.voxel_volume_ml) if monte_carlo else []
 
     say(0.9, "writing volumes and report")
     with folder as stage:
@@ -142,9 +143,29 @@ def run_demo(
             ("Line profile through a kidney", "<img src='profile.png'>"),
             ("Dose-rate-volume histograms", "<img src='drvh.png'>"),
             ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
+            *([("Errors against the Monte Carlo truth (%)", html_table(errors))] if errors else []),
             ("All segments (mGy/h)", html_table(stats)),
         ])
     return Path(out) / "report.html"
+
+
+def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float) -> list[dict]:
+    """Per key segment and method: mean dose-rate error and NRMSE (%) against the Monte Carlo truth."""
+    from .evaluate import voi_errors
+
+    truth = dose["truth (MC)"]
+    rows = []
+    for segment in segments:
+        if not any(k in segment.name.lower() for k in ("kidney", "lesion", "liver", "spleen")):
+            continue
+        row: dict = {"segment": segment.name}
+        for name, d in dose.items():
+            if name != "truth (MC)":
+                e = voi_errors(d, truth, segment.mask, voxel_ml)
+                row[f"{name} mean error %"] = round(e["mean_error"], 1)
+                row[f"{name} NRMSE %"] = round(100 * e["nrmse"], 1)
+        rows.append(row)
+    return rows
 
 
 def _kidney(phantom) -> tuple[int, int | None]:

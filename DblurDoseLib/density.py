@@ -58,14 +58,24 @@ def load_calibration(path: str | os.PathLike) -> np.ndarray:
 
 
 def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None) -> np.ndarray:
-    """Mass density (g/cm3, float32) from CT numbers (HU) by piecewise-linear interpolation."""
+    """Mass density (g/cm3, float32) from CT numbers (HU) by piecewise-linear interpolation.
+
+    16-bit integer CTs (the DICOM norm) go through a 65,536-entry table of the same curve: the
+    same numbers as interpolating every voxel, several times faster.
+    """
     table = np.asarray(DEFAULT_CALIBRATION if calibration is None else calibration, dtype=np.float64)
+    hu = np.asarray(hu)
+    if hu.dtype in (np.int16, np.uint16):
+        codes = np.arange(65536, dtype=np.uint16).view(hu.dtype)  # every value the type can hold
+        lut = np.interp(codes, table[:, 0], table[:, 1]).astype(np.float32)
+        return np.take(lut, hu.view(np.uint16))
     return np.interp(hu, table[:, 0], table[:, 1]).astype(np.float32)
 
 
 def check_ct_is_hu(hu: np.ndarray) -> None:
     """Refuse CTs that are evidently not in Hounsfield units (raw stored values, density maps)."""
-    if not np.all(np.isfinite(hu)):
+    hu = np.asarray(hu)
+    if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
         raise DblurDoseError("the CT holds NaN or infinite values; fix or crop the CT before computing dose")
     lo, hi = float(np.min(hu)), float(np.max(hu))
     if lo >= -100.0 and hi <= 5.0:

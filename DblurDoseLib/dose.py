@@ -124,7 +124,9 @@ def compute_dose_rate_maps(
             raise DblurDoseError("cancelled by the user; nothing was written")
 
     step(0.0, "checking inputs")
-    hu = np.asarray(ct.array, dtype=np.float32)
+    hu = np.asarray(ct.array)
+    if hu.dtype.kind not in "iuf":
+        hu = hu.astype(np.float32)
     check_ct_is_hu(hu)
     check_geometry(spect, ct)
     bqml = spect_to_bqml(spect, spect_units, calibration_cps_per_mbq, duration_s)

@@ -106,25 +106,6 @@ def _leaky(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LEAK, inplace=not torch.is_grad_enabled())
 
 
-def _slices_last(t: torch.Tensor) -> bool:
-    """True for a 5D tensor stored channels-last (z-slices are contiguous blocks)."""
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _take_z(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``t.index_select(2, index)``, keeping (and copying fast in) a channels-last layout."""
-    if _slices_last(t):
-        return t.permute(0, 2, 3, 4, 1).index_select(1, index).permute(0, 4, 1, 2, 3)
-    return t.index_select(2, index)
-
-
-def _cat_z(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts, 2)``, keeping (and copying fast in) a channels-last layout."""
-    if any(_slices_last(p) for p in parts):
-        return torch.cat([p.permute(0, 2, 3, 4, 1) for p in parts], 1).permute(0, 4, 1, 2, 3)
-    return torch.cat(parts, 2)
-
-
 class DoubleConv(nn.Sequential):
     """(3x3 conv, no bias -> BN -> activation) twice; ``mid`` channels in between."""
 
@@ -160,6 +141,9 @@ class UNet2D(nn.Module):
             below = cout
         self.dec = nn.ModuleList(ups)
         self.out = nn.Conv2d(w[0], 1, 1)
+        # start at "no correction": the residual network begins as the DVK, and learns what it misses
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ny, nx = x.shape[-2:]
@@ -208,11 +192,12 @@ class DepthExtractor(nn.Module):
         is computed once per pack. After BN and the activation, the ceil-mode z-pool of pack k
         is ``p0 = max(L[k], F[k+1]), p1..p3 = M[k+2], M[k+4], M[k+6], p4 = R[k]`` with
         ``M[g] = max(F[g], F[g+1])`` (once per position). The second conv's three outputs per
-        pack read the triplets (p0 p1 p2), (p1 p2 p3), (p2 p3 p4), gathered into one tensor and
-        convolved with z-stride 3; the third conv reads the three results with z-stride 3.
-        Per output slice the first layer costs 13 + 30/S taps instead of 45 and the pooling a
-        third; the second and third convs cannot be shared between packs (every pack's edge
-        outputs L and R reach both of them), so they cost what they cost per pack.
+        pack read the triplets (p0 p1 p2), (p1 p2 p3), (p2 p3 p4); the taps that read M maps are
+        computed once per M map (:meth:`_conv2_shared`), so the second conv costs 5 taps per
+        pack instead of 9. The third conv reads the three results with z-stride 3; its inputs
+        are different for every pack (each pack's edge outputs L and R reach all three), so it
+        costs what it costs per pack. Per output slice the first layer costs 13 + 30/S taps
+        instead of 45 and the pooling a third.
         A conv bias (after BN folding, :func:`fuse_for_inference`) is honoured in every layer.
 
         In training mode the batch-norm statistics are those of the per-pack forward: BN1
@@ -227,19 +212,45 @@ class DepthExtractor(nn.Module):
         left = F.conv3d(x[:, :, : s + 3], w1[:, :, 1:], b1, padding=(0, 3, 3))  # L[k], k < s
         right = F.conv3d(x[:, :, 7:], w1[:, :, :4], b1, padding=(0, 3, 3))  # R[k] (at g = k + 8)
         inner, left, right = self._bn1_act(inner, left, right, s)
-        pooled = _cat_z([torch.maximum(left, inner[:, :, :s]),  # p0[k] = max(L[k], F[k + 1])
-                         torch.maximum(inner[:, :, 1: s + 5], inner[:, :, 2: s + 6]),  # M[g], g = 2 .. s + 5
-                         right])
-        del inner, left, right
-        # each pack's conv2 input triplets (p0 p1 p2)(p1 p2 p3)(p2 p3 p4), p1..p3 = M[k+2], M[k+4], M[k+6]
-        k = torch.arange(s, device=x.device).view(-1, 1)
-        m2, m4, m6, r = s + k, s + k + 2, s + k + 4, 2 * s + 4 + k
-        triplets = _take_z(pooled, torch.cat([k, m2, m4, m2, m4, m6, m4, m6, r], dim=1).flatten())  # [B, 8, 9s, ..]
-        del pooled
-        q = F.conv3d(triplets, self.conv2.weight, self.conv2.bias, stride=(3, 1, 1), padding=(0, 3, 3))
-        del triplets
-        q = _leaky(self.bn2(q))  # [B, 16, 3s, Y, X]: q0, q1, q2 of each pack
+        p0 = torch.maximum(left, inner[:, :, :s])  # p0[k] = max(L[k], F[k + 1])
+        mid = torch.maximum(inner[:, :, 1: s + 5], inner[:, :, 2: s + 6])  # M[g], g = 2 .. s + 5
+        del inner, left
+        q = self._conv2_shared(p0, mid, right, s)  # [B, 16, 3s, Y, X]: n0, n1, n2 of each pack, interleaved
+        del p0, mid, right
+        q = _leaky(self.bn2(q))
         return F.conv3d(q, self.conv3.weight, self.conv3.bias, stride=(3, 1, 1), padding=(0, 3, 3))
+
+    def _conv2_shared(self, p0: torch.Tensor, mid: torch.Tensor, right: torch.Tensor, s: int) -> torch.Tensor:
+        """The second conv's three outputs of every pack, sharing the taps that read the shared M maps.
+
+        With ``w0, w1, w2`` its z-taps, pack k needs ``n0 = w0 p0[k] + w1 M[k+2] + w2 M[k+4]``,
+        ``n1 = w0 M[k+2] + w1 M[k+4] + w2 M[k+6]`` and ``n2 = w0 M[k+4] + w1 M[k+6] + w2 R[k]``.
+        Every tap of every M map is computed once (``T_j[g] = w_j M[g]``, one conv with the three
+        taps as 48 output channels) and summed; only ``w0 p0`` and ``w2 R`` are per pack: 5 taps
+        per pack instead of 9. The bias enters once per output (with ``T_0`` and ``w0 p0``).
+        """
+        w, b = self.conv2.weight, self.conv2.bias  # [16, 8, 3, 7, 7]
+        co = w.shape[0]
+        taps = w.permute(2, 0, 1, 3, 4).reshape(3 * co, w.shape[1], 1, *w.shape[3:])
+        tap_bias = None if b is None else torch.cat([b, b.new_zeros(2 * co)])
+        t = F.conv3d(mid, taps, tap_bias, padding=(0, 3, 3))  # [B, 48, s + 4, ..]: T_j[i] for M[i + 2]
+        first = F.conv3d(p0, w[:, :, :1], b, padding=(0, 3, 3))  # w0 p0[k] (+ bias)
+        last = F.conv3d(right, w[:, :, 2:], None, padding=(0, 3, 3))  # w2 R[k]
+
+        def tap(j: int, shift: int) -> torch.Tensor:  # T_j[k + shift], k = 0 .. s - 1
+            return t[:, j * co: (j + 1) * co, shift: shift + s]
+
+        parts = ((first, tap(1, 0), tap(2, 2)), (tap(0, 0), tap(1, 2), tap(2, 4)), (tap(0, 2), tap(1, 4), last))
+        if torch.is_grad_enabled():  # autograd: build the interleaved tensor from sums
+            return torch.stack([a + b_ + c for a, b_, c in parts], dim=3).flatten(2, 3)
+        nb, _, _, ny, nx = t.shape
+        # [B, 16, 3s, Y, X] stored channels-last (z, y, x, channel), outputs interleaved n0 n1 n2 per pack
+        q = t.new_empty(nb, 3 * s, ny, nx, co).permute(0, 4, 1, 2, 3)
+        for n, (a, b_, c) in enumerate(parts):
+            out = q[:, :, n::3]
+            torch.add(a, b_, out=out)
+            out += c
+        return q
 
     def _bn1_act(self, f1, left, right, s):
         """BN1 + activation on the three kinds of first-layer maps, with per-pack batch statistics."""

@@ -41,3 +41,17 @@ def test_ct_not_in_hu_is_refused():
     with pytest.raises(DblurDoseError, match="NaN"):
         check_ct_is_hu(np.array([-1000.0, np.nan]))
     check_ct_is_hu(np.array([-1024.0, 40.0, 1200.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_integer_ct_table_equals_interpolation(dtype, tmp_path):
+    """The 16-bit lookup table gives exactly the interpolated curve, for every value the type holds."""
+    info = np.iinfo(dtype)
+    hu = np.arange(info.min, info.max + 1, dtype=np.int64).astype(dtype).reshape(256, 256)
+    csv = tmp_path / "cal.csv"
+    csv.write_text("hu,density\n-1024,0\n0,1\n2000,2\n")
+    for calibration in (None, load_calibration(csv)):
+        fast = hu_to_density(hu, calibration)
+        slow = hu_to_density(hu.astype(np.float64), calibration)
+        assert fast.dtype == np.float32 and fast.shape == hu.shape
+        np.testing.assert_array_equal(fast, slow)

@@ -104,3 +104,28 @@ def test_cuda_equals_cpu():
     (cpu,) = fft_convolve(volume, [kernel], "cpu")
     (gpu,) = fft_convolve(volume, [kernel], "cuda")
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_kernel_spectrum_equals_padded_rfftn(symmetric):
+    """The axis-by-axis spectrum equals the rFFT of the kernel wrapped into the padded grid."""
+    import torch
+
+    from DblurDoseLib.dvk import _kernel_spectrum
+
+    rng = np.random.default_rng(3)
+    k = rng.random((5, 7, 3)).astype(np.float32)
+    if symmetric:
+        k = k + k[::-1]
+        k = k + k[:, ::-1]
+        k = k + k[:, :, ::-1]
+    shape = (9, 12, 10)
+    padded = np.zeros(shape, np.float32)
+    for (i, j, m), v in np.ndenumerate(k):
+        padded[(i - 2) % 9, (j - 3) % 12, (m - 1) % 10] = v
+    expected = np.fft.rfftn(padded)
+    got = _kernel_spectrum(k, shape, torch.device("cpu")).numpy()
+    assert got.dtype == (np.float32 if symmetric else np.complex64)
+    np.testing.assert_allclose(got, expected.real if symmetric else expected, atol=2e-5 * np.abs(expected).max())
+    if symmetric:
+        assert np.abs(expected.imag).max() < 1e-5 * np.abs(expected).max()

@@ -22,6 +22,8 @@ def random_model(variant="dblurdose", seed=0, dtype=torch.float32):
     """Random weights and non-trivial batch-norm statistics, in eval mode."""
     torch.manual_seed(seed)
     model = DblurDoseNet(variant).to(dtype)
+    nn.init.normal_(model.unet.out.weight, std=0.5)  # the shipped init is zero (starts as the DVK): not a test
+    nn.init.normal_(model.unet.out.bias, std=0.1)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -29,6 +31,15 @@ def random_model(variant="dblurdose", seed=0, dtype=torch.float32):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.3, 0.3)
     return model.eval()
+
+
+def test_fresh_network_starts_as_the_dvk():
+    """The output layer starts at zero, so an untrained residual network returns the DVK it is given."""
+    torch.manual_seed(0)
+    model = DblurDoseNet().eval()
+    x, dvk = torch.rand(2, 2, PACK, 32, 32), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x, dvk), dvk)
 
 
 def test_parameter_count_matches_the_reference():

@@ -1,7 +1,7 @@
 """DVK dose-rate benchmark: `dblurdose dose --method dvk` against a plain scipy process.
 
-Case: a 512x512x130 CT grid (0.98x0.98x3 mm) and a 128x128x81 SPECT (4.8 mm), a virtual-patient
--like body of ellipsoids. Each run is a fresh Python process (imports and file I/O included);
+Case: a 512x512x130 CT grid (0.98x0.98x3 mm, 16-bit integer HU as scanners write them) and a
+128x128x81 SPECT (4.8 mm, float32 Bq/mL), a virtual-patient-like body of ellipsoids. Each run is a fresh Python process (imports and file I/O included);
 the baseline does the same steps with SimpleITK + scipy.signal.fftconvolve (same total kernel,
 same density scaling, same output format). Also times the convolution alone in-process
 (CPU, and CUDA when present) and reports peak resident memory. Medians of --repeats runs.
@@ -43,7 +43,7 @@ def make_case(folder: Path, small: bool) -> tuple[Path, Path]:
     body = (x / 170) ** 2 + (y / 120) ** 2 <= 1
     lungs = (((np.abs(x) - 70) / 45) ** 2 + (y / 70) ** 2 + ((z - 120) / 90) ** 2) <= 1
     hu = np.where(body, 40.0, -1000.0) + np.where(lungs & body, -890.0, 0.0)
-    hu = np.broadcast_to(hu, ct_shape).astype(np.float32)
+    hu = np.broadcast_to(hu, ct_shape).astype(np.int16)  # as CT scanners store HU (DICOM: 16-bit integers)
     write_volume(Volume(hu, ct_sp, origin), folder / "ct.nrrd", overwrite=True)
 
     origin, (z, y, x) = grid(sp_shape, sp_sp)
