@@ -68,7 +68,7 @@ def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None) -> np.n
     if hu.dtype in (np.int16, np.uint16):
         codes = np.arange(65536, dtype=np.uint16).view(hu.dtype)  # every value the type can hold
         lut = np.interp(codes, table[:, 0], table[:, 1]).astype(np.float32)
-        return np.take(lut, hu.view(np.uint16))
+        return lut[hu.view(np.uint16)]
     return np.interp(hu, table[:, 0], table[:, 1]).astype(np.float32)
 
 

@@ -46,32 +46,45 @@ def _crop_centred(kernel: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
 def _kernel_spectrum(kernel, shape: tuple[int, int, int], device):
     """rFFT of ``kernel`` placed with its centre at index 0 of a zero grid of ``shape`` (circular).
 
-    Computed one axis at a time, each axis padded only when it is transformed (x, then y, then
-    z): the same numbers as ``rfftn`` of the padded grid, without transforming the rows that are
-    all zero. A kernel symmetric in every axis (every DVK) has a real spectrum: only the real
-    part is returned then, which halves the work of the products.
+    A kernel symmetric in every axis (every DVK) has a real spectrum, a product of cosine sums
+    over one octant: three small matrix products (BLAS/cuBLAS) instead of a transform of the
+    whole padded grid, returned as a real tensor. Any other kernel: ``rfftn`` of the padded grid.
     """
     import torch
 
-    k = torch.as_tensor(np.ascontiguousarray(kernel, dtype=np.float32), device=device)
+    k = np.ascontiguousarray(kernel, dtype=np.float32)
+    half = [n // 2 for n in k.shape]
+    fits = all(2 * h + 1 <= length for h, length in zip(half, shape))  # no offset wraps onto another
+    if fits and all(np.array_equal(k, np.flip(k, axis)) for axis in range(3)):
+        octant = torch.as_tensor(np.ascontiguousarray(k[half[0]:, half[1]:, half[2]:]), device=device)
+        cos = []  # [offset j, frequency u]: cos(2 pi j u / L), offsets +-j counted together
+        for axis, length in enumerate(shape):
+            j = torch.arange(half[axis] + 1, dtype=torch.float64, device=device)
+            u = torch.arange(length // 2 + 1 if axis == 2 else length, dtype=torch.float64, device=device)
+            weight = torch.where(j == 0, 1.0, 2.0)[:, None]
+            cos.append((weight * torch.cos(2 * torch.pi * j[:, None] * u[None, :] / length)).float())
+        spec = octant @ cos[2]  # [jz, jy, ux]
+        spec = (spec.transpose(1, 2) @ cos[1]).transpose(1, 2)  # [jz, uy, ux]
+        return (cos[0].T @ spec.reshape(spec.shape[0], -1)).reshape(shape[0], shape[1], -1)
+    kt = torch.as_tensor(k, device=device)
     # kernel offset j in [-h, h] goes to index j mod L (wrapped): no full-grid roll needed
     index = [torch.remainder(torch.arange(n, device=device) - n // 2, length) for n, length in zip(k.shape, shape)]
-    kz, ky, _ = k.shape
-    lz, ly, lx = shape
-    row = torch.zeros((kz, ky, lx), dtype=torch.float32, device=device)
-    row[:, :, index[2]] = k
-    spec = torch.fft.rfft(row, dim=2)
-    plane = torch.zeros((kz, ly, spec.shape[2]), dtype=spec.dtype, device=device)
-    plane[:, index[1]] = spec
-    spec = torch.fft.fft(plane, dim=1)
-    del plane
-    grid = torch.zeros((lz, ly, spec.shape[2]), dtype=spec.dtype, device=device)
-    grid[index[0]] = spec
-    del spec
-    spec = torch.fft.fft(grid, dim=0)
-    del grid
-    symmetric = all(torch.equal(k, k.flip(a)) for a in range(3))
-    return spec.real.contiguous() if symmetric else spec
+    padded = torch.zeros(shape, dtype=torch.float32, device=device)
+    padded[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]] = kt
+    return torch.fft.rfftn(padded)
+
+
+def _times(spectrum, k_spec, in_place: bool):
+    """``spectrum * k_spec``; a real ``k_spec`` multiplies the real and imaginary parts alike."""
+    import torch
+
+    if k_spec.is_complex():
+        return spectrum.mul_(k_spec) if in_place else spectrum * k_spec
+    pairs = torch.view_as_real(spectrum)
+    if in_place:
+        pairs.mul_(k_spec[..., None])
+        return spectrum
+    return torch.view_as_complex(pairs * k_spec[..., None])
 
 
 def fft_convolve(
@@ -127,8 +140,10 @@ def fft_convolve(
             grid[p : p + (z1 - z0), :ny, :nx] = torch.as_tensor(vol[z0:z1], device=dev)
             spectrum = torch.fft.rfftn(grid)
             del grid
-            for out, k_spec in zip(outputs, spectra[lz]):
-                result = torch.fft.irfftn(spectrum * k_spec, s=(lz, ly, lx))[: o1 - o0, :ny, :nx]
+            for i, (out, k_spec) in enumerate(zip(outputs, spectra[lz])):
+                product = _times(spectrum, k_spec, in_place=i == len(outputs) - 1)
+                result = torch.fft.irfftn(product, s=(lz, ly, lx))[: o1 - o0, :ny, :nx]
+                del product
                 if len(slabs) == 1:
                     out[...] = result.cpu().numpy()
                 else:

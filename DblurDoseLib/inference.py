@@ -16,8 +16,11 @@
    copy with batch norms folded into the convolutions, in z-chunks sized to the memory
    budget; the U-Net runs batched over the slices of a chunk. The result equals the naive
    per-pack evaluation (``naive=True``) to float rounding.
-4. Test-time step (paper): clamp at 0 and zero where the centre-slice density < 0.1 g/cm3;
-   after moving back to the CT grid this is applied again with the CT grid's density.
+4. Test-time step (paper): clamp at 0 and zero where the centre-slice density < 0.1 g/cm3.
+   When the working grid is not the CT grid, what moves back is the network's correction
+   (output minus the working-grid DVK, trilinear), added to the CT-grid DVK, so that the map
+   keeps the CT grid's detail (the no-residual ablation moves its whole output); then the
+   test-time step is applied again with the CT grid's density.
 
 Precision: float32 by default. ``precision="bf16"`` or ``"fp16"`` runs the network under
 CUDA autocast; it is an option for GPUs only (refused on the CPU and MPS) and has not been
@@ -41,7 +44,7 @@ PRECISIONS = ("float32", "bf16", "fp16")
 #: relative voxel-size difference under which the CT grid is used as the working grid
 GRID_TOLERANCE = 0.02
 #: working memory per output slice and in-plane voxel of the shared extractor (bytes, float32):
-#: triplets 72, conv2 out 48, first-layer maps ~40, features 16 and the input/DVK chunks
+#: second-conv taps 48 + per-pack taps 32 + outputs 48, first-layer maps ~40, features 16, inputs
 _BYTES_PER_VOXEL_SLICE = 4 * 190
 #: output slices per chunk at most (more gains nothing measurable and costs memory)
 MAX_CHUNK = 16
@@ -228,7 +231,11 @@ def cnn_dose_rate(
     out = predict_scaled(model, spect_s, rho, dvk_s, dev, precision=precision, progress=progress)
     out *= np.float32(total_bq / cfg.dose_scale)
     if work is not None:
-        out = _postprocess(resample_linear(work.with_array(out), ct).array, density)
+        if model.residual:  # move only the correction: the CT-grid DVK keeps its own detail
+            out = dvk + resample_linear(work.with_array(out - dv), ct).array
+        else:
+            out = resample_linear(work.with_array(out), ct).array
+        out = _postprocess(out, density)
     result = ct.with_array(out.astype(np.float32, copy=False))
     result.metadata["units"] = "mGy/h"
     return result

@@ -194,9 +194,9 @@ class DepthExtractor(nn.Module):
         ``M[g] = max(F[g], F[g+1])`` (once per position). The second conv's three outputs per
         pack read the triplets (p0 p1 p2), (p1 p2 p3), (p2 p3 p4); the taps that read M maps are
         computed once per M map (:meth:`_conv2_shared`), so the second conv costs 5 taps per
-        pack instead of 9. The third conv reads the three results with z-stride 3; its inputs
-        are different for every pack (each pack's edge outputs L and R reach all three), so it
-        costs what it costs per pack. Per output slice the first layer costs 13 + 30/S taps
+        pack instead of 9. The third conv reads the three results with z-stride 3; n0 and n2
+        carry the pack's own edge maps L and R and n1 is read by that pack alone, so it costs
+        what it costs per pack. Per output slice the first layer costs 13 + 30/S taps
         instead of 45 and the pooling a third.
         A conv bias (after BN folding, :func:`fuse_for_inference`) is honoured in every layer.
 

@@ -39,6 +39,19 @@ def _resample(source: Volume, target: Volume, interpolator: str, dtype) -> np.nd
 
 def centres_inside(source: Volume, target: Volume) -> np.ndarray:
     """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field."""
+    if np.allclose(source.direction, target.direction, atol=1e-9):  # same axes: one test per axis
+        offset = source.direction.T @ (np.asarray(source.origin) - np.asarray(target.origin))
+        masks = []
+        for axis in range(3):  # x, y, z
+            n_src, n_tgt = source.shape[2 - axis], target.shape[2 - axis]
+            cont = (offset[axis] + np.arange(n_src) * source.spacing[axis]) / target.spacing[axis]
+            masks.append((cont >= -0.5) & (cont <= n_tgt - 0.5))
+        return masks[2][:, None, None] & masks[1][None, :, None] & masks[0][None, None, :]
+    return _centres_inside_any(source, target)
+
+
+def _centres_inside_any(source: Volume, target: Volume) -> np.ndarray:
+    """:func:`centres_inside` for any pair of orientations, point by point."""
     nz, ny, nx = source.shape
     k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     idx = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)

@@ -24,6 +24,30 @@ def test_parse_range():
         data.parse_range("a-b")
 
 
+@pytest.mark.parametrize("argv, expect", [
+    ([], dict(shape=(130, 512, 512), n_views=128, iterations=16, projection_oversampling=2)),
+    (["--preset", "cpu"], dict(shape=(130, 256, 256), spacing=(1.96, 1.96, 3.0), n_views=64, iterations=8,
+                               projection_oversampling=1)),
+    (["--small", "--views", "16", "--iterations", "2"], dict(shape=(48, 96, 96), n_views=16, iterations=2)),
+])
+def test_presets_and_overrides_reach_the_settings(argv, expect, monkeypatch, tmp_path):
+    from DblurDoseLib.cli import main
+
+    seen = {}
+    monkeypatch.setattr(data, "generate", lambda out, settings, **kw: seen.setdefault("s", settings) and out)
+    assert main(["data", "generate", "--out", str(tmp_path), *argv]) == 0
+    for key, value in expect.items():
+        assert getattr(seen["s"], key) == value, key
+
+
+def test_bad_override_is_refused(tmp_path, capsys):
+    from DblurDoseLib.cli import main
+
+    assert main(["data", "generate", "--out", str(tmp_path / "d"), "--views", "0"]) == 2
+    assert "--views must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_dask_runs_each_phantom_once_and_writes_manifest(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     def fake(out, index, settings, split, log=print):

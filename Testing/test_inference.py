@@ -127,6 +127,17 @@ def test_other_voxel_size_goes_through_the_working_grid(monkeypatch):
     np.testing.assert_allclose(ten.array, 10 * one.array, rtol=2e-5, atol=1e-6 * float(one.array.max()))
 
 
+def test_working_grid_moves_only_the_correction():
+    """A residual network that corrects nothing returns the CT-grid DVK itself, detail kept."""
+    from DblurDoseLib.network import DblurDoseNet
+
+    model = DblurDoseNet(ModelConfig(spacing=(8.0, 8.0, 12.0))).eval()  # fresh: output layer zero
+    ct, act, density, dvk = ct_case()
+    out = cnn_dose_rate(act, ct, density, dvk, "cpu", model=model).array
+    expected = np.where(density < 0.1, 0, np.maximum(dvk, 0))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6 * float(np.abs(dvk).max()))
+
+
 def test_missing_weights_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", tmp_path / "none.pt")
     assert not inference.weights_installed()

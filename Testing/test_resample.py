@@ -69,3 +69,14 @@ def test_labels_keep_values():
     moved = resample_labels(labels, _grid((16, 16, 16), (2.0, 2.0, 2.0)))
     assert set(np.unique(moved.array)) == {0, 7, 300}
     assert (moved.array == 7).sum() == pytest.approx((labels.array == 7).sum() * 8, rel=0.01)
+
+
+def test_centres_inside_shortcut_equals_point_by_point():
+    from DblurDoseLib.resample import _centres_inside_any, centres_inside
+
+    source = Volume(np.zeros((9, 11, 13), np.float32), (4.8, 4.8, 4.8), (-30.0, -20.0, -25.0))
+    for origin, spacing in [((-12.0, -9.5, -7.0), (0.98, 0.98, 3.0)), ((0.0, 2.4, -40.0), (4.0, 3.0, 5.0))]:
+        target = Volume(np.zeros((10, 30, 40), np.float32), spacing, origin)
+        inside = centres_inside(source, target)
+        assert inside.any() and not inside.all()
+        np.testing.assert_array_equal(inside, _centres_inside_any(source, target))
