@@ -96,7 +96,8 @@ def fft_convolve(
 ) -> list[np.ndarray]:
     """Same-size linear convolution of ``volume`` [z,y,x] with each centred odd-sized kernel.
 
-    The volume's FFT is shared by all kernels. Returns float32 numpy arrays.
+    The volume's FFT is shared by all kernels. Returns float32 numpy arrays (possibly views
+    into a larger buffer: copy before keeping them long).
     """
     import torch
 
@@ -127,7 +128,8 @@ def fft_convolve(
             depth -= 1
         slabs = [(z0, min(z0 + depth, nz)) for z0 in range(0, nz, depth)]
 
-    outputs = [np.zeros(vol.shape, dtype=np.float32) for _ in kernels]
+    # one slab: each output is a view of its transform (no copy); several: overlap-added here
+    outputs = [np.zeros(vol.shape, dtype=np.float32) for _ in kernels] if len(slabs) > 1 else [None] * len(kernels)
     spectra: dict[int, list] = {}
     with torch.no_grad():
         for count, (z0, z1) in enumerate(slabs):
@@ -140,14 +142,14 @@ def fft_convolve(
             grid[p : p + (z1 - z0), :ny, :nx] = torch.as_tensor(vol[z0:z1], device=dev)
             spectrum = torch.fft.rfftn(grid)
             del grid
-            for i, (out, k_spec) in enumerate(zip(outputs, spectra[lz])):
+            for i, k_spec in enumerate(spectra[lz]):
                 product = _times(spectrum, k_spec, in_place=i == len(outputs) - 1)
                 result = torch.fft.irfftn(product, s=(lz, ly, lx))[: o1 - o0, :ny, :nx]
                 del product
                 if len(slabs) == 1:
-                    out[...] = result.cpu().numpy()
+                    outputs[i] = result.cpu().numpy()
                 else:
-                    out[o0:o1] += result.cpu().numpy()
+                    outputs[i][o0:o1] += result.cpu().numpy()
                 del result
             del spectrum
             if progress is not None:
@@ -185,8 +187,9 @@ def dvk_dose_rate(
         electron, photon = fft_convolve(activity_bq, [electron_kernel, photon_kernel], device, max_bytes, progress)
         dose = electron * scale + photon * (body * per_hour)
     else:
-        (dose,) = fft_convolve(activity_bq, [total_kernel(electron_kernel, photon_kernel)], device, max_bytes, progress)
-        dose *= scale if scaling == "all" else body * per_hour
+        (conv,) = fft_convolve(activity_bq, [total_kernel(electron_kernel, photon_kernel)], device, max_bytes, progress)
+        dose = np.multiply(conv, scale if scaling == "all" else body * per_hour)  # a new, contiguous array
+        del conv
     np.maximum(dose, 0.0, out=dose)  # FFT round-off far from any activity
     return dose
 
