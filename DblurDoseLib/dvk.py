@@ -179,19 +179,23 @@ def dvk_dose_rate(
     density = np.asarray(density, dtype=np.float32)
     if activity_bq.shape != density.shape:
         raise ValueError(f"activity {activity_bq.shape} and density {density.shape} grids differ")
-    body = density >= AIR_DENSITY_THRESHOLD
-    per_hour = np.float32(SECONDS_PER_HOUR)
-    # per-voxel factor: seconds per hour x medium density / local density, zero in air
-    scale = np.divide(np.float32(medium_density) * per_hour, density, out=np.zeros_like(density), where=body)
+    import torch  # the scaling runs in torch too: multi-threaded, in place
+
+    rho = torch.from_numpy(density if density.flags.writeable else density.copy())
+    air = rho < AIR_DENSITY_THRESHOLD
+    per_hour = SECONDS_PER_HOUR
     if scaling == "electron":
         electron, photon = fft_convolve(activity_bq, [electron_kernel, photon_kernel], device, max_bytes, progress)
-        dose = electron * scale + photon * (body * per_hour)
+        dose = torch.div(torch.from_numpy(electron), rho).mul_(medium_density * per_hour)
+        dose.add_(torch.from_numpy(photon), alpha=per_hour)
     else:
         (conv,) = fft_convolve(activity_bq, [total_kernel(electron_kernel, photon_kernel)], device, max_bytes, progress)
-        dose = np.multiply(conv, scale if scaling == "all" else body * per_hour)  # a new, contiguous array
-        del conv
-    np.maximum(dose, 0.0, out=dose)  # FFT round-off far from any activity
-    return dose
+        conv = torch.from_numpy(conv)
+        # seconds per hour x medium density / local density (a new, contiguous tensor)
+        dose = torch.div(conv, rho).mul_(medium_density * per_hour) if scaling == "all" else conv * per_hour
+    dose.masked_fill_(air, 0.0)  # no dose reported in air (also clears 0/0 there)
+    dose.clamp_min_(0.0)  # FFT round-off far from any activity
+    return dose.numpy()
 
 
 def total_kernel(electron: np.ndarray, photon: np.ndarray) -> np.ndarray:
