@@ -47,7 +47,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
         spect, ct, methods,
         spect_units=args.spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
-        hu_calibration=calibration, clip_negative=args.clip_negative, progress=_progress_printer(args.quiet),
+        hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
+        progress=_progress_printer(args.quiet),
         report=report,
     )
     with out as stage:
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=("dvk", "cnn", "all"), default="dvk")
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
+    p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
+                                   "e.g. one made by `dblurdose train`")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--spect-units", default="bqml", choices=("bqml", "kbqml", "mbqml", "counts"))
     p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")

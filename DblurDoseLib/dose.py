@@ -97,6 +97,7 @@ def compute_dose_rate_maps(
     hu_calibration: np.ndarray | None = None,
     clip_negative: bool = False,
     nuclide: str = "Lu-177",
+    model=None,
     progress: Progress | None = None,
     report: dict | None = None,
 ) -> dict[str, Volume]:
@@ -104,6 +105,8 @@ def compute_dose_rate_maps(
 
     ``progress(fraction, message)`` is called along the way; returning False cancels.
     ``report`` (a dict) receives what was done: activity totals, resampling factor, kernel source.
+    ``model``: a DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN
+    method instead of the shipped weights; it is read and verified before any work is done.
     """
     from .kernels import get_kernel
 
@@ -111,7 +114,12 @@ def compute_dose_rate_maps(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
-    if "cnn" in methods and "cnn" not in available_methods():
+    network = None
+    if "cnn" in methods and model is not None:
+        from .inference import load_model
+
+        network = load_model(model, device=device)
+    elif "cnn" in methods and "cnn" not in available_methods():
         from .inference import DEFAULT_MODEL_PATH
 
         raise DblurDoseError(
@@ -172,7 +180,7 @@ def compute_dose_rate_maps(
         from .inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
-        results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device)
+        results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network)
     if per_mbq:
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}

@@ -167,3 +167,25 @@ def test_kernel_command_writes_centred_kernel(tmp_path):
     assert k.shape == (11, 11, 11)
     assert np.unravel_index(np.argmax(k.array), k.shape) == (5, 5, 5)
     np.testing.assert_allclose(k.spacing, (4.8, 4.8, 4.8))
+
+
+def test_cnn_with_a_model_file(case):
+    """--model replaces the shipped weights: a fresh network (zero correction) gives back the DVK."""
+    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model
+
+    tmp, paths, ct, _ = case
+    model = save_model(DblurDoseNet(ModelConfig(spacing=ct.spacing)), tmp / "fresh.pt")
+    out = tmp / "out"
+    assert _run(paths, out, "--method", "all", "--model", str(model), "--device", "cpu") == 0
+    dvk, cnn = (read_volume(out / f"dose_rate_{m}.nrrd").array for m in ("dvk", "cnn"))
+    assert dvk.max() > 0
+    np.testing.assert_allclose(cnn, dvk, rtol=1e-5, atol=1e-6 * dvk.max())
+
+
+def test_missing_model_file_is_refused_before_any_work(case, capsys):
+    tmp, paths, _, _ = case
+    out = tmp / "out"
+    assert _run(paths, out, "--method", "cnn", "--model", str(tmp / "nope.pt")) == 2
+    err = capsys.readouterr().err
+    assert "weights not found" in err and "dblurdose train" in err
+    assert not out.exists() or not any(out.iterdir())
