@@ -14,6 +14,9 @@ is stored at reduced precision, labels are int16)::
     DIR/p00/mc_truth.nrrd       Monte Carlo dose rate of the true activity, mGy/h (the label)
     DIR/p00/mc_truth_unc.nrrd   its relative uncertainty (1 sigma)
     DIR/p00/mc_spect_r0.nrrd    test phantoms only: Monte Carlo from spect_r0 ("SPECT + MC")
+    DIR/p00/spect_ood_r0.nrrd   with ``out_of_mix``, test phantoms only: the same patient and count
+                                level acquired and reconstructed outside the training mix (OUT_OF_MIX), with
+                                spect_ood_native_r0, dvk_ood_r0 and mc_spect_ood_r0 beside it
     DIR/p00/done.json           per-part timings; a part whose file exists is skipped on resume
 
 Each phantom is an independent job, run on a Dask distributed cluster (a local one by default,
@@ -60,6 +63,8 @@ class DataSettings:
     n_test: int = 5
     seed: int = 2022
     threads: int | None = None  # CPU threads per phantom job (None: all cores; set when jobs share a machine)
+    mix: bool = False  # training phantoms: acquisition and reconstruction drawn from TRAINING_MIX
+    out_of_mix: bool = False  # test phantoms: also reconstructed with OUT_OF_MIX (spect_ood_r*)
 
     def phantom_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
@@ -71,6 +76,49 @@ class DataSettings:
         n_test = min(self.n_test, max(len(order) - 1, 0))
         test = set(int(i) for i in order[:n_test])
         return {int(i): ("test" if i in test else "train") for i in self.phantoms}
+
+
+#: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network does not fit
+#: one reconstruction): views and voxel size drawn per phantom, OSEM and post-filter per realisation.
+#: Test phantoms keep the preset's own setting (64 views, OSEM 8x4, 4.8 mm, no filter: one of the mix).
+TRAINING_MIX = {
+    "n_views": (64, 128),
+    "voxel_mm": (4.7952, 4.8),  # Siemens 128 matrix at zoom 1 / the paper's grid
+    "osem": ((8, 4), (16, 4)),  # iterations x subsets
+    "postfilter_fwhm_mm": (0.0, 0.0, 6.0),  # no filter twice as often as a small one
+}
+#: A reconstruction of the test phantoms outside that mix in every setting: views, voxel size,
+#: subsets, iterations and post-filter (another vendor's protocol).
+OUT_OF_MIX = {"n_views": 96, "voxel_mm": 4.42, "iterations": 4, "subsets": 16, "postfilter_fwhm_mm": 4.0}
+
+
+def acquisition_plan(settings: DataSettings, split: str, rng: np.random.Generator) -> dict:
+    """The SPECT settings of one phantom: ``{"n_views", "voxel_mm", "reconstructions": [..]}``.
+
+    Draws from ``rng`` only for training phantoms of a ``mix`` data set, so that the phantoms of
+    a data set without it stay what they were."""
+    plan = {"n_views": settings.n_views, "voxel_mm": settings.spect_voxel_mm}
+    recon = {"iterations": settings.iterations, "subsets": settings.subsets, "postfilter_fwhm_mm": 0.0}
+    recons = [dict(recon) for _ in range(settings.realisations)]
+    if settings.mix and split == "train":
+        plan = {k: float(rng.choice(TRAINING_MIX[k])) for k in ("n_views", "voxel_mm")}
+        plan["n_views"] = int(plan["n_views"])
+        for r in recons:
+            r["iterations"], r["subsets"] = (int(v) for v in TRAINING_MIX["osem"][rng.integers(len(TRAINING_MIX["osem"]))])
+            r["postfilter_fwhm_mm"] = float(rng.choice(TRAINING_MIX["postfilter_fwhm_mm"]))
+    plan["reconstructions"] = recons
+    return plan
+
+
+def _acquisition(settings: DataSettings, n_views: int, voxel_mm: float, **_):
+    """The SpectAcquisition of a plan; the matrix keeps the preset's field of view at another voxel size."""
+    from .spect import SpectAcquisition
+
+    field_mm = np.asarray(settings.spect_matrix, dtype=np.float64) * settings.spect_voxel_mm
+    matrix = tuple(int(round(v)) for v in field_mm / voxel_mm)
+    return SpectAcquisition(matrix=matrix, voxel_mm=float(voxel_mm), n_views=int(n_views),
+                            iterations=settings.iterations, subsets=settings.subsets,
+                            projection_oversampling=settings.projection_oversampling)
 
 
 def parse_range(text: str) -> list[int]:
@@ -117,7 +165,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     from .montecarlo import monte_carlo_dose_rate
     from .phantom import make_phantom
     from .resample import resample_activity
-    from .spect import SpectAcquisition, simulate_spect
+    from .spect import simulate_spect
     from .volume import read_volume
 
     folder = Path(out) / f"p{index:02d}"
@@ -132,7 +180,12 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     rng = np.random.default_rng(seed)
     time_days = float(rng.uniform(*settings.time_days))
     counts = float(np.exp(rng.uniform(np.log(settings.counts[0]), np.log(settings.counts[1]))))
-    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts}
+    plan = acquisition_plan(settings, split, rng)
+    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts, "spect": plan}
+    ood = settings.out_of_mix and split == "test"
+    if ood:
+        info["spect_ood"] = OUT_OF_MIX
+    tags = ["", "_ood"] if ood else [""]
 
     def part(name: str, files: list[str], make: Callable[[], None]) -> None:
         if all((folder / f).exists() for f in files):
@@ -156,25 +209,34 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     hu = read_volume(folder / "hu.nrrd")
     density = read_volume(folder / "density.nrrd")
     activity = read_volume(folder / "activity.nrrd")
-    r_files = [f"spect_native_r{r}.nrrd" for r in range(settings.realisations)]
+    n_real = settings.realisations
 
-    def make_spect() -> None:
-        acq = SpectAcquisition(matrix=tuple(settings.spect_matrix), voxel_mm=settings.spect_voxel_mm,
-                               n_views=settings.n_views, iterations=settings.iterations, subsets=settings.subsets,
-                               projection_oversampling=settings.projection_oversampling)
-        recons = simulate_spect(activity, density, counts, seed, acq, realisations=settings.realisations)
-        for r, recon in enumerate(recons):
-            _write(recon, folder / r_files[r])
-            _write(resample_activity(recon, hu), folder / f"spect_r{r}.nrrd")
+    def files(stem: str, tag: str) -> list[str]:
+        return [f"{stem}{tag}_r{r}.nrrd" for r in range(n_real)]
 
-    part("spect", r_files + [f"spect_r{r}.nrrd" for r in range(settings.realisations)], make_spect)
+    def make_spect(tag: str) -> None:
+        if tag:
+            acq = _acquisition(settings, **OUT_OF_MIX)
+            recons = [{k: OUT_OF_MIX[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
+        else:
+            acq, recons = _acquisition(settings, **plan), plan["reconstructions"]
+        images = simulate_spect(activity, density, counts, seed, acq, realisations=n_real, reconstructions=recons)
+        for r, recon in enumerate(images):
+            _write(recon, folder / f"spect{tag}_native_r{r}.nrrd")
+            _write(resample_activity(recon, hu), folder / f"spect{tag}_r{r}.nrrd")
 
-    def make_dvk() -> None:
-        for r in range(settings.realisations):
-            spect = read_volume(folder / f"spect_r{r}.nrrd")
-            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / f"dvk_r{r}.nrrd")
+    def make_dvk(tag: str) -> None:
+        for r in range(n_real):
+            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
+            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / f"dvk{tag}_r{r}.nrrd")
 
-    part("dvk", [f"dvk_r{r}.nrrd" for r in range(settings.realisations)], make_dvk)
+    def make_spect_mc(tag: str) -> None:
+        for r in range(n_real):
+            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
+            bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
+            dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
+                                            threads=settings.threads)
+            _write(dose, folder / f"mc_spect{tag}_r{r}.nrrd")
 
     def make_truth() -> None:
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
@@ -183,18 +245,13 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         _write(dose, folder / "mc_truth.nrrd")
         _write(unc, folder / "mc_truth_unc.nrrd")
 
+    for tag in tags:
+        part(f"spect{tag}", files("spect_native", tag) + files("spect", tag), lambda tag=tag: make_spect(tag))
+        part(f"dvk{tag}", files("dvk", tag), lambda tag=tag: make_dvk(tag))
     part("mc_truth", ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
-
     if split == "test":
-        def make_spect_mc() -> None:
-            for r in range(settings.realisations):
-                spect = read_volume(folder / f"spect_r{r}.nrrd")
-                bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
-                dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
-                                                threads=settings.threads)
-                _write(dose, folder / f"mc_spect_r{r}.nrrd")
-
-        part("spect_mc", [f"mc_spect_r{r}.nrrd" for r in range(settings.realisations)], make_spect_mc)
+        for tag in tags:
+            part(f"spect_mc{tag}", files("mc_spect", tag), lambda tag=tag: make_spect_mc(tag))
     return {"index": index, **info, "timings_s": done}
 
 
@@ -278,6 +335,12 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--views", type=int, help="SPECT views over 360 degrees (overrides the preset)")
     g.add_argument("--iterations", type=int, help="OSEM iterations (overrides the preset)")
     g.add_argument("--subsets", type=int, help="OSEM subsets (overrides the preset)")
+    g.add_argument("--mix", action="store_true",
+                   help="training phantoms: views, voxel size, OSEM and post-filter drawn from a mix "
+                        "(DblurDoseLib.data.TRAINING_MIX) instead of the preset's one setting")
+    g.add_argument("--out-of-mix", action="store_true",
+                   help="test phantoms: also reconstruct the same data with settings outside the mix (OUT_OF_MIX), "
+                        "for `dblurdose evaluate --recon ood`")
     g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
     g.add_argument("--seed", type=int, default=2022)
@@ -306,7 +369,8 @@ def cmd_data(args) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
-                            seed=args.seed, threads=threads, **PRESETS[args.preset])
+                            seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
+                            **PRESETS[args.preset])
     for name, value in (("n_views", args.views), ("iterations", args.iterations), ("subsets", args.subsets)):
         if value is not None:
             if value < 1:

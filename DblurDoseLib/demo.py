@@ -80,7 +80,7 @@ def run_demo(
     methods = available_methods()
     simulate, monte_carlo = _has("pytomography"), _has("ompmc")
     names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "labels.nrrd", "stats.csv", "drvh.csv", "report.html",
-             "slices.png", "drvh.png", "profile.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
+             "slices.png", "drvh.png", "profile.png", "profile_lesion.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
     names += ["dose_rate_truth_mc.nrrd"] if monte_carlo else []
     folder = OutputFolder(out, names, overwrite=overwrite)
     notes = []
@@ -140,7 +140,8 @@ def run_demo(
                         f"{shape[0]} at {spacing[0]}x{spacing[1]}x{spacing[2]} mm.</p>"
                         + "".join(f"<p>{n}</p>" for n in notes)),
             ("Slices through the kidneys", "<img src='slices.png'>"),
-            ("Line profile through a kidney", "<img src='profile.png'>"),
+            ("Line profile through the kidneys", "<img src='profile.png'>"),
+            ("Line profile through a lesion", "<img src='profile_lesion.png'>"),
             ("Dose-rate-volume histograms", "<img src='drvh.png'>"),
             ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
             *([("Errors against the Monte Carlo truth (%)", html_table(errors))] if errors else []),
@@ -176,7 +177,7 @@ def _kidney(phantom) -> tuple[int, int | None]:
 
 
 def _figures(stage: Path, phantom, spect_ct: np.ndarray, dose: dict[str, np.ndarray], segments) -> None:
-    from .metrics import drvh, drvh_bin_edges, line_profile
+    from .metrics import drvh, drvh_bin_edges, line_profile, line_through
     from .report import Panel, save_curves, save_panels
 
     z, kidney = _kidney(phantom)
@@ -198,6 +199,12 @@ def _figures(stage: Path, phantom, spect_ct: np.ndarray, dose: dict[str, np.ndar
     profiles = {name: line_profile(vol.with_array(d), p0, p1) for name, d in dose.items()}
     save_curves(profiles, stage / "profile.png", "distance along the line (mm)", "mGy/h",
                 "left-right profile through the kidneys", styles)
+    lesion = next((s for s in segments if s.name.lower().startswith("lesion")), None)
+    if lesion is not None:  # the lesion: where SPECT blur costs the DVK most, and the CNN should gain
+        q0, q1 = line_through(vol, lesion.mask, 60.0)
+        profiles = {name: line_profile(vol.with_array(d), q0, q1) for name, d in dose.items()}
+        save_curves(profiles, stage / "profile_lesion.png", "distance along the line (mm)", "mGy/h",
+                    f"left-right profile through {lesion.name}", styles)
     curves = {}
     for segment in segments:
         if any(key in segment.name.lower() for key in ("kidney_left", "lesion_1")):

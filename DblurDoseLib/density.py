@@ -52,6 +52,8 @@ def load_calibration(path: str | os.PathLike) -> np.ndarray:
         raise DblurDoseError(f"{path}: a calibration needs at least two 'hu,density' rows")
     if np.any(np.diff(table[:, 0]) <= 0):
         raise DblurDoseError(f"{path}: HU values must be strictly ascending")
+    if not np.all(np.isfinite(table)):
+        raise DblurDoseError(f"{path}: HU values and densities must be finite numbers (found NaN or inf); fix the table")
     if np.any(table[:, 1] < 0):
         raise DblurDoseError(f"{path}: densities must not be negative")
     return table

@@ -185,6 +185,12 @@ def compute_dose_rate_maps(
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}
     results = {m: v for m, v in results.items() if m in methods}
+    for method, volume in results.items():  # a NaN or infinite map is never handed out as a result
+        if not np.all(np.isfinite(volume.array)):
+            raise DblurDoseError(
+                f"the {method.upper()} dose-rate map holds NaN or infinite values (the SPECT values may be far too "
+                "large for their units, or the HU calibration or model file is damaged); check the SPECT units "
+                "and values, the HU calibration and the model, nothing was written")
     for volume in results.values():
         volume.metadata.update({"units": "nGy/(MBq s)" if per_mbq else "mGy/h", "nuclide": nuclide})
     if report is not None:

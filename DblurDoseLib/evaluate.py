@@ -23,6 +23,7 @@ from .metrics import (
     drvh_bin_edges,
     ensemble_noise_percent,
     line_profile,
+    line_through,
     nrmse,
     segment_statistics,
 )
@@ -113,8 +114,13 @@ def evaluate(
     out: str | os.PathLike | None = None,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    recon: str = "",
 ) -> dict:
-    """Evaluate every test phantom of a data set; returns (and writes) all numbers."""
+    """Evaluate every test phantom of a data set; returns (and writes) all numbers.
+
+    ``recon``: which reconstructions of the test phantoms: "" (the data set's own, ``spect_r*``) or
+    "ood" (those outside the training mix, ``spect_ood_r*``, from ``data generate --out-of-mix``).
+    """
     from .inference import cnn_dose_rate, load_model
     from .volume import read_volume
 
@@ -126,10 +132,16 @@ def evaluate(
     tests = sorted(k for k, v in manifest["phantoms"].items() if v.get("split") == "test")
     if not tests:
         raise DblurDoseError(f"{data_dir} has no test phantoms; generate the data set with test phantoms")
+    tag = f"_{recon}" if recon else ""
+    missing = [k for k in tests if not (data_dir / k / f"spect{tag}_r0.nrrd").exists()]
+    if missing:
+        hint = " (generate them with `dblurdose data generate --out-of-mix`)" if recon == "ood" else ""
+        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no spect{tag}_r0.nrrd{hint}")
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
-    results: dict = {"data": str(data_dir), "phantoms": {}, "model": str(model_path or "shipped")}
+    results: dict = {"data": str(data_dir), "recon": recon or "standard", "phantoms": {},
+                     "model": str(model_path or "shipped")}
     for key in tests:
         folder = data_dir / key
         log(f"evaluating {key}")
@@ -142,10 +154,10 @@ def evaluate(
         n_real = int(manifest["phantoms"][key].get("realisations", 1))
         estimates: dict[str, list[np.ndarray]] = {}
         for r in range(n_real):
-            spect = read_volume(folder / f"spect_r{r}.nrrd")
-            dvk = read_volume(folder / f"dvk_r{r}.nrrd").array
+            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
+            dvk = read_volume(folder / f"dvk{tag}_r{r}.nrrd").array
             estimates.setdefault("dvk", []).append(dvk)
-            mc_path = folder / f"mc_spect_r{r}.nrrd"
+            mc_path = folder / f"mc_spect{tag}_r{r}.nrrd"
             if mc_path.exists():
                 estimates.setdefault("mc", []).append(read_volume(mc_path).array)
             for name, model in models.items():
@@ -210,10 +222,7 @@ def _phantom_figures(out: Path, key: str, hu, truth, estimates, masks) -> None:
         if target is None or target not in masks:
             continue
         mask = masks[target]
-        z, y, x = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
-        p0 = np.asarray(hu.origin) + hu.direction @ (np.array([max(x - 40, 0), y, z]) * np.asarray(hu.spacing))
-        p1 = np.asarray(hu.origin) + hu.direction @ (
-            np.array([min(x + 40, hu.shape[2] - 1), y, z]) * np.asarray(hu.spacing))
+        p0, p1 = line_through(hu, mask, 40 * float(hu.spacing[0]))
         curves = {}
         for name, arr in {"truth": truth, **first}.items():
             d, v = line_profile(hu.with_array(arr), p0, p1)
@@ -241,7 +250,8 @@ def write_report(results: dict, out: Path) -> Path:
     s = results["summary"]
     methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: ("dvk", "mc", "cnn").index(m)
                      if m in ("dvk", "mc", "cnn") else 9)
-    lines = ["# DblurDose evaluation", "", f"Data: `{results['data']}`; model: `{results['model']}`; "
+    lines = ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
+             f"reconstructions); model: `{results['model']}`; "
              f"test phantoms: {', '.join(results['phantoms'])}.", "",
              "## Mean dose-rate error and NRMSE per VOI (Fig. 7), averaged over phantoms and realisations", "",
              "| VOI | " + " | ".join(f"{m} mean err %" for m in methods) + " | "
@@ -294,6 +304,9 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=FILE",
                    help="an ablation model to compare, e.g. no_residual=nores.pt (repeatable)")
     p.add_argument("--out", default="dblurdose-evaluation", help="report folder")
+    p.add_argument("--recon", choices=("standard", "ood"), default="standard",
+                   help="the test phantoms' own reconstructions, or those outside the training mix "
+                        "(`data generate --out-of-mix`)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
@@ -305,6 +318,6 @@ def cmd_evaluate(args) -> int:
             raise DblurDoseError(f"--ablation {item!r}: write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
-    evaluate(args.data, args.model, ablations, args.out, args.device)
+    evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon)
     print(Path(args.out) / "report.md")
     return 0

@@ -113,6 +113,18 @@ def line_profile(
     return t * length, values
 
 
+def line_through(volume: Volume, mask: np.ndarray, half_length_mm: float = 80.0) -> tuple[np.ndarray, np.ndarray]:
+    """End points (LPS, mm) of a line along the grid's x axis through the centroid of ``mask``,
+    ``half_length_mm`` either side and clipped to the field: where a profile through a VOI is drawn."""
+    z, y, x = np.argwhere(mask).mean(axis=0)
+    half = half_length_mm / float(volume.spacing[0])
+    ends = []
+    for xi in (max(x - half, 0.0), min(x + half, volume.shape[2] - 1.0)):
+        ijk = np.array([xi, round(y), round(z)], dtype=np.float64)
+        ends.append(np.asarray(volume.origin) + volume.direction @ (ijk * np.asarray(volume.spacing)))
+    return ends[0], ends[1]
+
+
 def statistics_table(
     dose_maps: dict[str, np.ndarray], segments: Sequence, voxel_volume_ml: float
 ) -> list[dict[str, float | str]]:

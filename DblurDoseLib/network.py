@@ -20,7 +20,8 @@ Architecture (paper, Fig. 3; the public reference code pins the details):
   LeakyReLU(0.1) in the encoder, ReLU in the decoder; encoder widths 16, 32, 64, 128 and a
   128-channel bottleneck; nearest x2 upsampling, skip concatenated before the upsampled map;
   decoder widths 64, 32, 16, 16 (first conv of each decoder level halves its input width);
-  1x1 linear output. 1,143,233 parameters in all (the reference: about 1.14 M).
+  1x1 linear output. 1,143,233 parameters in all (the reference: about 1.14 M). The output
+  layer starts small and random (both signs), not at zero: see :class:`UNet2D`.
 * In-plane sizes that are not multiples of 16 are zero-padded (split evenly between the two
   sides) in front of the U-Net and cropped back after it.
 
@@ -64,6 +65,7 @@ FORMAT = "dblurdosenet"
 FORMAT_VERSION = 1
 LEAK = 0.1
 WIDTHS = (16, 32, 64, 128)  # U-Net encoder widths; the bottleneck keeps the last
+OUTPUT_INIT_STD = 0.01  # initial weights of the 1x1 output layer (scaled units; see UNet2D)
 
 
 @dataclass
@@ -141,8 +143,13 @@ class UNet2D(nn.Module):
             below = cout
         self.dec = nn.ModuleList(ups)
         self.out = nn.Conv2d(w[0], 1, 1)
-        # start at "no correction": the residual network begins as the DVK, and learns what it misses
-        nn.init.zeros_(self.out.weight)
+        # Start near "no correction" (the residual network begins close to the DVK), but NOT at zero:
+        # the decoder's last features are ReLU outputs (>= 0), so with a zero-initialised output layer
+        # every weight receives a gradient of one sign at the first steps and Adam moves them all alike.
+        # Trained that way the shipped model of v0.1 ended with 16 negative weights, a correction
+        # bounded above by its bias (+1.04 mGy/h in the demo) and no way to raise a lesion.
+        # Small weights of both signs keep both directions open.
+        nn.init.normal_(self.out.weight, std=OUTPUT_INIT_STD)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -363,6 +370,25 @@ def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:
     return fused
 
 
+def zero_correction(model: DblurDoseNet) -> DblurDoseNet:
+    """Set the output layer to zero in place: a residual network then returns exactly the DVK."""
+    with torch.no_grad():
+        model.unet.out.weight.zero_()
+        model.unet.out.bias.zero_()
+    return model
+
+
+def correction_bound(model: DblurDoseNet) -> tuple[float, float]:
+    """Bounds (scaled units) that the output layer puts on the U-Net's output, given that its inputs
+    are ReLU outputs (>= 0): (-inf or bias, bias or +inf). A finite bound means the network can only
+    correct in one direction: all output weights of one sign (the defect of the v0.1 weights)."""
+    w = model.unet.out.weight.detach().flatten()
+    b = float(model.unet.out.bias.detach())
+    upper = b if bool((w <= 0).all()) else float("inf")
+    lower = b if bool((w >= 0).all()) else float("-inf")
+    return lower, upper
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -418,6 +444,10 @@ def load_model_file(path: str | os.PathLike, device="cpu") -> DblurDoseNet:
     if int(cfg.get("version", 0)) > FORMAT_VERSION:
         raise DblurDoseError(f"{path} was written by a newer dblurdose (model format {cfg.get('version')}); "
                              "upgrade dblurdose")
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DblurDoseError(f"the DblurDoseNet weights in {path} hold NaN or infinite values ({', '.join(bad[:3])}); "
+                             f"the training diverged or the file is damaged: {fix}")
     model = DblurDoseNet(ModelConfig.from_dict(cfg))
     try:
         model.load_state_dict(state)

@@ -58,7 +58,7 @@ import io
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,7 @@ class SpectAcquisition:
     voxel_mm: float = 4.8
     iterations: int = 16
     subsets: int = 4
+    postfilter_fwhm_mm: float = 0.0  #: 3D Gaussian post-filter of the reconstruction (0: none, the default)
     duration_s: float = 1500.0  #: acquisition time (25 min, the paper's patient protocol)
     heads: int = 2
     scatter_fraction: float = 0.25  #: scatter / (primary + scatter) in the photopeak window
@@ -136,6 +137,7 @@ class SpectAcquisition:
             "voxel_mm": self.voxel_mm > 0,
             "iterations": self.iterations >= 1,
             "subsets": 1 <= self.subsets <= self.n_views,
+            "postfilter_fwhm_mm": 0 <= self.postfilter_fwhm_mm < 100,
             "duration_s": self.duration_s > 0,
             "heads": self.heads >= 1,
             "photopeak_kev": 30 <= self.photopeak_kev <= 600,
@@ -725,15 +727,20 @@ def reconstruct(
     iterations: int | None = None,
     subsets: int | None = None,
     progress: Progress | None = None,
+    postfilter_fwhm_mm: float | None = None,
 ) -> Volume:
     """OSEM with attenuation and collimator modelling; returns Bq/mL on the system's grid.
 
     ``projections`` and ``additive`` (scatter estimate) are [view, r, z] counts of a scan of
     ``duration_s`` (default acq.duration_s), which with the system sensitivity calibrates the image.
+    ``iterations``, ``subsets`` and ``postfilter_fwhm_mm`` default to the acquisition's.
     """
     acq = system.acq
     iterations = acq.iterations if iterations is None else int(iterations)
     subsets = acq.subsets if subsets is None else int(subsets)
+    fwhm = acq.postfilter_fwhm_mm if postfilter_fwhm_mm is None else float(postfilter_fwhm_mm)
+    if not 0 <= fwhm < 100:
+        raise DblurDoseError(f"the post-filter FWHM must be between 0 and 100 mm, got {fwhm}")
     if projections.shape != system.projection_shape:
         raise DblurDoseError(f"projections of shape {projections.shape}, expected {system.projection_shape}")
     if not np.all(np.isfinite(projections)) or np.any(projections < 0):
@@ -774,8 +781,14 @@ def reconstruct(
     system.timings["osem_normalisation_s"] = t1 - t0
     system.timings["osem_s"] = time.perf_counter() - t1
     bq_per_voxel = _to_array(f).astype(np.float64) / system.counts_per_bq(duration_s)
+    if fwhm > 0:  # counts are kept: the filter's mass outside the field is folded back ("nearest")
+        from scipy.ndimage import gaussian_filter
+
+        sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(system.grid.spacing[::-1], dtype=np.float64)
+        bq_per_voxel = gaussian_filter(bq_per_voxel, sigma_vox, mode="nearest")
     out = system.grid.with_array((bq_per_voxel / system.grid.voxel_volume_ml).astype(np.float32))
-    out.metadata = {"units": "Bq/mL", "calibration_cps_per_mbq": f"{system.sensitivity_cps_per_mbq:.10g}"}
+    out.metadata = {"units": "Bq/mL", "calibration_cps_per_mbq": f"{system.sensitivity_cps_per_mbq:.10g}",
+                    "osem": f"{iterations}x{subsets}", "postfilter_fwhm_mm": f"{fwhm:g}"}
     return out
 
 
@@ -848,10 +861,12 @@ class SimulatedProjections:
         return counts, tew_estimate(self.scatter, rng, self.system.acq)
 
     def reconstruct(
-        self, counts: np.ndarray, additive: np.ndarray | None, progress: Progress | None = None
+        self, counts: np.ndarray, additive: np.ndarray | None, progress: Progress | None = None, **settings
     ) -> Volume:
-        """OSEM of drawn data, calibrated to Bq/mL with this simulation's scan time."""
-        return reconstruct(self.system, counts, additive, duration_s=self.duration_s, progress=progress)
+        """OSEM of drawn data, calibrated to Bq/mL with this simulation's scan time.
+
+        ``settings``: ``iterations``, ``subsets``, ``postfilter_fwhm_mm`` other than the acquisition's."""
+        return reconstruct(self.system, counts, additive, duration_s=self.duration_s, progress=progress, **settings)
 
 
 def _project_phantom(activity: Volume, density: Volume, system: SpectSystem, act_spect: Volume) -> np.ndarray:
@@ -906,6 +921,7 @@ def simulate_spect(
     acq: SpectAcquisition | None = None,
     realisations: int = 1,
     progress: Progress | None = None,
+    reconstructions: Sequence[dict] | None = None,
 ) -> list[Volume]:
     """Simulate and reconstruct Lu-177 SPECT of a phantom; one Bq/mL Volume per Poisson realisation.
 
@@ -916,13 +932,19 @@ def simulate_spect(
     ``i`` is the same whatever the number asked for. The noise-free projections and the system
     matrix (with OSEM's normalisation) are shared. Results lie on ``spect_grid(activity, acq)``;
     their metadata give the calibration, counts and effective scan time. ``progress(fraction, message)``
-    is called along the way.
+    is called along the way. ``reconstructions`` (one dict per realisation) sets that realisation's
+    ``iterations``, ``subsets`` or ``postfilter_fwhm_mm`` where they differ from ``acq``'s.
     """
     acq = SpectAcquisition() if acq is None else acq
     acq.validate()
     _check_inputs(activity, density, total_counts)
     if int(realisations) < 1:
         raise DblurDoseError(f"realisations must be at least 1, got {realisations}")
+    reconstructions = [{}] * int(realisations) if reconstructions is None else list(reconstructions)
+    unknown = {k for r in reconstructions for k in r} - {"iterations", "subsets", "postfilter_fwhm_mm"}
+    if len(reconstructions) != int(realisations) or unknown:
+        raise DblurDoseError(f"reconstructions: one dict of iterations/subsets/postfilter_fwhm_mm per realisation "
+                             f"({realisations}), got {len(reconstructions)}" + (f" with {sorted(unknown)}" if unknown else ""))
 
     def report(stage: str, fraction: float) -> None:
         if progress is not None:
@@ -941,7 +963,7 @@ def simulate_spect(
                 f"SPECT: OSEM, realisation {i + 1}/{realisations}", 0.1 + 0.9 * (i + fraction) / realisations
             )
 
-        image = sim.reconstruct(counts, tew, progress=osem_progress)
+        image = sim.reconstruct(counts, tew, progress=osem_progress, **reconstructions[i])
         image.metadata.update(
             {
                 "realisation": str(i),

@@ -12,13 +12,15 @@ in-plane patch, read as ``slab + 10`` input slices (volume ends replicated, as a
 and evaluated with the shared-extractor forward
 (:meth:`~DblurDoseLib.network.DblurDoseNet.forward_slab`, same result and the same batch-norm
 statistics as the per-pack forward). A batch is ``batch_size`` output slices
-(``batch_size // slab`` slabs). Patch centres are drawn from tissue (density >= 0.1 g/cm3)
-9 times in 10, anywhere otherwise; random in-plane flips/transposition and z flips.
+(``batch_size // slab`` slabs). Patch centres are drawn from the hottest body voxels (top 2% of
+the true dose rate: kidneys, lesions, spleen) 3 times in 10, from other tissue (density
+>= 0.1 g/cm3) 6 times in 10, anywhere otherwise; random in-plane flips/transposition and z flips.
 Inputs and label are scaled per volume as in :mod:`DblurDoseLib.network`.
 
 Loss: mean squared error with voxel weights 0.7 inside the body (centre-slice density
->= 0.1 g/cm3) and 0.3 outside, as the public reference code. Adam (lr 1e-3, the paper),
-ReduceLROnPlateau (factor 0.2, patience 10 epochs) on the validation loss.
+>= 0.1 g/cm3) and 0.3 outside, as the public reference code. Adam; learning rate by a one-cycle
+schedule (warm-up to the peak over the first 5% of steps, then cosine decay; the default), or the
+paper's ReduceLROnPlateau (factor 0.2, patience 10 epochs) on the validation loss.
 
 Every epoch: a checkpoint ``OUT.ckpt`` (model, optimiser, scheduler, history; ``resume``
 continues from it), the loss curve ``OUT.loss.png``, and the model file ``OUT`` rewritten
@@ -48,7 +50,10 @@ from .errors import DblurDoseError
 
 Progress = Callable[[float, str], object]
 BODY_WEIGHT, OUTSIDE_WEIGHT = 0.7, 0.3
-TISSUE_FRACTION = 0.9  # share of patches centred on tissue
+TISSUE_FRACTION = 0.9  # share of patches centred on tissue (hot voxels included)
+HOT_FRACTION = 0.3  # share of patches centred on a hot voxel (top HOT_QUANTILE of the body's true dose rate)
+HOT_QUANTILE = 0.98  # kidneys, lesions, spleen: where the DVK's blur error is largest and the VOIs are small
+SCHEDULES = ("onecycle", "plateau")
 VAL_FRACTION = 0.2
 VAL_BATCHES = 8
 
@@ -65,6 +70,7 @@ class _Case:
     spect_factor: float  # spect_scale_ml / total activity
     dose_factor: float  # dose_scale / total activity
     tissue: np.ndarray  # flat indices of (a sample of) tissue voxels
+    hot: np.ndarray  # flat indices of (a sample of) the hottest body voxels (true dose rate)
 
 
 # --- the data set ---------------------------------------------------------------------------
@@ -132,8 +138,10 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cach
         density = _array(folder / "density.nrrd", cache)
         truth = _array(folder / "mc_truth.nrrd", cache)
         body = np.flatnonzero(density.reshape(-1) >= 0.1)
-        if body.size > 200_000:
-            body = np.sort(np.random.default_rng(0).choice(body, 200_000, replace=False))
+        flat_truth = truth.reshape(-1)
+        hot = body[flat_truth[body] >= np.quantile(flat_truth[body], HOT_QUANTILE)] if body.size else body
+        body, hot = (np.sort(np.random.default_rng(0).choice(v, 200_000, replace=False)) if v.size > 200_000 else v
+                     for v in (body, hot))
         for r in range(int(manifest["phantoms"][name].get("realisations", 1))):
             spect = _array(folder / f"spect_r{r}.nrrd", cache)
             dvk = _array(folder / f"dvk_r{r}.nrrd", cache)
@@ -143,11 +151,12 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cach
             if not total > 0:
                 continue  # no activity: nothing to learn from this realisation
             cases.append(_Case(name, spect, dvk, density, truth, config.spect_scale_ml / total,
-                               config.dose_scale / total, body))
+                               config.dose_scale / total, body, hot))
     return cases
 
 
-def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int):
+def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int,
+                 hot_fraction: float = HOT_FRACTION):
     """``n_slabs`` random slabs: inputs [n, 2, slab + 10, P, P], DVK, label and weights [n, 1, slab, P, P]."""
     from .network import HALF
 
@@ -155,8 +164,10 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
     for _ in range(n_slabs):
         c = cases[rng.integers(len(cases))]
         nz, ny, nx = c.density.shape
-        if c.tissue.size and rng.random() < TISSUE_FRACTION:
-            zc, yc, xc = np.unravel_index(c.tissue[rng.integers(c.tissue.size)], c.density.shape)
+        u = rng.random()
+        pool = c.hot if u < hot_fraction and c.hot.size else c.tissue if u < TISSUE_FRACTION else None
+        if pool is not None and pool.size:
+            zc, yc, xc = np.unravel_index(pool[rng.integers(pool.size)], c.density.shape)
         else:
             zc, yc, xc = rng.integers(nz), rng.integers(ny), rng.integers(nx)
         z0 = int(np.clip(zc - slab // 2, 0, nz - slab))
@@ -181,6 +192,38 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
         for store, v in zip((xs, dvks, truths, weights), views):
             store.append(np.ascontiguousarray(v, dtype=np.float32))
     return tuple(np.stack(s) for s in (xs, dvks, truths, weights))
+
+
+def validation_batches(val_cases: list[_Case], seed: int, n_slabs: int, slab: int, patch: int) -> list:
+    """The fixed validation batches of a run (by seed); a fixed composition (HOT_FRACTION), so that runs
+    with another --hot-fraction compare."""
+    rng = np.random.default_rng([seed, 99])
+    return [sample_batch(val_cases, rng, n_slabs, slab, patch) for _ in range(VAL_BATCHES)] if val_cases else []
+
+
+def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, seed: int = 0, batch_size: int = 32,
+                    slab: int = 8, patch: int = 64, device: str = "cpu") -> float:
+    """Weighted MSE (scaled) of a model file on the validation batches that ``train`` with these
+    settings uses: compares models, the DVK alone included (``model_path="dvk"``), on equal terms."""
+    import torch
+
+    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
+
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    _, val_names = split_phantoms(manifest, seed)
+    if model_path == "dvk":
+        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
+    else:
+        net = load_model_file(model_path)
+    cases = load_cases(data_dir, val_names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    losses = []
+    with torch.no_grad():
+        for x, dvk, truth, w in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
+            x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in (x, dvk, truth, w))
+            pred = net.forward_slab(x, dvk if net.residual else None)
+            losses.append(float((w * (pred - truth) ** 2).mean()))
+    return float(np.mean(losses))
 
 
 # --- training -------------------------------------------------------------------------------
@@ -242,11 +285,17 @@ def train(
     val_fraction: float = VAL_FRACTION,
     patience: int = 10,
     amp: bool = True,
+    schedule: str = "onecycle",
+    warmup: float = 0.05,
+    hot_fraction: float = HOT_FRACTION,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
     ``steps_per_epoch`` defaults to one pass over the training slices in patches
-    (slices x in-plane area / patch area / batch size). See the module docstring.
+    (slices x in-plane area / patch area / batch size). ``schedule``: "onecycle" (linear warm-up
+    over the first ``warmup`` of all steps to ``lr``, then cosine annealing to lr/1e4, stepped
+    every step) or "plateau" (``lr`` divided by 5 after ``patience`` epochs without a better
+    validation loss). See the module docstring.
     """
     import torch
     import torch.distributed as dist
@@ -262,6 +311,13 @@ def train(
             raise DblurDoseError(f"the {name} must be at least 1, got {value}")
     if not lr > 0:
         raise DblurDoseError(f"the learning rate must be positive, got {lr}")
+    if schedule not in SCHEDULES:
+        raise DblurDoseError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= hot_fraction <= TISSUE_FRACTION:
+        raise DblurDoseError(f"the share of patches on hot voxels must be between 0 and {TISSUE_FRACTION}, "
+                             f"got {hot_fraction}")
+    if not 0 < warmup < 1:
+        raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -326,14 +382,23 @@ def train(
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience)
+    if schedule == "onecycle" and epochs * local_steps < 4:  # too short to warm up and decay: constant lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    elif schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=epochs * local_steps, anneal_strategy="cos",
+            pct_start=min(max(warmup, 2.0 / (epochs * local_steps)), 0.5),  # 2 warm-up steps at least
+            div_factor=25.0, final_div_factor=400.0)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience)
     use_amp = amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": patch, "slab": slab, "seed": seed,
-                "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names}
+                "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
+                "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction}
     ckpt_path = checkpoint_path(out_path)
     start, history, best = 0, [], math.inf
     if resume and ckpt_path.is_file():
@@ -342,8 +407,10 @@ def train(
         except Exception as exc:
             raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
                                  "pass --no-resume to start over") from None
-        changed = [k for k in ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms")
-                   if ckpt["settings"].get(k) != settings[k]]
+        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule"]
+        if schedule == "onecycle":  # the schedule's length is part of its state
+            keys += ["epochs", "steps_per_epoch", "lr"]
+        changed = [k for k in keys if ckpt["settings"].get(k, "plateau" if k == "schedule" else None) != settings[k]]
         if changed:
             raise DblurDoseError(f"the checkpoint {ckpt_path} was made with other settings ({', '.join(changed)}); "
                                  "use the same settings, another --out, or --no-resume to start over")
@@ -363,9 +430,7 @@ def train(
     def loss_of(pred, truth, w):
         return (w * (pred.float() - truth) ** 2).mean()
 
-    val_rng = np.random.default_rng([seed, 99])
-    val_batches = [sample_batch(val_cases, val_rng, n_slabs, slab, patch) for _ in range(VAL_BATCHES)] \
-        if val_cases else []
+    val_batches = validation_batches(val_cases, seed, n_slabs, slab, patch)
 
     def mean_over_ranks(value: float) -> float:
         if not distributed:
@@ -394,7 +459,7 @@ def train(
         rng = np.random.default_rng([seed, epoch, rank])
         total, last_report = 0.0, time.perf_counter()
         for step in range(local_steps):
-            x, dvk, truth, w = to_device(sample_batch(cases, rng, n_slabs, slab, patch))
+            x, dvk, truth, w = to_device(sample_batch(cases, rng, n_slabs, slab, patch, hot_fraction))
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 pred = model(x, dvk if net.residual else None)
             loss = loss_of(pred, truth, w)
@@ -405,6 +470,8 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if schedule == "onecycle":
+                scheduler.step()
             total += loss.item()
             if time.perf_counter() - last_report > 60:
                 last_report = time.perf_counter()
@@ -413,7 +480,8 @@ def train(
         train_loss = mean_over_ranks(total / local_steps)
         val_loss = validate()
         monitor = val_loss if val_loss is not None else train_loss
-        scheduler.step(monitor)
+        if schedule == "plateau":
+            scheduler.step(monitor)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                         "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)})
         improved = monitor < best
@@ -451,7 +519,13 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--out", required=True, help="model file to write (e.g. dblurdosenet.pt)")
     p.add_argument("--epochs", type=int, default=200, help="epochs (paper: 200)")
     p.add_argument("--batch-size", type=int, default=32, help="output slices per batch (paper: 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (paper: 1e-3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak (onecycle) or initial (plateau) learning rate "
+                                                          "(paper: 1e-3, plateau)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
+                   help="onecycle: warm-up then cosine decay over all epochs; plateau: the paper's ReduceLROnPlateau")
+    p.add_argument("--hot-fraction", type=float, default=HOT_FRACTION,
+                   help="share of patches centred on the hottest 2%% of body voxels (kidneys, lesions, spleen)")
+    p.add_argument("--warmup", type=float, default=0.05, help="onecycle: share of all steps spent warming up")
     p.add_argument("--patch", type=int, default=128, help="in-plane patch size, a multiple of 16")
     p.add_argument("--slab", type=int, default=4, help="consecutive output slices per training sample")
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training slices in patches")
@@ -467,7 +541,8 @@ def add_train_arguments(subparser) -> None:
 def cmd_train(args) -> int:
     path = train(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch=args.patch,
                  seed=args.seed, device=args.device, resume=args.resume, variant=args.variant,
-                 slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp)
+                 slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp, schedule=args.schedule,
+                 warmup=args.warmup, hot_fraction=args.hot_fraction)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

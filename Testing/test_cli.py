@@ -102,6 +102,26 @@ def test_bad_activity(case, capsys, kind, match):
     assert not out.exists()
 
 
+def test_huge_finite_spect_is_refused_not_written_as_nan(case, capsys):
+    """1e37 Bq/mL is finite, but the dose overflows float32: refused, nothing written (issue 14)."""
+    tmp, paths, ct, spect = case
+    write_volume(spect.with_array(np.full_like(spect.array, 1e37)), tmp / "huge.nrrd")
+    out = tmp / "out"
+    assert _run(dict(paths, spect=tmp / "huge.nrrd"), out) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_hu_calibration_with_nan_density_is_refused(case, capsys):
+    tmp, paths, *_ = case
+    table = tmp / "hu.csv"
+    table.write_text("hu,density\n-1000,0.001\n0,nan\n3000,2.8\n")
+    out = tmp / "out"
+    assert _run(paths, out, "--hu-calibration", str(table)) == 2
+    assert "finite" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_spect_in_mbqml_given_as_bqml_is_refused(case, capsys):
     tmp, paths, ct, spect = case
     write_volume(spect.with_array(spect.array / 1e6), tmp / "mbqml.nrrd")
@@ -170,11 +190,11 @@ def test_kernel_command_writes_centred_kernel(tmp_path):
 
 
 def test_cnn_with_a_model_file(case):
-    """--model replaces the shipped weights: a fresh network (zero correction) gives back the DVK."""
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model
+    """--model replaces the shipped weights: a network with a zero output layer gives back the DVK."""
+    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model, zero_correction
 
     tmp, paths, ct, _ = case
-    model = save_model(DblurDoseNet(ModelConfig(spacing=ct.spacing)), tmp / "fresh.pt")
+    model = save_model(zero_correction(DblurDoseNet(ModelConfig(spacing=ct.spacing))), tmp / "fresh.pt")
     out = tmp / "out"
     assert _run(paths, out, "--method", "all", "--model", str(model), "--device", "cpu") == 0
     dvk, cnn = (read_volume(out / f"dose_rate_{m}.nrrd").array for m in ("dvk", "cnn"))

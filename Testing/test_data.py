@@ -102,3 +102,61 @@ def test_small_end_to_end_and_resume(tmp_path):
 def test_deterministic_phantom_seed():
     s = data.DataSettings()
     assert s.phantom_seed(3) == data.DataSettings().phantom_seed(3) != s.phantom_seed(4)
+
+
+def test_mix_draws_acquisitions_for_training_phantoms_only():
+    """--mix: training phantoms get views and voxel size per phantom and OSEM/post-filter per realisation
+    from TRAINING_MIX; test phantoms (and data sets without --mix) keep the preset's one setting."""
+    mixed = data.DataSettings(realisations=3, mix=True, **data.CPU)
+    plain = data.DataSettings(realisations=3, **data.CPU)
+    standard = {"n_views": 64, "voxel_mm": 4.8,
+                "reconstructions": [{"iterations": 8, "subsets": 4, "postfilter_fwhm_mm": 0.0}] * 3}
+    assert data.acquisition_plan(plain, "train", np.random.default_rng(0)) == standard
+    assert data.acquisition_plan(mixed, "test", np.random.default_rng(0)) == standard
+    plans = [data.acquisition_plan(mixed, "train", np.random.default_rng(i)) for i in range(40)]
+    seen = {k: {p[k] for p in plans} for k in ("n_views", "voxel_mm")}
+    assert seen == {"n_views": {64, 128}, "voxel_mm": {4.7952, 4.8}}
+    recons = [r for p in plans for r in p["reconstructions"]]
+    assert {(r["iterations"], r["subsets"]) for r in recons} == {(8, 4), (16, 4)}
+    assert {r["postfilter_fwhm_mm"] for r in recons} == {0.0, 6.0}
+    # the out-of-mix reconstruction differs from the mix in every setting
+    ood = data.OUT_OF_MIX
+    assert ood["n_views"] not in data.TRAINING_MIX["n_views"]
+    assert ood["voxel_mm"] not in data.TRAINING_MIX["voxel_mm"]
+    assert (ood["iterations"], ood["subsets"]) not in data.TRAINING_MIX["osem"]
+    assert ood["postfilter_fwhm_mm"] not in data.TRAINING_MIX["postfilter_fwhm_mm"]
+    # the field of view is kept at another voxel size
+    acq = data._acquisition(plain, **ood)
+    np.testing.assert_allclose(np.asarray(acq.matrix) * acq.voxel_mm, np.asarray(plain.spect_matrix) * 4.8, atol=4.5)
+
+
+@pytest.mark.slow
+def test_mix_and_out_of_mix_end_to_end(tmp_path):
+    """A training phantom reconstructed per its plan, and a test phantom with its out-of-mix twin."""
+    pytest.importorskip("pytomography")
+    pytest.importorskip("ompmc")
+    from DblurDoseLib.volume import read_volume
+
+    small = {**data.SMALL, "spect_matrix": (16, 16, 13), "spect_voxel_mm": 31.2}
+    settings = data.DataSettings(phantoms=[0, 1], realisations=2, decays=1e5, test_decays=1e5, spect_mc_decays=1e5,
+                                 mix=True, out_of_mix=True, **small)
+    monkey = {"n_views": 16, "voxel_mm": 26.0, "iterations": 2, "subsets": 4, "postfilter_fwhm_mm": 20.0}
+    old = data.OUT_OF_MIX
+    data.OUT_OF_MIX = monkey  # a coarse stand-in, to stay quick
+    try:
+        train = data.generate_phantom(tmp_path, 1, settings, "train", log=lambda m: None)
+        test = data.generate_phantom(tmp_path, 0, settings, "test", log=lambda m: None)
+    finally:
+        data.OUT_OF_MIX = old
+    plan = train["spect"]
+    native = read_volume(tmp_path / "p01" / "spect_native_r0.nrrd")
+    assert native.spacing == pytest.approx((plan["voxel_mm"],) * 3)
+    assert native.metadata["osem"] == "{iterations}x{subsets}".format(**plan["reconstructions"][0])
+    assert not (tmp_path / "p01" / "spect_ood_r0.nrrd").exists()
+    ood = read_volume(tmp_path / "p00" / "spect_ood_native_r0.nrrd")
+    assert ood.spacing == pytest.approx((26.0,) * 3) and ood.metadata["osem"] == "2x4"
+    assert ood.metadata["postfilter_fwhm_mm"] == "20"
+    for name in ("spect_ood_r1", "dvk_ood_r1", "mc_spect_ood_r1"):
+        assert read_volume(tmp_path / "p00" / f"{name}.nrrd").same_grid(read_volume(tmp_path / "p00" / "hu.nrrd"))
+    assert {"spect_ood", "dvk_ood", "spect_mc_ood"} <= set(test["timings_s"])
+    assert test["spect_ood"] == monkey

@@ -129,9 +129,9 @@ def test_other_voxel_size_goes_through_the_working_grid(monkeypatch):
 
 def test_working_grid_moves_only_the_correction():
     """A residual network that corrects nothing returns the CT-grid DVK itself, detail kept."""
-    from DblurDoseLib.network import DblurDoseNet
+    from DblurDoseLib.network import DblurDoseNet, zero_correction
 
-    model = DblurDoseNet(ModelConfig(spacing=(8.0, 8.0, 12.0))).eval()  # fresh: output layer zero
+    model = zero_correction(DblurDoseNet(ModelConfig(spacing=(8.0, 8.0, 12.0)))).eval()
     ct, act, density, dvk = ct_case()
     out = cnn_dose_rate(act, ct, density, dvk, "cpu", model=model).array
     expected = np.where(density < 0.1, 0, np.maximum(dvk, 0))

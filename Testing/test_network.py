@@ -10,11 +10,13 @@ from DblurDoseLib.network import (
     VARIANTS,
     DblurDoseNet,
     ModelConfig,
+    correction_bound,
     count_parameters,
     fuse_for_inference,
     load_model_file,
     postprocess,
     save_model,
+    zero_correction,
 )
 
 
@@ -33,13 +35,28 @@ def random_model(variant="dblurdose", seed=0, dtype=torch.float32):
     return model.eval()
 
 
-def test_fresh_network_starts_as_the_dvk():
-    """The output layer starts at zero, so an untrained residual network returns the DVK it is given."""
+def test_zero_correction_returns_the_dvk():
+    """With the output layer at zero a residual network returns exactly the DVK it is given."""
     torch.manual_seed(0)
-    model = DblurDoseNet().eval()
+    model = zero_correction(DblurDoseNet()).eval()
     x, dvk = torch.rand(2, 2, PACK, 32, 32), torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x, dvk), dvk)
+
+
+def test_fresh_network_can_correct_both_ways_and_starts_near_the_dvk():
+    """The output layer reads ReLU features (>= 0): weights of one sign would cap the correction at the
+    bias (issue 15). A fresh network has weights of both signs and a small correction."""
+    torch.manual_seed(0)
+    model = DblurDoseNet().eval()
+    assert correction_bound(model) == (float("-inf"), float("inf"))
+    x, dvk = torch.rand(2, 2, PACK, 32, 32), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        corr = model(x, dvk) - dvk
+    assert 0 < float(corr.abs().max()) < 0.2
+    with torch.no_grad():
+        model.unet.out.weight.copy_(-model.unet.out.weight.abs())
+    assert correction_bound(model) == (float("-inf"), float(model.unet.out.bias.detach()))
 
 
 def test_parameter_count_matches_the_reference():
@@ -183,3 +200,13 @@ def test_bad_config_is_refused():
         DblurDoseNet("3d-unet")
     with pytest.raises(DblurDoseError, match="voxel size"):
         ModelConfig(spacing=(1.0, 0.0, 3.0))
+
+
+def test_nan_weights_are_refused_at_load(tmp_path):
+    """A diverged training saves NaN weights with a valid checksum: refused with the fix (issue 14)."""
+    model = DblurDoseNet()
+    with torch.no_grad():
+        model.unet.out.weight[0, 3] = float("nan")
+    path = save_model(model, tmp_path / "nan.pt")
+    with pytest.raises(DblurDoseError, match="NaN or infinite.*dblurdose train"):
+        load_model_file(path)

@@ -95,7 +95,12 @@ def test_saved_model_runs_through_cnn_dose_rate(trained, dataset):
 
 def test_resume_continues_where_it_stopped(trained, dataset, tmp_path):
     out = tmp_path / "model.pt"
-    training.train(dataset, out, **{**FAST, "epochs": 1}, progress=lambda f, m: None)
+
+    def stop_after_epoch_1(fraction, message):  # an interruption: the checkpoint of epoch 1 is written
+        return not message.startswith("epoch 1/2: training loss")
+
+    with pytest.raises(DblurDoseError, match="cancelled"):
+        training.train(dataset, out, **FAST, progress=stop_after_epoch_1)
     assert _checkpoint(out)["epoch"] == 1
     messages = []
     training.train(dataset, out, **FAST, progress=lambda f, m: messages.append(m))
@@ -184,3 +189,39 @@ def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
     assert proc.stderr.count("epoch 1/1:") == 1  # rank 0 reports, rank 1 is silent
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.loss.png", "model.pt", "model.pt.ckpt"]
     assert load_model(out, device="cpu").config.info["epoch"] == 1
+
+
+def test_one_cycle_schedule_warms_up_and_decays_and_its_length_is_fixed(trained, dataset, tmp_path):
+    history = _checkpoint(trained[0])["history"]
+    lrs = [h["lr"] for h in history[1:]]
+    assert lrs[-1] < lrs[0] < FAST.get("lr", 1e-3)  # after the warm-up, decaying towards the end
+    out = tmp_path / "model.pt"
+    training.train(dataset, out, **{**FAST, "epochs": 1}, progress=lambda f, m: None)
+    with pytest.raises(DblurDoseError, match="other settings.*epochs"):  # a one-cycle run cannot be stretched
+        training.train(dataset, out, **FAST, progress=lambda f, m: None)
+    plateau = tmp_path / "plateau.pt"
+    training.train(dataset, plateau, **{**FAST, "schedule": "plateau"}, progress=lambda f, m: None)
+    assert {h["lr"] for h in _checkpoint(plateau)["history"]} == {FAST.get("lr", 1e-3)}
+    with pytest.raises(DblurDoseError, match="schedule"):
+        training.train(dataset, out, **{**FAST, "schedule": "cosine"}, progress=lambda f, m: None)
+
+
+def test_hot_patches_centre_on_the_hottest_voxels(dataset, tmp_path):
+    """--hot-fraction 0.9: 9 patches in 10 centred on the top 2% of the body's true dose rate."""
+    from DblurDoseLib.network import ModelConfig
+
+    manifest = training.read_manifest(dataset)
+    train_names, _ = training.split_phantoms(manifest, seed=3)
+    cases = training.load_cases(dataset, train_names, manifest, ModelConfig(spacing=SPACING), tmp_path)
+    c = cases[0]
+    body_truth = np.asarray(c.truth).reshape(-1)[c.tissue]
+    assert c.hot.size and np.asarray(c.truth).reshape(-1)[c.hot].min() >= np.quantile(body_truth, 0.97)
+    patch, slab = 8, 2
+
+    def centre_dose(fraction):
+        _, _, truth, _ = training.sample_batch(cases[:1], np.random.default_rng(1), 200, slab, patch, fraction)
+        return float(np.mean(truth[:, 0, slab // 2, patch // 2, patch // 2]))
+
+    assert centre_dose(0.9) > 2 * centre_dose(0.0)
+    with pytest.raises(DblurDoseError, match="hot voxels"):
+        training.train(dataset, tmp_path / "m.pt", **{**FAST, "hot_fraction": 0.95}, progress=lambda f, m: None)

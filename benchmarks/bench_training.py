@@ -1,0 +1,69 @@
+"""Training-step benchmark: seconds per step and per output slice of DblurDoseNet (3D) and the 2D ablation.
+
+One step = forward_slab + weighted MSE + backward + Adam on a batch of ``--batch`` output slices of
+``--patch`` x ``--patch`` patches in slabs of S consecutive slices (S + 10 input slices each), as
+``dblurdose train`` runs it (channels-last on the CPU). Synthetic inputs: the cost does not depend
+on the values. Medians of ``--repeats`` steps after one warm-up step, all in one process, so the
+ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like.
+
+    python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from DblurDoseLib.network import DblurDoseNet
+
+
+def step_seconds(variant: str, slab: int, patch: int, batch: int, repeats: int) -> tuple[float, float]:
+    """Median (step, forward) seconds."""
+    torch.manual_seed(0)
+    net = DblurDoseNet(variant)
+    net.unet.to(memory_format=torch.channels_last)
+    if net.extractor is not None:
+        net.extractor.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    n = max(1, batch // slab)
+    x = torch.rand(n, 2, slab + 10, patch, patch)
+    if net.extractor is not None:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    dvk, truth = torch.rand(n, 1, slab, patch, patch), torch.rand(n, 1, slab, patch, patch)
+    steps, forwards = [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = (net.forward_slab(x, dvk) - truth).pow(2).mean()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            steps.append(time.perf_counter() - t0)
+            forwards.append(t1 - t0)
+    return statistics.median(steps), statistics.median(forwards)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
+          f"{args.patch}x{args.patch}, median of {args.repeats} steps")
+    base = None
+    for variant, slab in (("dblurdose", 4), ("dblurdose", 8), ("dblurdose", 16), ("2d", 4), ("2d", 8)):
+        step, fwd = step_seconds(variant, slab, args.patch, args.batch, args.repeats)
+        base = base or step
+        print(f"{variant:10s} slab {slab:2d}: step {step:.2f} s (forward {fwd:.2f} s), "
+              f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row")
+
+
+if __name__ == "__main__":
+    main()
