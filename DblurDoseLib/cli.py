@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import DblurDoseError
+from .errors import DblurDoseError, OutOfMemoryError
 
 
 def _progress_printer(quiet: bool):
@@ -28,7 +28,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .density import load_calibration
-    from .dose import METHODS, compute_dose_rate_maps
+    from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, write_csv
     from .segments import read_segments
@@ -36,9 +36,12 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
     methods = METHODS if args.method == "all" else (args.method,)
     names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else [])
-    out = OutputFolder(args.out, names, overwrite=args.overwrite)  # refuses before any work is done
+    every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"]
+    # refuses before any work is done; with --overwrite, earlier results this run does not write go
+    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=every_result)
     spect = read_volume(args.spect, what="SPECT")
     ct = read_volume(args.ct, dtype=None, what="CT")  # native type: 16-bit HU take the fast table
+    out.require_space(len(methods) * ct.array.size * 4 * 1.05 + 1e6)  # float32 maps, CSVs
     calibration = load_calibration(args.hu_calibration) if args.hu_calibration else None
     segments = read_segments(args.seg, ct) if args.seg else None
     t0 = time.perf_counter()
@@ -48,9 +51,12 @@ def cmd_dose(args: argparse.Namespace) -> int:
         spect_units=args.spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
+        activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ,
         progress=_progress_printer(args.quiet),
         report=report,
     )
+    for warning in report.get("warnings", []):
+        print(f"dblurdose: warning: {warning}", file=sys.stderr)
     with out as stage:
         for method, volume in maps.items():
             write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
@@ -58,6 +64,9 @@ def cmd_dose(args: argparse.Namespace) -> int:
             arrays = {m: np.asarray(v.array) for m, v in maps.items()}
             write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv")
             write_csv(drvh_table(arrays, segments), stage / "drvh.csv")
+    for name in out.removed:
+        print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
+              file=sys.stderr)
     if not args.quiet:
         print(
             f"activity in the CT field {report['total_activity_mbq']:.4g} MBq "
@@ -115,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density-scale only the electron part of the DVK (closer to Monte Carlo in lung)")
     p.add_argument("--hu-calibration", help="CSV 'hu,density' replacing the built-in HU-to-density curve")
     p.add_argument("--clip-negative", action="store_true", help="set negative SPECT voxels to zero instead of failing")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--any-activity", action="store_true",
+                   help="accept a total SPECT activity outside 5 MBq - 100 GBq (phantoms, pre-clinical scans); "
+                        "outside it the units are usually wrong")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (and remove earlier results this run does not write)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dose)
 
@@ -149,28 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import Terminated, is_allocation_failure, sigterm_unwinds
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: staging folders are removed
+            return args.func(args)
     except DblurDoseError as exc:
         print(f"dblurdose: error: {exc}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print(
-            "dblurdose: error: out of memory. Close other programs, use --device cpu (more memory than a GPU), "
-            "or crop the CT to the SPECT field",
-            file=sys.stderr,
-        )
-        return 3
+        return 3 if isinstance(exc, OutOfMemoryError) else 2
     except KeyboardInterrupt:
         print("dblurdose: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except RuntimeError as exc:  # torch reports device out-of-memory as RuntimeError
-        if "out of memory" in str(exc).lower():
-            print("dblurdose: error: the device ran out of memory; use --device cpu or crop the CT", file=sys.stderr)
-            return 3
-        raise
+    except Terminated:
+        print("dblurdose: terminated; nothing was written", file=sys.stderr)
+        return 143
+    except (MemoryError, RuntimeError) as exc:  # torch reports allocation failures as RuntimeError
+        if not is_allocation_failure(exc):
+            raise
+        print(
+            "dblurdose: error: out of memory. Close other programs, use --device cpu (more memory than a GPU), "
+            "or crop the CT to the SPECT field. Nothing was written",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

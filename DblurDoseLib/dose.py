@@ -11,11 +11,18 @@ from collections.abc import Callable
 import numpy as np
 
 from .density import check_ct_is_hu, hu_to_density
-from .errors import DblurDoseError
+from .errors import DblurDoseError, memory_errors_as_dblurdose
 from .resample import ResampleReport, resample_activity
-from .volume import Volume
+from .volume import Volume, check_orthogonal
 
 SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
+#: total activity (MBq) in the SPECT field expected of a Lu-177 patient scan: a value outside it
+#: almost always means wrong units (kBq/mL read as Bq/mL is 1000x low). ``None`` disables the check.
+ACTIVITY_RANGE_MBQ = (5.0, 100_000.0)
+#: density (g/cm3) above which a CT voxel counts as tissue rather than air
+TISSUE_DENSITY = 0.1
+#: least share of the SPECT activity that must fall on CT tissue (else: misaligned, or a CT of air)
+MIN_ACTIVITY_IN_TISSUE = 0.5
 _UNIT_FACTORS = {"bqml": 1.0, "kbqml": 1e3, "mbqml": 1e6}
 METHODS = ("dvk", "cnn")
 #: nGy/(MBq s) per (mGy/h per MBq): the paper's normalisation for 1 MBq in the field.
@@ -31,6 +38,17 @@ def available_methods() -> tuple[str, ...]:
     return METHODS if weights_installed() else ("dvk",)
 
 
+def check_positive(value: float, name: str) -> float:
+    """Refuse a setting that is not a finite positive number; ``name`` says which one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DblurDoseError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise DblurDoseError(f"{name} must be a finite positive number, got {value!r}")
+    return number
+
+
 def spect_to_bqml(
     spect: Volume, units: str = "bqml", calibration_cps_per_mbq: float | None = None, duration_s: float | None = None
 ) -> Volume:
@@ -40,16 +58,37 @@ def spect_to_bqml(
         raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of {', '.join(SPECT_UNITS)}")
     values = np.asarray(spect.array, dtype=np.float32)
     if units == "counts":
-        if not calibration_cps_per_mbq or not duration_s:
+        if calibration_cps_per_mbq is None or duration_s is None:
             raise DblurDoseError(
                 "SPECT in counts needs the camera calibration and the acquisition duration: "
                 "pass --calibration CPS_PER_MBQ and --duration SECONDS"
             )
-        if calibration_cps_per_mbq <= 0 or duration_s <= 0:
-            raise DblurDoseError("--calibration and --duration must be positive numbers")
+        check_positive(calibration_cps_per_mbq, "--calibration (camera sensitivity, cps/MBq)")
+        check_positive(duration_s, "--duration (acquisition duration, s)")
         bq = values / np.float32(calibration_cps_per_mbq * duration_s) * np.float32(1e6)
         return spect.with_array((bq / np.float32(spect.voxel_volume_ml)).astype(np.float32))
     return spect.with_array(values * np.float32(_UNIT_FACTORS[units]))
+
+
+def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple[float, float] | None) -> None:
+    """Refuse a total activity outside the range of a patient scan (the usual sign of wrong units)."""
+    if activity_range_mbq is None:
+        return
+    lo, hi = activity_range_mbq
+    if lo <= total_mbq <= hi:
+        return
+    side = "below" if total_mbq < lo else "above"
+    if units == "counts":
+        hint = "check --calibration (cps/MBq) and --duration (s), or give the SPECT's units with --spect-units"
+    elif total_mbq < lo:
+        hint = "if the image is in kBq/mL or MBq/mL, say so with --spect-units kbqml or mbqml"
+    else:
+        hint = "if the image is in Bq/mL but was given as kBq/mL or MBq/mL, use --spect-units bqml"
+    raise DblurDoseError(
+        f"the SPECT holds {total_mbq:.4g} MBq in total with --spect-units {units}, {side} the {lo:g}-{hi:g} MBq of a "
+        f"Lu-177 patient scan: the units are probably wrong; {hint}. For phantoms or pre-clinical scans "
+        "outside that range pass --any-activity"
+    )
 
 
 def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
@@ -70,7 +109,9 @@ def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
 
 
 def check_geometry(spect: Volume, ct: Volume) -> None:
-    """Refuse SPECT/CT pairs whose fields do not overlap."""
+    """Refuse sheared grids and SPECT/CT pairs whose fields do not overlap."""
+    check_orthogonal(spect, "SPECT")
+    check_orthogonal(ct, "CT")
     lo_s, hi_s = spect.physical_corners().min(0), spect.physical_corners().max(0)
     lo_c, hi_c = ct.physical_corners().min(0), ct.physical_corners().max(0)
     overlap = np.clip(np.minimum(hi_s, hi_c) - np.maximum(lo_s, lo_c), 0, None)
@@ -81,6 +122,19 @@ def check_geometry(spect: Volume, ct: Volume) -> None:
             f"CT {np.round(lo_c, 1).tolist()} to {np.round(hi_c, 1).tolist()} mm). "
             "Use a SPECT and CT of the same study with their original positions, or register them first."
         )
+
+
+def unused_option_warnings(methods, spect_units: str, calibration_cps_per_mbq, duration_s, model) -> list[str]:
+    """Options given that this run does not use (so the user knows they had no effect)."""
+    warnings = []
+    counts = (spect_units or "").lower() == "counts"
+    for value, name in ((calibration_cps_per_mbq, "--calibration"), (duration_s, "--duration")):
+        if value is not None and not counts:
+            warnings.append(f"{name} is ignored: it applies only with --spect-units counts (the SPECT is read as "
+                            f"{spect_units})")
+    if model is not None and "cnn" not in methods:
+        warnings.append("--model is ignored: it applies only with --method cnn or all")
+    return warnings
 
 
 def compute_dose_rate_maps(
@@ -98,6 +152,7 @@ def compute_dose_rate_maps(
     clip_negative: bool = False,
     nuclide: str = "Lu-177",
     model=None,
+    activity_range_mbq: tuple[float, float] | None = ACTIVITY_RANGE_MBQ,
     progress: Progress | None = None,
     report: dict | None = None,
 ) -> dict[str, Volume]:
@@ -107,6 +162,8 @@ def compute_dose_rate_maps(
     ``report`` (a dict) receives what was done: activity totals, resampling factor, kernel source.
     ``model``: a DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN
     method instead of the shipped weights; it is read and verified before any work is done.
+    ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``None`` for
+    phantoms and pre-clinical scans. Warnings (options that do not apply) go to ``report["warnings"]``.
     """
     from .kernels import get_kernel
 
@@ -114,6 +171,7 @@ def compute_dose_rate_maps(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
+    warnings = unused_option_warnings(methods, spect_units, calibration_cps_per_mbq, duration_s, model)
     network = None
     if "cnn" in methods and model is not None:
         from .inference import load_model
@@ -147,6 +205,8 @@ def compute_dose_rate_maps(
             f"the SPECT's highest concentration is {peak:.3g} Bq/mL, far below any Lu-177 scan: the image is "
             "probably in kBq/mL or MBq/mL. Give its units with --spect-units kbqml or mbqml"
         )
+    check_total_activity(float(bqml.array.sum(dtype=np.float64)) * bqml.voxel_volume_ml / 1e6, spect_units,
+                         activity_range_mbq)
     kernel = get_kernel(nuclide, ct.spacing)
 
     step(0.1, "resampling the SPECT onto the CT grid")
@@ -160,27 +220,41 @@ def compute_dose_rate_maps(
         )
     activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
     density = hu_to_density(hu, hu_calibration)
+    in_tissue = float(activity_bq[density >= TISSUE_DENSITY].sum(dtype=np.float64)) / max(
+        float(activity_bq.sum(dtype=np.float64)), 1e-30)
+    if in_tissue < MIN_ACTIVITY_IN_TISSUE:
+        raise DblurDoseError(
+            f"only {in_tissue:.0%} of the SPECT activity lies on tissue in the CT (density >= {TISSUE_DENSITY} g/cm3); "
+            + ("the CT holds no tissue at all (all air): give the CT of the patient"
+               if not (density >= TISSUE_DENSITY).any() else
+               "the SPECT and CT look misaligned, or the CT is of another patient: check their positions or register "
+               "them first")
+        )
 
     step(0.2, "DVK convolution")
     from .dvk import dvk_dose_rate
 
     results: dict[str, Volume] = {}
-    dvk = dvk_dose_rate(
-        activity_bq,
-        density,
-        kernel.electron,
-        kernel.photon,
-        kernel.medium_density,
-        scaling="electron" if scale_electron_only else "all",
-        device=device,
-        progress=lambda f: step(0.2 + 0.6 * f, "DVK convolution"),
-    )
+    fix = ("use --device cpu (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
+           if device != "cpu" else "close other programs or crop the CT to the SPECT field")
+    with memory_errors_as_dblurdose("the DVK convolution", fix):
+        dvk = dvk_dose_rate(
+            activity_bq,
+            density,
+            kernel.electron,
+            kernel.photon,
+            kernel.medium_density,
+            scaling="electron" if scale_electron_only else "all",
+            device=device,
+            progress=lambda f: step(0.2 + 0.6 * f, "DVK convolution"),
+        )
     results["dvk"] = ct.with_array(dvk)
     if "cnn" in methods:
         from .inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
-        results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network)
+        with memory_errors_as_dblurdose("the CNN correction", fix):
+            results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network)
     if per_mbq:
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}
@@ -201,6 +275,7 @@ def compute_dose_rate_maps(
             resample_factor=resampling[0].rescale_factor,
             kernel_source=kernel.source,
             units="nGy/(MBq s)" if per_mbq else "mGy/h",
+            warnings=warnings,
         )
     step(1.0, "done")
     return results

@@ -1,5 +1,67 @@
-"""The one exception type that reaches users: a message naming the problem and its fix."""
+"""The one exception type that reaches users: a message naming the problem and its fix.
+
+Also: turning allocation failures (numpy, torch on CPU or GPU) into that exception, and a
+SIGTERM handler that unwinds like Ctrl-C so that staging folders are cleaned up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
 
 
 class DblurDoseError(Exception):
     """A problem with the user's input or environment; the message says how to fix it."""
+
+
+class OutOfMemoryError(DblurDoseError):
+    """An allocation failed (host or device memory)."""
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM; raised in the main thread so ``finally`` blocks run."""
+
+
+#: fragments of torch's allocation-failure messages (CUDA, MPS, the CPU allocator)
+_ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """True for MemoryError and for torch's out-of-memory RuntimeErrors."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _ALLOCATION_FAILURES)
+
+
+@contextlib.contextmanager
+def memory_errors_as_dblurdose(what: str, fix: str):
+    """Re-raise allocation failures inside the block as :class:`OutOfMemoryError`.
+
+    ``what`` names the step ("the DVK convolution"), ``fix`` what the user can do about it.
+    """
+    try:
+        yield
+    except DblurDoseError:
+        raise
+    except (MemoryError, RuntimeError) as exc:
+        if not is_allocation_failure(exc):
+            raise
+        raise OutOfMemoryError(f"out of memory during {what}; {fix}. Nothing was written") from None
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only; a no-op elsewhere)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,7 @@ gamma + x-rays. Energy below 10 keV is deposited in the source voxel.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -146,11 +147,18 @@ def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
         "photon_absorbed_kev": kernel.photon_absorbed_kev,
         "units": "mGy per decay",
         "layout": "octant [z>=c, y>=c, x>=c] of a mirror-symmetric [z,y,x] kernel",
-        **kernel.info,
+        **{k: v for k, v in kernel.info.items() if k != "sha256"},
+        "sha256": {name: _checksum(a) for name, a in octant.items()},
     }
     np.savez_compressed(path, electron_octant=octant["electron"], photon_octant=octant["photon"],
                         meta=np.array(json.dumps(meta)))
     return path
+
+
+def _checksum(octant: np.ndarray) -> str:
+    """SHA-256 of a float32 octant's shape and bytes (verifies a kernel file before it is used)."""
+    a = np.ascontiguousarray(octant, dtype=np.float32)
+    return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 def _unfold(octant: np.ndarray) -> np.ndarray:
@@ -162,11 +170,26 @@ def _unfold(octant: np.ndarray) -> np.ndarray:
 
 
 def load_kernel(path: str | os.PathLike, source: str = "shipped") -> Kernel:
-    with np.load(path) as f:
-        meta = json.loads(str(f["meta"]))
-        electron, photon = _unfold(f["electron_octant"]), _unfold(f["photon_octant"])
+    """Read a kernel written by :func:`save_kernel`, verifying its checksum (a damaged file is refused)."""
+    fix = (f"delete {path} (it is rebuilt or derived again when needed)" if source != "shipped"
+           else "reinstall DblurDose")
+    try:
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            octants = {name: np.asarray(f[f"{name}_octant"]) for name in ("electron", "photon")}
+    except Exception as exc:  # truncated zip, missing arrays, bad JSON: all mean a damaged file
+        raise DblurDoseError(f"the kernel file {path} is damaged ({type(exc).__name__}: {exc}); {fix}") from None
+    expected = meta.get("sha256")
+    if not isinstance(expected, dict):
+        raise DblurDoseError(f"the kernel file {path} carries no checksum (an older or foreign file); {fix}")
+    bad = [name for name, a in octants.items() if expected.get(name) != _checksum(a)]
+    if bad:
+        raise DblurDoseError(
+            f"the kernel file {path} fails its checksum ({' and '.join(bad)} part changed since it was written); {fix}"
+        )
+    electron, photon = _unfold(octants["electron"]), _unfold(octants["photon"])
     info = {k: v for k, v in meta.items() if k not in ("nuclide", "spacing_mm", "medium_density",
-                                                        "photon_absorbed_kev", "units", "layout")}
+                                                        "photon_absorbed_kev", "units", "layout", "sha256")}
     return Kernel(meta["nuclide"], tuple(meta["spacing_mm"]), electron, photon, float(meta["medium_density"]),
                   float(meta["photon_absorbed_kev"]), source, info)
 

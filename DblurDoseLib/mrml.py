@@ -625,6 +625,15 @@ def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None,
         raise DblurDoseError("select both a SPECT and a CT volume")
     if spectNode is ctNode:
         raise DblurDoseError("the SPECT and the CT are the same volume; select the SPECT and its CT")
+    for node, what in ((spectNode, "SPECT"), (ctNode, "CT")):
+        if not node.IsA("vtkMRMLScalarVolumeNode"):
+            raise DblurDoseError(f"the {what} '{node.GetName()}' is a {node.GetClassName()}, not a scalar volume; "
+                                 f"select the {what} volume")
+    if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        raise DblurDoseError(
+            f"'{segmentationNode.GetName()}' is a {segmentationNode.GetClassName()}, not a segmentation; give a "
+            "segmentation node (a labelmap volume can be imported into one with the Segmentations module)"
+        )
     scene = ctNode.GetScene()
     if scene is None:
         raise DblurDoseError("the CT volume is not in a scene")
@@ -638,14 +647,14 @@ def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None,
     spect = volumeFromNode(spectNode, "SPECT")
     ct = volumeFromNode(ctNode, "CT")
     device_name = resolveDevice(device)
-    if "report" in inspect.signature(compute_dose_rate_maps).parameters:
-        library_options.setdefault("report", {})
+    library_options.setdefault("report", {})
 
     step(0.05, "computing dose rates")
     maps = compute_dose_rate_maps(
         spect, ct, kept_methods, device=device_name,
         progress=lambda f, m: step(0.05 + 0.75 * float(f), m), **library_options,
     )
+    warnings.extend(library_options["report"].get("warnings", []))
     units = next(iter(maps.values())).metadata.get("units", DOSE_RATE_UNITS[0]) if maps else DOSE_RATE_UNITS[0]
     arrays = {m: np.asarray(v.array, dtype=np.float32) for m, v in maps.items()}
 

@@ -1,15 +1,46 @@
-"""Writing results safely: all-or-nothing into an output folder, never overwriting unless asked."""
+"""Writing results safely: all-or-nothing into an output folder, never overwriting unless asked.
+
+:class:`OutputFolder` checks the folder before any work is done (not a file, writable, no
+results already there unless ``overwrite``), takes a lock file while a run writes into it (two
+runs into the same folder: the second is refused), stages every file in a hidden folder and
+moves them into place only when all were written, checking once more that nothing appeared in
+the meantime. On any failure (including SIGTERM, see :func:`~DblurDoseLib.errors.sigterm_unwinds`)
+the staging folder, and the output folder if this run created it, are removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import DblurDoseError
+
+LOCK_NAME = ".dblurdose.lock"
+#: first characters that make spreadsheet programs read a cell as a formula (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OutputFolder:
@@ -19,51 +50,197 @@ class OutputFolder:
 
         with OutputFolder(out_dir, ["dose_rate_dvk.nrrd"], overwrite=False) as stage:
             write_volume(dose, stage / "dose_rate_dvk.nrrd")
+
+    ``stale``: names of earlier results of the same kind that this run does not write (say
+    ``stats.csv`` when no segmentation is given); with ``overwrite`` they are removed at the final
+    move, so that the folder never mixes results of two runs. ``removed`` lists them afterwards.
     """
 
-    def __init__(self, folder: str | os.PathLike, names: Sequence[str], overwrite: bool = False):
+    def __init__(self, folder: str | os.PathLike, names: Sequence[str], overwrite: bool = False,
+                 stale: Sequence[str] = ()):
         self.folder = Path(folder)
         self.names = list(names)
+        self.overwrite = overwrite
+        self.stale = [n for n in stale if n not in self.names]
+        self.removed: list[str] = []
+        if self.folder.exists() and not self.folder.is_dir():
+            raise DblurDoseError(f"--out {self.folder} is a file, not a folder; choose a folder path")
+        self._refuse_existing()
+        base = _nearest_existing(self.folder)
+        if not base.is_dir():
+            raise DblurDoseError(f"--out {self.folder} cannot be made: {base} is a file, not a folder; choose another path")
+        try:  # a real write, not os.access: read-only mounts and root
+            with tempfile.TemporaryFile(dir=base, prefix=".dblurdose-probe-"):
+                pass
+        except OSError as exc:
+            raise DblurDoseError(
+                f"cannot write into {base} ({exc.strerror or exc}); choose an --out folder you can write to"
+            ) from None
+        self._refuse_live_lock()  # before any work; the lock is taken on entry
+        self._created = not self.folder.exists()
+        self.stage: Path | None = None
+        self._lock: Path | None = None
+        self._moved: list[Path] = []
+
+    def _refuse_existing(self) -> None:
         existing = [n for n in self.names if (self.folder / n).exists()]
-        if existing and not overwrite:
+        if existing and not self.overwrite:
             raise DblurDoseError(
                 f"{self.folder} already holds {', '.join(existing)}; choose another --out folder or pass --overwrite"
             )
-        if self.folder.exists() and not self.folder.is_dir():
-            raise DblurDoseError(f"--out {self.folder} is a file, not a folder; choose a folder path")
-        self._created = not self.folder.exists()
-        self.stage: Path | None = None
+
+    def require_space(self, nbytes: float) -> None:
+        """Refuse before computing when the output's file system has less than ``nbytes`` free."""
+        free = shutil.disk_usage(_nearest_existing(self.folder)).free
+        if free < nbytes:
+            raise DblurDoseError(
+                f"not enough free disk space for the results in {self.folder}: about {nbytes / 1e6:.0f} MB needed, "
+                f"{free / 1e6:.0f} MB free; free some space or choose another --out folder"
+            )
+
+    def _refuse_live_lock(self) -> None:
+        """Refuse when another run holds the folder's lock; remove a lock left by a run that died."""
+        lock = self.folder / LOCK_NAME
+        if not self.folder.is_dir():
+            return
+        try:
+            pid_text, host = (lock.read_text().split() + ["", ""])[:2]
+        except FileNotFoundError:
+            return
+        except OSError:
+            pid_text, host = "", ""
+        pid = int(pid_text) if pid_text.isdigit() else -1
+        if host == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+            lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
+            return
+        raise DblurDoseError(
+            f"another dblurdose run (process {pid} on {host or 'an unknown machine'}) is writing into "
+            f"{self.folder}; wait for it to finish or choose another --out folder (if no run is active, "
+            f"delete {lock})"
+        )
+
+    def _take_lock(self) -> None:
+        lock = self.folder / LOCK_NAME
+        text = f"{os.getpid()} {socket.gethostname()}\n"
+        for _attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._refuse_live_lock()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self._lock = lock
+            return
+        raise DblurDoseError(f"could not take the lock {lock}; delete it if no dblurdose run is active")
 
     def __enter__(self) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=".dblurdose-", dir=self.folder))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            self.stage = Path(tempfile.mkdtemp(prefix=".dblurdose-", dir=self.folder))
+        except OSError as exc:
+            self._cleanup(failed=True)
+            raise DblurDoseError(f"cannot write into {self.folder} ({exc.strerror or exc}); choose another --out folder") from None
+        except BaseException:
+            self._cleanup(failed=True)
+            raise
         return self.stage
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def _move_into_place(self) -> None:
         assert self.stage is not None
-        try:
-            if exc_type is None:
-                for path in sorted(self.stage.rglob("*")):
-                    if path.is_file():
-                        target = self.folder / path.relative_to(self.stage)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(path, target)
-        finally:
+        self._refuse_existing()  # again: another run may have finished in the meantime
+        files = sorted(p for p in self.stage.rglob("*") if p.is_file())
+        for path in files:
+            target = self.folder / path.relative_to(self.stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            self._moved.append(target)
+        if self.overwrite:
+            for name in self.stale:
+                if (self.folder / name).is_file():
+                    (self.folder / name).unlink()
+                    self.removed.append(name)
+
+    def _cleanup(self, failed: bool) -> None:
+        if self.stage is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
-            if exc_type is not None and self._created:
-                shutil.rmtree(self.folder, ignore_errors=True)
+            self.stage = None
+        if self._lock is not None:
+            self._lock.unlink(missing_ok=True)
+            self._lock = None
+        if failed:
+            for path in self._moved:  # a move that failed half-way: no mix of two runs' results
+                path.unlink(missing_ok=True)
+            folders = {p.parent for p in self._moved if p.parent != self.folder}
+            if self._created:
+                folders.add(self.folder)
+            for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):  # only if empty: another run may have written there
+                    folder.rmdir()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        failed = exc_type is not None
+        try:
+            if not failed:
+                self._move_into_place()
+        except DblurDoseError:
+            failed = True
+            raise
+        except OSError as e:
+            failed = True
+            raise DblurDoseError(
+                f"could not write the results into {self.folder} ({e.strerror or e}); free disk space or choose "
+                "another --out folder. Nothing was written"
+            ) from None
+        finally:
+            self._cleanup(failed)
+        if failed and isinstance(exc, (OSError, RuntimeError)) and _looks_like_write_failure(exc):
+            raise DblurDoseError(
+                f"could not write the results into {self.folder} ({_reason(exc)}); free disk space or choose another "
+                "--out folder. Nothing was written"
+            ) from None
         return False
 
 
-def write_csv(rows: Iterable[dict], path: str | os.PathLike, float_format: str = "{:.6g}") -> Path:
-    """Write dict rows as CSV (columns from the first row), floats formatted compactly."""
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
+def _looks_like_write_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()  # SimpleITK reports failed writes as RuntimeError
+    return any(s in text for s in ("no space", "write", "permission denied", "could not create"))
+
+
+def neutralise_cell(value):
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def write_csv(rows: Iterable[dict], path: str | os.PathLike, float_format: str = "{:.6g}",
+              header: Sequence[str] = ()) -> Path:
+    """Write dict rows as CSV (columns from the first row), floats formatted compactly.
+
+    ``header``: lines written first, each as ``# line`` (provenance). Text cells that a
+    spreadsheet would read as a formula (segment names starting with ``=``, ``+``, ``-``, ``@``)
+    are neutralised with a leading apostrophe.
+    """
     rows = list(rows)
     path = Path(path)
     with path.open("w", newline="") as f:
+        for line in header:
+            f.write(f"# {line}\n")
         if not rows:
             return path
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer = csv.DictWriter(f, fieldnames=[neutralise_cell(k) for k in rows[0].keys()])
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: float_format.format(v) if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({neutralise_cell(k): float_format.format(v) if isinstance(v, float) else neutralise_cell(v)
+                             for k, v in row.items()})
     return path

@@ -15,6 +15,9 @@ from .errors import DblurDoseError
 from .resample import resample_labels
 from .volume import Volume
 
+#: most VOIs a labelmap may hold; each becomes a full-size mask (a label per voxel would take GBs)
+MAX_LABELS = 500
+
 
 @dataclass
 class Segment:
@@ -26,10 +29,16 @@ class Segment:
 
 def segments_from_labelmap(labels: Volume, target: Volume, names: dict[int, str] | None = None) -> list[Segment]:
     """One segment per non-zero label value, resampled (nearest) onto ``target``'s grid."""
-    on_grid = np.asarray(resample_labels(labels, target).array)
     values = [int(v) for v in np.unique(np.asarray(labels.array)) if v != 0]
     if not values:
         raise DblurDoseError("the segmentation holds no labelled voxels; give a labelmap with non-zero labels")
+    if len(values) > MAX_LABELS:
+        raise DblurDoseError(
+            f"the segmentation holds {len(values)} different label values (at most {MAX_LABELS} are taken): it looks "
+            "like an image rather than a labelmap (a SPECT or CT given as --seg?). Give a labelmap with one value "
+            "per VOI"
+        )
+    on_grid = np.asarray(resample_labels(labels, target).array)
     names = names or {}
     return [Segment(names.get(v, f"label_{v}"), on_grid == v) for v in values]
 

@@ -98,6 +98,22 @@ class Volume:
         return cls(array, image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3), meta)
 
 
+def check_orthogonal(volume: Volume, what: str = "image", tol: float = 1e-3) -> None:
+    """Refuse a direction matrix whose axes are not orthonormal (sheared or degenerate grids).
+
+    The dose kernels and voxel volumes assume orthogonal axes; a sheared grid would silently
+    give a wrong map.
+    """
+    d = np.asarray(volume.direction, dtype=np.float64)
+    error = float(np.abs(d.T @ d - np.eye(3)).max()) if np.all(np.isfinite(d)) else float("inf")
+    if error > tol:
+        raise DblurDoseError(
+            f"the {what}'s direction matrix is not orthogonal (axes sheared or degenerate, deviation {error:.3g}); "
+            f"the dose calculation needs orthogonal voxel axes. Resample the {what} onto an orthogonal grid "
+            "(e.g. harden the transform and resample it in Slicer), or re-export it from the scanner"
+        )
+
+
 def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image") -> Volume:
     """Read NRRD, NIfTI, MHA/MHD or a DICOM series (a folder, or one file of it).
 

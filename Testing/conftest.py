@@ -54,3 +54,30 @@ def water_ct() -> Volume:
 @pytest.fixture
 def uniform_spect(water_ct) -> Volume:
     return uniform_spect_like(water_ct)
+
+
+def run_dose(paths: dict, out, *extra) -> int:
+    """``dblurdose dose`` on ``paths['spect']`` and ``paths['ct']`` into ``out``; the exit code."""
+    from DblurDoseLib.cli import main
+
+    return main(["dose", "--spect", str(paths["spect"]), "--ct", str(paths["ct"]), "--out", str(out), "--quiet",
+                 *extra])
+
+
+@pytest.fixture
+def case(tmp_path):
+    """Files of a small SPECT/CT (129 MBq in a water block, a hot cube) and a two-label labelmap."""
+    from DblurDoseLib.volume import write_volume
+
+    ct = water_phantom_ct((24, 24, 24), (4.8, 4.8, 4.8))
+    spect = uniform_spect_like(ct, 2e5)
+    spect.array[10:14, 10:14, 10:14] = 8e5
+    labels = ct.with_array(np.zeros(ct.shape, np.int16))
+    labels.array[10:14, 10:14, 10:14] = 1
+    labels.array[5:8, 5:8, 5:8] = 2
+    paths = {
+        "ct": write_volume(ct, tmp_path / "ct.nrrd"),
+        "spect": write_volume(spect, tmp_path / "spect.nii.gz"),
+        "seg": write_volume(labels, tmp_path / "labels.nrrd"),
+    }
+    return tmp_path, paths, ct, spect

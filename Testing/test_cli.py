@@ -2,36 +2,16 @@
 
 import numpy as np
 import pytest
-from conftest import uniform_spect_like, water_phantom_ct
+from conftest import run_dose
 
 from DblurDoseLib.cli import main
 from DblurDoseLib.volume import Volume, read_volume, write_volume
 
 
-@pytest.fixture
-def case(tmp_path):
-    ct = water_phantom_ct((24, 24, 24), (4.8, 4.8, 4.8))
-    spect = uniform_spect_like(ct, 2e5)
-    spect.array[10:14, 10:14, 10:14] = 8e5
-    labels = ct.with_array(np.zeros(ct.shape, np.int16))
-    labels.array[10:14, 10:14, 10:14] = 1
-    labels.array[5:8, 5:8, 5:8] = 2
-    paths = {
-        "ct": write_volume(ct, tmp_path / "ct.nrrd"),
-        "spect": write_volume(spect, tmp_path / "spect.nii.gz"),
-        "seg": write_volume(labels, tmp_path / "labels.nrrd"),
-    }
-    return tmp_path, paths, ct, spect
-
-
-def _run(paths, out, *extra):
-    return main(["dose", "--spect", str(paths["spect"]), "--ct", str(paths["ct"]), "--out", str(out), "--quiet", *extra])
-
-
 def test_dose_writes_map_and_tables(case):
     tmp, paths, ct, _ = case
     out = tmp / "out"
-    assert _run(paths, out, "--seg", str(paths["seg"]), "--device", "cpu") == 0
+    assert run_dose(paths, out, "--seg", str(paths["seg"]), "--device", "cpu") == 0
     dose = read_volume(out / "dose_rate_dvk.nrrd")
     assert dose.same_grid(ct)
     assert dose.array.max() > 0 and dose.array[0].max() == 0  # air slab gets nothing
@@ -47,17 +27,17 @@ def test_dose_writes_map_and_tables(case):
 def test_existing_output_is_not_overwritten(case):
     tmp, paths, *_ = case
     out = tmp / "out"
-    assert _run(paths, out) == 0
+    assert run_dose(paths, out) == 0
     before = (out / "dose_rate_dvk.nrrd").read_bytes()
-    assert _run(paths, out) == 2
+    assert run_dose(paths, out) == 2
     assert (out / "dose_rate_dvk.nrrd").read_bytes() == before
-    assert _run(paths, out, "--overwrite") == 0
+    assert run_dose(paths, out, "--overwrite") == 0
 
 
 def test_per_mbq_normalisation(case):
     tmp, paths, ct, spect = case
-    assert _run(paths, tmp / "a") == 0
-    assert _run(paths, tmp / "b", "--per-mbq") == 0
+    assert run_dose(paths, tmp / "a") == 0
+    assert run_dose(paths, tmp / "b", "--per-mbq") == 0
     a = read_volume(tmp / "a" / "dose_rate_dvk.nrrd").array
     b = read_volume(tmp / "b" / "dose_rate_dvk.nrrd").array
     total_mbq = spect.array.sum(dtype=np.float64) * spect.voxel_volume_ml / 1e6
@@ -70,11 +50,11 @@ def test_counts_with_calibration_equals_bqml(case):
     cal, dur = 12.5, 1200.0  # cps/MBq, s
     counts = spect.array * spect.voxel_volume_ml / 1e6 * cal * dur
     write_volume(spect.with_array(counts.astype(np.float32)), tmp / "counts.nrrd")
-    assert _run(paths, tmp / "a") == 0
+    assert run_dose(paths, tmp / "a") == 0
     p2 = dict(paths, spect=tmp / "counts.nrrd")
-    assert _run(p2, tmp / "c", "--spect-units", "counts") == 2  # calibration missing
+    assert run_dose(p2, tmp / "c", "--spect-units", "counts") == 2  # calibration missing
     assert not (tmp / "c").exists()
-    assert _run(p2, tmp / "c", "--spect-units", "counts", "--calibration", str(cal), "--duration", str(dur)) == 0
+    assert run_dose(p2, tmp / "c", "--spect-units", "counts", "--calibration", str(cal), "--duration", str(dur)) == 0
     np.testing.assert_allclose(read_volume(tmp / "c" / "dose_rate_dvk.nrrd").array,
                                read_volume(tmp / "a" / "dose_rate_dvk.nrrd").array, rtol=1e-4, atol=1e-6)
 
@@ -97,7 +77,7 @@ def test_bad_activity(case, capsys, kind, match):
     tmp, paths, ct, spect = case
     write_volume(_bad_spect(spect, kind), tmp / "bad.nrrd")
     out = tmp / "out"
-    assert _run(dict(paths, spect=tmp / "bad.nrrd"), out) == 2
+    assert run_dose(dict(paths, spect=tmp / "bad.nrrd"), out) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
 
@@ -105,9 +85,11 @@ def test_bad_activity(case, capsys, kind, match):
 def test_huge_finite_spect_is_refused_not_written_as_nan(case, capsys):
     """1e37 Bq/mL is finite, but the dose overflows float32: refused, nothing written (issue 14)."""
     tmp, paths, ct, spect = case
-    write_volume(spect.with_array(np.full_like(spect.array, 1e37)), tmp / "huge.nrrd")
+    write_volume(spect.with_array(np.where(spect.array > 0, np.float32(1e37), np.float32(0))), tmp / "huge.nrrd")
     out = tmp / "out"
-    assert _run(dict(paths, spect=tmp / "huge.nrrd"), out) == 2
+    assert run_dose(dict(paths, spect=tmp / "huge.nrrd"), out) == 2  # first: far above any patient's activity
+    assert "above" in capsys.readouterr().err
+    assert run_dose(dict(paths, spect=tmp / "huge.nrrd"), out, "--any-activity") == 2
     assert "NaN or infinite" in capsys.readouterr().err
     assert not out.exists()
 
@@ -117,7 +99,7 @@ def test_hu_calibration_with_nan_density_is_refused(case, capsys):
     table = tmp / "hu.csv"
     table.write_text("hu,density\n-1000,0.001\n0,nan\n3000,2.8\n")
     out = tmp / "out"
-    assert _run(paths, out, "--hu-calibration", str(table)) == 2
+    assert run_dose(paths, out, "--hu-calibration", str(table)) == 2
     assert "finite" in capsys.readouterr().err
     assert not out.exists()
 
@@ -126,11 +108,11 @@ def test_spect_in_mbqml_given_as_bqml_is_refused(case, capsys):
     tmp, paths, ct, spect = case
     write_volume(spect.with_array(spect.array / 1e6), tmp / "mbqml.nrrd")
     p2 = dict(paths, spect=tmp / "mbqml.nrrd")
-    assert _run(p2, tmp / "out") == 2
+    assert run_dose(p2, tmp / "out") == 2
     assert "--spect-units" in capsys.readouterr().err
     assert not (tmp / "out").exists()
-    assert _run(p2, tmp / "ok", "--spect-units", "mbqml") == 0
-    assert _run(paths, tmp / "ref") == 0
+    assert run_dose(p2, tmp / "ok", "--spect-units", "mbqml") == 0
+    assert run_dose(paths, tmp / "ref") == 0
     np.testing.assert_allclose(read_volume(tmp / "ok" / "dose_rate_dvk.nrrd").array,
                                read_volume(tmp / "ref" / "dose_rate_dvk.nrrd").array, rtol=1e-4, atol=1e-6)
 
@@ -138,14 +120,14 @@ def test_spect_in_mbqml_given_as_bqml_is_refused(case, capsys):
 def test_negative_activity_clipped_on_request(case):
     tmp, paths, ct, spect = case
     write_volume(_bad_spect(spect, "negative"), tmp / "bad.nrrd")
-    assert _run(dict(paths, spect=tmp / "bad.nrrd"), tmp / "out", "--clip-negative") == 0
+    assert run_dose(dict(paths, spect=tmp / "bad.nrrd"), tmp / "out", "--clip-negative") == 0
 
 
 def test_non_overlapping_geometry(case, capsys):
     tmp, paths, ct, spect = case
     moved = Volume(spect.array, spect.spacing, (900.0, 0.0, 0.0), spect.direction)
     write_volume(moved, tmp / "far.nrrd")
-    assert _run(dict(paths, spect=tmp / "far.nrrd"), tmp / "out") == 2
+    assert run_dose(dict(paths, spect=tmp / "far.nrrd"), tmp / "out") == 2
     assert "do not overlap" in capsys.readouterr().err
     assert not (tmp / "out").exists()
 
@@ -153,7 +135,7 @@ def test_non_overlapping_geometry(case, capsys):
 def test_ct_not_in_hu(case, capsys):
     tmp, paths, ct, spect = case
     write_volume(ct.with_array(ct.array + 1024), tmp / "raw.nrrd")
-    assert _run(dict(paths, ct=tmp / "raw.nrrd"), tmp / "out") == 2
+    assert run_dose(dict(paths, ct=tmp / "raw.nrrd"), tmp / "out") == 2
     assert "Hounsfield" in capsys.readouterr().err
 
 
@@ -161,14 +143,14 @@ def test_empty_segment(case, capsys):
     tmp, paths, ct, spect = case
     far = Volume(np.ones((3, 3, 3), np.int16), (4.8,) * 3, (800.0, 0.0, 0.0))
     write_volume(far, tmp / "far_labels.nrrd")
-    assert _run(paths, tmp / "out", "--seg", str(tmp / "far_labels.nrrd")) == 2
+    assert run_dose(paths, tmp / "out", "--seg", str(tmp / "far_labels.nrrd")) == 2
     assert "empty" in capsys.readouterr().err
     assert not (tmp / "out").exists()
 
 
 def test_missing_file(case, capsys):
     tmp, paths, *_ = case
-    assert _run(dict(paths, ct=tmp / "missing.nrrd"), tmp / "out") == 2
+    assert run_dose(dict(paths, ct=tmp / "missing.nrrd"), tmp / "out") == 2
     assert "CT file not found" in capsys.readouterr().err
 
 
@@ -196,7 +178,7 @@ def test_cnn_with_a_model_file(case):
     tmp, paths, ct, _ = case
     model = save_model(zero_correction(DblurDoseNet(ModelConfig(spacing=ct.spacing))), tmp / "fresh.pt")
     out = tmp / "out"
-    assert _run(paths, out, "--method", "all", "--model", str(model), "--device", "cpu") == 0
+    assert run_dose(paths, out, "--method", "all", "--model", str(model), "--device", "cpu") == 0
     dvk, cnn = (read_volume(out / f"dose_rate_{m}.nrrd").array for m in ("dvk", "cnn"))
     assert dvk.max() > 0
     np.testing.assert_allclose(cnn, dvk, rtol=1e-5, atol=1e-6 * dvk.max())
@@ -205,7 +187,7 @@ def test_cnn_with_a_model_file(case):
 def test_missing_model_file_is_refused_before_any_work(case, capsys):
     tmp, paths, _, _ = case
     out = tmp / "out"
-    assert _run(paths, out, "--method", "cnn", "--model", str(tmp / "nope.pt")) == 2
+    assert run_dose(paths, out, "--method", "cnn", "--model", str(tmp / "nope.pt")) == 2
     err = capsys.readouterr().err
     assert "weights not found" in err and "dblurdose train" in err
     assert not out.exists() or not any(out.iterdir())

@@ -149,11 +149,11 @@ def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
     assert result.profileTable.GetNumberOfRows() < rows
     # counts need calibration and duration: the options reach the library
     dose = slicer.util.arrayFromVolume(result.doseNodes["dvk"])
-    counts = logic.process(nodes["spect"], nodes["ct"], spectUnits="counts", calibrationCpsPerMBq=2.0,
-                           acquisitionDurationS=500.0, methods=("dvk",), device="cpu", differenceMap=False)
+    counts = logic.process(nodes["spect"], nodes["ct"], spectUnits="counts", calibrationCpsPerMBq=40.0,
+                           acquisitionDurationS=25000.0, methods=("dvk",), device="cpu", differenceMap=False)
     voxel_ml = np.prod(nodes["spect"].GetSpacing()) / 1000.0
     # counts per voxel -> Bq/mL = counts / (cps/MBq * s) * 1e6 / voxel mL; same image read as Bq/mL
-    factor = 1e6 / (2.0 * 500.0) / voxel_ml
+    factor = 1e6 / (40.0 * 25000.0) / voxel_ml
     np.testing.assert_allclose(slicer.util.arrayFromVolume(counts.doseNodes["dvk"]), dose * factor,
                                rtol=2e-3, atol=1e-6 * float(dose.max()) * factor)
     logic.stopObservingLine()

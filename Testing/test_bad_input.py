@@ -1,0 +1,335 @@
+"""Bad input that used to end in a wrong map, a traceback or lost data (issue 14).
+
+Each case asserts what a user sees: a non-zero exit with one line that names the problem and its
+fix, no traceback, no result written, and every file that was there before left byte-identical.
+Cases accepted on purpose assert their warning and a correct result instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import run_dose
+
+from DblurDoseLib import outputs
+from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.outputs import LOCK_NAME, OutputFolder, write_csv
+from DblurDoseLib.volume import Volume, check_orthogonal, read_volume, write_volume
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def refused(capsys, paths, out, *extra, code: int = 2, match: str) -> str:
+    """Run ``dose``; assert a clean refusal (one line naming ``match``) that changed no file."""
+    folder = Path(paths["ct"]).parent
+    before = _snapshot(folder)
+    out_existed = Path(out).exists()
+    assert run_dose(paths, out, *extra) == code
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    after = _snapshot(folder)
+    for path, data in before.items():
+        assert after.get(path) == data, f"{path} changed"
+    new = [p for p in after if p not in before]
+    assert not new, f"files written: {new}"
+    if not out_existed:
+        assert not Path(out).exists()
+    return err
+
+
+def _sheared(volume: Volume) -> Volume:
+    shear = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    return Volume(volume.array, volume.spacing, volume.origin, shear)
+
+
+# --- (1) geometry that the kernels cannot honour ---------------------------------------------
+
+@pytest.mark.parametrize("which", ["ct", "spect"])
+def test_sheared_direction_matrix_is_refused(case, capsys, which):
+    tmp, paths, ct, spect = case
+    volume = ct if which == "ct" else spect
+    path = write_volume(_sheared(volume), tmp / f"sheared_{which}.nrrd")
+    assert not np.allclose(read_volume(path).direction, np.eye(3))  # the file really is sheared
+    refused(capsys, dict(paths, **{which: path}), tmp / "out", match="not orthogonal")
+
+
+def test_degenerate_direction_matrix_is_refused(case):
+    _, _, ct, _ = case
+    flat = np.eye(3)
+    flat[:, 2] = flat[:, 1]  # two axes along the same line
+    with pytest.raises(DblurDoseError, match="not orthogonal"):
+        check_orthogonal(Volume(ct.array, ct.spacing, ct.origin, flat), "CT")
+    check_orthogonal(Volume(ct.array, ct.spacing, ct.origin, np.diag([1.0, -1.0, -1.0])), "CT")  # a flip is fine
+
+
+# --- (2) units: a total activity no patient scan has, a CT with no tissue under the SPECT -----
+
+@pytest.mark.parametrize("factor,hint", [(1e-3, "--spect-units kbqml"), (1e4, "--spect-units bqml")])
+def test_implausible_total_activity_is_refused(case, capsys, factor, hint):
+    tmp, paths, ct, spect = case
+    path = write_volume(spect.with_array(spect.array * np.float32(factor)), tmp / "scaled.nrrd")
+    refused(capsys, dict(paths, spect=path), tmp / "out", match=hint)
+
+
+def test_any_activity_accepts_a_phantom_and_keeps_linearity(case):
+    tmp, paths, ct, spect = case
+    path = write_volume(spect.with_array(spect.array * np.float32(1e-3)), tmp / "small.nrrd")
+    assert run_dose(dict(paths, spect=path), tmp / "small", "--any-activity") == 0
+    assert run_dose(paths, tmp / "ref") == 0
+    small = read_volume(tmp / "small" / "dose_rate_dvk.nrrd").array
+    ref = read_volume(tmp / "ref" / "dose_rate_dvk.nrrd").array
+    np.testing.assert_allclose(small * 1e3, ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+def test_all_air_ct_is_refused(case, capsys):
+    tmp, paths, ct, _ = case
+    path = write_volume(ct.with_array(np.full_like(ct.array, -1000.0)), tmp / "air.nrrd")
+    refused(capsys, dict(paths, ct=path), tmp / "out", match="all air")
+
+
+def test_activity_over_air_is_refused_as_misaligned(case, capsys):
+    tmp, paths, ct, spect = case
+    hu = ct.array.copy()
+    hu[12:] = -1000.0  # tissue only in the lower half of the CT ...
+    activity = np.zeros_like(spect.array)
+    activity[14:20, 8:16, 8:16] = 2e6  # ... activity only in the upper half
+    paths = dict(paths, ct=write_volume(ct.with_array(hu), tmp / "half.nrrd"),
+                 spect=write_volume(spect.with_array(activity), tmp / "upper.nrrd"))
+    refused(capsys, paths, tmp / "out", match="misaligned")
+
+
+# --- (3) settings: bad numbers blame the setting, unused settings are reported ----------------
+
+@pytest.mark.parametrize("calibration,duration,match", [
+    ("nan", "600", "--calibration"), ("0", "600", "--calibration"), ("-3", "600", "--calibration"),
+    ("12", "inf", "--duration"), ("12", "0", "--duration"),
+])
+def test_bad_calibration_or_duration_names_the_setting(case, capsys, calibration, duration, match):
+    tmp, paths, ct, spect = case
+    counts = write_volume(spect.with_array(spect.array * np.float32(0.01)), tmp / "counts.nrrd")
+    err = refused(capsys, dict(paths, spect=counts), tmp / "out", "--spect-units", "counts",
+                  "--calibration", calibration, "--duration", duration, match=match)
+    assert "SPECT holds" not in err  # the SPECT is not to blame
+
+
+def test_options_that_do_not_apply_are_warned_about(case, capsys):
+    tmp, paths, *_ = case
+    assert run_dose(paths, tmp / "out", "--calibration", "12", "--model", str(tmp / "mine.pt")) == 0
+    err = capsys.readouterr().err
+    assert "--calibration is ignored" in err and "--model is ignored" in err
+    assert (tmp / "out" / "dose_rate_dvk.nrrd").exists()
+
+
+# --- (4) the output folder: checked first, locked, never mixed -------------------------------
+
+def test_output_under_a_file_is_refused_before_any_work(case, capsys):
+    tmp, paths, *_ = case
+    (tmp / "afile").write_text("mine")
+    refused(capsys, paths, tmp / "afile" / "out", match="is a file")
+
+
+def test_unwritable_output_is_refused_before_any_work(case, capsys, monkeypatch):
+    tmp, paths, *_ = case
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(outputs.tempfile, "TemporaryFile", denied)  # root ignores chmod: fail the probe itself
+    monkeypatch.setattr("DblurDoseLib.dose.compute_dose_rate_maps", _must_not_run)
+    refused(capsys, paths, tmp / "out", match="Permission denied")
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the dose was computed although the output was known to fail")
+
+
+def test_too_little_disk_space_is_refused_before_any_work(case, capsys, monkeypatch):
+    tmp, paths, *_ = case
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=10**9, free=1000))
+    monkeypatch.setattr("DblurDoseLib.dose.compute_dose_rate_maps", _must_not_run)
+    refused(capsys, paths, tmp / "out", match="not enough free disk space")
+
+
+def test_disk_full_while_writing_leaves_nothing(case, capsys, monkeypatch):
+    tmp, paths, *_ = case
+    import DblurDoseLib.volume as volume
+
+    def full(*args, **kwargs):
+        Path(args[1]).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(volume, "write_volume", full)
+    refused(capsys, paths, tmp / "out", match="No space left on device")
+
+
+def test_live_lock_refuses_a_second_run(case, capsys):
+    tmp, paths, *_ = case
+    out = tmp / "out"
+    out.mkdir()
+    import socket
+
+    (out / LOCK_NAME).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    refused(capsys, paths, out, match="another dblurdose run")
+    assert (out / LOCK_NAME).exists()  # not ours to remove
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(case):
+    tmp, paths, *_ = case
+    out = tmp / "out"
+    out.mkdir()
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(f"{dead.pid} {socket.gethostname()}\n")
+    assert run_dose(paths, out) == 0
+    assert (out / "dose_rate_dvk.nrrd").exists() and not (out / LOCK_NAME).exists()
+
+
+def test_result_that_appears_during_a_run_is_not_replaced(tmp_path):
+    folder = tmp_path / "out"
+    with pytest.raises(DblurDoseError, match="already holds"):
+        with OutputFolder(folder, ["a.txt"]) as stage:
+            (stage / "a.txt").write_text("this run")
+            (folder / "a.txt").write_text("the other run")  # another run finished first
+    assert (folder / "a.txt").read_text() == "the other run"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # no staging, no lock
+
+
+def test_overwrite_removes_an_earlier_runs_tables(case, capsys):
+    tmp, paths, *_ = case
+    out = tmp / "out"
+    assert run_dose(paths, out, "--seg", str(paths["seg"])) == 0
+    assert (out / "stats.csv").exists()
+    capsys.readouterr()
+    assert run_dose(paths, out, "--overwrite") == 0
+    assert not (out / "stats.csv").exists() and not (out / "drvh.csv").exists()
+    assert "removed" in capsys.readouterr().err
+
+
+# --- (5) failures in the middle: memory, SIGTERM ---------------------------------------------
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                   MemoryError()])
+def test_allocation_failure_is_an_out_of_memory_message(case, capsys, monkeypatch, error):
+    tmp, paths, *_ = case
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("DblurDoseLib.dvk.dvk_dose_rate", fail)
+    refused(capsys, paths, tmp / "out", code=3, match="out of memory during the DVK convolution")
+
+
+def test_other_runtime_errors_are_not_disguised(case, monkeypatch):
+    tmp, paths, *_ = case
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch in the kernel")
+
+    monkeypatch.setattr("DblurDoseLib.dvk.dvk_dose_rate", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_dose(paths, tmp / "out")
+    assert not (tmp / "out").exists()
+
+
+def test_sigterm_while_writing_leaves_no_staging(case, capsys, monkeypatch):
+    tmp, paths, *_ = case
+    import DblurDoseLib.volume as volume
+
+    real = volume.write_volume
+
+    def write_then_terminated(*args, **kwargs):
+        path = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return path
+
+    monkeypatch.setattr(volume, "write_volume", write_then_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    refused(capsys, paths, tmp / "out", code=143, match="terminated")
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+
+
+# --- segmentations, kernels, CSV -------------------------------------------------------------
+
+def test_labelmap_with_too_many_labels_is_refused(case, capsys):
+    tmp, paths, ct, _ = case
+    labels = np.arange(np.prod(ct.shape), dtype=np.int32).reshape(ct.shape)  # an image, not a labelmap
+    path = write_volume(ct.with_array(labels), tmp / "image_as_labels.nrrd")
+    refused(capsys, paths, tmp / "out", "--seg", str(path), match="label values")
+
+
+def test_damaged_cached_kernel_is_refused(tmp_path, monkeypatch):
+    import json
+
+    from DblurDoseLib import kernels
+
+    monkeypatch.setenv("DBLURDOSE_CACHE", str(tmp_path / "cache"))
+    kernel = kernels.get_kernel("Lu-177", (4.8, 4.8, 4.8))
+    path = kernels.save_kernel(kernel, tmp_path / "k.npz")
+    assert kernels.load_kernel(path, "cached").electron.sum() == pytest.approx(kernel.electron.sum(), rel=1e-6)
+    with np.load(path) as f:
+        parts = {k: f[k] for k in f.files}
+    parts["photon_octant"] = parts["photon_octant"].copy()
+    parts["photon_octant"][0, 0, 0] *= 2  # one voxel changed, checksum kept
+    np.savez_compressed(path, **parts)
+    with pytest.raises(DblurDoseError, match="fails its checksum"):
+        kernels.load_kernel(path, "cached")
+    path.write_bytes(path.read_bytes()[:200])  # truncated
+    with pytest.raises(DblurDoseError, match="damaged"):
+        kernels.load_kernel(path, "cached")
+    meta = json.loads(str(parts["meta"]))
+    del meta["sha256"]
+    np.savez_compressed(path, **dict(parts, meta=np.array(json.dumps(meta))))
+    with pytest.raises(DblurDoseError, match="no checksum"):
+        kernels.load_kernel(path, "cached")
+
+
+def test_every_shipped_kernel_passes_its_checksum():
+    from DblurDoseLib import kernels
+
+    files = sorted(kernels.KERNEL_DIR.glob("*mm.npz"))  # the kernels (Lu-177_dpk.npz is the point kernel)
+    assert files
+    for path in files:
+        assert kernels.load_kernel(path).electron.sum() > 0
+
+
+def test_formula_like_segment_names_are_neutralised_in_csv(tmp_path):
+    import csv
+
+    names = ['=HYPERLINK("http://x")', "-kidney", "+1", "@SUM(A1)", "liver", "kidney-left"]
+    path = write_csv([{"segment": n, "mean": 1.5} for n in names], tmp_path / "t.csv", header=["made by a test"])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# made by a test"
+    cells = [row["segment"] for row in csv.DictReader(lines[1:])]
+    assert cells == ["'" + n for n in names[:4]] + names[4:]
+
+
+def test_volume_node_given_as_segmentation_is_refused_in_slicer():
+    pytest.importorskip("slicer")
+    from slicer_helpers import SlicerScene, small_case
+
+    from DblurDoseLib import mrml
+
+    scene = SlicerScene()
+    data = small_case()
+    spect = scene.add_volume(data.spect, "SPECT")
+    mrml.setSpectUnits(spect, "bqml")
+    ct = scene.add_volume(data.ct, "CT")
+    labels = scene.add_volume(data.labels, "labels")
+    nodes = scene.scene.GetNumberOfNodes()
+    with pytest.raises(DblurDoseError, match="not a segmentation"):
+        mrml.computeDoseRateMaps(spect, ct, labels, methods=("dvk",))
+    assert scene.scene.GetNumberOfNodes() == nodes  # nothing added to the scene
