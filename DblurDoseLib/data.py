@@ -103,8 +103,21 @@ OUT_OF_MIX = {"camera": "philips-brightview-megp", "n_views": 128, "voxel_mm": 3
 
 
 def osem_choices(n_views: int, mix: dict | None = None) -> list[tuple[int, int]]:
-    """The (iterations, subsets) pairs of the mix for ``n_views`` views: subsets divide the views and
-    iterations x subsets lies within ``mix["osem_updates"]``; sorted, so that draws are reproducible."""
+    """The OSEM settings of the mix for one view count.
+
+    Parameters
+    ----------
+    n_views : int
+        Views over 360 degrees.
+    mix : dict, optional
+        The mix (default: TRAINING_MIX).
+
+    Returns
+    -------
+    list of (int, int)
+        Sorted (iterations, subsets) pairs whose subsets divide the views and whose product (subset
+        updates) lies within ``mix["osem_updates"]``; sorted, so that draws are reproducible.
+    """
     mix = TRAINING_MIX if mix is None else mix
     low, high = mix["osem_updates"]
     pairs = [(int(i), int(s)) for i in mix["iterations"] for s in mix["subsets"]
@@ -141,7 +154,7 @@ def acquisition_plan(settings: DataSettings, split: str, rng: np.random.Generato
     return plan
 
 
-def read_plan(info: dict, settings: DataSettings | None = None) -> dict:
+def read_plan(info: dict, settings: DataSettings | None = None, key: str = "spect") -> dict:
     """The acquisition plan of a phantom's manifest entry, with defaults for keys that older data sets lack.
 
     Parameters
@@ -150,12 +163,19 @@ def read_plan(info: dict, settings: DataSettings | None = None) -> dict:
         A phantom of ``manifest["phantoms"]``.
     settings : DataSettings, optional
         The data set's settings (defaults: DataSettings()) for a plan missing altogether.
+    key : str
+        "spect" (the plan) or "spect_ood" (the out-of-mix setting of a test phantom).
 
     Returns
     -------
     dict
-        As :func:`acquisition_plan` returns; ``camera`` is the paper's (spect.DEFAULT_CAMERA) where unrecorded.
+        As :func:`acquisition_plan` returns (for "spect_ood": as OUT_OF_MIX); ``camera`` is the paper's
+        (spect.DEFAULT_CAMERA) where unrecorded, as every camera was before the camera mix.
     """
+    if key == "spect_ood":
+        if key not in info:
+            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate test phantoms with --out-of-mix")
+        return {"camera": DEFAULT_CAMERA, **info[key]}
     settings = DataSettings() if settings is None else settings
     default = acquisition_plan(replace(settings, mix=False, camera=DEFAULT_CAMERA),
                                str(info.get("split", "train")), np.random.default_rng(0))

@@ -225,6 +225,13 @@ def test_older_manifest_entries_get_defaults():
     assert bare["camera"] == "siemens-intevo-me" and bare["n_views"] == 64 and bare["voxel_mm"] == 4.8
     new = data.phantom_draws(data.DataSettings(mix=True, **data.CPU), 1, "train")
     assert data.read_plan(new) == new["spect"]
+    old_ood = {"n_views": 96, "voxel_mm": 4.42, "iterations": 4, "subsets": 16, "postfilter_fwhm_mm": 4.0}
+    assert data.read_plan({"split": "test", "spect_ood": old_ood}, key="spect_ood") == {
+        "camera": "siemens-intevo-me", **old_ood}
+    ood = data.phantom_draws(data.DataSettings(out_of_mix=True), 1, "test")
+    assert data.read_plan(ood, key="spect_ood") == data.OUT_OF_MIX
+    with pytest.raises(DblurDoseError, match="no out-of-mix SPECT.*--out-of-mix"):
+        data.read_plan(old, key="spect_ood")
 
 
 @pytest.mark.slow
