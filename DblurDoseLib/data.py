@@ -31,12 +31,13 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DblurDoseError
+from .spect import DEFAULT_CAMERA
 
 MANIFEST = "manifest.json"
 
@@ -50,7 +51,7 @@ class DataSettings:
     decays: float = 3e7  # Monte Carlo decays for the ground truth of a phantom
     test_decays: float = 1e8  # test truth needs less noise than training labels
     spect_mc_decays: float = 1e7  # "SPECT + MC" method on test phantoms (paper: 1e9 histories)
-    counts: tuple[float, float] = (3e6, 2e7)  # total counts range, drawn per phantom
+    counts: tuple[float, float] = (3e6, 3e7)  # total counts range, drawn per phantom
     shape: tuple[int, int, int] = (130, 512, 512)
     spacing: tuple[float, float, float] = (0.98, 0.98, 3.0)
     spect_matrix: tuple[int, int, int] = (128, 128, 81)
@@ -65,6 +66,7 @@ class DataSettings:
     threads: int | None = None  # CPU threads per phantom job (None: all cores; set when jobs share a machine)
     mix: bool = False  # training phantoms: acquisition and reconstruction drawn from TRAINING_MIX
     out_of_mix: bool = False  # test phantoms: also reconstructed with OUT_OF_MIX (spect_ood_r*)
+    camera: str = DEFAULT_CAMERA  # spect.CAMERAS key of phantoms whose camera is not drawn from the mix
 
     def phantom_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
@@ -78,47 +80,121 @@ class DataSettings:
         return {int(i): ("test" if i in test else "train") for i in self.phantoms}
 
 
-#: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network does not fit
-#: one reconstruction): views and voxel size drawn per phantom, OSEM and post-filter per realisation.
-#: Test phantoms keep the preset's own setting (64 views, OSEM 8x4, 4.8 mm, no filter: one of the mix).
+#: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network sees what users
+#: bring, not one camera and one reconstruction). Per phantom: the camera (a key of spect.CAMERAS), the views
+#: and the voxel size (mm, uniform in the range); per realisation: OSEM and the post-filter (FWHM, mm).
+#: OSEM subsets are drawn among ``subsets`` that divide the views, iterations among ``iterations``, keeping
+#: iterations x subsets (subset updates) within ``osem_updates`` (4x8 to 16x8). Test phantoms keep the
+#: preset's own setting (DataSettings: its camera, views, voxel size and OSEM, no filter).
 TRAINING_MIX = {
-    "n_views": (64, 128),
-    "voxel_mm": (4.7952, 4.8),  # Siemens 128 matrix at zoom 1 / the paper's grid
-    "osem": ((8, 4), (16, 4)),  # iterations x subsets
-    "postfilter_fwhm_mm": (0.0, 0.0, 6.0),  # no filter twice as often as a small one
+    "camera": ("siemens-intevo-me", "ge-discovery-670-megp"),
+    "n_views": (60, 64, 90, 96, 120, 128),
+    "voxel_mm": (4.4, 4.8),  # range: GE 4.418, Philips 4.664, Siemens 4.7952 (128 matrix, zoom 1), paper 4.8
+    "iterations": (4, 6, 8, 10, 12, 16),
+    "subsets": (4, 6, 8, 10),
+    "osem_updates": (32, 128),  # iterations x subsets, inclusive
+    "postfilter_fwhm_mm": (0.0, 0.0, 0.0, 4.0, 6.0, 8.0),  # no filter half the time, else 4-8 mm
 }
-#: A reconstruction of the test phantoms outside that mix in every setting: views, voxel size,
-#: subsets, iterations and post-filter (another vendor's protocol).
-OUT_OF_MIX = {"n_views": 96, "voxel_mm": 4.42, "iterations": 4, "subsets": 16, "postfilter_fwhm_mm": 4.0}
+#: A reconstruction of the test phantoms outside that mix: the held-out vendor (Philips MEGP, a collimator
+#: and crystal never in training), voxel size below the mix (Siemens 128 matrix at zoom 1.23), OSEM 2x16
+#: (iterations and subsets outside the mix, 32 updates: the edge), a heavier post-filter; 128 views (the edge).
+OUT_OF_MIX = {"camera": "philips-brightview-megp", "n_views": 128, "voxel_mm": 3.9, "iterations": 2, "subsets": 16,
+              "postfilter_fwhm_mm": 10.0}
+
+
+def osem_choices(n_views: int, mix: dict | None = None) -> list[tuple[int, int]]:
+    """The OSEM settings of the mix for one view count.
+
+    Parameters
+    ----------
+    n_views : int
+        Views over 360 degrees.
+    mix : dict, optional
+        The mix (default: TRAINING_MIX).
+
+    Returns
+    -------
+    list of (int, int)
+        Sorted (iterations, subsets) pairs whose subsets divide the views and whose product (subset
+        updates) lies within ``mix["osem_updates"]``; sorted, so that draws are reproducible.
+    """
+    mix = TRAINING_MIX if mix is None else mix
+    low, high = mix["osem_updates"]
+    pairs = [(int(i), int(s)) for i in mix["iterations"] for s in mix["subsets"]
+             if n_views % s == 0 and low <= i * s <= high]
+    if not pairs:
+        raise DblurDoseError(f"the mix has no OSEM setting for {n_views} views; add subsets that divide it to "
+                             "TRAINING_MIX['subsets']")
+    return sorted(pairs)
 
 
 def acquisition_plan(settings: DataSettings, split: str, rng: np.random.Generator) -> dict:
-    """The SPECT settings of one phantom: ``{"n_views", "voxel_mm", "reconstructions": [..]}``.
+    """The SPECT settings of one phantom.
 
-    Draws from ``rng`` only for training phantoms of a ``mix`` data set, so that the phantoms of
-    a data set without it stay what they were."""
-    plan = {"n_views": settings.n_views, "voxel_mm": settings.spect_voxel_mm}
+    Returns
+    -------
+    dict
+        ``{"camera", "n_views", "voxel_mm", "reconstructions": [{"iterations", "subsets",
+        "postfilter_fwhm_mm"}, ..]}`` (voxel and filter in mm), one reconstruction per realisation.
+
+    Draws from ``rng`` (the one place that draws from TRAINING_MIX) only for training phantoms of a
+    ``mix`` data set, so that the phantoms of a data set without it stay what they were."""
+    plan = {"camera": settings.camera, "n_views": settings.n_views, "voxel_mm": settings.spect_voxel_mm}
     recon = {"iterations": settings.iterations, "subsets": settings.subsets, "postfilter_fwhm_mm": 0.0}
     recons = [dict(recon) for _ in range(settings.realisations)]
     if settings.mix and split == "train":
-        plan = {k: float(rng.choice(TRAINING_MIX[k])) for k in ("n_views", "voxel_mm")}
-        plan["n_views"] = int(plan["n_views"])
+        mix = TRAINING_MIX
+        plan = {"camera": str(rng.choice(mix["camera"])), "n_views": int(rng.choice(mix["n_views"])),
+                "voxel_mm": round(float(rng.uniform(*mix["voxel_mm"])), 4)}
+        pairs = osem_choices(plan["n_views"], mix)
         for r in recons:
-            r["iterations"], r["subsets"] = (int(v) for v in TRAINING_MIX["osem"][rng.integers(len(TRAINING_MIX["osem"]))])
-            r["postfilter_fwhm_mm"] = float(rng.choice(TRAINING_MIX["postfilter_fwhm_mm"]))
+            r["iterations"], r["subsets"] = pairs[int(rng.integers(len(pairs)))]
+            r["postfilter_fwhm_mm"] = float(rng.choice(mix["postfilter_fwhm_mm"]))
     plan["reconstructions"] = recons
     return plan
 
 
-def _acquisition(settings: DataSettings, n_views: int, voxel_mm: float, **_):
-    """The SpectAcquisition of a plan; the matrix keeps the preset's field of view at another voxel size."""
+def read_plan(info: dict, settings: DataSettings | None = None, key: str = "spect") -> dict:
+    """The acquisition plan of a phantom's manifest entry, with defaults for keys that older data sets lack.
+
+    Parameters
+    ----------
+    info : dict
+        A phantom of ``manifest["phantoms"]``.
+    settings : DataSettings, optional
+        The data set's settings (defaults: DataSettings()) for a plan missing altogether.
+    key : str
+        "spect" (the plan) or "spect_ood" (the out-of-mix setting of a test phantom).
+
+    Returns
+    -------
+    dict
+        As :func:`acquisition_plan` returns (for "spect_ood": as OUT_OF_MIX); ``camera`` is the paper's
+        (spect.DEFAULT_CAMERA) where unrecorded, as every camera was before the camera mix.
+    """
+    if key == "spect_ood":
+        if key not in info:
+            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate test phantoms with --out-of-mix")
+        return {"camera": DEFAULT_CAMERA, **info[key]}
+    settings = DataSettings() if settings is None else settings
+    default = acquisition_plan(replace(settings, mix=False, camera=DEFAULT_CAMERA),
+                               str(info.get("split", "train")), np.random.default_rng(0))
+    plan = {**default, **info.get("spect", {})}
+    plan["reconstructions"] = [{**default["reconstructions"][0], **r} for r in plan["reconstructions"]]
+    return plan
+
+
+def _acquisition(settings: DataSettings, n_views: int, voxel_mm: float, camera: str | None = None, **_):
+    """The SpectAcquisition of a plan: its camera (default: the settings'), views and voxel size (mm); the
+    matrix keeps the preset's field of view at another voxel size."""
     from .spect import SpectAcquisition
 
     field_mm = np.asarray(settings.spect_matrix, dtype=np.float64) * settings.spect_voxel_mm
     matrix = tuple(int(round(v)) for v in field_mm / voxel_mm)
-    return SpectAcquisition(matrix=matrix, voxel_mm=float(voxel_mm), n_views=int(n_views),
-                            iterations=settings.iterations, subsets=settings.subsets,
-                            projection_oversampling=settings.projection_oversampling)
+    return SpectAcquisition.for_camera(camera or settings.camera, matrix=matrix, voxel_mm=float(voxel_mm),
+                                       n_views=int(n_views), iterations=settings.iterations,
+                                       subsets=settings.subsets,
+                                       projection_oversampling=settings.projection_oversampling)
 
 
 def parse_range(text: str) -> list[int]:
@@ -158,6 +234,27 @@ def _write(volume, path: Path) -> None:
     os.replace(tmp, path)  # a part exists only once complete: safe to resume after a crash
 
 
+def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
+    """Everything drawn for phantom ``index`` from its own seed, as its manifest entry records it.
+
+    Returns
+    -------
+    dict
+        ``seed``, ``split``, ``time_days`` (days after injection), ``total_counts``, ``spect`` (the
+        :func:`acquisition_plan`) and, for test phantoms with ``out_of_mix``, ``spect_ood`` (OUT_OF_MIX).
+        The same settings, index and split give the same values (a resumed job redraws them).
+    """
+    seed = settings.phantom_seed(index)
+    rng = np.random.default_rng(seed)
+    time_days = float(rng.uniform(*settings.time_days))
+    counts = float(np.exp(rng.uniform(np.log(settings.counts[0]), np.log(settings.counts[1]))))
+    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts,
+            "spect": acquisition_plan(settings, split, rng)}
+    if settings.out_of_mix and split == "test":
+        info["spect_ood"] = dict(OUT_OF_MIX)
+    return info
+
+
 def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
                      log: Callable[[str], None] = print) -> dict:
     """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
@@ -176,15 +273,9 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         torch.set_num_threads(settings.threads)
     done_path = folder / "done.json"
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    seed = settings.phantom_seed(index)
-    rng = np.random.default_rng(seed)
-    time_days = float(rng.uniform(*settings.time_days))
-    counts = float(np.exp(rng.uniform(np.log(settings.counts[0]), np.log(settings.counts[1]))))
-    plan = acquisition_plan(settings, split, rng)
-    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts, "spect": plan}
-    ood = settings.out_of_mix and split == "test"
-    if ood:
-        info["spect_ood"] = OUT_OF_MIX
+    info = phantom_draws(settings, index, split)
+    seed, time_days, counts, plan = info["seed"], info["time_days"], info["total_counts"], info["spect"]
+    ood = "spect_ood" in info
     tags = ["", "_ood"] if ood else [""]
 
     def part(name: str, files: list[str], make: Callable[[], None]) -> None:
@@ -216,8 +307,9 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
 
     def make_spect(tag: str) -> None:
         if tag:
-            acq = _acquisition(settings, **OUT_OF_MIX)
-            recons = [{k: OUT_OF_MIX[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
+            ood_plan = info["spect_ood"]
+            acq = _acquisition(settings, **ood_plan)
+            recons = [{k: ood_plan[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
         else:
             acq, recons = _acquisition(settings, **plan), plan["reconstructions"]
         images = simulate_spect(activity, density, counts, seed, acq, realisations=n_real, reconstructions=recons)
@@ -325,7 +417,7 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--decays", type=float, default=3e7, help="Monte Carlo decays for training truth")
     g.add_argument("--test-decays", type=float, default=1e8, help="Monte Carlo decays for test truth")
     g.add_argument("--spect-mc-decays", type=float, default=1e7, help="decays for the SPECT+MC method")
-    g.add_argument("--counts", default="3e6:2e7", help="range of total SPECT counts, LOW:HIGH")
+    g.add_argument("--counts", default="3e6:3e7", help="range of total SPECT counts, LOW:HIGH")
     g.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="grid and SPECT settings: paper (512x512x130 CT at 0.98x0.98x3 mm, 128 views, OSEM 16x4, "
                         "2x oversampled projection); cpu (256x256x130 at 1.96x1.96x3 mm, 64 views, OSEM 8x4, no "
@@ -336,7 +428,7 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--iterations", type=int, help="OSEM iterations (overrides the preset)")
     g.add_argument("--subsets", type=int, help="OSEM subsets (overrides the preset)")
     g.add_argument("--mix", action="store_true",
-                   help="training phantoms: views, voxel size, OSEM and post-filter drawn from a mix "
+                   help="training phantoms: camera, views, voxel size, OSEM and post-filter drawn from a mix "
                         "(DblurDoseLib.data.TRAINING_MIX) instead of the preset's one setting")
     g.add_argument("--out-of-mix", action="store_true",
                    help="test phantoms: also reconstruct the same data with settings outside the mix (OUT_OF_MIX), "
@@ -359,7 +451,7 @@ def cmd_data(args) -> int:
     try:
         low, high = (float(v) for v in args.counts.split(":"))
     except ValueError:
-        raise DblurDoseError(f"--counts {args.counts!r}: write LOW:HIGH, e.g. 3e6:2e7") from None
+        raise DblurDoseError(f"--counts {args.counts!r}: write LOW:HIGH, e.g. 3e6:3e7") from None
     if not 0 < low <= high:
         raise DblurDoseError("--counts needs 0 < LOW <= HIGH")
     if args.realisations < 1:

@@ -3,8 +3,8 @@
 What is simulated (the paper's SIMIND + in-house OSEM pipeline, replaced by an analytic model):
 
 * Geometry: a dual-head camera, ``n_views`` (128) views over 360 degrees, parallel-hole collimator
-  from pytomography's SIMIND collimator table (``SY-ME``: Siemens medium energy), 208 keV 20 %
-  photopeak window. The rotation axis is the image z axis through the centre of the SPECT grid,
+  from pytomography's SIMIND collimator table (``SY-ME``: Siemens medium energy; other vendors'
+  cameras in :data:`CAMERAS`, e.g. GE ``GI-MEGP``, Philips ``PB-MEGP``), 208 keV 20 % photopeak window. The rotation axis is the image z axis through the centre of the SPECT grid,
   which is centred on the CT field. The orbit follows the body contour (``orbit="contour"``,
   ``clearance_mm`` from the body at every view) or is circular (``orbit="circular"``).
 * Collimator-detector response: depth-dependent Gaussian, as pytomography models it:
@@ -85,18 +85,70 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _DELTA = 1e-11
 
 
+@dataclass(frozen=True)
+class Camera:
+    """One vendor's gamma camera with its medium-energy collimator, as :class:`SpectAcquisition` takes it.
+
+    Attributes
+    ----------
+    vendor : str
+        Manufacturer ("Siemens", "GE", "Philips").
+    collimator : str
+        Code of the parallel-hole collimator in pytomography's SIMIND table (``collim.col``).
+    crystal_thickness_cm : float
+        NaI(Tl) crystal thickness, cm (sets the absorbed fraction, i.e. the sensitivity).
+    intrinsic_fwhm_mm : float
+        Intrinsic resolution (FWHM, mm) at 208 keV: the vendor's 140 keV figure scaled by
+        sqrt(140/208) (assumption; it adds in quadrature to the ~10 mm collimator blur).
+    """
+
+    vendor: str
+    collimator: str
+    crystal_thickness_cm: float
+    intrinsic_fwhm_mm: float
+
+    def settings(self) -> dict[str, str | float]:
+        """The :class:`SpectAcquisition` fields this camera sets."""
+        return {"collimator": self.collimator, "crystal_thickness_cm": self.crystal_thickness_cm,
+                "intrinsic_fwhm_mm": self.intrinsic_fwhm_mm}
+
+
+#: Named camera models (the one table of them). Hole diameter / septa / length (cm) from the SIMIND table:
+#: SY-ME 0.294/0.114/4.064, GI-MEGP 0.300/0.105/5.800 (GE Infinia/Discovery 670 MEGP),
+#: PB-MEGP 0.340/0.086/5.840 (Philips BrightView MEGP). Intrinsic resolution at 140 keV: 4.5 mm (5/8"),
+#: 3.9 mm (GE 3/8"), 3.6 mm (Philips 3/8").
+CAMERAS: dict[str, Camera] = {
+    "siemens-intevo-me": Camera("Siemens", "SY-ME", 1.5875, 3.7),  # 5/8" crystal
+    "ge-discovery-670-megp": Camera("GE", "GI-MEGP", 0.9525, 3.2),  # 3/8" crystal
+    "philips-brightview-megp": Camera("Philips", "PB-MEGP", 0.9525, 3.0),  # 3/8" crystal
+}
+#: The paper's camera: the defaults of SpectAcquisition.
+DEFAULT_CAMERA = "siemens-intevo-me"
+
+
+def camera(name: str) -> Camera:
+    """The camera model ``name`` of :data:`CAMERAS`; DblurDoseError for an unknown name."""
+    try:
+        return CAMERAS[name]
+    except KeyError:
+        raise DblurDoseError(f"unknown camera {name!r}; use one of {', '.join(sorted(CAMERAS))}") from None
+
+
 @dataclass
 class SpectAcquisition:
-    """Acquisition and reconstruction settings; the defaults follow the paper (Siemens Intevo)."""
+    """Acquisition and reconstruction settings; the defaults follow the paper (Siemens Intevo).
+
+    The camera fields (collimator, crystal, intrinsic resolution) default to ``CAMERAS[DEFAULT_CAMERA]``;
+    :meth:`for_camera` takes them from another camera of :data:`CAMERAS`.
+    """
 
     n_views: int = 128  #: views over 360 degrees (both heads together)
-    collimator: str = "SY-ME"  #: code in pytomography's SIMIND collimator table
+    collimator: str = CAMERAS[DEFAULT_CAMERA].collimator  #: code in pytomography's SIMIND collimator table
     photopeak_kev: float = 208.0
     window: float = 0.20  #: photopeak window width as a fraction of the photopeak energy
-    crystal_thickness_cm: float = 1.5875  #: 5/8 inch NaI(Tl)
-    #: intrinsic resolution (FWHM, mm) at the photopeak energy; about 4.5 mm at 140 keV for a 5/8"
-    #: crystal scaled by sqrt(140/208) (assumption; it adds in quadrature to ~10 mm collimator blur).
-    intrinsic_fwhm_mm: float = 3.7
+    crystal_thickness_cm: float = CAMERAS[DEFAULT_CAMERA].crystal_thickness_cm  #: NaI(Tl), cm (5/8 inch)
+    #: intrinsic resolution (FWHM, mm) at the photopeak energy (see Camera)
+    intrinsic_fwhm_mm: float = CAMERAS[DEFAULT_CAMERA].intrinsic_fwhm_mm
     #: circular-orbit radius (mm, rotation axis to collimator face); None = the smallest radius that
     #: clears the body by ``clearance_mm``. Ignored for the contour orbit.
     radius_mm: float | None = None
@@ -160,6 +212,19 @@ class SpectAcquisition:
         if bad:
             raise DblurDoseError(f"invalid SPECT acquisition setting(s): {', '.join(bad)} ({self})")
         _collimator_row(self.collimator)  # raises for an unknown collimator
+
+    @classmethod
+    def for_camera(cls, name: str, **settings) -> SpectAcquisition:
+        """The acquisition with camera ``name`` of :data:`CAMERAS` and the other ``settings`` given.
+
+        Parameters
+        ----------
+        name : str
+            Key of :data:`CAMERAS`, e.g. "ge-discovery-670-megp".
+        **settings
+            Any other field (n_views, matrix, voxel_mm in mm, ...).
+        """
+        return cls(**camera(name).settings(), **settings)
 
     @property
     def view_time_s(self) -> float:
@@ -981,11 +1046,14 @@ def simulate_spect(
 
 
 __all__ = [
+    "CAMERAS",
+    "Camera",
     "SpectAcquisition",
     "SpectSystem",
     "SimulatedProjections",
     "attenuation_coefficients",
     "build_system",
+    "camera",
     "collimator_resolution_params",
     "density_to_mu",
     "forward_project",

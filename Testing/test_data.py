@@ -1,5 +1,6 @@
 """The data-set generator: split by phantom, resumable parts, Dask scheduling, end to end small."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,7 +26,7 @@ def test_parse_range():
 
 
 @pytest.mark.parametrize("argv, expect", [
-    ([], dict(shape=(130, 512, 512), n_views=128, iterations=16, projection_oversampling=2)),
+    ([], dict(shape=(130, 512, 512), n_views=128, iterations=16, projection_oversampling=2, counts=(3e6, 3e7))),
     (["--preset", "cpu"], dict(shape=(130, 256, 256), spacing=(1.96, 1.96, 3.0), n_views=64, iterations=8,
                                projection_oversampling=1)),
     (["--small", "--views", "16", "--iterations", "2"], dict(shape=(48, 96, 96), n_views=16, iterations=2)),
@@ -104,34 +105,137 @@ def test_deterministic_phantom_seed():
     assert s.phantom_seed(3) == data.DataSettings().phantom_seed(3) != s.phantom_seed(4)
 
 
+def _has_pytomography() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("pytomography") is not None
+
+
+def _train_plans(n: int, **settings) -> list[dict]:
+    mixed = data.DataSettings(realisations=3, mix=True, **{**data.CPU, **settings})
+    return [data.acquisition_plan(mixed, "train", np.random.default_rng(i)) for i in range(n)]
+
+
 def test_mix_draws_acquisitions_for_training_phantoms_only():
-    """--mix: training phantoms get views and voxel size per phantom and OSEM/post-filter per realisation
-    from TRAINING_MIX; test phantoms (and data sets without --mix) keep the preset's one setting."""
+    """--mix: training phantoms get camera, views and voxel size per phantom and OSEM/post-filter per
+    realisation from TRAINING_MIX; test phantoms (and data sets without --mix) keep the preset's one setting."""
     mixed = data.DataSettings(realisations=3, mix=True, **data.CPU)
     plain = data.DataSettings(realisations=3, **data.CPU)
-    standard = {"n_views": 64, "voxel_mm": 4.8,
+    standard = {"camera": "siemens-intevo-me", "n_views": 64, "voxel_mm": 4.8,
                 "reconstructions": [{"iterations": 8, "subsets": 4, "postfilter_fwhm_mm": 0.0}] * 3}
     assert data.acquisition_plan(plain, "train", np.random.default_rng(0)) == standard
     assert data.acquisition_plan(mixed, "test", np.random.default_rng(0)) == standard
-    plans = [data.acquisition_plan(mixed, "train", np.random.default_rng(i)) for i in range(40)]
-    seen = {k: {p[k] for p in plans} for k in ("n_views", "voxel_mm")}
-    assert seen == {"n_views": {64, 128}, "voxel_mm": {4.7952, 4.8}}
+    plans = _train_plans(200)
+    mix = data.TRAINING_MIX
+    assert {p["camera"] for p in plans} == set(mix["camera"])
+    assert {p["n_views"] for p in plans} == set(mix["n_views"])
+    voxels = [p["voxel_mm"] for p in plans]
+    assert mix["voxel_mm"][0] <= min(voxels) < 4.45 and 4.75 < max(voxels) <= mix["voxel_mm"][1]
     recons = [r for p in plans for r in p["reconstructions"]]
-    assert {(r["iterations"], r["subsets"]) for r in recons} == {(8, 4), (16, 4)}
-    assert {r["postfilter_fwhm_mm"] for r in recons} == {0.0, 6.0}
-    # the out-of-mix reconstruction differs from the mix in every setting
-    ood = data.OUT_OF_MIX
-    assert ood["n_views"] not in data.TRAINING_MIX["n_views"]
-    assert ood["voxel_mm"] not in data.TRAINING_MIX["voxel_mm"]
-    assert (ood["iterations"], ood["subsets"]) not in data.TRAINING_MIX["osem"]
-    assert ood["postfilter_fwhm_mm"] not in data.TRAINING_MIX["postfilter_fwhm_mm"]
-    # the field of view is kept at another voxel size
-    acq = data._acquisition(plain, **ood)
+    assert {(r["iterations"], r["subsets"]) for r in recons} >= {(4, 8), (16, 8)}  # 4x8 to 16x8
+    filters = [r["postfilter_fwhm_mm"] for r in recons]
+    assert set(filters) == {0.0, 4.0, 6.0, 8.0}
+    assert max(set(filters), key=filters.count) == 0.0  # no filter most often
+    assert data.DataSettings().counts == (3e6, 3e7)
+
+
+def test_mix_draws_only_valid_acquisitions():
+    """Subsets divide the views, OSEM stays within 4x8..16x8 updates, every drawn acquisition validates."""
+    if not _has_pytomography():
+        pytest.skip("the collimator table ships with pytomography")
+    from DblurDoseLib import spect
+
+    settings = data.DataSettings(mix=True, **data.CPU)
+    for name, cam in spect.CAMERAS.items():
+        spect.SpectAcquisition.for_camera(name).validate()  # the collimator code is in the table
+        assert spect._collimator_row(cam.collimator)
+    for views in data.TRAINING_MIX["n_views"]:
+        assert data.osem_choices(views)  # every view count has OSEM settings
+    for plan in _train_plans(150):
+        assert 60 <= plan["n_views"] <= 128
+        for recon in plan["reconstructions"]:
+            assert plan["n_views"] % recon["subsets"] == 0
+            assert 32 <= recon["iterations"] * recon["subsets"] <= 128
+            acq = data._acquisition(settings, **plan)
+            acq = dataclasses.replace(acq, **recon)
+            acq.validate()
+            assert acq.collimator == spect.CAMERAS[plan["camera"]].collimator
+            # the field of view of the preset is kept at the drawn voxel size
+            np.testing.assert_allclose(np.asarray(acq.matrix) * acq.voxel_mm,
+                                       np.asarray(settings.spect_matrix) * settings.spect_voxel_mm,
+                                       atol=plan["voxel_mm"] / 2 + 1e-6)
+    with pytest.raises(DblurDoseError, match="no OSEM setting for 7 views.*subsets that divide"):
+        data.osem_choices(7)
+
+
+def test_held_out_vendor_never_in_training_draws():
+    from DblurDoseLib import spect
+
+    held_out = spect.CAMERAS[data.OUT_OF_MIX["camera"]]
+    training = [spect.CAMERAS[name] for name in data.TRAINING_MIX["camera"]]
+    assert {c.vendor for c in training} == {"Siemens", "GE"} and held_out.vendor == "Philips"
+    assert held_out.collimator not in {c.collimator for c in training}
+    drawn = {p["camera"] for p in _train_plans(500)}
+    assert data.OUT_OF_MIX["camera"] not in drawn
+    assert held_out.vendor not in {spect.CAMERAS[name].vendor for name in drawn}
+
+
+def test_out_of_mix_is_outside_the_mix():
+    """The out-of-mix reconstruction of test phantoms: another vendor, and views/voxel/OSEM/filter outside the
+    mix or at its edge."""
+    ood, mix = data.OUT_OF_MIX, data.TRAINING_MIX
+    assert ood["camera"] not in mix["camera"]
+    assert ood["n_views"] in (min(mix["n_views"]), max(mix["n_views"])) or ood["n_views"] not in mix["n_views"]
+    assert not mix["voxel_mm"][0] <= ood["voxel_mm"] <= mix["voxel_mm"][1]
+    assert (ood["iterations"], ood["subsets"]) not in data.osem_choices(ood["n_views"])
+    assert ood["iterations"] not in mix["iterations"] and ood["subsets"] not in mix["subsets"]
+    assert ood["n_views"] % ood["subsets"] == 0
+    assert ood["postfilter_fwhm_mm"] not in mix["postfilter_fwhm_mm"]
+    plain = data.DataSettings(**data.CPU)
+    acq = data._acquisition(plain, **ood)  # the field of view is kept at another voxel size
     np.testing.assert_allclose(np.asarray(acq.matrix) * acq.voxel_mm, np.asarray(plain.spect_matrix) * 4.8, atol=4.5)
+    assert acq.collimator == "PB-MEGP" and acq.crystal_thickness_cm == pytest.approx(0.9525)
+    if _has_pytomography():
+        acq.validate()
+
+
+def test_phantom_draws_are_deterministic_per_seed():
+    """A resumed job redraws the same camera, views, voxel, OSEM, filter and counts; the manifest records them."""
+    settings = data.DataSettings(mix=True, out_of_mix=True, **data.CPU)
+    first = data.phantom_draws(settings, 3, "train")
+    assert first == data.phantom_draws(data.DataSettings(mix=True, out_of_mix=True, **data.CPU), 3, "train")
+    assert json.loads(json.dumps(first)) == first  # what the manifest stores, as it loads back
+    assert {"camera", "n_views", "voxel_mm", "reconstructions"} <= set(first["spect"])
+    assert first["spect"] != data.phantom_draws(settings, 4, "train")["spect"]
+    assert first["spect"] != data.phantom_draws(data.DataSettings(mix=True, seed=5, **data.CPU), 3, "train")["spect"]
+    assert 3e6 <= first["total_counts"] <= 3e7
+    test = data.phantom_draws(settings, 3, "test")
+    assert test["spect"]["camera"] == settings.camera and test["spect_ood"] == data.OUT_OF_MIX
+    assert "spect_ood" not in first
+
+
+def test_older_manifest_entries_get_defaults():
+    """Manifests written before the camera mix (no camera, no post-filter, or no plan at all) still load."""
+    old = {"split": "train", "spect": {"n_views": 64, "voxel_mm": 4.8,
+                                       "reconstructions": [{"iterations": 8, "subsets": 4}] * 2}}
+    plan = data.read_plan(old)
+    assert plan["camera"] == "siemens-intevo-me" and plan["n_views"] == 64
+    assert plan["reconstructions"] == [{"iterations": 8, "subsets": 4, "postfilter_fwhm_mm": 0.0}] * 2
+    bare = data.read_plan({"split": "test"}, data.DataSettings(**data.CPU))
+    assert bare["camera"] == "siemens-intevo-me" and bare["n_views"] == 64 and bare["voxel_mm"] == 4.8
+    new = data.phantom_draws(data.DataSettings(mix=True, **data.CPU), 1, "train")
+    assert data.read_plan(new) == new["spect"]
+    old_ood = {"n_views": 96, "voxel_mm": 4.42, "iterations": 4, "subsets": 16, "postfilter_fwhm_mm": 4.0}
+    assert data.read_plan({"split": "test", "spect_ood": old_ood}, key="spect_ood") == {
+        "camera": "siemens-intevo-me", **old_ood}
+    ood = data.phantom_draws(data.DataSettings(out_of_mix=True), 1, "test")
+    assert data.read_plan(ood, key="spect_ood") == data.OUT_OF_MIX
+    with pytest.raises(DblurDoseError, match="no out-of-mix SPECT.*--out-of-mix"):
+        data.read_plan(old, key="spect_ood")
 
 
 @pytest.mark.slow
-def test_mix_and_out_of_mix_end_to_end(tmp_path):
+def test_mix_and_out_of_mix_end_to_end(tmp_path, monkeypatch):
     """A training phantom reconstructed per its plan, and a test phantom with its out-of-mix twin."""
     pytest.importorskip("pytomography")
     pytest.importorskip("ompmc")
@@ -140,18 +244,19 @@ def test_mix_and_out_of_mix_end_to_end(tmp_path):
     small = {**data.SMALL, "spect_matrix": (16, 16, 13), "spect_voxel_mm": 31.2}
     settings = data.DataSettings(phantoms=[0, 1], realisations=2, decays=1e5, test_decays=1e5, spect_mc_decays=1e5,
                                  mix=True, out_of_mix=True, **small)
-    monkey = {"n_views": 16, "voxel_mm": 26.0, "iterations": 2, "subsets": 4, "postfilter_fwhm_mm": 20.0}
-    old = data.OUT_OF_MIX
-    data.OUT_OF_MIX = monkey  # a coarse stand-in, to stay quick
-    try:
-        train = data.generate_phantom(tmp_path, 1, settings, "train", log=lambda m: None)
-        test = data.generate_phantom(tmp_path, 0, settings, "test", log=lambda m: None)
-    finally:
-        data.OUT_OF_MIX = old
+    monkey = {"camera": "philips-brightview-megp", "n_views": 16, "voxel_mm": 26.0, "iterations": 2, "subsets": 4,
+              "postfilter_fwhm_mm": 20.0}
+    coarse_mix = {**data.TRAINING_MIX, "camera": ("ge-discovery-670-megp",), "n_views": (16,),
+                  "voxel_mm": (28.0, 32.0), "iterations": (2,), "subsets": (4,), "osem_updates": (8, 8)}
+    monkeypatch.setattr(data, "OUT_OF_MIX", monkey)  # coarse stand-ins, to stay quick
+    monkeypatch.setattr(data, "TRAINING_MIX", coarse_mix)
+    train = data.generate_phantom(tmp_path, 1, settings, "train", log=lambda m: None)
+    test = data.generate_phantom(tmp_path, 0, settings, "test", log=lambda m: None)
     plan = train["spect"]
     native = read_volume(tmp_path / "p01" / "spect_native_r0.nrrd")
     assert native.spacing == pytest.approx((plan["voxel_mm"],) * 3)
     assert native.metadata["osem"] == "{iterations}x{subsets}".format(**plan["reconstructions"][0])
+    assert plan["camera"] == "ge-discovery-670-megp"
     assert not (tmp_path / "p01" / "spect_ood_r0.nrrd").exists()
     ood = read_volume(tmp_path / "p00" / "spect_ood_native_r0.nrrd")
     assert ood.spacing == pytest.approx((26.0,) * 3) and ood.metadata["osem"] == "2x4"
