@@ -3,7 +3,9 @@
 Layout of a data set folder (all volumes gzip-compressed NRRD, float32 unless stated; nothing
 is stored at reduced precision, labels are int16)::
 
-    DIR/manifest.json           settings, seeds, software versions, timings, train/test split
+    DIR/manifest.json           settings, seeds, software versions, timings, train/test split, and
+                                each phantom's family: "anatomical" (phantom.py) or "shapes" (phantom_shapes.py,
+                                the ``held_out`` indices, always test phantoms)
     DIR/p00/hu.nrrd             CT in HU                      (CT grid)
     DIR/p00/density.nrrd        g/cm3                         (CT grid)
     DIR/p00/activity.nrrd       true activity, Bq/mL          (CT grid)

@@ -320,7 +320,7 @@ class _Body:
     def level(self, X, Y, Z, inset_mm: float = 0.0) -> np.ndarray:
         """Superellipse level (< 1 inside) of the outline moved inward by ``inset_mm``; X, Y, Z as
         broadcastable (1, 1, nx), (1, ny, 1), (nz, 1, 1) arrays."""
-        a, b_ant, b_post, n = (F32(1) * v.astype(F32)[:, None, None] for v in self.profile(Z.ravel()))
+        a, b_ant, b_post, n = (v.astype(F32)[:, None, None] for v in self.profile(Z.ravel()))
         b = np.where(Y < 0, b_ant - F32(inset_mm), b_post - F32(inset_mm))
         return np.abs(X / (a - F32(inset_mm))) ** n + np.abs(Y / b) ** n
 

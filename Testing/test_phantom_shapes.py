@@ -190,13 +190,17 @@ def test_evaluate_family_filter_and_old_manifests(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"phantoms": {"p00": {"split": "test"}}}))
     with pytest.raises(DblurDoseError, match="'shapes' family"):
         evaluate.evaluate(tmp_path, family="shapes", log=lambda m: None)
-    row = {"mean_error": 10.0, "nrmse": 0.1}
+    row = {"mean_error": 10.0, "nrmse": 0.1, **{f"DR{lv}_error": 1.0 for lv in evaluate.DR_LEVELS}}
     results = {"phantoms": {"p00": {"vois": {"kidney_left": {"dvk": row}}, "noise": {}},
                             "p01": {"vois": {"kidney_left": {"dvk": {**row, "mean_error": 30.0}}}, "noise": {}}},
                "families": {"p00": "anatomical", "p01": "shapes"}}
     by_family = evaluate.summarise_by_family(results)
     assert by_family["anatomical"]["table"]["kidney_left"]["dvk"]["mean_error"] == 10.0
     assert by_family["shapes"]["table"]["kidney_left"]["dvk"]["mean_error"] == 30.0
+    results.update(data="d", model="m", summary=evaluate.summarise(results), summary_by_family=by_family)
+    report = evaluate.write_report(results, tmp_path / "report").read_text()
+    assert "per virtual-patient family" in report and "| shapes | kidney_left | 30.0 |" in report
+    assert "(anatomical: p00) (shapes: p01)" in report
 
 
 def test_evaluate_cli_has_family(tmp_path, capsys):
