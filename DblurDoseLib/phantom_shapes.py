@@ -339,6 +339,9 @@ class _Body:
 
 
 def _draw_body(rng: np.random.Generator) -> _Body:
+    """A body outline: half width 140-185 mm, anterior-posterior depth 1.2-1.56 half widths (52-60 %
+    in front of y = 0), superellipse exponent 2.2-3.4, each varying by +-7 % along z; fat 8-35 mm
+    and muscle 9-16 mm under the skin."""
     z_knots = np.linspace(-300.0, 300.0, 6)
     width = rng.uniform(140.0, 185.0)  # half width
     depth = 2.0 * width * rng.uniform(0.6, 0.78)  # anterior-posterior
@@ -368,6 +371,8 @@ class _Spine:
 
 
 def _draw_spine(rng: np.random.Generator, z_l1: float, y_body: float) -> _Spine:
+    """T1-L5 with L1 centred at ``z_l1`` (mm): pitch 23-28 mm (thoracic) and 30-35 mm (lumbar),
+    vertebral bodies growing downwards (half width 15-25 mm, half depth 11-19 mm)."""
     n = len(VERTEBRA_LEVELS)
     i_l1 = VERTEBRA_LEVELS.index("L1")
     pitch = np.where(np.arange(n) < i_l1, rng.uniform(23.0, 28.0), rng.uniform(30.0, 35.0)) * rng.uniform(0.96, 1.04, n)
@@ -456,6 +461,7 @@ def _paint_bowel(an: _Anatomy, cv: _Canvas, rng: np.random.Generator) -> None:
     """The bowel region: loops of wall and content (a thresholded random field), gas pockets; colon
     where the region's normalised radius exceeds 0.7, small bowel inside."""
     shape = an.organs["bowel"]
+    loop_field, gas_field = _RbfField(rng, 12.0, 9.0), _RbfField(rng, 20.0, 12.0)  # drawn on any grid
     sl = cv.box(*shape.bbox())
     if sl is None:
         return
@@ -463,8 +469,7 @@ def _paint_bowel(an: _Anatomy, cv: _Canvas, rng: np.random.Generator) -> None:
     s = shape.s(X, Y, Z)
     inside = (s < 1) & (Z < F32(an.z_diaphragm - 110.0)) & (an.body.level(*cv.coords(sl), an.body.fat_mm + an.body.muscle_mm) < 1)
     z, y, x = cv.z[sl[0]], cv.y[sl[1]], cv.x[sl[2]]
-    loops = _RbfField(rng, 12.0, 9.0).on_box(z, y, x)
-    gas = _RbfField(rng, 20.0, 12.0).on_box(z, y, x)
+    loops, gas = loop_field.on_box(z, y, x), gas_field.on_box(z, y, x)
     T = TISSUES
     tissue = np.where(loops > 0.3, T["gi_content"], T["gi_wall"]).astype(np.uint8)
     tissue[gas > 1.9] = T["gas"]
@@ -538,8 +543,8 @@ def _paint_spine(an: _Anatomy, cv: _Canvas) -> None:
     X, Y, Z = cv.coords(sl)
     z = cv.z[sl[0]].astype(np.float64)
     i = sp.level_index(z)
-    top = sp.z[i] + sp.body_fraction * sp.pitch[i] / 2
-    bottom = sp.z[i] - sp.body_fraction * sp.pitch[np.maximum(i - 1, 0)] / 2
+    top = sp.z[i] + sp.body_fraction * sp.pitch[np.maximum(i - 1, 0)] / 2  # the level above is i - 1
+    bottom = sp.z[i] - sp.body_fraction * sp.pitch[i] / 2
     in_body = ((z <= top) & (z >= bottom))[:, None, None]
     col = lambda v: v[i].astype(F32)[:, None, None]  # noqa: E731
     rx, ry = col(sp.rx), col(sp.ry)
@@ -566,6 +571,7 @@ _SITE_ORGAN = {"liver": "liver", "kidney": "soft_tissue", "bone": "bone", "lung"
 
 
 def _draw_volume(rng: np.random.Generator, small: bool) -> float:
+    """A lesion volume (mL), log-uniform in :data:`LESION_SMALL_ML` or :data:`LESION_LARGE_ML`."""
     lo, hi = LESION_SMALL_ML if small else LESION_LARGE_ML
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
@@ -600,7 +606,10 @@ def _candidates(rng: np.random.Generator, an: _Anatomy, warp: _Warp, site: str, 
         c = rng.uniform(lo, hi, (n, 3))
         pts = (c[:, None, :] + probe[None]).reshape(-1, 3)
         ok = _inside(organ, warp, pts) & an.body.in_cavity(pts)
-        ok &= pts[:, 2] < an.z_diaphragm + 25.0 if site == "liver" else pts[:, 2] > an.z_diaphragm - 40.0
+        if site == "liver":  # where the painted liver and lungs are (their clips in _paint_organs)
+            ok &= pts[:, 2] < an.z_diaphragm + 25.0
+        else:
+            ok &= pts[:, 2] > an.z_diaphragm - 40.0
         return c[ok.reshape(n, -1).all(axis=1)]
     if site == "kidney":
         kid = an.organs[f"kidney_{rng.choice(['left', 'right'])}"]
@@ -769,7 +778,7 @@ def _label_names(an: _Anatomy, n_lesions: int) -> dict[int, str]:
     return dict(sorted(names.items()))
 
 
-def _check_arguments(seed, shape, spacing, time_days):
+def _check_arguments(seed, shape, spacing, time_days) -> tuple[int, tuple[int, int, int], tuple[float, float, float], float]:
     """Validated (seed, shape, spacing, time_days); ``spacing=None`` covers the standard field."""
     try:
         seed, shape = int(seed), tuple(int(n) for n in shape)

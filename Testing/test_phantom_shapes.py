@@ -127,6 +127,9 @@ def test_organ_uptake_is_heterogeneous_within_20_percent():
 def test_same_patient_on_two_grids(small):
     coarse = make_shapes_phantom(3, shape=(20, 32, 32), spacing=None)
     assert coarse.info["lesions"] == small.info["lesions"] and coarse.label_names == small.label_names
+    crop = make_shapes_phantom(3, shape=(10, 64, 64), spacing=small.hu.spacing)  # the middle 10 slices
+    np.testing.assert_array_equal(crop.labels.array, small.labels.array[15:25])
+    np.testing.assert_allclose(crop.activity.array, small.activity.array[15:25], rtol=1e-3, atol=50.0)
 
 
 def test_bad_arguments_raise_a_clear_error():
