@@ -164,6 +164,7 @@ def test_cli_held_out_reaches_the_settings(monkeypatch, tmp_path):
 
 def _fake_physics(monkeypatch):
     """SPECT, DVK and Monte Carlo stand-ins: the phantom part of a data set alone, in seconds."""
+    import DblurDoseLib.dose  # noqa: F401  imported before patching, so that it keeps the real resample_activity
     monkeypatch.setattr("DblurDoseLib.spect.simulate_spect",
                         lambda activity, *a, realisations=1, **k: [activity] * realisations)
     monkeypatch.setattr("DblurDoseLib.resample.resample_activity", lambda recon, hu: recon)
