@@ -3,7 +3,9 @@
 Layout of a data set folder (all volumes gzip-compressed NRRD, float32 unless stated; nothing
 is stored at reduced precision, labels are int16)::
 
-    DIR/manifest.json           settings, seeds, software versions, timings, train/test split
+    DIR/manifest.json           settings, seeds, software versions, timings, train/test split, and
+                                each phantom's family: "anatomical" (phantom.py) or "shapes" (phantom_shapes.py,
+                                the ``held_out`` indices, always test phantoms)
     DIR/p00/hu.nrrd             CT in HU                      (CT grid)
     DIR/p00/density.nrrd        g/cm3                         (CT grid)
     DIR/p00/activity.nrrd       true activity, Bq/mL          (CT grid)
@@ -67,17 +69,28 @@ class DataSettings:
     mix: bool = False  # training phantoms: acquisition and reconstruction drawn from TRAINING_MIX
     out_of_mix: bool = False  # test phantoms: also reconstructed with OUT_OF_MIX (spect_ood_r*)
     camera: str = DEFAULT_CAMERA  # spect.CAMERAS key of phantoms whose camera is not drawn from the mix
+    held_out: list[int] = field(default_factory=list)  # made by the "shapes" family; always test, not in n_test
 
     def phantom_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
 
+    def indices(self) -> list[int]:
+        """Every phantom of the data set: ``phantoms`` and ``held_out``."""
+        return sorted(set(int(i) for i in self.phantoms) | set(int(i) for i in self.held_out))
+
+    def family(self, index: int) -> str:
+        """The virtual-patient family of phantom ``index``: "shapes" if held out, else "anatomical"."""
+        return "shapes" if int(index) in set(int(i) for i in self.held_out) else "anatomical"
+
     def split(self) -> dict[int, str]:
-        """Train/test by whole phantom (never by slice), chosen by the data-set seed."""
+        """Train/test by whole phantom (never by slice), chosen by the data-set seed; held-out
+        (shapes-family) phantoms are always "test" and do not count in ``n_test``."""
+        held = set(int(i) for i in self.held_out)
         rng = np.random.default_rng(self.seed)
-        order = list(rng.permutation(sorted(self.phantoms)))
+        order = list(rng.permutation(sorted(i for i in self.phantoms if int(i) not in held)))
         n_test = min(self.n_test, max(len(order) - 1, 0))
-        test = set(int(i) for i in order[:n_test])
-        return {int(i): ("test" if i in test else "train") for i in self.phantoms}
+        test = set(int(i) for i in order[:n_test]) | held
+        return {i: ("test" if i in test else "train") for i in self.indices()}
 
 
 #: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network sees what users
@@ -240,7 +253,7 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     Returns
     -------
     dict
-        ``seed``, ``split``, ``time_days`` (days after injection), ``total_counts``, ``spect`` (the
+        ``seed``, ``split``, ``family``, ``time_days`` (days after injection), ``total_counts``, ``spect`` (the
         :func:`acquisition_plan`) and, for test phantoms with ``out_of_mix``, ``spect_ood`` (OUT_OF_MIX).
         The same settings, index and split give the same values (a resumed job redraws them).
     """
@@ -248,8 +261,8 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     rng = np.random.default_rng(seed)
     time_days = float(rng.uniform(*settings.time_days))
     counts = float(np.exp(rng.uniform(np.log(settings.counts[0]), np.log(settings.counts[1]))))
-    info = {"seed": seed, "split": split, "time_days": time_days, "total_counts": counts,
-            "spect": acquisition_plan(settings, split, rng)}
+    info = {"seed": seed, "split": split, "family": settings.family(index), "time_days": time_days,
+            "total_counts": counts, "spect": acquisition_plan(settings, split, rng)}
     if settings.out_of_mix and split == "test":
         info["spect_ood"] = dict(OUT_OF_MIX)
     return info
@@ -261,6 +274,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     from .dose import compute_dose_rate_maps
     from .montecarlo import monte_carlo_dose_rate
     from .phantom import make_phantom
+    from .phantom_shapes import make_shapes_phantom
     from .resample import resample_activity
     from .spect import simulate_spect
     from .volume import read_volume
@@ -275,6 +289,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
     info = phantom_draws(settings, index, split)
     seed, time_days, counts, plan = info["seed"], info["time_days"], info["total_counts"], info["spect"]
+    family = info["family"]
     ood = "spect_ood" in info
     tags = ["", "_ood"] if ood else [""]
 
@@ -290,7 +305,8 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     phantom_files = ["hu.nrrd", "density.nrrd", "activity.nrrd", "labels.nrrd", "labels.json"]
 
     def make_anatomy() -> None:
-        ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
+        maker = make_shapes_phantom if family == "shapes" else make_phantom
+        ph = maker(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
         for name, vol in (("hu", ph.hu), ("density", ph.density), ("activity", ph.activity), ("labels", ph.labels)):
             _write(vol, folder / f"{name}.nrrd")
         meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
@@ -394,7 +410,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         client = Client(cluster)
     try:
         futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False)
-                   for i in settings.phantoms]
+                   for i in settings.indices()]
         for n, future in enumerate(as_completed(futures), 1):
             result = future.result()
             record(result)
@@ -433,6 +449,9 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--out-of-mix", action="store_true",
                    help="test phantoms: also reconstruct the same data with settings outside the mix (OUT_OF_MIX), "
                         "for `dblurdose evaluate --recon ood`")
+    g.add_argument("--held-out", default="",
+                   help="extra phantom indices, e.g. 14-17, made by the differently built 'shapes' family "
+                        "(DblurDoseLib.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
     g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
     g.add_argument("--seed", type=int, default=2022)
@@ -462,6 +481,7 @@ def cmd_data(args) -> int:
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
+                            held_out=parse_range(args.held_out) if args.held_out else [],
                             **PRESETS[args.preset])
     for name, value in (("n_views", args.views), ("iterations", args.iterations), ("subsets", args.subsets)):
         if value is not None:

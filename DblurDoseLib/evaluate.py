@@ -115,11 +115,14 @@ def evaluate(
     device: str = "auto",
     log: Callable[[str], None] = print,
     recon: str = "",
+    family: str | None = None,
 ) -> dict:
     """Evaluate every test phantom of a data set; returns (and writes) all numbers.
 
     ``recon``: which reconstructions of the test phantoms: "" (the data set's own, ``spect_r*``) or
     "ood" (those outside the training mix, ``spect_ood_r*``, from ``data generate --out-of-mix``).
+    ``family``: only the test phantoms of this virtual-patient family ("anatomical", or "shapes":
+    ``data generate --held-out``); ``None``: all, with the summary also given per family.
     """
     from .inference import cnn_dose_rate, load_model
     from .volume import read_volume
@@ -129,9 +132,13 @@ def evaluate(
     if not manifest_path.exists():
         raise DblurDoseError(f"{data_dir} is not a data set (no manifest.json); make one with `dblurdose data generate`")
     manifest = json.loads(manifest_path.read_text())
-    tests = sorted(k for k, v in manifest["phantoms"].items() if v.get("split") == "test")
+    families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
+    tests = sorted(k for k, v in manifest["phantoms"].items()
+                   if v.get("split") == "test" and family in (None, families[k]))
     if not tests:
-        raise DblurDoseError(f"{data_dir} has no test phantoms; generate the data set with test phantoms")
+        which = f" of the {family!r} family" if family else ""
+        raise DblurDoseError(f"{data_dir} has no test phantoms{which}; generate the data set with test phantoms"
+                             + (" (`dblurdose data generate --held-out ...` makes shapes-family ones)" if family else ""))
     tag = f"_{recon}" if recon else ""
     missing = [k for k in tests if not (data_dir / k / f"spect{tag}_r0.nrrd").exists()]
     if missing:
@@ -141,7 +148,8 @@ def evaluate(
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "phantoms": {},
-                     "model": str(model_path or "shipped")}
+                     "model": str(model_path or "shipped"), "family": family or "all",
+                     "families": {k: families[k] for k in tests}}
     for key in tests:
         folder = data_dir / key
         log(f"evaluating {key}")
@@ -179,9 +187,25 @@ def evaluate(
             _phantom_figures(Path(out), key, hu, truth, estimates, masks)
         results["phantoms"][key] = phantom
     results["summary"] = summarise(results)
+    results["summary_by_family"] = summarise_by_family(results)
     if out is not None:
         write_report(results, Path(out))
     return results
+
+
+def family_of(entry: dict) -> str:
+    """The virtual-patient family of a manifest's phantom entry (manifests before families: "anatomical")."""
+    return entry.get("family", "anatomical")
+
+
+def summarise_by_family(results: dict) -> dict:
+    """:func:`summarise` over the test phantoms of each family, keyed by family."""
+    families = results.get("families", {})
+    out = {}
+    for fam in sorted(set(families.values())):
+        keys = [k for k in results["phantoms"] if families.get(k, "anatomical") == fam]
+        out[fam] = summarise({"phantoms": {k: results["phantoms"][k] for k in keys}})
+    return out
 
 
 def summarise(results: dict) -> dict:
@@ -252,7 +276,9 @@ def write_report(results: dict, out: Path) -> Path:
                      if m in ("dvk", "mc", "cnn") else 9)
     lines = ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
              f"reconstructions); model: `{results['model']}`; "
-             f"test phantoms: {', '.join(results['phantoms'])}.", "",
+             f"test phantoms: {', '.join(results['phantoms'])}"
+             + "".join(f" ({fam}: {', '.join(k for k, f in results.get('families', {}).items() if f == fam)})"
+                       for fam in sorted(set(results.get("families", {}).values()))) + ".", "",
              "## Mean dose-rate error and NRMSE per VOI (Fig. 7), averaged over phantoms and realisations", "",
              "| VOI | " + " | ".join(f"{m} mean err %" for m in methods) + " | "
              + " | ".join(f"{m} NRMSE" for m in methods) + " |",
@@ -281,6 +307,16 @@ def write_report(results: dict, out: Path) -> Path:
             lines.append(f"| {key} | " + " | ".join(_fmt(row.get(g)) for g in VOI_GROUPS) + " |")
         else:
             lines.append(f"| {key} | {_fmt(row)} |" + " |" * (len(VOI_GROUPS) - 1))
+    by_family = results.get("summary_by_family", {})
+    if len(by_family) > 1:
+        lines += ["", "## Mean dose-rate error % per virtual-patient family", "",
+                  "| family | VOI | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for fam, summary in by_family.items():
+            for g in VOI_GROUPS:
+                if g in summary["table"]:
+                    row = summary["table"][g]
+                    lines.append(f"| {fam} | {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error"))
+                                                                  for m in methods) + " |")
     ablations = [m for m in methods if m.startswith("cnn_")]
     if ablations:
         lines += ["", "## Ablations (Table 3): mean dose-rate error %", "",
@@ -307,6 +343,9 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--recon", choices=("standard", "ood"), default="standard",
                    help="the test phantoms' own reconstructions, or those outside the training mix "
                         "(`data generate --out-of-mix`)")
+    p.add_argument("--family", choices=("anatomical", "shapes"),
+                   help="only the test phantoms of this virtual-patient family (default: all, also summarised "
+                        "per family); shapes-family phantoms come from `data generate --held-out`")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
@@ -318,6 +357,7 @@ def cmd_evaluate(args) -> int:
             raise DblurDoseError(f"--ablation {item!r}: write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
-    evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon)
+    evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
+             family=args.family)
     print(Path(args.out) / "report.md")
     return 0
