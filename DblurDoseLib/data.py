@@ -363,6 +363,10 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     return {"index": index, **info, "timings_s": done}
 
 
+#: settings a resumed data set may change: they do not change what is drawn or made
+_RESUMABLE = ("threads",)
+
+
 def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, scheduler: str | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Generate (or resume) a data set; phantoms run as Dask tasks. Returns the manifest path.
@@ -375,11 +379,13 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
     manifest_path = out / MANIFEST
     split = settings.split()
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("settings", {}).get("seed") != settings.seed:
+        old = json.loads(manifest_path.read_text()).get("settings", {})
+        new = json.loads(json.dumps(asdict(settings)))  # as the manifest stores it (tuples as lists)
+        changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE and old.get(k) != new.get(k))
+        if changed:
             raise DblurDoseError(
-                f"{out} holds a data set made with other settings (seed {old['settings'].get('seed')}); "
-                "use another --out folder, or the same settings to resume"
+                f"{out} holds a data set made with other settings ({', '.join(changed)} differ): resuming would mix "
+                "two data sets. Use another --out folder, or the same settings to resume"
             )
     manifest = {
         "format": 1,

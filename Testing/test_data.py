@@ -265,3 +265,18 @@ def test_mix_and_out_of_mix_end_to_end(tmp_path, monkeypatch):
         assert read_volume(tmp_path / "p00" / f"{name}.nrrd").same_grid(read_volume(tmp_path / "p00" / "hu.nrrd"))
     assert {"spect_ood", "dvk_ood", "spect_mc_ood"} <= set(test["timings_s"])
     assert test["spect_ood"] == monkey
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    """A data set grows across sessions by resuming: other settings would mix two data sets."""
+    from DblurDoseLib.data import MANIFEST, DataSettings, generate
+
+    settings = DataSettings(phantoms=[0, 1], realisations=2, mix=True)
+    (tmp_path / MANIFEST).write_text(json.dumps({"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+                                                 "phantoms": {}}))
+    for other in (DataSettings(phantoms=[0, 1], realisations=3, mix=True),
+                  DataSettings(phantoms=[0, 1, 2], realisations=2, mix=True),
+                  DataSettings(phantoms=[0, 1], realisations=2, mix=False)):
+        with pytest.raises(DblurDoseError, match="other settings"):
+            generate(tmp_path, other)
+    assert json.loads((tmp_path / MANIFEST).read_text())["phantoms"] == {}  # left as it was
