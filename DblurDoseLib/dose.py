@@ -218,6 +218,9 @@ def compute_dose_rate_maps(
             f"only {resampling[0].fraction_inside:.0%} of the SPECT activity lies inside the CT field; "
             "the images look misaligned. Check the SPECT and CT positions or register them first."
         )
+    if resampling[0].fraction_inside < 0.99:
+        warnings.append(f"{1 - resampling[0].fraction_inside:.0%} of the SPECT activity lies outside the CT field and "
+                        "is not counted; extend the CT if that activity matters")
     activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
     density = hu_to_density(hu, hu_calibration)
     in_tissue = float(activity_bq[density >= TISSUE_DENSITY].sum(dtype=np.float64)) / max(

@@ -82,7 +82,8 @@ def read_segments(path: str | os.PathLike, target: Volume) -> list[Segment]:
         if not np.issubdtype(labels.array.dtype, np.integer):
             rounded = np.rint(labels.array)
             if not np.allclose(rounded, labels.array):
-                raise DblurDoseError(f"{path} holds non-integer values; a segmentation must be a labelmap")
+                raise DblurDoseError(f"{path} holds non-integer values; a segmentation must be a labelmap of whole numbers "
+                                     "(one value per VOI): export the segments as a labelmap")
             labels = labels.with_array(rounded.astype(np.int32))
         segments = segments_from_labelmap(labels, target)
     empty = [s.name for s in segments if not s.mask.any()]

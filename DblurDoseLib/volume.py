@@ -92,6 +92,9 @@ class Volume:
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise DblurDoseError("expected a scalar image, got a multi-component (e.g. RGB) image")
         array = sitk.GetArrayFromImage(image)
+        if np.iscomplexobj(array):
+            raise DblurDoseError("expected real voxel values, got a complex image (raw k-space or Fourier data?); "
+                                 "export the reconstructed image")
         if dtype is not None:
             array = array.astype(dtype, copy=False)
         meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if len(image.GetMetaData(k)) < 200}

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import run_dose
 
 from DblurDoseLib import outputs
@@ -333,3 +334,229 @@ def test_volume_node_given_as_segmentation_is_refused_in_slicer():
     with pytest.raises(DblurDoseError, match="not a segmentation"):
         mrml.computeDoseRateMaps(spect, ct, labels, methods=("dvk",))
     assert scene.scene.GetNumberOfNodes() == nodes  # nothing added to the scene
+
+
+# --- the matrix: one row per kind of bad file or setting (issue 13) -------------------------
+# Each maker gets (tmp, ct, spect) and returns ({input: path}, [extra CLI arguments]).
+
+def _file(tmp, name, data: bytes):
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+def _sitk_file(tmp, name, image):
+    path = tmp / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _with(volume, tmp, name, array=None, spacing=None, origin=None):
+    array = volume.array if array is None else array
+    return write_volume(Volume(array, spacing or volume.spacing, origin or volume.origin, volume.direction), tmp / name)
+
+
+def _raw_spacing(tmp, name, volume, spacing: str):
+    """An NRRD whose header states a spacing Volume itself would refuse (zero, negative)."""
+    path = write_volume(volume, tmp / name, compress=False)
+    text = path.read_bytes()
+    head, _, body = text.partition(b"\n\n")
+    lines = [line for line in head.split(b"\n") if not line.startswith(b"space directions")]
+    lines.append(b"space directions: (" + spacing.encode() + b",0,0) (0,4.8,0) (0,0,4.8)")
+    path.write_bytes(b"\n".join(lines) + b"\n\n" + body)
+    return path
+
+
+def _png(tmp):
+    png = _sitk_file(tmp, "picture.png", sitk.Image(16, 16, sitk.sitkUInt8))
+    return _file(tmp, "picture.nrrd", png.read_bytes())
+
+
+def _truncated(tmp, spect):
+    path = write_volume(spect, tmp / "whole.nrrd", compress=False)
+    return _file(tmp, "truncated.nrrd", path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _image(pixel, size=(24, 24, 24), components=1):
+    image = sitk.Image(list(size), pixel, components) if components > 1 else sitk.Image(list(size), pixel)
+    image.SetSpacing([4.8] * len(size))
+    return image
+
+
+def _shifted_spect(tmp, spect, fraction_out: float):
+    """The SPECT moved along x so that about ``fraction_out`` of its activity leaves the CT field."""
+    lo = spect.physical_corners().min(0)[0]
+    width = spect.physical_corners().max(0)[0] - lo
+    origin = (spect.origin[0] + width * fraction_out * 1.15, spect.origin[1], spect.origin[2])
+    return _with(spect, tmp, f"shifted_{fraction_out}.nrrd", origin=origin)
+
+
+MATRIX = {
+    # kind: (maker, match)
+    "missing file": (lambda tmp, ct, spect: ({"spect": tmp / "nope.nrrd"}, []), "file not found"),
+    "directory for a file": (lambda tmp, ct, spect: ({"spect": _mkdir(tmp / "a folder")}, []), "no DICOM series"),
+    "empty file": (lambda tmp, ct, spect: ({"spect": _file(tmp, "empty.nrrd", b"")}, []), "could not read"),
+    "truncated NRRD": (lambda tmp, ct, spect: ({"spect": _truncated(tmp, spect)}, []), "could not read"),
+    "PNG renamed .nrrd": (lambda tmp, ct, spect: ({"spect": _png(tmp)}, []), "3D"),
+    "2D image": (lambda tmp, ct, spect: ({"ct": _sitk_file(tmp, "flat.nrrd", _image(sitk.sitkInt16, (24, 24)))},
+                                         []), "3D"),
+    "4D image": (lambda tmp, ct, spect: ({"spect": _sitk_file(tmp, "time.nrrd",
+                                                              _image(sitk.sitkFloat32, (8, 8, 8, 3)))}, []),
+                 "3D"),
+    "RGB image": (lambda tmp, ct, spect: ({"spect": _sitk_file(tmp, "rgb.nrrd",
+                                                               _image(sitk.sitkVectorUInt8, components=3))}, []),
+                  "scalar"),
+    "complex pixels": (lambda tmp, ct, spect: ({"spect": _sitk_file(tmp, "complex.nrrd",
+                                                                    _image(sitk.sitkComplexFloat32))}, []),
+                       "complex"),
+    "NaN in SPECT": (lambda tmp, ct, spect: ({"spect": _with(spect, tmp, "nan.nrrd", _poke(spect.array, np.nan))}, []),
+                     "NaN"),
+    "Inf in SPECT": (lambda tmp, ct, spect: ({"spect": _with(spect, tmp, "inf.nrrd", _poke(spect.array, np.inf))}, []),
+                     "NaN or infinite"),
+    "NaN in CT": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "nan_ct.nrrd", _poke(ct.array, np.nan))}, []), "NaN"),
+    "Inf in CT": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "inf_ct.nrrd", _poke(ct.array, -np.inf))}, []),
+                  "infinite"),
+    "negative activity": (lambda tmp, ct, spect: ({"spect": _with(spect, tmp, "neg.nrrd", _poke(spect.array, -5e5))},
+                                                  []), "--clip-negative"),
+    "all-zero SPECT": (lambda tmp, ct, spect: ({"spect": _with(spect, tmp, "zero.nrrd", spect.array * 0)}, []),
+                       "no activity"),
+    "no overlap": (lambda tmp, ct, spect: ({"spect": _with(spect, tmp, "far.nrrd", origin=(900.0, 0.0, 0.0))}, []),
+                   "do not overlap"),
+    "partial overlap below half": (lambda tmp, ct, spect: ({"spect": _shifted_spect(tmp, spect, 0.7)}, []),
+                                   "inside the CT field"),
+    "zero spacing": (lambda tmp, ct, spect: ({"spect": _raw_spacing(tmp, "zero_sp.nrrd", spect, "0")}, []), "spacing"),
+    "huge spacing": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "huge_sp.nrrd", spacing=(4.8e4, 4.8, 4.8))}, []),
+                     "spacing"),
+    "CT of raw stored values": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "raw.nrrd", ct.array + 1024)}, []),
+                                "Hounsfield"),
+    "CT as a density map": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "dens.nrrd", (ct.array + 1000) / 1000)}, []),
+                            "density map"),
+    "segmentation outside the CT": (lambda tmp, ct, spect: ({}, ["--seg", str(write_volume(
+        Volume(np.ones((3, 3, 3), np.int16), (4.8,) * 3, (800.0, 0.0, 0.0)), tmp / "far_seg.nrrd"))]), "empty"),
+    "labels with fractions": (lambda tmp, ct, spect: ({}, ["--seg", str(_with(ct, tmp, "float_labels.nrrd",
+                                                                           _float_labels(ct.shape)))]), "non-integer"),
+    "counts without calibration": (lambda tmp, ct, spect: ({}, ["--spect-units", "counts"]), "--calibration"),
+    "output path is a file": (lambda tmp, ct, spect: ({"out": _file(tmp, "results", b"mine")}, []), "is a file"),
+    "corrupted model": (lambda tmp, ct, spect: ({}, ["--method", "cnn", "--model", str(_file(tmp, "m.pt", b"not a torch file"))]),
+                        "corrupted"),
+    "model of another architecture": (lambda tmp, ct, spect: ({}, ["--method", "cnn", "--model", str(_foreign_model(tmp))]),
+                                      "model"),
+    "CUDA without a GPU": (lambda tmp, ct, spect: ({}, ["--device", "cuda"]), "CUDA"),
+}
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+def _poke(array, value):
+    out = array.copy()
+    out[12, 12, 12] = value
+    return out
+
+
+def _float_labels(shape):
+    labels = np.zeros(shape, np.float32)
+    labels[10:14, 10:14, 10:14] = 1.5
+    return labels
+
+
+def _foreign_model(tmp):
+    import torch
+
+    path = tmp / "foreign.pt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(3, 3)}, "config": {"kind": "resnet"}}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(MATRIX))
+def test_bad_input_matrix(case, capsys, kind):
+    tmp, paths, ct, spect = case
+    if kind == "CUDA without a GPU":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    maker, match = MATRIX[kind]
+    files, extra = maker(tmp, ct, spect)
+    out = files.pop("out", tmp / "out")
+    refused(capsys, dict(paths, **files), out, *extra, match=match)
+
+
+# --- accepted on purpose: the warning, and the right result ----------------------------------
+
+def _dose(out) -> np.ndarray:
+    return read_volume(Path(out) / "dose_rate_dvk.nrrd").array
+
+
+def test_negative_spacing_in_the_header_is_a_flip_and_gives_the_same_dose(case):
+    """NRRD 'space directions' with a negative step is a mirrored axis, not an error: same patient, same dose."""
+    tmp, paths, ct, spect = case
+    far_x = spect.origin[0] + (spect.shape[2] - 1) * spect.spacing[0]
+    flipped = Volume(spect.array[:, :, ::-1].copy(), spect.spacing, (far_x, *spect.origin[1:]),
+                     np.diag([-1.0, 1.0, 1.0]))
+    path = _raw_spacing(tmp, "flipped.nrrd", flipped, "-4.8")
+    assert np.allclose(read_volume(path).direction, np.diag([-1.0, 1.0, 1.0]))
+    assert run_dose(dict(paths, spect=path), tmp / "flipped") == 0
+    assert run_dose(paths, tmp / "ref") == 0
+    np.testing.assert_allclose(_dose(tmp / "flipped"), _dose(tmp / "ref"), rtol=1e-4, atol=1e-6 * _dose(tmp / "ref").max())
+
+
+def test_int64_and_odd_paths_are_accepted(case):
+    """64-bit integer pixels and paths with spaces and non-ASCII characters read like any other."""
+    tmp, paths, ct, spect = case
+    folder = tmp / "Patient Ä Ørsted 患者"
+    folder.mkdir()
+    ct64 = write_volume(ct.with_array(ct.array.astype(np.int64)), folder / "CT scan é.nrrd")
+    assert run_dose(dict(paths, ct=ct64), folder / "résultats dose") == 0
+    assert run_dose(paths, tmp / "ref") == 0
+    np.testing.assert_array_equal(_dose(folder / "résultats dose"), _dose(tmp / "ref"))
+
+
+def test_partial_overlap_above_half_is_accepted_with_a_warning(case, capsys):
+    tmp, paths, ct, spect = case
+    shifted = _shifted_spect(tmp, spect, 0.2)
+    assert run_dose(dict(paths, spect=shifted), tmp / "out") == 0
+    err = capsys.readouterr().err
+    assert "lies outside the CT field and is not counted" in err
+    share = int(err.split("% of the SPECT activity")[0].split()[-1])
+    assert 10 <= share <= 35
+    assert _dose(tmp / "out").max() > 0
+
+
+# --- the same refusals through the Slicer bridge: a DblurDoseError, nothing added to the scene --
+
+SLICER_MATRIX = {
+    "NaN in SPECT": (lambda ct, spect: (ct, spect.with_array(_poke(spect.array, np.nan))), {}, "NaN"),
+    "Inf in CT": (lambda ct, spect: (ct.with_array(_poke(ct.array, np.inf)), spect), {}, "infinite"),
+    "negative activity": (lambda ct, spect: (ct, spect.with_array(_poke(spect.array, -5e5))), {}, "negative"),
+    "all-zero SPECT": (lambda ct, spect: (ct, spect.with_array(spect.array * 0)), {}, "no activity"),
+    "no overlap": (lambda ct, spect: (ct, Volume(spect.array, spect.spacing, (900.0, 0, 0))), {}, "do not overlap"),
+    "sheared CT": (lambda ct, spect: (_sheared(ct), spect), {}, "not orthogonal"),
+    "CT of raw stored values": (lambda ct, spect: (ct.with_array(ct.array + 1024), spect), {}, "Hounsfield"),
+    "all-air CT": (lambda ct, spect: (ct.with_array(ct.array * 0 - 1000), spect), {}, "all air"),
+    "kBq/mL read as Bq/mL": (lambda ct, spect: (ct, spect.with_array(spect.array / 1000)), {}, "units"),
+    "counts without calibration": (lambda ct, spect: (ct, spect), {"spect_units": "counts"}, "calibration"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SLICER_MATRIX))
+def test_bad_input_matrix_in_slicer(case, kind):
+    pytest.importorskip("slicer")
+    from slicer_helpers import SlicerScene
+
+    from DblurDoseLib import mrml
+
+    _, _, ct, spect = case
+    make, options, match = SLICER_MATRIX[kind]
+    ct, spect = make(ct, spect)
+    scene = SlicerScene()
+    spect_node = scene.add_volume(spect, "SPECT")
+    mrml.setSpectUnits(spect_node, "bqml")
+    ct_node = scene.add_volume(ct, "CT")
+    nodes = scene.scene.GetNumberOfNodes()
+    with pytest.raises(DblurDoseError, match=match) as error:
+        mrml.computeDoseRateMaps(spect_node, ct_node, methods=("dvk",), device="cpu", **options)
+    assert "\n" not in str(error.value)
+    assert scene.scene.GetNumberOfNodes() == nodes
