@@ -30,7 +30,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     from .density import load_calibration
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps
     from .metrics import drvh_table, statistics_table
-    from .outputs import OutputFolder, write_csv
+    from .outputs import OutputFolder, input_checksum, write_csv
     from .segments import read_segments
     from .volume import read_volume, write_volume
 
@@ -46,9 +46,10 @@ def cmd_dose(args: argparse.Namespace) -> int:
     segments = read_segments(args.seg, ct) if args.seg else None
     t0 = time.perf_counter()
     report: dict = {}
+    spect_units = args.spect_units or "bqml"
     maps = compute_dose_rate_maps(
         spect, ct, methods,
-        spect_units=args.spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
+        spect_units=spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ,
@@ -57,13 +58,23 @@ def cmd_dose(args: argparse.Namespace) -> int:
     )
     for warning in report.get("warnings", []):
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
+    inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
+    provenance = {
+        "spect_units_from": "--spect-units" if args.spect_units else "assumed (the default; the file records no units)",
+        **{f"input_{name}_sha256": input_checksum(path) for name, path in inputs.items() if path},
+    }
     with out as stage:
         for method, volume in maps.items():
+            volume.metadata.update(provenance)
             write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
         if segments:
             arrays = {m: np.asarray(v.array) for m, v in maps.items()}
-            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv")
-            write_csv(drvh_table(arrays, segments), stage / "drvh.csv")
+            made_by = {k: v for k, v in next(iter(maps.values())).metadata.items() if k not in ("method", "model_sha256")}
+            made_by.update({f"model_sha256 ({m})": v.metadata["model_sha256"] for m, v in maps.items()
+                            if "model_sha256" in v.metadata})
+            header = [f"{key}: {value}" for key, value in made_by.items()]
+            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv", header=header)
+            write_csv(drvh_table(arrays, segments), stage / "drvh.csv", header=header)
     for name in out.removed:
         print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
               file=sys.stderr)
@@ -116,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    p.add_argument("--spect-units", default="bqml", choices=("bqml", "kbqml", "mbqml", "counts"))
+    p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
+                   help="units of the SPECT's voxel values (default: bqml, Bq/mL)")
     p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
     p.add_argument("--duration", type=float, help="acquisition duration in seconds (with --spect-units counts)")
     p.add_argument("--per-mbq", action="store_true", help="report nGy/(MBq s) for 1 MBq in the field (paper's unit)")

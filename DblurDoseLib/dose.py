@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .density import check_ct_is_hu, hu_to_density
+from .density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
 from .errors import DblurDoseError, memory_errors_as_dblurdose
 from .resample import ResampleReport, resample_activity
 from .volume import Volume, check_orthogonal
@@ -19,8 +19,6 @@ SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
 #: total activity (MBq) in the SPECT field expected of a Lu-177 patient scan: a value outside it
 #: almost always means wrong units (kBq/mL read as Bq/mL is 1000x low). ``None`` disables the check.
 ACTIVITY_RANGE_MBQ = (5.0, 100_000.0)
-#: density (g/cm3) above which a CT voxel counts as tissue rather than air
-TISSUE_DENSITY = 0.1
 #: least share of the SPECT activity that must fall on CT tissue (else: misaligned, or a CT of air)
 MIN_ACTIVITY_IN_TISSUE = 0.5
 _UNIT_FACTORS = {"bqml": 1.0, "kbqml": 1e3, "mbqml": 1e6}
@@ -173,17 +171,10 @@ def compute_dose_rate_maps(
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
     warnings = unused_option_warnings(methods, spect_units, calibration_cps_per_mbq, duration_s, model)
     network = None
-    if "cnn" in methods and model is not None:
+    if "cnn" in methods:  # read and verified before any work; None: the shipped weights
         from .inference import load_model
 
         network = load_model(model, device=device)
-    elif "cnn" in methods and "cnn" not in available_methods():
-        from .inference import DEFAULT_MODEL_PATH
-
-        raise DblurDoseError(
-            f"the CNN method needs trained DblurDoseNet weights, which are not installed ({DEFAULT_MODEL_PATH}); "
-            "use --method dvk"
-        )
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
@@ -223,13 +214,13 @@ def compute_dose_rate_maps(
                         "is not counted; extend the CT if that activity matters")
     activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
     density = hu_to_density(hu, hu_calibration)
-    in_tissue = float(activity_bq[density >= TISSUE_DENSITY].sum(dtype=np.float64)) / max(
+    in_tissue = float(activity_bq[density >= AIR_DENSITY_THRESHOLD].sum(dtype=np.float64)) / max(
         float(activity_bq.sum(dtype=np.float64)), 1e-30)
     if in_tissue < MIN_ACTIVITY_IN_TISSUE:
         raise DblurDoseError(
-            f"only {in_tissue:.0%} of the SPECT activity lies on tissue in the CT (density >= {TISSUE_DENSITY} g/cm3); "
+            f"only {in_tissue:.0%} of the SPECT activity lies on tissue in the CT (density >= {AIR_DENSITY_THRESHOLD} g/cm3); "
             + ("the CT holds no tissue at all (all air): give the CT of the patient"
-               if not (density >= TISSUE_DENSITY).any() else
+               if not (density >= AIR_DENSITY_THRESHOLD).any() else
                "the SPECT and CT look misaligned, or the CT is of another patient: check their positions or register "
                "them first")
         )
@@ -268,8 +259,21 @@ def compute_dose_rate_maps(
                 f"the {method.upper()} dose-rate map holds NaN or infinite values (the SPECT values may be far too "
                 "large for their units, or the HU calibration or model file is damaged); check the SPECT units "
                 "and values, the HU calibration and the model, nothing was written")
-    for volume in results.values():
-        volume.metadata.update({"units": "nGy/(MBq s)" if per_mbq else "mGy/h", "nuclide": nuclide})
+    from . import __version__
+
+    made_by = {
+        "dblurdose_version": __version__,
+        "units": "nGy/(MBq s)" if per_mbq else "mGy/h",
+        "nuclide": nuclide,
+        "spect_units": spect_units,
+        "kernel": f"{kernel.source} {nuclide} " + "x".join(f"{s:g}" for s in kernel.spacing) + " mm",
+        "dvk_density_scaling": "electron only" if scale_electron_only else "electron and photon",
+        "hu_calibration": "user table" if hu_calibration is not None else "built-in",
+    }
+    for method, volume in results.items():
+        volume.metadata.update({**made_by, "method": method})
+        if method == "cnn":
+            volume.metadata["model_sha256"] = getattr(network, "sha256", "unknown")
     if report is not None:
         report.update(
             total_activity_mbq=total_mbq,

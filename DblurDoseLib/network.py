@@ -453,4 +453,5 @@ def load_model_file(path: str | os.PathLike, device="cpu") -> DblurDoseNet:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise DblurDoseError(f"the weights in {path} do not fit the {model.variant!r} network ({exc}); {fix}") from None
+    model.sha256 = payload["sha256"]  # provenance: written into every map the model makes
     return model.to(device).eval()

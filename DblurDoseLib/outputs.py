@@ -216,6 +216,22 @@ def _looks_like_write_failure(exc: BaseException) -> bool:
     return any(s in text for s in ("no space", "write", "permission denied", "could not create"))
 
 
+def input_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of an input file, or of a folder's files (a DICOM series: names and contents, sorted)."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def neutralise_cell(value):
     """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP)."""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
