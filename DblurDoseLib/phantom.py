@@ -16,6 +16,10 @@ Those images are not ours to ship, so :func:`make_phantom` draws a comparable pa
   mono-exponential effective clearance (:data:`EFFECTIVE_HALF_LIFE_H`), low-frequency
   multiplicative heterogeneity inside organs, and PET-like edges (a Gaussian of ``pet_fwhm_mm``
   in millimetres, like the paper's PET-based truth); zero outside the body;
+* 4-12 lesions (:data:`LESION_SITES`: liver, lung, lung base, nodes, pancreas, mesentery, beside a
+  kidney, in a vertebral body), a share of them small (1-10 mL), each at a day-1 contrast of
+  3:1-100:1 (log-uniform) to the tissue around it, clearing with its own effective half-life; bone
+  lesions are sclerotic (:data:`BONE_LESION_HU`), so their density is bone-like;
 * an int16 labelmap of organs and lesions (the paper's VOIs: healthy liver, each lesion, left
   and right kidney, spleen, lumbar vertebrae L2-L5, ...) and a tissue map that resolves
   sub-compartments (kidney cortex / medulla / pelvis, cortical / trabecular bone, necrosis).
@@ -1096,8 +1100,9 @@ class _Patient:
             return False
         if site == "bone":
             return bool(self._inside_vertebral_body(vertebra, P).all())
-        if site == "kidney":
-            return self._beside_kidney_clear(P)
+        if site == "kidney":  # the points, then the deformed shape on a 0.75 mm lattice: outside both kidneys
+            return self._beside_kidney_clear(P) and self._volume_ml(
+                lambda X, Y, Z: (blob.level(X, Y, Z) < 1) & self._in_kidney_body(X, Y, Z), blob.bbox(), 0.75) == 0
         if site not in ("liver", "lung", "lung_base"):
             return bool(self._inside_organ("cavity", P).all()) and self._clear_of(P, site != "pancreas")
         if not self._inside_organ("lung" if site == "lung_base" else site, P).all():
@@ -1139,12 +1144,14 @@ class _Patient:
             return None
         return k["c"] + d * (s[int(np.argmax(outside))] + 1.1 * r + rng.uniform(0.0, 2.0))
 
+    def _in_kidney_body(self, X, Y, Z):
+        return (self.kidneys["left"]["body"].level(X, Y, Z) < 1) | (self.kidneys["right"]["body"].level(X, Y, Z) < 1)
+
     def _beside_kidney_clear(self, P: np.ndarray) -> bool:
         """True when the lesion points P (n, 3 mm) are outside both kidneys and clear of the other organs."""
         X, Y, Z = (P[:, i].astype(F32) for i in range(3))
         bad = self.liver_inside(X, Y, Z) | self.spleen_inside(X, Y, Z) | ~self.inside("cavity", X, Y, Z, 2.0)
-        for k in self.kidneys.values():
-            bad |= k["body"].level(X, Y, Z) < 1.0
+        bad |= self._in_kidney_body(X, Y, Z)
         for tube in (self.aorta, self.ivc, *self.psoas):
             bad |= tube.level(X, Y, Z) < 1.0
         bad |= self._near_spine(X, Y, Z, 4.0)
