@@ -1145,6 +1145,7 @@ class _Patient:
         return k["c"] + d * (s[int(np.argmax(outside))] + 1.1 * r + rng.uniform(0.0, 2.0))
 
     def _in_kidney_body(self, X, Y, Z):
+        """True inside either kidney's outline (hilum included), for points or grid boxes in mm."""
         return (self.kidneys["left"]["body"].level(X, Y, Z) < 1) | (self.kidneys["right"]["body"].level(X, Y, Z) < 1)
 
     def _beside_kidney_clear(self, P: np.ndarray) -> bool:
