@@ -268,6 +268,19 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     return info
 
 
+def truth_file(decays: int | None = None, uncertainty: bool = False) -> str:
+    """Name of a phantom's Monte Carlo label: the full one (``decays=None``) or the mean over its first
+    ``decays`` decays; with ``uncertainty``, that label's relative uncertainty."""
+    stem = "mc_truth" if decays is None else f"mc_truth_d{int(decays)}"
+    return f"{stem}_unc.nrrd" if uncertainty else f"{stem}.nrrd"
+
+
+def label_decays_available(folder: str | os.PathLike) -> list[int]:
+    """Decay counts of the partial labels (``mc_truth_d{N}.nrrd``) in a phantom folder, ascending."""
+    names = (p.name for p in Path(folder).glob("mc_truth_d*.nrrd"))
+    return sorted(int(n[len("mc_truth_d"):-len(".nrrd")]) for n in names if n[len("mc_truth_d"):-len(".nrrd")].isdigit())
+
+
 def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
                      log: Callable[[str], None] = print) -> dict:
     """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
@@ -305,8 +318,11 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     phantom_files = ["hu.nrrd", "density.nrrd", "activity.nrrd", "labels.nrrd", "labels.json"]
 
     def make_anatomy() -> None:
-        maker = make_shapes_phantom if family == "shapes" else make_phantom
-        ph = maker(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
+        if family == "shapes":
+            ph = make_shapes_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
+        else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
+            ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days,
+                              lesion_classes=split == "test")
         for name, vol in (("hu", ph.hu), ("density", ph.density), ("activity", ph.activity), ("labels", ph.labels)):
             _write(vol, folder / f"{name}.nrrd")
         meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
@@ -347,11 +363,20 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
             _write(dose, folder / f"mc_spect{tag}_r{r}.nrrd")
 
     def make_truth() -> None:
+        """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
+        the first 1/8, 1/4 and 1/2 of the decays as ``mc_truth_d{N}.nrrd`` (N decays, mGy/h) with
+        ``mc_truth_d{N}_unc.nrrd``, then the mean of all as ``mc_truth.nrrd``/``mc_truth_unc.nrrd``,
+        written last: the part is done once it exists."""
+        from .montecarlo import nested_monte_carlo_dose_rate
+
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
         decays = settings.test_decays if split == "test" else settings.decays
-        dose, unc = monte_carlo_dose_rate(bq, density, int(decays), seed, threads=settings.threads)
-        _write(dose, folder / "mc_truth.nrrd")
-        _write(unc, folder / "mc_truth_unc.nrrd")
+        levels = nested_monte_carlo_dose_rate(bq, density, int(decays), seed, threads=settings.threads)
+        for n in sorted(levels, reverse=True):  # the full label (most decays) last
+            dose, unc = levels[n]
+            full = n == max(levels)
+            _write(dose, folder / truth_file(None if full else n))
+            _write(unc, folder / truth_file(None if full else n, uncertainty=True))
 
     for tag in tags:
         part(f"spect{tag}", files("spect_native", tag) + files("spect", tag), lambda tag=tag: make_spect(tag))

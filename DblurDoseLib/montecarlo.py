@@ -621,5 +621,65 @@ def monte_carlo_dose_rate(
     )
 
 
+#: Batches of a nested Monte Carlo label (:func:`nested_monte_carlo_dose_rate`).
+LABEL_BATCHES = 8
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """Seed of batch ``batch`` of a nested run with ``seed`` (independent streams, 31-bit)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(batch), 0x6E6573]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def nested_monte_carlo_dose_rate(
+    activity_bq: Volume,
+    density: Volume,
+    n_decays: int,
+    seed: int = 1,
+    n_batches: int = LABEL_BATCHES,
+    progress: Progress | None = None,
+    **kwargs,
+) -> dict[int, tuple[Volume, Volume]]:
+    """Monte Carlo dose rate in ``n_batches`` independent batches, with the running means kept.
+
+    Batch ``k`` simulates ``n_decays // n_batches`` decays with seed :func:`batch_seed` (seed, k)
+    (other arguments as :func:`monte_carlo_dose_rate`). Returns, for the first 1, 2, 4, ... batches
+    and for all of them, {decays asked for: (mean dose rate in mGy/h, its relative uncertainty
+    (1 sigma))}; each level is the plain mean of the batches it holds (equal decays: the
+    decay-weighted mean), so the level with the most decays is the full label and each level nests
+    the ones below it. The uncertainty combines the batches' own (ompmc batch) estimates of the
+    absolute variance: sigma(mean) = sqrt(sum sigma_k^2) / k.
+    """
+    n_batches = int(n_batches)
+    if n_batches < 1 or int(n_decays) < n_batches:
+        raise DblurDoseError(f"a nested Monte Carlo run needs at least 1 batch and 1 decay per batch, "
+                             f"got {n_decays} decays in {n_batches} batches")
+    per_batch = int(n_decays) // n_batches
+    levels = {k for k in (2 ** i for i in range(n_batches.bit_length())) if k < n_batches} | {n_batches}
+    total = np.zeros(density.shape, np.float64)
+    variance = np.zeros(density.shape, np.float64)
+    simulated = 0
+    out: dict[int, tuple[Volume, Volume]] = {}
+    for k in range(n_batches):
+        def report(f: float, message: str, k=k):
+            return True if progress is None else progress((k + f) / n_batches, f"batch {k + 1}/{n_batches}: {message}")
+
+        res = monte_carlo_dose_rate(activity_bq, density, per_batch, batch_seed(seed, k), progress=report, **kwargs)
+        dose = np.asarray(res.dose_rate.array, np.float64)
+        total += dose
+        variance += (dose * res.uncertainty.array) ** 2
+        simulated += res.n_decays
+        if k + 1 in levels:
+            mean = total / (k + 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel = np.where(mean > 0, np.sqrt(variance) / (k + 1) / mean, 0.0)
+            dose_v = res.dose_rate.with_array(mean.astype(np.float32))
+            dose_v.metadata.update({**res.dose_rate.metadata, "decays": str(simulated), "seed": str(seed),
+                                    "batches": f"{k + 1}/{n_batches}"})
+            unc_v = res.uncertainty.with_array(rel.astype(np.float32))
+            unc_v.metadata.update(res.uncertainty.metadata)
+            out[per_batch * (k + 1)] = (dose_v, unc_v)
+    return out
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1])

@@ -16,6 +16,10 @@ Those images are not ours to ship, so :func:`make_phantom` draws a comparable pa
   mono-exponential effective clearance (:data:`EFFECTIVE_HALF_LIFE_H`), low-frequency
   multiplicative heterogeneity inside organs, and PET-like edges (a Gaussian of ``pet_fwhm_mm``
   in millimetres, like the paper's PET-based truth); zero outside the body;
+* 4-12 lesions (:data:`LESION_SITES`: liver, lung, lung base, nodes, pancreas, mesentery, beside a
+  kidney, in a vertebral body), a share of them small (1-10 mL), each at a day-1 contrast of
+  3:1-100:1 (log-uniform) to the tissue around it, clearing with its own effective half-life; bone
+  lesions are sclerotic (:data:`BONE_LESION_HU`), so their density is bone-like;
 * an int16 labelmap of organs and lesions (the paper's VOIs: healthy liver, each lesion, left
   and right kidney, spleen, lumbar vertebrae L2-L5, ...) and a tissue map that resolves
   sub-compartments (kidney cortex / medulla / pelvis, cortical / trabecular bone, necrosis).
@@ -95,8 +99,9 @@ TISSUES: dict[str, int] = {
     "breast": 24,
 }
 
-#: Day-1 concentration ranges drawn per patient, MBq/mL, for 7.4 GBq injected (uniform draws;
-#: lesions log-uniform). Kidney values are for the cortex; medulla and pelvis are fractions of it.
+#: Day-1 concentration ranges drawn per patient, MBq/mL, for 7.4 GBq injected (uniform draws).
+#: Kidney values are for the cortex; medulla and pelvis are fractions of it. Lesions are set by
+#: their contrast to the tissue around them (:data:`LESION_CONTRAST`, :data:`LESION_SITES`).
 UPTAKE_DAY1: dict[str, tuple[float, float]] = {
     "kidney_cortex": (0.15, 0.35),
     "kidney_medulla_fraction": (0.35, 0.55),
@@ -112,8 +117,6 @@ UPTAKE_DAY1: dict[str, tuple[float, float]] = {
     "fat_fraction_of_muscle": (0.25, 0.4),
     "lung": (0.002, 0.004),
     "marrow": (0.008, 0.016),
-    "lesion": (0.10, 1.20),
-    "lesion_low": (0.04, 0.10),
 }
 #: Effective half-lives (h), drawn per patient (lesions per lesion) from these ranges.
 EFFECTIVE_HALF_LIFE_H: dict[str, tuple[float, float]] = {
@@ -130,6 +133,37 @@ EFFECTIVE_HALF_LIFE_H: dict[str, tuple[float, float]] = {
     "marrow": (45.0, 60.0),
     "lesion": (70.0, 130.0),
 }
+
+#: Day-1 lesion-to-surroundings concentration ratio, drawn log-uniformly per lesion.
+LESION_CONTRAST: tuple[float, float] = (3.0, 100.0)
+#: Lesion sites: (tissue whose day-1 concentration the contrast refers to, median volume mL,
+#: largest volume mL). ``kidney``: beside a kidney, touching it or a few mm from its surface;
+#: ``bone``: in a vertebral body (T9-L5), replacing trabecular bone; ``lung_base``: in the lung
+#: just above the diaphragm. ``fat`` is the soft-tissue background around nodes.
+LESION_SITES: dict[str, tuple[str, float, float]] = {
+    "liver": ("liver", 16.0, 180.0),
+    "lung": ("lung", 5.0, 30.0),
+    "lung_base": ("lung", 5.0, 30.0),
+    "node": ("fat", 6.0, 40.0),
+    "pancreas": ("pancreas", 8.0, 60.0),
+    "mesentery": ("fat", 12.0, 80.0),
+    "kidney": ("fat", 8.0, 40.0),
+    "bone": ("marrow", 1.8, 3.0),
+}
+#: Number of lesions drawn per patient, [low, high) (a lesion with no room anywhere is dropped).
+LESION_COUNT: tuple[int, int] = (4, 13)
+#: Share of lesions whose volume is drawn log-uniformly in :data:`SMALL_LESION_ML` (the others:
+#: log-normal around the site median, one e-fold wide).
+SMALL_LESION_SHARE = 0.35
+SMALL_LESION_ML: tuple[float, float] = (1.0, 10.0)
+#: Size classes (mL, [low, high)) that ``make_phantom(..., lesion_classes=True)`` fills with at
+#: least :data:`LESIONS_PER_CLASS` lesions each, and the volumes it aims at to fill them.
+LESION_SIZE_CLASSES_ML: tuple[tuple[float, float], ...] = ((1.0, 5.0), (5.0, 20.0), (20.0, math.inf))
+_LESION_CLASS_TARGETS_ML: tuple[tuple[float, float], ...] = ((1.5, 4.0), (7.0, 15.0), (23.0, 40.0))
+LESIONS_PER_CLASS = 2
+#: Bone lesions are sclerotic (osteoblastic, the usual NET bone metastasis): CT numbers (HU)
+#: drawn uniformly here, above trabecular bone, so their density (from the HU) is bone-like.
+BONE_LESION_HU: tuple[float, float] = (450.0, 900.0)
 
 PAINT_PRIORITY: tuple[str, ...] = (
     "fat (subcutaneous)", "muscle (body wall)", "fat (visceral)", "arms", "breasts", "lungs", "diaphragm (muscle)",
@@ -425,8 +459,9 @@ class _Patient:
     NTH = 2048
     ZT0, DZT, NZT = -330.0, 2.0, 331
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, lesion_classes: bool = False):
         self.seed = int(seed)
+        self.lesion_classes = bool(lesion_classes)
         rng = np.random.default_rng([self.seed, 20220117])
         self.rng = rng
         self._draw_demographics(rng)
@@ -873,41 +908,85 @@ class _Patient:
         self.hu_trab = float(np.clip(310 - 2.2 * (self.age - 35) + rng.normal(0, 20), 170, 330))
 
     # -- lesions ----------------------------------------------------------------------------
+    _SITE_POOL = ("liver", "liver", "liver", "node", "node", "pancreas", "mesentery", "lung", "lung_base", "kidney",
+                  "bone")
+
     def _draw_lesions(self, rng):
-        n = int(rng.integers(2, 8))
+        n = int(rng.integers(*LESION_COUNT))
         sites = []
         if rng.random() < 0.85:
             sites.append("liver")
         if rng.random() < 0.4:
             sites.append("lung")
-        pool = ["liver", "liver", "liver", "node", "node", "pancreas", "mesentery", "lung"]
         while len(sites) < n:
-            sites.append(pool[int(rng.integers(len(pool)))])
-        caps = {"liver": 180.0, "lung": 30.0, "node": 40.0, "pancreas": 60.0, "mesentery": 80.0}
-        medians = {"liver": 16.0, "lung": 5.0, "node": 6.0, "pancreas": 8.0, "mesentery": 12.0}
+            sites.append(self._SITE_POOL[int(rng.integers(len(self._SITE_POOL)))])
         self.lesions = []
         for site in sites:
-            vol = float(np.clip(math.exp(rng.normal(math.log(medians[site]), 1.0)), 1.0, caps[site]))
-            low = rng.random() < 0.15
-            c1 = float(math.exp(rng.uniform(*np.log(UPTAKE_DAY1["lesion_low" if low else "lesion"]))))
-            teff = float(rng.uniform(*EFFECTIVE_HALF_LIFE_H["lesion"]))
-            necrotic = vol >= 10.0 and rng.random() < 0.5
-            nu = float(rng.uniform(0.4, 0.65)) if necrotic else 0.0
-            hu = float(rng.uniform(32, 46)) if site == "liver" else float(rng.uniform(35, 48))
-            placed = None
-            for _attempt in range(4):
-                placed = self._place(rng, site, vol)
-                if placed is not None:
+            les = self._new_lesion(rng, site, self._draw_volume(rng, site))
+            if les is not None:
+                self.lesions.append(les)
+        if self.lesion_classes:  # its own stream: the patient and its other lesions stay as they are
+            self._fill_size_classes(np.random.default_rng([self.seed, 20220117, 2]))
+
+    def _draw_volume(self, rng, site: str) -> float:
+        """A lesion volume (mL) for ``site``: small (log-uniform 1-10 mL) or log-normal around the site median."""
+        _, median, cap = LESION_SITES[site]
+        if rng.random() < SMALL_LESION_SHARE:
+            vol = math.exp(rng.uniform(*np.log(SMALL_LESION_ML)))
+        else:
+            vol = math.exp(rng.normal(math.log(median), 1.0))
+        return float(np.clip(vol, 1.0, cap))
+
+    def _fill_size_classes(self, rng, max_tries: int = 60):
+        """Add lesions until every :data:`LESION_SIZE_CLASSES_ML` class holds :data:`LESIONS_PER_CLASS`."""
+        for (lo, hi), target in zip(LESION_SIZE_CLASSES_ML, _LESION_CLASS_TARGETS_ML):
+            for tries in range(max_tries + 1):
+                if sum(lo <= les["volume_ml"] < hi for les in self.lesions) >= LESIONS_PER_CLASS:
                     break
-                vol = max(vol * 0.6, 1.0)
-            if placed is None and site != "liver":  # no room there: a liver lesion instead
-                site = "liver"
-                placed = self._place(rng, site, min(vol, 30.0))
-            if placed is None:
-                continue
-            blob, vol_ml = placed
-            self.lesions.append({"site": site, "blob": blob, "volume_ml": vol_ml, "c1": c1, "teff": teff,
-                                 "necrotic": necrotic, "nu": nu, "hu": hu, "hu_nec": float(rng.uniform(12, 25))})
+                if tries == max_tries:
+                    raise DblurDoseError(f"seed {self.seed}: no room for {LESIONS_PER_CLASS} lesions of {lo:g}-{hi:g} mL; "
+                                         "use another seed or lesion_classes=False")
+                vol = math.exp(rng.uniform(*np.log(target)))
+                sites = [site for site in self._SITE_POOL if LESION_SITES[site][2] >= vol]
+                site = "liver" if rng.random() < 0.5 else sites[int(rng.integers(len(sites)))]
+                les = self._new_lesion(rng, site, vol, shrink=False)
+                if les is not None and lo <= les["volume_ml"] < hi:
+                    self.lesions.append(les)
+
+    def _reference_c1(self, tissue: str) -> float:
+        """Day-1 concentration (MBq/mL) of the tissue a lesion's contrast refers to."""
+        return self.c1["muscle"] * self.fat_frac if tissue == "fat" else self.c1[tissue]
+
+    def _new_lesion(self, rng, site: str, vol: float, shrink: bool = True) -> dict | None:
+        """Place one lesion of about ``vol`` mL at ``site`` and draw its contrast, clearance and CT numbers.
+
+        With ``shrink`` a lesion that does not fit is tried smaller, then (outside the liver) as a
+        liver lesion; None when it fits nowhere.
+        """
+        contrast = float(math.exp(rng.uniform(*np.log(LESION_CONTRAST))))
+        teff = float(rng.uniform(*EFFECTIVE_HALF_LIFE_H["lesion"]))
+        placed = self._place(rng, site, vol)
+        for _attempt in range(3 if shrink else 0):
+            if placed is not None:
+                break
+            vol = max(vol * 0.6, 1.0)
+            placed = self._place(rng, site, vol)
+        if placed is None and shrink and site != "liver":  # no room there: a liver lesion instead
+            site = "liver"
+            placed = self._place(rng, site, min(vol, 30.0))
+        if placed is None:
+            return None
+        blob, vol_ml = placed
+        necrotic = vol_ml >= 10.0 and rng.random() < 0.5
+        nu = float(rng.uniform(0.4, 0.65)) if necrotic else 0.0
+        if site == "bone":
+            hu = float(rng.uniform(*BONE_LESION_HU))
+        else:
+            hu = float(rng.uniform(32, 46)) if site == "liver" else float(rng.uniform(35, 48))
+        reference = LESION_SITES[site][0]
+        return {"site": site, "blob": blob, "volume_ml": vol_ml, "contrast": contrast, "reference": reference,
+                "c1": contrast * self._reference_c1(reference), "teff": teff, "necrotic": necrotic, "nu": nu,
+                "hu": hu, "hu_nec": float(rng.uniform(12, 25))}
 
     def _lesion_blob(self, rng, c, vol):
         r = (3 * vol * 1000 / (4 * math.pi)) ** (1 / 3)
@@ -976,6 +1055,23 @@ class _Patient:
                 else:  # porta hepatis / peripancreatic
                     c = np.array([rng.uniform(-0.35, 0.1) * ac, rng.uniform(-0.45, -0.1) * bca,
                                   rng.uniform(self.level_z("L2"), self.level_z("T12"))])
+            elif site == "lung_base":  # just above the diaphragm, mostly in the posterior recesses
+                acl, bcal, bcpl = self.cav_axes(self.dia_zR + 20)
+                x, y = rng.uniform(-0.85 * acl, 0.85 * acl), rng.uniform(-0.5 * bcal, 0.9 * bcpl)
+                zd = float(self.z_diaphragm(np.array([x], F32), np.array([y], F32))[0])
+                c = np.array([x, y, zd + 1.1 * r + rng.uniform(6.0, 16.0)])
+            elif site == "kidney":
+                c = self._beside_kidney(rng, r)
+                if c is None:
+                    continue
+            elif site == "bone":
+                i = self._vertebra_for_lesion(rng, r)
+                if i is None:
+                    return None
+                zc, h, ax, ay = self.vz[i], self.vheight[i], self.vax[i], self.vay[i]
+                z = zc + rng.uniform(-1, 1) * max(h / 2 - r - 2, 0.0)
+                c = np.array([rng.uniform(-1, 1) * max(ax - r - 2, 0.0) * 0.7,
+                              float(self.y_vb_of(z)) + rng.uniform(-1, 1) * max(ay - r - 2, 0.0) * 0.7, z])
             elif site == "pancreas":
                 t = rng.uniform(0.2, 0.9)
                 i = min(int(t * (len(self.pancreas.p) - 1)), len(self.pancreas.p) - 2)
@@ -987,24 +1083,81 @@ class _Patient:
             if abs(c[2]) > zlim:
                 continue
             blob = self._lesion_blob(rng, c, vol)
-            P = self._surface_points(blob)
-            if any(np.linalg.norm(P[0] - other["blob"].c) < (blob.axes.max() + other["blob"].axes.max()) * 1.15 + 4
-                   for other in self.lesions):
+            vertebra = i if site == "bone" else None
+            if not self._fits(site, blob, vertebra):
                 continue
-            if site in ("liver", "lung"):
-                if not self._inside_organ(site, P).all():
-                    continue
-                if site == "liver":
-                    X, Y, Z = (P[:, i].astype(F32) for i in range(3))
-                    if (self.ivc.level(X, Y, Z) < 1.2).any() or (self.has_gb and (self.gb.level(X, Y, Z) < 1.2).any()):
-                        continue
-                    if any((k["body"].level(X, Y, Z) < 1.1).any() for k in self.kidneys.values()):
-                        continue
-            else:
-                if not self._inside_organ("cavity", P).all() or not self._clear_of(P, site != "pancreas"):
-                    continue
-            return blob, self._measure(blob)
+            blob.axes = blob.axes * (vol / self._measure(blob)) ** (1 / 3)  # the volume drawn, whatever the deformation
+            if self._fits(site, blob, vertebra):
+                return blob, self._measure(blob)
         return None
+
+    def _fits(self, site: str, blob: _Blob, vertebra: int | None = None) -> bool:
+        """True when a lesion ``blob`` at ``site`` (in vertebral body ``vertebra`` for bone) stays where
+        it belongs and clear of the other lesions."""
+        P = self._surface_points(blob)
+        if any(np.linalg.norm(P[0] - other["blob"].c) < (blob.axes.max() + other["blob"].axes.max()) * 1.15 + 4
+               for other in self.lesions):
+            return False
+        if site == "bone":
+            return bool(self._inside_vertebral_body(vertebra, P).all())
+        if site == "kidney":  # the points, then the deformed shape on a 0.75 mm lattice: outside both kidneys
+            return self._beside_kidney_clear(P) and self._volume_ml(
+                lambda X, Y, Z: (blob.level(X, Y, Z) < 1) & self._in_kidney_body(X, Y, Z), blob.bbox(), 0.75) == 0
+        if site not in ("liver", "lung", "lung_base"):
+            return bool(self._inside_organ("cavity", P).all()) and self._clear_of(P, site != "pancreas")
+        if not self._inside_organ("lung" if site == "lung_base" else site, P).all():
+            return False
+        if site == "liver":
+            X, Y, Z = (P[:, k].astype(F32) for k in range(3))
+            if (self.ivc.level(X, Y, Z) < 1.2).any() or (self.has_gb and (self.gb.level(X, Y, Z) < 1.2).any()):
+                return False
+            if any((k["body"].level(X, Y, Z) < 1.1).any() for k in self.kidneys.values()):
+                return False
+        return True
+
+    def _vertebra_for_lesion(self, rng, r: float) -> int | None:
+        """Index of a random vertebra (T9-L5, inside the field) whose body can hold a lesion of radius r (mm)."""
+        half_field = STANDARD_FIELD_MM[2] / 2
+        fits = [i for i in range(VERTEBRA_LEVELS.index("T9"), len(VERTEBRA_LEVELS))
+                if abs(self.vz[i]) + self.vheight[i] / 2 < half_field and min(self.vheight[i] / 2, self.vay[i]) > 1.1 * r + 2]
+        return fits[int(rng.integers(len(fits)))] if fits else None
+
+    def _inside_vertebral_body(self, i: int, P: np.ndarray) -> np.ndarray:
+        """True for points (n, 3 mm) inside the trabecular bone of vertebral body ``i`` (2 mm off its cortex)."""
+        X, Y, Z = (P[:, k] for k in range(3))
+        ax, ay = self.vax[i], self.vay[i]
+        rr = np.sqrt((X / ax) ** 2 + ((Y - self.y_vb_of(Z)) / ay) ** 2)
+        return (rr < 1 - 2.0 / ay) & (np.abs(Z - self.vz[i]) < self.vheight[i] / 2 - 2.0)
+
+    def _beside_kidney(self, rng, r: float) -> np.ndarray | None:
+        """Centre (mm) of a lesion of radius r just outside a random kidney's surface (0-2 mm gap
+        beyond 1.1 r), on its lateral, polar or dorsal/ventral side (not at the hilum)."""
+        k = self.kidneys["left" if rng.random() < 0.5 else "right"]
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        if np.dot(d, -k["rot"][:, 1]) > 0.3:  # the hilum faces -rot[:, 1]
+            return None
+        s = np.linspace(0.0, 1.6 * k["lh"], 321)
+        pts = (k["c"][None, :] + s[:, None] * d[None, :]).astype(F32)
+        outside = k["body"].level(pts[:, 0], pts[:, 1], pts[:, 2]) >= 1
+        if not outside.any():
+            return None
+        return k["c"] + d * (s[int(np.argmax(outside))] + 1.1 * r + rng.uniform(0.0, 2.0))
+
+    def _in_kidney_body(self, X, Y, Z):
+        """True inside either kidney's outline (hilum included), for points or grid boxes in mm."""
+        return (self.kidneys["left"]["body"].level(X, Y, Z) < 1) | (self.kidneys["right"]["body"].level(X, Y, Z) < 1)
+
+    def _beside_kidney_clear(self, P: np.ndarray) -> bool:
+        """True when the lesion points P (n, 3 mm) are outside both kidneys and clear of the other organs."""
+        X, Y, Z = (P[:, i].astype(F32) for i in range(3))
+        bad = self.liver_inside(X, Y, Z) | self.spleen_inside(X, Y, Z) | ~self.inside("cavity", X, Y, Z, 2.0)
+        bad |= self._in_kidney_body(X, Y, Z)
+        for tube in (self.aorta, self.ivc, *self.psoas):
+            bad |= tube.level(X, Y, Z) < 1.0
+        bad |= self._near_spine(X, Y, Z, 4.0)
+        bad |= Z > self.z_diaphragm(X, Y) - 8
+        return not bad.any()
 
     def _measure(self, blob):
         lo, hi = blob.bbox()
@@ -1535,14 +1688,25 @@ def _heterogeneity_sigma(n_labels: int) -> np.ndarray:
     return s
 
 
+#: The organ each lesion site counts towards in :attr:`Phantom.info` (others: ``soft_tissue``).
+_LESION_ORGAN = {"liver": "liver", "lung": "lung", "lung_base": "lung", "pancreas": "pancreas", "bone": "bone"}
+
+
 def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time_days: float = 1.0,
-                 *, pet_fwhm_mm: float = 5.0, ct_noise_hu: float = 12.0) -> Phantom:
+                 *, pet_fwhm_mm: float = 5.0, ct_noise_hu: float = 12.0, lesion_classes: bool = False) -> Phantom:
     """A seeded virtual patient on a CT grid of ``shape`` (z, y, x) voxels at ``spacing`` (x, y, z) mm.
 
     The anatomy and uptake depend on ``seed`` only (physical millimetres), so grids of different
     resolution over the same field give the same patient. ``spacing=None`` picks the spacing that
     makes ``shape`` cover the standard 50.2 x 50.2 x 39 cm field. ``time_days`` (days after a
     7.4 GBq injection) scales every tissue by its effective clearance from day 1.
+
+    Lesions (4-12, :data:`LESION_SITES`) have volumes of 1 mL up (:data:`SMALL_LESION_SHARE` of
+    them 1-10 mL) and a day-1 contrast of 3:1 to 100:1 to the tissue around them; each is listed
+    in ``info["lesions"]`` (site, volume_ml, contrast, necrotic, ...). ``lesion_classes=True``
+    (test phantoms) adds lesions until each class of :data:`LESION_SIZE_CLASSES_ML` (1-5, 5-20,
+    >20 mL, by the analytic volume) holds at least :data:`LESIONS_PER_CLASS`; the same seed gives
+    the same patient with or without it, plus those lesions.
     """
     try:
         seed = int(seed)
@@ -1560,7 +1724,7 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
         raise DblurDoseError(f"time_days must be in (0, 60] days after injection, got {time_days}")
     time_days = float(time_days)
 
-    P = _Patient(seed)
+    P = _Patient(seed, lesion_classes)
     grid = _Grid(shape, spacing)
     cv = _Canvas(grid)
     _paint_anatomy(P, cv)
@@ -1634,10 +1798,11 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
         site = les["site"]
         lesions.append({
             "label": LESION_LABEL_BASE + n, "name": f"lesion_{n}", "site": site,
-            "organ": site if site in ("liver", "lung", "pancreas") else "soft_tissue",
+            "organ": _LESION_ORGAN.get(site, "soft_tissue"),
             "volume_ml": round(les["volume_ml"], 3), "centre_mm": [round(float(v), 2) for v in les["blob"].c],
             "uptake_MBq_per_mL": conc["lesions"][n - 1], "uptake_day1_MBq_per_mL": les["c1"],
-            "effective_half_life_h": les["teff"], "necrotic": bool(les["necrotic"]),
+            "effective_half_life_h": les["teff"], "contrast": les["contrast"], "contrast_reference": les["reference"],
+            "contrast_at_time": conc["lesions"][n - 1] / conc["organs"][les["reference"]], "necrotic": bool(les["necrotic"]),
             "necrotic_fraction": round(les["nu"] ** 3, 3), "hu": les["hu"],
         })
     info = {

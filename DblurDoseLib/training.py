@@ -2,7 +2,8 @@
 
 Data: ``DIR/manifest.json`` lists the phantoms with their split ("train"/"test") and number of
 SPECT realisations; ``DIR/pNN/`` holds ``density.nrrd`` (g/cm3), ``spect_r*.nrrd`` (Bq/mL),
-``dvk_r*.nrrd`` and ``mc_truth.nrrd`` (mGy/h), all on the CT grid. Each (phantom,
+``dvk_r*.nrrd`` and ``mc_truth.nrrd`` (mGy/h; or with ``--label-decays N`` the nested partial
+label ``mc_truth_dN.nrrd``), all on the CT grid. Each (phantom,
 realisation) is one training volume; "test" phantoms are never read. Validation holds out
 whole phantoms of the "train" split (20%, at least one when there are two or more; chosen
 by the seed), so no slice of a validation phantom is ever trained on.
@@ -130,13 +131,31 @@ def _array(path: Path, cache: Path) -> np.ndarray:
     return np.load(npy, mmap_mode="r")
 
 
-def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cache: Path) -> list[_Case]:
+def label_file(data_dir: Path, phantoms: list[str], label_decays: int | None = None) -> str:
+    """The label file to read: ``mc_truth.nrrd``, or with ``label_decays`` the nested partial label
+    ``mc_truth_d{N}.nrrd`` of that many decays, which every phantom in ``phantoms`` must hold."""
+    from .data import label_decays_available, truth_file
+
+    if label_decays is None:
+        return truth_file()
+    held = [set(label_decays_available(data_dir / name)) for name in phantoms]
+    available = sorted(set.intersection(*held)) if held else []
+    if int(label_decays) not in available:
+        raise DblurDoseError(f"the data set has no label of {label_decays} decays (available: "
+                             f"{', '.join(map(str, available)) or 'none'}); pass one of those to --label-decays, "
+                             "or leave it out for the full label")
+    return truth_file(int(label_decays))
+
+
+def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cache: Path,
+               label: str = "mc_truth.nrrd") -> list[_Case]:
+    """The (phantom, realisation) volumes of ``phantoms``, trained towards the label file ``label``."""
     voxel_ml = float(np.prod(manifest["spacing"])) / 1000.0
     cases = []
     for name in phantoms:
         folder = data_dir / name
         density = _array(folder / "density.nrrd", cache)
-        truth = _array(folder / "mc_truth.nrrd", cache)
+        truth = _array(folder / label, cache)
         body = np.flatnonzero(density.reshape(-1) >= 0.1)
         flat_truth = truth.reshape(-1)
         hot = body[flat_truth[body] >= np.quantile(flat_truth[body], HOT_QUANTILE)] if body.size else body
@@ -288,6 +307,7 @@ def train(
     schedule: str = "onecycle",
     warmup: float = 0.05,
     hot_fraction: float = HOT_FRACTION,
+    label_decays: int | None = None,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -295,7 +315,9 @@ def train(
     (slices x in-plane area / patch area / batch size). ``schedule``: "onecycle" (linear warm-up
     over the first ``warmup`` of all steps to ``lr``, then cosine annealing to lr/1e4, stepped
     every step) or "plateau" (``lr`` divided by 5 after ``patience`` epochs without a better
-    validation loss). See the module docstring.
+    validation loss). ``label_decays``: train on the nested partial label of that many decays
+    (``mc_truth_d{N}.nrrd``, noisier) instead of the full one; validation stays on the full label.
+    See the module docstring.
     """
     import torch
     import torch.distributed as dist
@@ -346,7 +368,8 @@ def train(
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
              f"(held out: {', '.join(val_names) or 'none'})")
-    cases = load_cases(data_dir, train_names, manifest, config, cache)
+    label = label_file(data_dir, train_names, label_decays)
+    cases = load_cases(data_dir, train_names, manifest, config, cache, label)
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
     if not cases:
         raise DblurDoseError("no training volume holds any activity; check the data set")
@@ -398,7 +421,8 @@ def train(
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": patch, "slab": slab, "seed": seed,
                 "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
-                "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction}
+                "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction,
+                "label_decays": label_decays}
     ckpt_path = checkpoint_path(out_path)
     start, history, best = 0, [], math.inf
     if resume and ckpt_path.is_file():
@@ -407,7 +431,7 @@ def train(
         except Exception as exc:
             raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
                                  "pass --no-resume to start over") from None
-        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule"]
+        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule", "label_decays"]
         if schedule == "onecycle":  # the schedule's length is part of its state
             keys += ["epochs", "steps_per_epoch", "lr"]
         changed = [k for k in keys if ckpt["settings"].get(k, "plateau" if k == "schedule" else None) != settings[k]]
@@ -532,6 +556,9 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--variant", choices=("dblurdose", "no_residual", "2d"), default="dblurdose",
                    help="the paper's network, or an ablation (no DVK residual; 2D U-Net only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-decays", type=int, metavar="N",
+                   help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
+                        "full mc_truth.nrrd")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -542,7 +569,7 @@ def cmd_train(args) -> int:
     path = train(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch=args.patch,
                  seed=args.seed, device=args.device, resume=args.resume, variant=args.variant,
                  slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp, schedule=args.schedule,
-                 warmup=args.warmup, hot_fraction=args.hot_fraction)
+                 warmup=args.warmup, hot_fraction=args.hot_fraction, label_decays=args.label_decays)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

@@ -77,7 +77,8 @@ def test_small_end_to_end_and_resume(tmp_path):
     result = data.generate_phantom(tmp_path, 0, settings, "test", log=lambda m: None)
     folder = tmp_path / "p00"
     expected = ["hu", "density", "activity", "labels", "spect_native_r0", "spect_r0", "spect_r1", "dvk_r0", "dvk_r1",
-                "mc_truth", "mc_truth_unc", "mc_spect_r0", "mc_spect_r1"]
+                "mc_truth", "mc_truth_unc", "mc_spect_r0", "mc_spect_r1", "mc_truth_d12500", "mc_truth_d25000",
+                "mc_truth_d50000", "mc_truth_d50000_unc"]
     for name in expected:
         assert (folder / f"{name}.nrrd").exists(), name
     hu = read_volume(folder / "hu.nrrd")
@@ -280,3 +281,41 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         with pytest.raises(DblurDoseError, match="other settings"):
             generate(tmp_path, other)
     assert json.loads((tmp_path / MANIFEST).read_text())["phantoms"] == {}  # left as it was
+
+
+def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
+    """make_truth: partial means mc_truth_d{N} over the first 1/8, 1/4 and 1/2 of the decays beside the full
+    label (same names as before); stand-in SPECT/DVK and a seeded stand-in Monte Carlo, to stay quick."""
+    from DblurDoseLib import dose, montecarlo, resample, spect
+    from DblurDoseLib.volume import read_volume
+
+    def fake_mc(activity_bq, density, n_decays, seed=1, **_):  # unbiased, noise ~ 1/sqrt(decays), one stream per seed
+        rel = np.float32(1 / np.sqrt(n_decays))
+        noise = np.random.default_rng(seed).normal(0, 1, activity_bq.shape).astype(np.float32)
+        return montecarlo.MonteCarloResult(activity_bq.with_array(activity_bq.array * (1 + rel * noise)),
+                                           activity_bq.with_array(np.full(activity_bq.shape, rel)), n_decays,
+                                           0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(montecarlo, "monte_carlo_dose_rate", fake_mc)
+    monkeypatch.setattr(spect, "simulate_spect", lambda activity, *a, realisations=1, **k: [activity] * realisations)
+    monkeypatch.setattr(resample, "resample_activity", lambda recon, hu: recon)
+    monkeypatch.setattr(dose, "compute_dose_rate_maps", lambda s, hu, methods: {"dvk": s})
+    settings = data.DataSettings(phantoms=[0], realisations=1, decays=8000, shape=(8, 16, 16),
+                                 spacing=(31.36, 31.36, 48.75))
+    data.generate_phantom(tmp_path, 0, settings, "train", log=lambda m: None)
+    folder = tmp_path / "p00"
+    assert data.label_decays_available(folder) == [1000, 2000, 4000]
+    label = {n: read_volume(folder / data.truth_file(n)).array for n in (1000, 2000, 4000, None)}
+    unc = {n: read_volume(folder / data.truth_file(n, uncertainty=True)).array for n in (1000, 2000, 4000, None)}
+    activity = read_volume(folder / "activity.nrrd")
+    bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
+    seed = settings.phantom_seed(0)
+    batches = [fake_mc(bq, None, 1000, montecarlo.batch_seed(seed, k)).dose_rate.array for k in range(8)]
+    np.testing.assert_allclose(label[1000], batches[0], rtol=1e-6)
+    np.testing.assert_allclose(label[2000], (batches[0] + batches[1]) / 2, rtol=1e-5)
+    full = label[None]  # the decay-weighted mean of the half label and the batches after it
+    np.testing.assert_allclose(full, (label[4000] * 4000 + np.sum(batches[4:], axis=0) * 1000) / 8000, rtol=1e-5,
+                               atol=1e-6 * float(full.max()))
+    hot = full > 0
+    assert np.median(unc[1000][hot]) > np.median(unc[2000][hot]) > np.median(unc[4000][hot]) > np.median(unc[None][hot])
+    assert read_volume(folder / "mc_truth.nrrd").metadata["batches"] == "8/8"

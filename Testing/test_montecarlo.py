@@ -145,3 +145,24 @@ def test_agrees_with_the_dose_voxel_kernel_in_water():
     mc_centre, dvk_centre = res.dose_rate.array[c].mean(), dvk[c].mean()
     assert mc_centre == pytest.approx(dvk_centre, rel=0.02)
     assert 85.3 < dvk_centre < 105.5  # between electrons-only and everything absorbed (unit density)
+
+
+@needs_ompmc
+def test_nested_batches_make_the_full_label_and_noisier_partial_ones():
+    """Nested labels: level k is the mean of the first k batches (one seed stream), so the full label
+    is the decay-weighted mean of a partial label and the batches after it; fewer decays, more noise."""
+    act, rho = _cube(n=11, active=slice(3, 8))
+    levels = mc.nested_monte_carlo_dose_rate(act, rho, 8000, seed=5, n_batches=4, threads=1)
+    assert sorted(levels) == [2000, 4000, 8000]
+    batch = [mc.monte_carlo_dose_rate(act, rho, 2000, mc.batch_seed(5, k), threads=1).dose_rate.array for k in (0, 2, 3)]
+    full, half, quarter = (levels[n][0].array for n in (8000, 4000, 2000))
+    np.testing.assert_allclose(quarter, batch[0], rtol=1e-6)
+    np.testing.assert_allclose(full, (half * 4000 + (batch[1] + batch[2]) * 2000) / 8000, rtol=1e-5,
+                               atol=1e-6 * float(full.max()))
+    assert int(levels[8000][0].metadata["decays"]) == pytest.approx(8000, abs=50)
+    active = act.array > 0
+    unc = {n: float(np.median(u.array[active])) for n, (_, u) in levels.items()}
+    assert unc[2000] > unc[4000] > unc[8000] > 0
+    assert unc[2000] / unc[8000] == pytest.approx(2.0, rel=0.25)  # sqrt(4x the decays)
+    with pytest.raises(DblurDoseError, match="decay per batch"):
+        mc.nested_monte_carlo_dose_rate(act, rho, 3, n_batches=4)

@@ -7,13 +7,19 @@ from functools import cache
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.phantom import (
+    BONE_LESION_HU,
     LABELS,
+    LESION_CONTRAST,
     LESION_LABEL_BASE,
+    LESION_SIZE_CLASSES_ML,
+    LESIONS_PER_CLASS,
     LUMBAR_L2_L5,
     TISSUES,
+    VERTEBRA_LABEL_BASE,
     Phantom,
     make_phantom,
     standard_spacing,
@@ -68,7 +74,7 @@ def test_patients_vary_like_the_papers():
     sites = {les["site"] for i in infos for les in i["lesions"]}
     assert {"liver", "lung"} <= sites and sites - {"liver", "lung"}
     assert any(les["necrotic"] for i in infos for les in i["lesions"])
-    assert all(1 <= len(i["lesions"]) <= 8 for i in infos)
+    assert all(4 <= len(i["lesions"]) <= 12 for i in infos)
 
 
 def test_every_organ_is_labelled_with_names():
@@ -228,3 +234,100 @@ def test_bad_arguments_raise_a_clear_error(kwargs):
     args = {"seed": 1, "shape": (16, 32, 32), "spacing": None} | kwargs
     with pytest.raises(DblurDoseError):
         make_phantom(**args)
+
+
+def _class_counts(lesions) -> list[int]:
+    return [sum(lo <= les["volume_ml"] < hi for les in lesions) for lo, hi in LESION_SIZE_CLASSES_ML]
+
+
+def _around(mask: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    """Voxels between ``inner`` and ``outer`` dilations of ``mask`` (a shell around it)."""
+    grow = lambda n: ndimage.binary_dilation(mask, iterations=n) if n else mask  # noqa: E731
+    return grow(outer) & ~grow(inner)
+
+
+def test_many_lesions_with_a_large_share_of_small_ones():
+    lesions = [les for s in range(8) for les in _phantom(s, (24, 48, 48)).info["lesions"]]
+    counts = [len(_phantom(s, (24, 48, 48)).info["lesions"]) for s in range(8)]
+    assert all(4 <= n <= 12 for n in counts) and np.mean(counts) >= 6, counts
+    vols = np.array([les["volume_ml"] for les in lesions])
+    assert vols.min() >= 0.95
+    assert np.mean(vols <= 10) >= 0.4 and np.mean(vols < 5) >= 0.2, vols
+    assert vols.max() > 20
+    for les in lesions:
+        assert {"site", "volume_ml", "contrast", "necrotic"} <= set(les)
+        assert LESION_CONTRAST[0] <= les["contrast"] <= LESION_CONTRAST[1]
+        assert les["necrotic"] is False or les["volume_ml"] >= 10
+    sites = {les["site"] for les in lesions}
+    assert {"liver", "kidney", "bone", "lung_base"} <= sites, sites
+
+
+def test_lesion_contrast_measured_on_the_activity_map():
+    checked = 0
+    for seed in (0, 3, 9):
+        p = make_phantom(seed, shape=SMALL, spacing=None, pet_fwhm_mm=0.0)
+        act, labels, tissue = p.activity.array, p.labels.array, p.tissue.array
+        for les in p.info["lesions"]:
+            if les["organ"] != "liver":
+                continue
+            m = labels == les["label"]
+            shell = _around(m, 1, 2) & (labels == LABELS["liver"])
+            core = m & (tissue == TISSUES["lesion"])
+            if shell.sum() < 20 or core.sum() < 3:
+                continue
+            measured = float(act[core].mean() / act[shell].mean())
+            assert 0.5 * LESION_CONTRAST[0] <= measured <= 1.5 * LESION_CONTRAST[1], les
+            assert 0.5 < measured / les["contrast"] < 2.0, (measured, les)
+            checked += 1
+    assert checked >= 3
+
+
+def test_bone_lesions_are_sclerotic_inside_a_vertebral_body():
+    p = _phantom(4)  # this patient has a vertebral lesion
+    bone = [les for les in p.info["lesions"] if les["site"] == "bone"]
+    assert bone
+    labels, hu, rho = p.labels.array, p.hu.array, p.density.array
+    vertebrae = (labels > VERTEBRA_LABEL_BASE) & (labels <= VERTEBRA_LABEL_BASE + 17)
+    trabecular = float(rho[p.tissue.array == TISSUES["trabecular_bone"]].mean())
+    for les in bone:
+        assert les["organ"] == "bone" and les["contrast_reference"] == "marrow"
+        assert BONE_LESION_HU[0] <= les["hu"] <= BONE_LESION_HU[1]
+        m = labels == les["label"]
+        assert m.any()
+        assert BONE_LESION_HU[0] - 30 <= float(hu[m].mean()) <= BONE_LESION_HU[1] + 30
+        assert float(rho[m].mean()) > max(1.25, trabecular)  # the dose engine sees bone, denser than marrow
+        assert vertebrae[_around(m, 0, 1)].mean() > 0.3  # set in a vertebral body
+
+
+def test_kidney_and_lung_base_lesions():
+    p = _phantom(2)
+    labels = p.labels.array
+    kidneys = np.isin(labels, [LABELS["kidney_left"], LABELS["kidney_right"]])
+    lungs = np.isin(labels, [LABELS["lung_left"], LABELS["lung_right"]])
+    sites = {les["site"] for les in p.info["lesions"]}
+    assert {"kidney", "lung_base"} <= sites
+    for les in p.info["lesions"]:
+        m = labels == les["label"]
+        if les["site"] == "kidney":  # outside the kidney, within about a voxel of it
+            assert kidneys[_around(m, 0, 2)].any(), les
+        elif les["site"] == "lung_base":  # in the lung with the diaphragm just below
+            assert les["organ"] == "lung" and lungs[_around(m, 0, 1)].any()
+            below = np.zeros_like(m)
+            for k in range(1, 5):  # up to ~32 mm below
+                below[:-k] |= m[k:]
+            assert (~lungs[below & ~m] & (labels[below & ~m] > 0)).any()
+
+
+def test_lesion_classes_fill_every_size_class_deterministically():
+    shape = (24, 48, 48)
+    for seed in (0, 7):
+        plain = make_phantom(seed, shape=shape, spacing=None)
+        a = make_phantom(seed, shape=shape, spacing=None, lesion_classes=True)
+        b = make_phantom(seed, shape=shape, spacing=None, lesion_classes=True)
+        assert a.info == b.info
+        np.testing.assert_array_equal(a.labels.array, b.labels.array)
+        assert all(n >= LESIONS_PER_CLASS for n in _class_counts(a.info["lesions"])), a.info["lesions"]
+        # the same patient: its own lesions first, then the ones added to fill the classes
+        n = len(plain.info["lesions"])
+        assert a.info["lesions"][:n] == plain.info["lesions"]
+        assert a.info["weight_kg"] == plain.info["weight_kg"]

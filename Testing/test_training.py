@@ -225,3 +225,28 @@ def test_hot_patches_centre_on_the_hottest_voxels(dataset, tmp_path):
     assert centre_dose(0.9) > 2 * centre_dose(0.0)
     with pytest.raises(DblurDoseError, match="hot voxels"):
         training.train(dataset, tmp_path / "m.pt", **{**FAST, "hot_fraction": 0.95}, progress=lambda f, m: None)
+
+
+def test_label_decays_picks_the_partial_label_or_refuses_a_missing_one(tmp_path):
+    root = make_dataset(tmp_path / "data", n_phantoms=3, shape=(12, 32, 32))
+    for folder in root.glob("p0*"):
+        truth = read_volume(folder / "mc_truth.nrrd")
+        write_volume(truth.with_array(truth.array * np.float32(0.5)), folder / "mc_truth_d1000.nrrd")
+    (root / "p00" / "mc_truth_d2000.nrrd").write_bytes((root / "p00" / "mc_truth_d1000.nrrd").read_bytes())  # test split
+    manifest = training.read_manifest(root)
+    names, _ = training.split_phantoms(manifest, seed=3)
+    assert training.label_file(root, names) == "mc_truth.nrrd"
+    assert training.label_file(root, names, 1000) == "mc_truth_d1000.nrrd"
+    out = tmp_path / "m.pt"
+    run = {**FAST, "epochs": 1, "steps_per_epoch": 1}
+    training.train(root, out, **run, label_decays=1000, progress=lambda f, m: None)
+    assert _checkpoint(out)["settings"]["label_decays"] == 1000
+    cached = {p.name for p in (root / ".cache").rglob("*.npy")}
+    assert "mc_truth_d1000.npy" in cached  # trained on the partial label, validated on the full one
+    with pytest.raises(DblurDoseError, match=r"no label of 2000 decays \(available: 1000\)"):  # training phantoms lack it
+        training.train(root, tmp_path / "n.pt", **run, label_decays=2000, progress=lambda f, m: None)
+    parser = argparse.ArgumentParser()
+    training.add_train_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--data", "D", "--out", "M.pt", "--label-decays", "1000"])
+    assert args.label_decays == 1000
+    assert parser.parse_args(["train", "--data", "D", "--out", "M.pt"]).label_decays is None
