@@ -659,12 +659,10 @@ def _place_lesions(rng: np.random.Generator, an: _Anatomy, warp: _Warp) -> list[
 
 def _draw_lesion_uptake(rng: np.random.Generator, lesions: list[dict], c1: dict[str, float]) -> None:
     """Day-1 concentration (contrast to the background tissue), clearance, necrosis and CT number."""
-    lo, hi = UPTAKE_DAY1["lesion_low"][0], UPTAKE_DAY1["lesion"][1]
-    for les in lesions:
+    for les in lesions:  # as in the main family: the contrast alone sets the uptake (no table range)
         bg = c1[_SITES_BACKGROUND[les["site"]]]
-        contrast = math.exp(rng.uniform(*np.log(LESION_CONTRAST)))
-        les["c1"] = float(np.clip(contrast * bg, lo, hi))
-        les["contrast"] = les["c1"] / bg
+        les["contrast"] = math.exp(rng.uniform(*np.log(LESION_CONTRAST)))
+        les["c1"] = float(les["contrast"] * bg)
         les["teff"] = float(rng.uniform(*EFFECTIVE_HALF_LIFE_H["lesion"]))
         les["necrotic"] = bool(les["shape"].volume_ml() > 6.0 and rng.random() < 0.4)
         les["core"] = float(rng.uniform(0.4, 0.65)) if les["necrotic"] else 0.0

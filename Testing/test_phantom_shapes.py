@@ -8,7 +8,7 @@ import pytest
 from DblurDoseLib import data, evaluate
 from DblurDoseLib.density import hu_to_density
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.phantom import LABELS, LUMBAR_L2_L5, TISSUES, UPTAKE_DAY1, voi_masks
+from DblurDoseLib.phantom import LABELS, LUMBAR_L2_L5, TISSUES, voi_masks
 from DblurDoseLib.phantom_shapes import LESION_LARGE_ML, LESION_SMALL_ML, make_shapes_phantom
 
 SMALL = (40, 64, 64)  # standard field at 7.8 x 7.8 x 9.75 mm
@@ -74,8 +74,7 @@ def test_lesions_sizes_sites_and_contrast(fine):
         measured = float((labels == les["label"]).sum() * vox_ml)
         assert measured == pytest.approx(les["volume_ml"], rel=0.35, abs=0.3), les["name"]
         assert 3.0 - 1e-6 <= les["contrast_to_background"] <= 100.0 + 1e-6
-        lo, hi = UPTAKE_DAY1["lesion_low"][0], UPTAKE_DAY1["lesion"][1]
-        assert lo - 1e-9 <= les["uptake_day1_MBq_per_mL"] <= hi + 1e-9
+        assert np.isfinite(les["uptake_day1_MBq_per_mL"]) and les["uptake_day1_MBq_per_mL"] > 0
     small_ones = [les for les in lesions if (labels == les["label"]).sum() * vox_ml < 10.0]
     assert len(small_ones) >= 2
 
@@ -169,7 +168,11 @@ def _fake_physics(monkeypatch):
                         lambda activity, *a, realisations=1, **k: [activity] * realisations)
     monkeypatch.setattr("DblurDoseLib.resample.resample_activity", lambda recon, hu: recon)
     monkeypatch.setattr("DblurDoseLib.dose.compute_dose_rate_maps", lambda spect, hu, methods: {"dvk": spect})
-    monkeypatch.setattr("DblurDoseLib.montecarlo.monte_carlo_dose_rate", lambda bq, *a, **k: (bq, bq))
+    from DblurDoseLib.montecarlo import MonteCarloResult
+
+    monkeypatch.setattr("DblurDoseLib.montecarlo.monte_carlo_dose_rate",
+                        lambda bq, density, n, *a, **k: MonteCarloResult(bq, bq.with_array(bq.array * 0 + 0.1), n,
+                                                                         0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
 
 
 def test_data_set_makes_held_out_phantoms_with_the_shapes_family(tmp_path, monkeypatch):
