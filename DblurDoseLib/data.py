@@ -70,6 +70,9 @@ class DataSettings:
     out_of_mix: bool = False  # test phantoms: also reconstructed with OUT_OF_MIX (spect_ood_r*)
     camera: str = DEFAULT_CAMERA  # spect.CAMERAS key of phantoms whose camera is not drawn from the mix
     held_out: list[int] = field(default_factory=list)  # made by the "shapes" family; always test, not in n_test
+    #: validation phantoms ("val" split): acquired from the training mix like training phantoms, but with a
+    #: truth of ``test_decays`` so that label-noise and training choices are judged against a clean truth
+    n_val: int = 0
 
     def phantom_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
@@ -83,14 +86,17 @@ class DataSettings:
         return "shapes" if int(index) in set(int(i) for i in self.held_out) else "anatomical"
 
     def split(self) -> dict[int, str]:
-        """Train/test by whole phantom (never by slice), chosen by the data-set seed; held-out
-        (shapes-family) phantoms are always "test" and do not count in ``n_test``."""
+        """Train/val/test by whole phantom (never by slice), chosen by the data-set seed; held-out
+        (shapes-family) phantoms are always "test" and do not count in ``n_test``. The "val"
+        phantoms follow the test ones in the same permutation (at least one phantom stays "train")."""
         held = set(int(i) for i in self.held_out)
         rng = np.random.default_rng(self.seed)
-        order = list(rng.permutation(sorted(i for i in self.phantoms if int(i) not in held)))
+        order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms if int(i) not in held))]
         n_test = min(self.n_test, max(len(order) - 1, 0))
-        test = set(int(i) for i in order[:n_test]) | held
-        return {i: ("test" if i in test else "train") for i in self.indices()}
+        n_val = min(self.n_val, max(len(order) - n_test - 1, 0))
+        test = set(order[:n_test]) | held
+        val = set(order[n_test:n_test + n_val])
+        return {i: ("test" if i in test else "val" if i in val else "train") for i in self.indices()}
 
 
 #: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network sees what users
@@ -150,12 +156,12 @@ def acquisition_plan(settings: DataSettings, split: str, rng: np.random.Generato
         ``{"camera", "n_views", "voxel_mm", "reconstructions": [{"iterations", "subsets",
         "postfilter_fwhm_mm"}, ..]}`` (voxel and filter in mm), one reconstruction per realisation.
 
-    Draws from ``rng`` (the one place that draws from TRAINING_MIX) only for training phantoms of a
-    ``mix`` data set, so that the phantoms of a data set without it stay what they were."""
+    Draws from ``rng`` (the one place that draws from TRAINING_MIX) only for training and
+    validation phantoms of a ``mix`` data set, so that the phantoms of a data set without it stay what they were."""
     plan = {"camera": settings.camera, "n_views": settings.n_views, "voxel_mm": settings.spect_voxel_mm}
     recon = {"iterations": settings.iterations, "subsets": settings.subsets, "postfilter_fwhm_mm": 0.0}
     recons = [dict(recon) for _ in range(settings.realisations)]
-    if settings.mix and split == "train":
+    if settings.mix and split in ("train", "val"):
         mix = TRAINING_MIX
         plan = {"camera": str(rng.choice(mix["camera"])), "n_views": int(rng.choice(mix["n_views"])),
                 "voxel_mm": round(float(rng.uniform(*mix["voxel_mm"])), 4)}
@@ -370,7 +376,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         from .montecarlo import nested_monte_carlo_dose_rate
 
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
-        decays = settings.test_decays if split == "test" else settings.decays
+        decays = settings.test_decays if split in ("test", "val") else settings.decays
         levels = nested_monte_carlo_dose_rate(bq, density, int(decays), seed, threads=settings.threads)
         for n in sorted(levels, reverse=True):  # the full label (most decays) last
             dose, unc = levels[n]
@@ -483,6 +489,9 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--held-out", default="",
                    help="extra phantom indices, e.g. 14-17, made by the differently built 'shapes' family "
                         "(DblurDoseLib.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
+    g.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="N validation phantoms: SPECT from the training mix, truth of --test-decays (a clean "
+                        "validation loss for `dblurdose train`)")
     g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
     g.add_argument("--seed", type=int, default=2022)
@@ -508,11 +517,13 @@ def cmd_data(args) -> int:
         raise DblurDoseError("--realisations must be at least 1")
     if args.workers < 1:
         raise DblurDoseError("--workers must be at least 1")
+    if args.validation < 0:
+        raise DblurDoseError("--validation must be 0 or more phantoms")
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
-                            held_out=parse_range(args.held_out) if args.held_out else [],
+                            held_out=parse_range(args.held_out) if args.held_out else [], n_val=args.validation,
                             **PRESETS[args.preset])
     for name, value in (("n_views", args.views), ("iterations", args.iterations), ("subsets", args.subsets)):
         if value is not None:

@@ -1,12 +1,13 @@
 """Training DblurDoseNet on a data set written by ``dblurdose data generate``.
 
-Data: ``DIR/manifest.json`` lists the phantoms with their split ("train"/"test") and number of
+Data: ``DIR/manifest.json`` lists the phantoms with their split ("train"/"val"/"test") and number of
 SPECT realisations; ``DIR/pNN/`` holds ``density.nrrd`` (g/cm3), ``spect_r*.nrrd`` (Bq/mL),
 ``dvk_r*.nrrd`` and ``mc_truth.nrrd`` (mGy/h; or with ``--label-decays N`` the nested partial
 label ``mc_truth_dN.nrrd``), all on the CT grid. Each (phantom,
-realisation) is one training volume; "test" phantoms are never read. Validation holds out
-whole phantoms of the "train" split (20%, at least one when there are two or more; chosen
-by the seed), so no slice of a validation phantom is ever trained on.
+realisation) is one training volume; "test" phantoms are never read. Validation uses the data
+set's "val" phantoms (``data generate --validation N``: truth of the test phantoms' decays) or,
+without them, holds out whole phantoms of the "train" split (20%, at least one when there are
+two or more; chosen by the seed), so no slice of a validation phantom is ever trained on.
 
 A training sample is a *slab*: ``slab`` consecutive output slices of a ``patch`` x ``patch``
 in-plane patch, read as ``slab + 10`` input slices (volume ends replicated, as at inference)
@@ -92,10 +93,15 @@ def read_manifest(data_dir: Path) -> dict:
 
 
 def split_phantoms(manifest: dict, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[list[str], list[str]]:
-    """(training, validation) phantom names: whole phantoms of the 'train' split, validation chosen by seed."""
-    train = sorted(name for name, info in manifest["phantoms"].items() if info.get("split", "train") == "train")
+    """(training, validation) phantom names: the data set's 'val' phantoms when it has some (their truth
+    has the test phantoms' decays); otherwise whole phantoms of the 'train' split, chosen by seed."""
+    splits = {name: info.get("split", "train") for name, info in manifest["phantoms"].items()}
+    train = sorted(name for name, split in splits.items() if split == "train")
     if not train:
         raise DblurDoseError("the data set has no phantoms in the 'train' split; generate more phantoms")
+    given = sorted(name for name, split in splits.items() if split == "val")
+    if given:
+        return train, given
     n_val = 0 if len(train) < 2 else min(max(1, round(val_fraction * len(train))), len(train) - 1)
     rng = np.random.default_rng([seed, 7])
     val = sorted(str(v) for v in rng.choice(train, size=n_val, replace=False)) if n_val else []

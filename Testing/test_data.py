@@ -319,3 +319,20 @@ def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
     hot = full > 0
     assert np.median(unc[1000][hot]) > np.median(unc[2000][hot]) > np.median(unc[4000][hot]) > np.median(unc[None][hot])
     assert read_volume(folder / "mc_truth.nrrd").metadata["batches"] == "8/8"
+
+
+def test_validation_phantoms_get_the_mix_and_a_test_grade_truth():
+    from DblurDoseLib.training import split_phantoms
+
+    settings = data.DataSettings(phantoms=list(range(10)), n_test=3, n_val=2, mix=True, held_out=[10])
+    split = settings.split()
+    assert sorted(split.values()).count("val") == 2 and sorted(split.values()).count("test") == 4
+    plain = data.DataSettings(phantoms=list(range(10)), n_test=3, mix=True, held_out=[10]).split()
+    assert {i for i, s in split.items() if s == "test"} == {i for i, s in plain.items() if s == "test"}  # unchanged
+    val = [i for i, s in split.items() if s == "val"]
+    for i in val:  # drawn from the training mix, like training phantoms
+        assert data.phantom_draws(settings, i, "val")["spect"] == data.phantom_draws(settings, i, "train")["spect"]
+    manifest = {"phantoms": {f"p{i:02d}": {"split": s} for i, s in split.items()}}
+    train, validation = split_phantoms(manifest, seed=0)
+    assert validation == sorted(f"p{i:02d}" for i in val)
+    assert not set(train) & set(validation) and len(train) == 5
