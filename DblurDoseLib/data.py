@@ -291,7 +291,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
                      log: Callable[[str], None] = print) -> dict:
     """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
     from .dose import compute_dose_rate_maps
-    from .montecarlo import monte_carlo_dose_rate
+    from .montecarlo import monte_carlo_dose_rate, nested_levels
     from .phantom import make_phantom
     from .phantom_shapes import make_shapes_phantom
     from .resample import resample_activity
@@ -376,9 +376,8 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         from .montecarlo import nested_monte_carlo_dose_rate
 
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
-        decays = settings.test_decays if split in ("test", "val") else settings.decays
-        levels = nested_monte_carlo_dose_rate(bq, density, int(decays), seed, threads=settings.threads)
-        for n in sorted(levels, reverse=True):  # the full label (most decays) last
+        levels = nested_monte_carlo_dose_rate(bq, density, truth_decays, seed, threads=settings.threads)
+        for n in sorted(levels):  # the full label (most decays) last
             dose, unc = levels[n]
             full = n == max(levels)
             _write(dose, folder / truth_file(None if full else n))
@@ -387,7 +386,9 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     for tag in tags:
         part(f"spect{tag}", files("spect_native", tag) + files("spect", tag), lambda tag=tag: make_spect(tag))
         part(f"dvk{tag}", files("dvk", tag), lambda tag=tag: make_dvk(tag))
-    part("mc_truth", ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
+    truth_decays = int(settings.test_decays if split in ("test", "val") else settings.decays)
+    labels = [truth_file(n, u) for n in nested_levels(truth_decays)[:-1] for u in (False, True)]
+    part("mc_truth", labels + ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
     if split == "test":
         for tag in tags:
             part(f"spect_mc{tag}", files("mc_spect", tag), lambda tag=tag: make_spect_mc(tag))

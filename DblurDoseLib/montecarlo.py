@@ -630,6 +630,15 @@ def batch_seed(seed: int, batch: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(batch), 0x6E6573]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def nested_levels(n_decays: int, n_batches: int = LABEL_BATCHES) -> list[int]:
+    """Decays of the labels a nested run writes, ascending: the first 1, 2, 4, ... batches, then all
+    (the last is the full label)."""
+    n_batches = int(n_batches)
+    per_batch = int(n_decays) // max(n_batches, 1)
+    batches = {2 ** i for i in range(n_batches.bit_length()) if 2 ** i < n_batches} | {n_batches}
+    return [per_batch * k for k in sorted(batches)]
+
+
 def nested_monte_carlo_dose_rate(
     activity_bq: Volume,
     density: Volume,
@@ -654,7 +663,7 @@ def nested_monte_carlo_dose_rate(
         raise DblurDoseError(f"a nested Monte Carlo run needs at least 1 batch and 1 decay per batch, "
                              f"got {n_decays} decays in {n_batches} batches")
     per_batch = int(n_decays) // n_batches
-    levels = {k for k in (2 ** i for i in range(n_batches.bit_length())) if k < n_batches} | {n_batches}
+    levels = {n // per_batch for n in nested_levels(n_decays, n_batches)}  # in batches
     total = np.zeros(density.shape, np.float64)
     variance = np.zeros(density.shape, np.float64)
     simulated = 0

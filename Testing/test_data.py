@@ -319,6 +319,9 @@ def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
     hot = full > 0
     assert np.median(unc[1000][hot]) > np.median(unc[2000][hot]) > np.median(unc[4000][hot]) > np.median(unc[None][hot])
     assert read_volume(folder / "mc_truth.nrrd").metadata["batches"] == "8/8"
+    (folder / data.truth_file(2000)).unlink()  # a run stopped while writing the labels: redone on resume
+    data.generate_phantom(tmp_path, 0, settings, "train", log=lambda m: None)
+    np.testing.assert_allclose(read_volume(folder / data.truth_file(2000)).array, label[2000], rtol=1e-6)
 
 
 def test_validation_phantoms_get_the_mix_and_a_test_grade_truth():
