@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands whose work is kept part by part and resumed by running them again
+_RESUMABLE_COMMANDS = ("data", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import Terminated, is_allocation_failure, sigterm_unwinds
 
@@ -184,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     except DblurDoseError as exc:
         print(f"dblurdose: error: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, OutOfMemoryError) else 2
-    except KeyboardInterrupt:
-        print("dblurdose: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("dblurdose: terminated; nothing was written", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as exc:
+        kept = ("finished parts (phantoms, checkpoints) are kept: run the same command to resume"
+                if args.command in _RESUMABLE_COMMANDS else "nothing was written")
+        stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        print(f"dblurdose: {stopped}; {kept}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
     except (MemoryError, RuntimeError) as exc:  # torch reports allocation failures as RuntimeError
         if not is_allocation_failure(exc):
             raise

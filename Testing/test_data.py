@@ -339,3 +339,40 @@ def test_validation_phantoms_get_the_mix_and_a_test_grade_truth():
     train, validation = split_phantoms(manifest, seed=0)
     assert validation == sorted(f"p{i:02d}" for i in val)
     assert not set(train) & set(validation) and len(train) == 5
+
+
+@pytest.mark.slow
+def test_sigterm_stops_generation_within_seconds_and_it_resumes(tmp_path):
+    """SIGTERM during `data generate`: exit 143 within seconds, no half-written part, finished parts kept,
+    and the same command finishes the data set."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("pytomography")
+    pytest.importorskip("ompmc")
+    out = tmp_path / "set"
+    command = [sys.executable, "-m", "DblurDoseLib.cli", "data", "generate", "--out", str(out), "--small",
+               "--phantoms", "0", "--realisations", "1", "--decays", "8e4", "--test-decays", "8e4",
+               "--spect-mc-decays", "1e4", "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "p00" / "hu.nrrd").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert (out / "p00" / "hu.nrrd").exists(), process.communicate()
+    process.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and time.time() - t0 < 30
+    assert "run the same command to resume" in err
+    from DblurDoseLib.volume import read_volume
+
+    assert (out / "p00" / "activity.nrrd").exists()  # the finished phantom part is kept
+    for path in out.rglob("*.nrrd"):  # a file under its final name is whole (parts are written, then renamed)
+        if not path.name.endswith(".part.nrrd"):
+            read_volume(path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "p00" / "mc_truth.nrrd").exists()
+    assert not list(out.rglob("*.part.nrrd"))  # nothing half-written is left once the set is finished
