@@ -208,27 +208,30 @@ def _floats(value, n: int, what: str, label: str) -> np.ndarray:
     return out
 
 
-def _stored_pixels(ds, file: Path, frames: int) -> tuple[np.ndarray, bool]:
+def _stored_pixels(ds, file: Path, frames: int, label: str) -> tuple[np.ndarray, bool]:
     """Stored values [frame, row, column] and whether Rescale Slope/Intercept is already applied."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
-        pixels = np.asarray(ds.pixel_array)
-        rescaled = False
-    except Exception:  # no pydicom decoder for this transfer syntax: SimpleITK (GDCM) applies the rescale
-        import SimpleITK as sitk
+        return np.asarray(ds.pixel_array).reshape(frames, int(ds.Rows), int(ds.Columns)), False
+    except Exception as exc:  # damaged, or no pydicom decoder for a compressed syntax: SimpleITK (GDCM) then
+        if not (syntax is not None and syntax.is_compressed):
+            raise DblurDoseError(f"could not read the pixels of {file} in series {label} ({exc}); the file looks "
+                                 "damaged or truncated: export the series again") from None
+    import SimpleITK as sitk
 
-        try:
-            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
-        except RuntimeError:
-            raise DblurDoseError(f"cannot decode the pixels of {file} (transfer syntax "
-                                 f"{ds.file_meta.get('TransferSyntaxUID', '?')}); export it uncompressed") from None
-        rescaled = True
-    return pixels.reshape(frames, int(ds.Rows), int(ds.Columns)), rescaled
+    try:
+        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))  # GDCM applies the rescale itself
+    except RuntimeError:
+        raise DblurDoseError(f"cannot decode the pixels of {file} in series {label} (transfer syntax {syntax}); "
+                             "export it uncompressed") from None
+    return pixels.reshape(frames, int(ds.Rows), int(ds.Columns)), True
 
 
 def _frames_of(ds, file: Path, label: str) -> tuple[list[_Frame], str | None, str, str]:
     """The frames of one object, with its units (or None), units source and scaling source."""
     frames = int(ds.get("NumberOfFrames") or 1)
-    pixels, rescaled = _stored_pixels(ds, file, frames)
+    pixels, rescaled = _stored_pixels(ds, file, frames, label)
     shared = list(ds.get("SharedFunctionalGroupsSequence") or [])
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
     out: list[_Frame] = []
@@ -253,6 +256,14 @@ def _frames_of(ds, file: Path, label: str) -> tuple[list[_Frame], str | None, st
     return out, units, units_from, ", ".join(sorted(scaling_sources))
 
 
+def _detector_position(ds):
+    """The first Detector Information Sequence item holding Image Position (Patient), or None."""
+    for item in ds.get("DetectorInformationSequence") or []:
+        if "ImagePositionPatient" in item:
+            return item
+    return None
+
+
 def _frame_geometry(ds, groups, k: int, label: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Position (mm), orientation (row then column direction) and pixel spacing (row, column; mm) of frame k."""
 
@@ -268,9 +279,12 @@ def _frame_geometry(ds, groups, k: int, label: str) -> tuple[np.ndarray, np.ndar
         orientation = first("PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = first("PixelMeasuresSequence", "PixelSpacing")
         step = None
-    elif "DetectorInformationSequence" in ds and "ImagePositionPatient" in ds.DetectorInformationSequence[0]:
-        detector = ds.DetectorInformationSequence[0]  # NM: first frame's geometry, then Spacing Between Slices
-        position, orientation = detector.ImagePositionPatient, detector.get("ImageOrientationPatient")
+    elif _detector_position(ds) is not None or ("ImagePositionPatient" in ds and "SpacingBetweenSlices" in ds
+                                                 and int(ds.get("NumberOfFrames") or 1) > 1):
+        detector = _detector_position(ds)
+        detector = ds if detector is None else detector  # NM: first frame's geometry, then Spacing Between Slices
+        position, orientation = detector.ImagePositionPatient, detector.get("ImageOrientationPatient") or \
+            ds.get("ImageOrientationPatient")
         spacing = ds.get("PixelSpacing")
         step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 0.0)
         if int(ds.get("NumberOfFrames") or 1) > 1 and step == 0.0:
@@ -382,7 +396,12 @@ def read_dicom(path: str | Path, what: str = "image", dtype=np.float32, series_u
     """The ``what`` series under ``path`` (a file, a series folder or a study folder) as a Volume."""
     path = Path(path)
     series = choose_series(find_series(path), what, path, series_uid)
-    return read_series(series, dtype)
+    try:
+        return read_series(series, dtype)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OSError) as exc:
+        raise DblurDoseError(f"could not read the {what} DICOM series {series.label()}: "
+                             f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}; "
+                             "export it again (uncompressed, complete)") from None
 
 
 def describe(volume: Volume, what: str) -> str:

@@ -18,6 +18,7 @@ from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.volume import Volume, read_volume, write_volume
 
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY, FRAME_OF_REFERENCE = generate_uid(), generate_uid()
 
@@ -327,3 +328,98 @@ def test_a_folder_without_the_wanted_modality_is_a_clear_error(tmp_path, pair):
     ct_series(tmp_path / "ct", pair[0], description="CT only")
     with pytest.raises(DblurDoseError, match="no NM/PT series for the SPECT .*'CT only'.*--spect-series"):
         read_volume(tmp_path / "ct", what="SPECT")
+
+
+def _item(**tags) -> Dataset:
+    item = Dataset()
+    for name, value in tags.items():
+        setattr(item, name, value)
+    return item
+
+
+def test_enhanced_object_with_per_frame_positions_and_scaling(tmp_path, pair):
+    """An enhanced PET object: frames in shuffled order, each with its own position and rescale slope."""
+    spect = pair[1]
+    direction = _rotation(20, axis=0)
+    spect = Volume(spect.array, (4.0, 4.0, 3.0), (-50.0, 30.0, -200.0), direction)
+    order = np.random.default_rng(3).permutation(spect.shape[0])
+    slopes = 20.0 + 2.0 * order
+    stored = np.round(spect.array[order] / slopes[:, None, None]).astype(np.uint16)
+    ds = _dataset(ENHANCED_PET_STORAGE, "PT", generate_uid(), "PET AC enhanced", stored)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.NumberOfFrames, ds.Units = len(order), "BQML"
+    orientation = [float(v) for v in np.concatenate([direction[:, 0], direction[:, 1]])]
+    ds.SharedFunctionalGroupsSequence = Sequence([_item(
+        PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=orientation)]),
+        PixelMeasuresSequence=Sequence([_item(PixelSpacing=[4.0, 4.0], SliceThickness=3.0)]))])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([_item(
+        PlanePositionSequence=Sequence([_item(ImagePositionPatient=[
+            float(v) for v in np.asarray(spect.origin) + 3.0 * k * direction[:, 2]])]),
+        PixelValueTransformationSequence=Sequence([_item(RescaleSlope=float(slope), RescaleIntercept=0.0,
+                                                         RescaleType="BQML")]))
+        for k, slope in zip(order, slopes)])
+    _save(ds, tmp_path / "pet.dcm")
+    back = read_volume(tmp_path / "pet.dcm", what="SPECT")
+    assert back.same_grid(spect)
+    np.testing.assert_allclose(back.array, spect.array, rtol=1e-3, atol=0.5 * slopes.max())
+    assert back.metadata["scaling_from"] == "per-frame PixelValueTransformationSequence"
+    assert back.metadata["spect_units"] == "bqml"
+
+
+def test_a_file_of_another_modality_or_a_damaged_file_is_refused(study, tmp_path):
+    _, nm, _ = study
+    with pytest.raises(DblurDoseError, match="no CT series for the CT in .*spect.dcm.*Lu177 SPECT OSEM"):
+        read_volume(nm, what="CT")
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(nm.read_bytes()[:2000])
+    with pytest.raises(DblurDoseError, match="damaged.dcm|no DICOM series"):
+        read_volume(damaged, what="SPECT")
+
+
+def test_compressed_pixels_without_a_pydicom_decoder_are_read_by_simpleitk(tmp_path, pair, monkeypatch):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    ct = pair[0]
+    ct_series(tmp_path / "ct", ct)
+    for file in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(file)
+        ds.compress(RLELossless)
+        ds.save_as(file)
+
+    def no_decoder(self):
+        raise NotImplementedError("no decoder for this transfer syntax")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    back = read_volume(tmp_path / "ct", dtype=None, what="CT")
+    np.testing.assert_array_equal(back.array, ct.array)  # GDCM's rescale is not applied twice
+    assert back.same_grid(ct)
+
+
+def _gap(folder, ct):
+    gaps = np.arange(ct.shape[0]) * ct.spacing[2]
+    gaps[12:] += ct.spacing[2]
+    return ct_series(folder, ct, gaps=gaps, description="CT gap")
+
+
+def _mixed(folder, ct):
+    orientations = [np.eye(3)] * ct.shape[0]
+    orientations[5] = _rotation(90, axis=0)
+    return ct_series(folder, ct, orientations=orientations, description="CT mixed")
+
+
+def _two(folder, ct):
+    ct_series(folder / "a", ct, description="CT A")
+    return ct_series(folder / "b", ct, description="CT B")
+
+
+@pytest.mark.parametrize("maker, fix", [(_gap, "regular spacing"), (_mixed, "one orientation"),
+                                        (_two, "--ct-series")])
+def test_unreadable_ct_series_end_in_one_line_naming_it_with_nothing_written(tmp_path, pair, capsys, maker, fix):
+    ct, spect = pair
+    uid = maker(tmp_path / "ct", ct)
+    nm = nm_from_volume(tmp_path / "nm.dcm", spect)
+    code = main(["dose", "--spect", str(nm), "--ct", str(tmp_path / "ct"), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and uid in err and fix in err
+    assert not (tmp_path / "out").exists()
