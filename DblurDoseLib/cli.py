@@ -48,6 +48,10 @@ def cmd_dose(args: argparse.Namespace) -> int:
         duration, duration_from = float(spect.metadata["acquisition_duration_s"]), spect.metadata["duration_from"]
         if not args.quiet:
             print(f"dblurdose: acquisition duration {duration:g} s taken from the DICOM {duration_from}", file=sys.stderr)
+    if spect_units == "counts" and args.calibration is None and "series_uid" in spect.metadata:
+        raise DblurDoseError(f"the SPECT series {spect.metadata['series_uid']} is in counts ({spect_units_from}): pass "
+                             "--calibration CPS_PER_MBQ" + (" and --duration SECONDS" if duration is None else "")
+                             + ", or give its units with --spect-units")
     for line in (describe(spect, "SPECT"), describe(ct, "CT")):
         if line and not args.quiet:
             print(f"dblurdose: {line}", file=sys.stderr)
@@ -71,8 +75,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
     provenance = {
         "spect_units_from": spect_units_from,
         **({"duration_from": duration_from} if duration_from else {}),
-        **{f"{name}_series_uid": v.metadata["series_uid"] for name, v in (("spect", spect), ("ct", ct))
-           if "series_uid" in v.metadata},
+        **{f"{name}_{key}": v.metadata[key] for name, v in (("spect", spect), ("ct", ct))
+           for key in ("series_uid", "scaling_from", "slice_grid") if key in v.metadata},
         **{f"input_{name}_sha256": input_checksum(path) for name, path in inputs.items() if path},
     }
     with out as stage:

@@ -1,7 +1,8 @@
 """DICOM input: find the series under a path, choose the SPECT or the CT, read it into a Volume.
 
 A path is a file (that object alone), a series folder or a study folder (searched recursively).
-The SPECT is chosen by modality (NM or PT), the CT by modality CT; localizers are left out.
+The SPECT is chosen by modality (NM or PT), the CT by modality CT; localizers and NM objects that
+are not reconstructions (projections, planar and whole-body images) are left out.
 Tags are read with pydicom; pixels with pydicom (SimpleITK when pydicom has no decoder for a
 compressed transfer syntax).
 
@@ -44,13 +45,17 @@ UNITS_TAG = {"BQML": "bqml", "CNTS": "counts"}
 
 @dataclass
 class Series:
-    """One DICOM series under a path: its image files (localizers apart) and what identifies it."""
+    """One DICOM series under a path: its image files and what identifies it.
+
+    ``excluded`` says why it is never a volume to read ("localizer", "NM STATIC, not a reconstruction"),
+    empty otherwise; a series' localizers form a series of their own.
+    """
 
     uid: str
     modality: str
     description: str
     files: list[Path]
-    localizer: bool
+    excluded: str
     rows: int
     columns: int
     frames: int
@@ -58,7 +63,7 @@ class Series:
     def label(self) -> str:
         """One line naming the series: UID, modality, description and size."""
         return (f"{self.uid} ({self.modality}, '{self.description}', {self.columns}x{self.rows}x{self.frames}"
-                f"{', localizer' if self.localizer else ''})")
+                f"{', ' + self.excluded if self.excluded else ''})")
 
 
 @dataclass
@@ -97,19 +102,30 @@ def _header(file: Path):
     return ds if "Rows" in ds and "SeriesInstanceUID" in ds else None
 
 
-def _is_localizer(ds) -> bool:
-    return any(str(v).upper() == "LOCALIZER" for v in (ds.get("ImageType") or []))
+#: NM Image Type (value 3) of reconstructed volumes
+NM_RECONSTRUCTIONS = ("RECON TOMO", "RECON GATED TOMO")
+
+
+def _excluded(ds) -> str:
+    """Why this object is not a volume to read (a localizer, NM projections or planar images), else ''."""
+    image_type = ds.get("ImageType") or []
+    image_type = [str(v).upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    if str(ds.get("Modality", "")) == "NM" and len(image_type) > 2 and image_type[2] not in NM_RECONSTRUCTIONS:
+        return f"NM {image_type[2]}, not a reconstruction"
+    return ""
 
 
 def find_series(path: Path) -> list[Series]:
     """The image series under ``path``: that file alone, or every file of a folder, recursively."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    groups: dict[tuple[str, bool], Series] = {}
+    groups: dict[tuple[str, str], Series] = {}
     for file in files:
         ds = _header(file)
         if ds is None:
             continue
-        key = (str(ds.SeriesInstanceUID), _is_localizer(ds))
+        key = (str(ds.SeriesInstanceUID), _excluded(ds))
         frames = int(ds.get("NumberOfFrames") or 1)
         if key not in groups:
             groups[key] = Series(key[0], str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")), [],
@@ -127,13 +143,13 @@ def choose_series(series: list[Series], what: str, where: Path, uid: str | None 
         raise DblurDoseError(f"no DICOM series found in {where} for the {what}; give the folder or file of the "
                              f"{what} series")
     if uid:
-        chosen = [s for s in series if s.uid == uid and not s.localizer]
+        chosen = [s for s in series if s.uid == uid and not s.excluded]
         if not chosen:
             raise DblurDoseError(f"no image series {uid} in {where} for the {what}; it holds: {listing}. "
                                  f"Give one of those UIDs with {flag}")
         return chosen[0]
     modalities = MODALITIES.get(what)
-    candidates = [s for s in series if not s.localizer and (modalities is None or s.modality in modalities)]
+    candidates = [s for s in series if not s.excluded and (modalities is None or s.modality in modalities)]
     if not candidates:
         wanted = "/".join(modalities) if modalities else "image"
         raise DblurDoseError(f"no {wanted} series for the {what} in {where}; it holds: {listing}. Give the folder "

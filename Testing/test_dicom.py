@@ -153,13 +153,24 @@ def pair():
     return ct, spect
 
 
+def projections(path) -> None:
+    """The raw NM TOMO projections (not a reconstruction): 60 views of 24x24."""
+    import pydicom
+
+    nm_file(path, np.full((60, 24, 24), 50.0), (0, 0, 0), quant="cnts", description="Lu177 SPECT raw")
+    ds = pydicom.dcmread(path)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "TOMO", "EMISSION"]
+    ds.save_as(path)
+
+
 @pytest.fixture
 def study(tmp_path, pair):
-    """A study folder: a CT series (shuffled files), two localizers and the NM file."""
+    """A study folder: a CT series (shuffled files), two localizers, the NM projections and the NM file."""
     ct, spect = pair
     folder = tmp_path / "study"
     ct_uid = ct_series(folder / "CT", ct)
     localizers(folder / "CT")
+    projections(folder / "NM" / "raw.dcm")
     nm = nm_from_volume(folder / "NM" / "spect.dcm", spect)
     return folder, nm, ct_uid
 
@@ -185,7 +196,9 @@ def test_nm_counts_need_calibration_and_take_the_duration_from_the_tags(tmp_path
     ct_path = write_volume(ct, tmp_path / "ct.nrrd")
     args = ["dose", "--spect", str(nm), "--ct", str(ct_path), "--any-activity"]
     assert main([*args, "--out", str(tmp_path / "none")]) == 2
-    assert "--calibration" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    err = capsys.readouterr().err
+    assert f"the SPECT series {back.metadata['series_uid']} is in counts (Units=CNTS): pass --calibration" in err
+    assert "--duration" not in err and not (tmp_path / "none").exists()
     assert main([*args, "--out", str(tmp_path / "tags"), "--calibration", "9"]) == 0
     assert "acquisition duration 1200 s taken from the DICOM" in capsys.readouterr().err
     nrrd = write_volume(spect.with_array(counts.astype(np.float32)), tmp_path / "counts.nrrd")
@@ -204,8 +217,8 @@ def test_study_folder_picks_spect_and_ct_by_modality(study, pair):
     assert read_ct.metadata["series_uid"] == ct_uid and read_ct.array.dtype == np.int16
     np.testing.assert_array_equal(read_ct.array, ct.array)  # shuffled files sorted by position
     assert read_ct.same_grid(ct)
-    read_spect = read_volume(folder, what="SPECT")
-    assert read_spect.metadata["modality"] == "NM" and read_spect.same_grid(spect)
+    read_spect = read_volume(folder, what="SPECT")  # the projections are left out
+    assert read_spect.metadata["series_description"] == "Lu177 SPECT OSEM" and read_spect.same_grid(spect)
 
 
 def test_nm_file_named_inside_the_study_folder(study, pair):
@@ -300,6 +313,7 @@ def test_dose_on_the_study_folder_equals_the_nrrd_inputs(study, pair, tmp_path, 
     assert dicom.same_grid(reference)
     np.testing.assert_allclose(dicom.array, reference.array, rtol=1e-3, atol=1e-4 * reference.array.max())
     assert dicom.metadata["spect_units_from"] == "Units=BQML" and "spect_series_uid" in dicom.metadata
+    assert dicom.metadata["spect_scaling_from"] == "RescaleSlope/RescaleIntercept"
 
 
 def test_explicit_units_that_disagree_with_the_tags_warn(study, tmp_path, capsys):
@@ -370,6 +384,8 @@ def test_a_file_of_another_modality_or_a_damaged_file_is_refused(study, tmp_path
     _, nm, _ = study
     with pytest.raises(DblurDoseError, match="no CT series for the CT in .*spect.dcm.*Lu177 SPECT OSEM"):
         read_volume(nm, what="CT")
+    with pytest.raises(DblurDoseError, match="no NM/PT series for the SPECT .*NM TOMO, not a reconstruction"):
+        read_volume(nm.parent / "raw.dcm", what="SPECT")
     damaged = tmp_path / "damaged.dcm"
     damaged.write_bytes(nm.read_bytes()[:2000])
     with pytest.raises(DblurDoseError, match="damaged.dcm|no DICOM series"):
