@@ -43,6 +43,9 @@ def cmd_dose(args: argparse.Namespace) -> int:
     spect = read_volume(args.spect, what="SPECT", series_uid=args.spect_series)
     ct = read_volume(args.ct, dtype=None, what="CT", series_uid=args.ct_series)  # native type: 16-bit HU fast table
     spect_units, spect_units_from, unit_warnings = spect_units_of(spect, args.spect_units)
+    unit_warnings += [f"{flag} is ignored: {name} is not a DICOM folder or file" for flag, name, v, given in
+                      (("--spect-series", args.spect, spect, args.spect_series), ("--ct-series", args.ct, ct, args.ct_series))
+                      if given and "series_uid" not in v.metadata]
     duration, duration_from = args.duration, "--duration" if args.duration is not None else None
     if duration is None and spect_units == "counts" and "acquisition_duration_s" in spect.metadata:
         duration, duration_from = float(spect.metadata["acquisition_duration_s"]), spect.metadata["duration_from"]

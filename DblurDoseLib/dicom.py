@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DblurDoseError
-from .volume import Volume
+from .volume import READABLE_SUFFIXES, Volume
 
 #: modalities each input is chosen by; other names (``what``) take any image series
 MODALITIES = {"SPECT": ("NM", "PT"), "CT": ("CT",)}
@@ -82,6 +82,8 @@ def is_dicom_path(path: Path) -> bool:
     """True for a folder, a ``.dcm`` file, or a file with the DICOM preamble ('DICM' at byte 128)."""
     if path.is_dir() or path.suffix.lower() == ".dcm":
         return True
+    if path.name.lower().endswith(READABLE_SUFFIXES):
+        return False
     try:
         with path.open("rb") as f:
             f.seek(128)
@@ -334,15 +336,7 @@ def _stack(frames: list[_Frame], label: str) -> tuple[np.ndarray, tuple, np.ndar
     distance = positions @ normal
     order = np.argsort(distance, kind="stable")
     frames, positions, distance = [frames[i] for i in order], positions[order], distance[order]
-    slope = np.array([f.slope for f in frames])[:, None, None]
-    intercept = np.array([f.intercept for f in frames])[:, None, None]
-    stored = np.stack([f.pixels for f in frames])
-    if np.all(slope == 1) and np.all(intercept == np.round(intercept)) and stored.dtype.kind in "iu":
-        values = stored.astype(np.int32) + intercept.astype(np.int32)
-        if values.min() >= -32768 and values.max() <= 32767:
-            values = values.astype(np.int16)
-    else:
-        values = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    values = _rescaled(frames)
     dy, dx = frames[0].pixel_spacing
     direction = np.column_stack([row, column, normal])
     note = "one slice" if len(frames) == 1 else "regular"
@@ -368,6 +362,22 @@ def _stack(frames: list[_Frame], label: str) -> tuple[np.ndarray, tuple, np.ndar
     else:
         dz = float(frames[0].pixel_spacing[0])
     return values, (float(dx), float(dy), dz), positions[0], direction, note
+
+
+def _rescaled(frames: list[_Frame]) -> np.ndarray:
+    """The frames' values (slope x stored + intercept) as [z, y, x]: 16-bit integers when exact, else float32."""
+    exact = frames[0].pixels.dtype.kind in "iu" and all(f.slope == 1 and f.intercept == round(f.intercept)
+                                                          for f in frames)
+    dtype = np.float32
+    if exact:
+        lo = min(int(f.pixels.min()) + int(f.intercept) for f in frames)
+        hi = max(int(f.pixels.max()) + int(f.intercept) for f in frames)
+        dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
+    values = np.empty((len(frames), *frames[0].pixels.shape), dtype=dtype)
+    for k, f in enumerate(frames):  # frame by frame: no stack of 64-bit copies
+        values[k] = f.pixels.astype(np.int32) + int(f.intercept) if exact else \
+            f.pixels.astype(np.float64) * f.slope + f.intercept
+    return values
 
 
 def _regular_grid(values: np.ndarray, distance: np.ndarray, dz: float) -> np.ndarray:

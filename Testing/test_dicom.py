@@ -307,7 +307,8 @@ def test_dose_on_the_study_folder_equals_the_nrrd_inputs(study, pair, tmp_path, 
     assert "SPECT: DICOM NM series" in log and "units bqml from Units=BQML" in log
     nrrd = {"spect": write_volume(spect, tmp_path / "spect.nrrd"), "ct": write_volume(ct, tmp_path / "ct.nrrd")}
     assert main(["dose", "--spect", str(nrrd["spect"]), "--ct", str(nrrd["ct"]), "--out", str(tmp_path / "nrrd"),
-                 "--quiet"]) == 0
+                 "--quiet", "--ct-series", "1.2.3"]) == 0
+    assert "--ct-series is ignored: " in capsys.readouterr().err
     dicom = read_volume(tmp_path / "dicom" / "dose_rate_dvk.nrrd")
     reference = read_volume(tmp_path / "nrrd" / "dose_rate_dvk.nrrd")
     assert dicom.same_grid(reference)
