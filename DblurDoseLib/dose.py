@@ -74,7 +74,8 @@ def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str
     ``spect.metadata`` holds ``spect_units`` and ``units_from`` when the file records its units (DICOM);
     an explicit ``given`` overrides them, with a warning when they disagree.
     """
-    tagged, source = spect.metadata.get("spect_units"), spect.metadata.get("units_from")
+    source = spect.metadata.get("units_from")
+    tagged = spect.metadata.get("spect_units") if source else None
     if given:
         disagree = tagged and tagged != given
         return given, "--spect-units", [f"--spect-units {given} overrides the SPECT's {source} ({tagged})"] \
