@@ -28,7 +28,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .density import load_calibration
-    from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps
+    from .dicom import describe
+    from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps, spect_units_of
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, input_checksum, write_csv
     from .segments import read_segments
@@ -39,28 +40,46 @@ def cmd_dose(args: argparse.Namespace) -> int:
     every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"]
     # refuses before any work is done; with --overwrite, earlier results this run does not write go
     out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=every_result)
-    spect = read_volume(args.spect, what="SPECT")
-    ct = read_volume(args.ct, dtype=None, what="CT")  # native type: 16-bit HU take the fast table
+    spect = read_volume(args.spect, what="SPECT", series_uid=args.spect_series)
+    ct = read_volume(args.ct, dtype=None, what="CT", series_uid=args.ct_series)  # native type: 16-bit HU fast table
+    spect_units, spect_units_from, unit_warnings = spect_units_of(spect, args.spect_units)
+    unit_warnings += [f"{flag} is ignored: {name} is not a DICOM folder or file" for flag, name, v, given in
+                      (("--spect-series", args.spect, spect, args.spect_series), ("--ct-series", args.ct, ct, args.ct_series))
+                      if given and "series_uid" not in v.metadata]
+    duration, duration_from = args.duration, "--duration" if args.duration is not None else None
+    if duration is None and spect_units == "counts" and "acquisition_duration_s" in spect.metadata:
+        duration, duration_from = float(spect.metadata["acquisition_duration_s"]), spect.metadata["duration_from"]
+        if not args.quiet:
+            print(f"dblurdose: acquisition duration {duration:g} s taken from the DICOM {duration_from}", file=sys.stderr)
+    if spect_units == "counts" and args.calibration is None and "series_uid" in spect.metadata:
+        raise DblurDoseError(f"the SPECT series {spect.metadata['series_uid']} is in counts ({spect_units_from}): pass "
+                             "--calibration CPS_PER_MBQ" + (" and --duration SECONDS" if duration is None else "")
+                             + ", or give its units with --spect-units")
+    for line in (describe(spect, "SPECT"), describe(ct, "CT")):
+        if line and not args.quiet:
+            print(f"dblurdose: {line}", file=sys.stderr)
     out.require_space(len(methods) * ct.array.size * 4 * 1.05 + 1e6)  # float32 maps, CSVs
     calibration = load_calibration(args.hu_calibration) if args.hu_calibration else None
     segments = read_segments(args.seg, ct) if args.seg else None
     t0 = time.perf_counter()
     report: dict = {}
-    spect_units = args.spect_units or "bqml"
     maps = compute_dose_rate_maps(
         spect, ct, methods,
-        spect_units=spect_units, calibration_cps_per_mbq=args.calibration, duration_s=args.duration,
+        spect_units=spect_units, calibration_cps_per_mbq=args.calibration, duration_s=duration,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ,
         progress=_progress_printer(args.quiet),
         report=report,
     )
-    for warning in report.get("warnings", []):
+    for warning in unit_warnings + report.get("warnings", []):
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
     provenance = {
-        "spect_units_from": "--spect-units" if args.spect_units else "assumed (the default; the file records no units)",
+        "spect_units_from": spect_units_from,
+        **({"duration_from": duration_from} if duration_from else {}),
+        **{f"{name}_{key}": v.metadata[key] for name, v in (("spect", spect), ("ct", ct))
+           for key in ("series_uid", "scaling_from", "slice_grid") if key in v.metadata},
         **{f"input_{name}_sha256": input_checksum(path) for name, path in inputs.items() if path},
     }
     with out as stage:
@@ -119,18 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("dose", help="compute dose-rate maps (mGy/h) from a SPECT and a CT")
-    p.add_argument("--spect", required=True, help="SPECT image (NRRD, NIfTI, MHA, or a DICOM folder)")
-    p.add_argument("--ct", required=True, help="CT image in HU (NRRD, NIfTI, MHA, or a DICOM folder)")
+    p.add_argument("--spect", required=True, help="SPECT image (NRRD, NIfTI, MHA) or DICOM: a file, a series or a study folder")
+    p.add_argument("--ct", required=True, help="CT image in HU (NRRD, NIfTI, MHA) or DICOM: a file, a series or a study folder")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--spect-series", metavar="UID", help="Series Instance UID of the SPECT when --spect holds several")
+    p.add_argument("--ct-series", metavar="UID", help="Series Instance UID of the CT when --ct holds several")
     p.add_argument("--method", choices=("dvk", "cnn", "all"), default="dvk")
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
-                   help="units of the SPECT's voxel values (default: bqml, Bq/mL)")
+                   help="units of the SPECT's voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
     p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
-    p.add_argument("--duration", type=float, help="acquisition duration in seconds (with --spect-units counts)")
+    p.add_argument("--duration", type=float, help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
     p.add_argument("--per-mbq", action="store_true", help="report nGy/(MBq s) for 1 MBq in the field (paper's unit)")
     p.add_argument("--scale-electron-only", action="store_true",
                    help="density-scale only the electron part of the DVK (closer to Monte Carlo in lung)")

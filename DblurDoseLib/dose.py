@@ -68,6 +68,26 @@ def spect_to_bqml(
     return spect.with_array(values * np.float32(_UNIT_FACTORS[units]))
 
 
+def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str]]:
+    """The SPECT's units, where they came from, and warnings, from ``--spect-units`` or the file's tags.
+
+    ``spect.metadata`` holds ``spect_units`` and ``units_from`` when the file records its units (DICOM);
+    an explicit ``given`` overrides them, with a warning when they disagree.
+    """
+    source = spect.metadata.get("units_from")
+    tagged = spect.metadata.get("spect_units") if source else None
+    if given:
+        disagree = tagged and tagged != given
+        return given, "--spect-units", [f"--spect-units {given} overrides the SPECT's {source} ({tagged})"] \
+            if disagree else []
+    if tagged:
+        return tagged, source, []
+    if source:
+        raise DblurDoseError(f"the SPECT series {spect.metadata.get('series_uid', '')} gives {source}, not activity "
+                             "(Bq/mL) or counts: export it in Bq/mL, or give its units with --spect-units")
+    return "bqml", "assumed (the default; the file records no units)", []
+
+
 def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple[float, float] | None) -> None:
     """Refuse a total activity outside the range of a patient scan (the usual sign of wrong units)."""
     if activity_range_mbq is None:

@@ -117,33 +117,23 @@ def check_orthogonal(volume: Volume, what: str = "image", tol: float = 1e-3) -> 
         )
 
 
-def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image") -> Volume:
-    """Read NRRD, NIfTI, MHA/MHD or a DICOM series (a folder, or one file of it).
+def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image", series_uid: str | None = None) -> Volume:
+    """Read NRRD, NIfTI, MHA/MHD or DICOM (a file, a series folder or a study folder: see :mod:`.dicom`).
 
-    ``what`` names the input in error messages ("SPECT", "CT", ...).
+    ``what`` names the input in error messages ("SPECT", "CT", ...) and picks a DICOM series by
+    modality; ``series_uid`` chooses a DICOM series by its Series Instance UID.
     """
     import SimpleITK as sitk
+
+    from .dicom import is_dicom_path, read_dicom
 
     path = Path(path)
     if not path.exists():
         raise DblurDoseError(f"{what} file not found: {path}. Check the path (it is read, never modified).")
+    if is_dicom_path(path):
+        return read_dicom(path, what, dtype, series_uid)
     try:
-        if path.is_dir() or path.suffix.lower() == ".dcm":
-            folder = path if path.is_dir() else path.parent
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(folder))
-            if not series:
-                raise DblurDoseError(f"no DICOM series found in {folder} for the {what}")
-            if len(series) > 1:
-                raise DblurDoseError(
-                    f"{folder} holds {len(series)} DICOM series; put the {what} series in a folder of its own"
-                )
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-            reader.MetaDataDictionaryArrayUpdateOn()
-            reader.LoadPrivateTagsOff()
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DblurDoseError(
             f"could not read the {what} from {path}: {str(exc).strip().splitlines()[-1]}. "
