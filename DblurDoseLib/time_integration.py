@@ -426,7 +426,7 @@ def _fit_model(model: _Model, t: np.ndarray, y: np.ndarray, s: np.ndarray | None
             sol = least_squares(lambda p: (_curve(model, p, t) - y) * wts, p0,
                                 jac=lambda p: _curve_jacobian(model, p, t) * wts[:, None],
                                 bounds=(lower, np.inf), method="trf", x_scale="jac",
-                                xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=5000)
+                                xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100 * model.k)
         except (ValueError, np.linalg.LinAlgError):
             continue
         if sol.status > 0 and np.all(np.isfinite(sol.x)) and (best is None or sol.cost < best.cost):

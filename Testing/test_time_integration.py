@@ -70,13 +70,13 @@ def test_uptake_curve_recovered_with_uptake_model():
 def test_aicc_picks_mono_for_noisy_mono_data_and_bi_for_noisy_bi_data():
     t = np.array([1.0, 3, 6, 12, 24, 48, 96, 168])
     bi = 3.0 * np.exp(-LN2 / 8 * t) + 1.0 * np.exp(-LN2 / 80 * t)
-    picks_mono, picks_bi = 0, 0
+    picks_mono, picks_bi = [], []
     for seed in range(10):
         rng = np.random.default_rng(seed)
-        picks_mono += ti.fit_time_curve(t, mono(t) * (1 + 0.03 * rng.standard_normal(t.size))).model == "mono"
-        picks_bi += ti.fit_time_curve(t, bi * (1 + 0.03 * rng.standard_normal(t.size))).model == "bi"
-    assert picks_mono >= 8
-    assert picks_bi >= 8
+        picks_mono.append(ti.fit_time_curve(t, mono(t) * (1 + 0.03 * rng.standard_normal(t.size))).model)
+        picks_bi.append(ti.fit_time_curve(t, bi * (1 + 0.01 * rng.standard_normal(t.size))).model)
+    assert picks_mono.count("mono") >= 9
+    assert picks_bi.count("bi") >= 8 and "mono" not in picks_bi
 
 
 def test_no_clearance_faster_than_physical_decay_is_impossible():
