@@ -135,12 +135,15 @@ def test_prior_half_life_exact_with_the_right_half_life_and_population_table():
 
 
 def test_every_population_and_radiobiology_entry_has_a_source_and_status():
-    for name, entries in (("population_half_lives", None), ("radiobiology", None)):
-        table = ti.load_table(name)
-        groups = table["radiopharmaceuticals"].values() if name == "population_half_lives" else [table["tissues"]]
+    half_lives, radiobiology = ti.load_table("population_half_lives"), ti.load_table("radiobiology")
+    for table, groups in ((half_lives, half_lives["radiopharmaceuticals"].values()),
+                          (radiobiology, [radiobiology["tissues"]])):
+        names = set()
         for group in groups:
-            for entry in (entries or group).values():
+            names |= set(group)
+            for entry in group.values():
                 assert entry["source"] and entry["status"] in table["status_meaning"]
+        assert set(table["aliases"].values()) <= names
 
 
 def test_delta_method_uncertainty_matches_monte_carlo_of_refits():
