@@ -406,7 +406,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shipped = cnnShipped()
         self.ui.cnnCheckBox.enabled = shipped
         if not shipped:
-            self.ui.cnnCheckBox.toolTip = _("The CNN is not part of this version yet; DVK is available.")
+            self.ui.cnnCheckBox.toolTip = _("No trained DblurDoseNet weights are installed; only the DVK is available.")
 
         self.initializeParameterNode()
 
