@@ -26,9 +26,10 @@ Method (``mode="rigid"``):
 mesh (``BSPLINE_MESH_MM``), coefficients bounded to +-``BSPLINE_MAX_MM`` (the regularisation, with
 the coarse mesh), L-BFGS-B on the same metric. ``mode="none"`` is the identity.
 
-A result is refused (one-line :class:`DblurDoseError`) when the body masks overlap with a Dice
-below ``MIN_BODY_DICE`` or the HU correlation inside the reference body is below
-``MIN_HU_CORRELATION`` after registration, in every mode.
+A result is refused (one-line :class:`DblurDoseError`) when, after registration, less than
+``MIN_BODY_OVERLAP`` of the reference body lies in the moved CT's field, or inside the common field
+the body masks overlap with a Dice below ``MIN_BODY_DICE`` or the HU correlation inside the
+reference body is below ``MIN_HU_CORRELATION``; in every mode ("none" too: then register).
 
 Moving images (:func:`apply_to_activity`, :func:`apply_to_volume`): the rigid part is composed into
 the image geometry (new origin and direction, the same array: exact, no interpolation), and the
@@ -59,6 +60,8 @@ AIR_HU = -1000.0
 MIN_BODY_DICE = 0.8
 #: refuse a registration whose HU Pearson correlation inside the reference body is below this
 MIN_HU_CORRELATION = 0.5
+#: refuse a registration that leaves less than this fraction of the reference body inside the moved CT's field
+MIN_BODY_OVERLAP = 0.3
 #: the metric samples inside the reference body dilated by this much, mm
 MASK_MARGIN_MM = 10.0
 #: approximate voxel size of the multi-resolution levels, coarse to fine, mm
@@ -94,6 +97,7 @@ class Registration:
     metric_value: float  # Mattes mutual information at the end (negative: lower is better); nan for "none"
     body_dice: float  # Dice of the body masks on the reference grid, after registration
     hu_correlation: float  # Pearson correlation of HU inside the reference body, after registration
+    body_overlap: float  # fraction of the reference body inside the moved CT's field (Dice and correlation there)
     rotation_deg: tuple[float, float, float]  # Euler angles about x, y, z (ITK ZXY composition), degrees
     translation_mm: tuple[float, float, float]  # translation of the rigid part about ``centre_mm``, mm
     centre_mm: tuple[float, float, float]  # centre of rotation (reference body centre), mm
@@ -133,21 +137,29 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
 
 
-def _quality(moving_ct: Volume, reference_ct: Volume, rigid, deformation) -> tuple[float, float]:
-    """Body Dice and HU correlation of the moved CT against the reference, inside the common field."""
+def _quality(moving_ct: Volume, reference_ct: Volume, rigid, deformation) -> tuple[float, float, float]:
+    """Body Dice, HU correlation (both inside the common field) and the body overlap of the moved CT."""
     moved = apply_to_volume(moving_ct, _Parts(rigid, deformation), reference_ct, default=np.nan)
     hu = np.asarray(moved.array)
     inside = np.isfinite(hu)
-    ref_body = body_mask(reference_ct) & inside
+    whole_body = body_mask(reference_ct)
+    ref_body = whole_body & inside
+    overlap = float(ref_body.sum()) / max(1, int(whole_body.sum()))
     moved_body = body_mask(moved.with_array(np.where(inside, hu, AIR_HU))) & inside
     score = dice(ref_body, moved_body)
     ref_hu = np.asarray(reference_ct.array, dtype=np.float64)[ref_body]
     if ref_hu.size < 2 or np.std(ref_hu) == 0 or np.std(hu[ref_body]) == 0:
-        return score, 0.0
-    return score, float(np.corrcoef(ref_hu, hu[ref_body].astype(np.float64))[0, 1])
+        return score, 0.0, overlap
+    return score, float(np.corrcoef(ref_hu, hu[ref_body].astype(np.float64))[0, 1]), overlap
 
 
-def _check_quality(label: str, mode: str, body_dice: float, correlation: float) -> None:
+def _check_quality(label: str, mode: str, body_dice: float, correlation: float, overlap: float) -> None:
+    if overlap < MIN_BODY_OVERLAP:
+        raise DblurDoseError(
+            f"registration of the {label} CT to the reference CT failed (mode '{mode}'): only {overlap:.0%} of the "
+            f"reference body lies in its field (needs >= {MIN_BODY_OVERLAP:.0%}); check that both CTs cover the same "
+            "body region, or pre-align them (e.g. in Slicer) and retry"
+        )
     if body_dice >= MIN_BODY_DICE and correlation >= MIN_HU_CORRELATION:
         return
     fix = ("register it (mode 'rigid')" if mode == "none" else
@@ -292,7 +304,7 @@ def register_ct(moving_ct: Volume, reference_ct: Volume, mode: str = "rigid", *,
     ------
     DblurDoseError
         Unknown mode, a CT without a body, no overlap, or a result below MIN_BODY_DICE /
-        MIN_HU_CORRELATION.
+        MIN_HU_CORRELATION / MIN_BODY_OVERLAP, or an optimizer error (e.g. no overlap left).
     """
     import SimpleITK as sitk
 
@@ -316,12 +328,12 @@ def register_ct(moving_ct: Volume, reference_ct: Volume, mode: str = "rigid", *,
             method = _method(reference_ct, mask, threads, shrink[-2:], sigmas[-2:])
             deformation = _register_bspline(fixed, moving, method, rigid, label)
             metric, stop = method.GetMetricValue(), method.GetOptimizerStopConditionDescription()
-    body_dice, correlation = _quality(moving_ct, reference_ct, rigid, deformation)
-    _check_quality(label, mode, body_dice, correlation)
+    body_dice, correlation, overlap = _quality(moving_ct, reference_ct, rigid, deformation)
+    _check_quality(label, mode, body_dice, correlation, overlap)
     params = rigid.GetParameters()
     return Registration(
         mode=mode, rigid=rigid, deformation=deformation, metric_value=float(metric), body_dice=body_dice,
-        hu_correlation=correlation, rotation_deg=tuple(float(np.degrees(a)) for a in params[:3]),
+        hu_correlation=correlation, body_overlap=overlap, rotation_deg=tuple(float(np.degrees(a)) for a in params[:3]),
         translation_mm=tuple(float(t) for t in params[3:]), centre_mm=tuple(float(c) for c in rigid.GetCenter()),
         label=label, stop_condition=stop,
     )

@@ -127,7 +127,7 @@ def test_rigid_recovers_known_motion(rigid, reference_ct):
     assert max(errors) < 2.0, errors
     assert np.linalg.norm(np.subtract(rigid.transform.TransformPoint(rigid.centre_mm),
                                       truth.TransformPoint(rigid.centre_mm))) < 1.5
-    assert rigid.body_dice > 0.95 and rigid.hu_correlation > 0.8
+    assert rigid.body_dice > 0.95 and rigid.hu_correlation > 0.8 and rigid.body_overlap > 0.99
     assert rigid.metric_value < 0 and np.isfinite(rigid.metric_value)
 
 
@@ -195,6 +195,13 @@ def test_unrelated_or_empty_ct_is_refused(reference_ct):
     with pytest.raises(DblurDoseError, match=r"registration of the day 7 CT .* failed.*body Dice") as info:
         register_ct(unrelated, reference_ct, label="day 7")
     assert "\n" not in str(info.value) and str(MIN_BODY_DICE) in str(info.value)
+
+
+def test_ct_of_another_body_region_is_refused(reference_ct):
+    """A moving CT whose field holds only the top slab of the body (neck-only scan, say)."""
+    head = grid((6, 64, 64), (5.0, 5.0, 5.0), centre=(0.0, 0.0, 70.0))
+    with pytest.raises(DblurDoseError, match=r"day 2 CT .* failed .*of the reference body lies in its field"):
+        register_ct(image(head), reference_ct, "none", label="day 2")
 
 
 def test_unknown_mode_is_refused(reference_ct):
