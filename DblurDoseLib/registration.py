@@ -16,8 +16,9 @@ Method (``mode="rigid"``):
   quality figure instead;
 * only samples inside the reference body mask (HU > ``BODY_HU_THRESHOLD``, largest connected part,
   so the couch and air are ignored), dilated by ``MASK_MARGIN_MM`` to keep the skin edge;
-* multi-resolution: levels at about ``LEVEL_SPACINGS_MM`` (shrink factors from the CT's own
-  voxel size) with Gaussian smoothing of half that spacing;
+* multi-resolution: levels at about ``LEVEL_SPACINGS_MM`` (shrink factors from the CT's coarsest
+  voxel axis) with Gaussian smoothing of half that spacing, each sampled at ``SAMPLING_FRACTION``
+  of its voxels but at most ``MAX_SAMPLES`` points;
 * optimizer: regular-step gradient descent, scales from the physical shift of the parameters
   (1 step unit ~ 1 mm of motion anywhere in the field);
 * deterministic: random sampling with a fixed seed (``SAMPLING_SEED``) and a fixed thread count.
@@ -68,8 +69,10 @@ MASK_MARGIN_MM = 10.0
 LEVEL_SPACINGS_MM = (16.0, 8.0, 4.0)
 #: Mattes mutual information histogram bins
 HISTOGRAM_BINS = 32
-#: fraction of the (masked) voxels the metric samples at each level
+#: fraction of the voxels the metric samples at each level (those outside the body mask are dropped) ...
 SAMPLING_FRACTION = 0.25
+#: ... but no more than this many per level
+MAX_SAMPLES = 200_000
 #: seed of the metric's random sampling: the same inputs give the same transform
 SAMPLING_SEED = 20261206
 #: rigid optimizer: first and smallest step (mm-equivalent), iterations per level
@@ -201,22 +204,29 @@ def _initial_rigid(moving_ct: Volume, reference_ct: Volume, initialisation: str,
     return sitk.CenteredTransformInitializer(images[0], images[1], sitk.Euler3DTransform(), how)
 
 
-def _levels(reference_ct: Volume) -> tuple[list[int], list[float]]:
-    """Shrink factors and smoothing sigmas (mm) for LEVEL_SPACINGS_MM on this CT's voxels."""
-    finest = min(reference_ct.spacing)
-    shrink = [max(1, int(round(target / finest))) for target in LEVEL_SPACINGS_MM]
+def _levels(reference_ct: Volume) -> tuple[list[int], list[float], list[float]]:
+    """Shrink factors, smoothing sigmas (mm) and sampling fractions of the LEVEL_SPACINGS_MM levels.
+
+    One shrink factor serves all three axes (SimpleITK), so it is set by the coarsest axis (a
+    0.98x0.98x3 mm CT is not shrunk to 12 mm slices); the sampling fraction keeps each level
+    under MAX_SAMPLES points, so a fine CT costs no more per iteration than a coarse one.
+    """
+    coarsest_axis = max(reference_ct.spacing)
+    shrink = [max(1, int(round(target / coarsest_axis))) for target in LEVEL_SPACINGS_MM]
     sigmas = [0.5 * target if factor > 1 else 0.0 for target, factor in zip(LEVEL_SPACINGS_MM, shrink)]
-    return shrink, sigmas
+    voxels = float(np.prod(reference_ct.shape))
+    fractions = [min(SAMPLING_FRACTION, MAX_SAMPLES * factor ** 3 / voxels) for factor in shrink]
+    return shrink, sigmas, fractions
 
 
-def _method(reference_ct: Volume, fixed_mask, threads: int, shrink: list[int], sigmas: list[float]):
+def _method(fixed_mask, threads: int, shrink: list[int], sigmas: list[float], fractions: list[float]):
     """An ImageRegistrationMethod with the metric, sampling, masks and levels set (no optimizer)."""
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, SAMPLING_SEED)
+    method.SetMetricSamplingPercentagePerLevel(fractions, SAMPLING_SEED)
     method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel(shrink)
@@ -320,12 +330,12 @@ def register_ct(moving_ct: Volume, reference_ct: Volume, mode: str = "rigid", *,
         fixed, moving = _float_image(reference_ct), _float_image(moving_ct)
         mask = sitk.BinaryDilate(_mask_image(reference_ct, body_mask(reference_ct)),
                                  [max(1, int(round(MASK_MARGIN_MM / s))) for s in reference_ct.spacing])
-        shrink, sigmas = _levels(reference_ct)
-        method = _method(reference_ct, mask, threads, shrink, sigmas)
+        shrink, sigmas, fractions = _levels(reference_ct)
+        method = _method(mask, threads, shrink, sigmas, fractions)
         rigid = _register_rigid(fixed, moving, method, rigid, label)
         metric, stop = method.GetMetricValue(), method.GetOptimizerStopConditionDescription()
         if mode == "deformable":
-            method = _method(reference_ct, mask, threads, shrink[-2:], sigmas[-2:])
+            method = _method(mask, threads, shrink[-2:], sigmas[-2:], fractions[-2:])
             deformation = _register_bspline(fixed, moving, method, rigid, label)
             metric, stop = method.GetMetricValue(), method.GetOptimizerStopConditionDescription()
     body_dice, correlation, overlap = _quality(moving_ct, reference_ct, rigid, deformation)
