@@ -43,7 +43,7 @@ and renormalised to the total inside the field (see :func:`resample.resample_act
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,7 +106,6 @@ class Registration:
     centre_mm: tuple[float, float, float]  # centre of rotation (reference body centre), mm
     label: str = "moving time point"
     stop_condition: str = ""
-    notes: dict = field(default_factory=dict)
 
     @property
     def transform(self):

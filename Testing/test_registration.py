@@ -121,6 +121,8 @@ def test_rigid_recovers_known_motion(rigid, reference_ct):
     truth = true_transform()
     assert rigid.mode == "rigid"
     assert np.allclose(rigid.rotation_deg, ANGLES_DEG, atol=1.0), rigid.rotation_deg
+    true_angle = np.degrees(np.arccos((np.trace(np.reshape(truth.GetMatrix(), (3, 3))) - 1) / 2))
+    assert rigid.rotation_angle_deg == pytest.approx(true_angle, abs=1.0)
     # translation: where the two transforms send points of the body (centre and a box around it)
     box = [(x, y, z) for x in (-100.0, 100.0) for y in (-70.0, 70.0) for z in (-60.0, 60.0)] + [(0.0, 0.0, 0.0)]
     errors = [np.linalg.norm(np.subtract(rigid.transform.TransformPoint(p), truth.TransformPoint(p))) for p in box]
@@ -226,6 +228,9 @@ def test_deformable_improves_a_smoothly_deformed_ct(reference_ct):
     rigid = register_ct(moving, reference_ct, "rigid", label="day 1")
     deformable = register_ct(moving, reference_ct, "deformable", label="day 1")
     assert deformable.mode == "deformable" and deformable.deformation is not None
+    point = (80.0, -40.0, 20.0)  # the B-spline acts first, then the rigid part
+    assert np.allclose(deformable.transform.TransformPoint(point),
+                       deformable.rigid.TransformPoint(deformable.deformation.TransformPoint(point)))
     assert deformable.body_dice > rigid.body_dice + 0.01, (rigid.body_dice, deformable.body_dice)
     assert deformable.body_dice > 0.95
     spect = moving.with_array(np.where(body_mask(moving), 1e4, 0.0).astype(np.float32))
