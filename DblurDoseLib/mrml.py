@@ -582,7 +582,7 @@ def _check_methods(methods: Sequence[str], warnings: list[str]) -> tuple[str, ..
                 f"{', '.join(m.upper() for m in missing)} is not available in this installation "
                 f"(available: {', '.join(m.upper() for m in available)}); choose DVK"
             )
-        warnings.append(f"{', '.join(m.upper() for m in missing)} is not installed (no trained weights found); "
+        warnings.append(f"{', '.join(m.upper() for m in missing)} is not available (no trained weights installed); "
                         f"computed {', '.join(m.upper() for m in kept)} only")
     return kept
 
