@@ -66,6 +66,11 @@ FORMAT_VERSION = 1
 LEAK = 0.1
 WIDTHS = (16, 32, 64, 128)  # U-Net encoder widths; the bottleneck keeps the last
 OUTPUT_INIT_STD = 0.01  # initial weights of the 1x1 output layer (scaled units; see UNet2D)
+#: the second extractor conv's three outputs per pack as sums of (tap j, M-map shift) terms; "first" is
+#: w0 p0[k] (+ bias), "last" w2 R[k] (see DepthExtractor._conv2_shared)
+TAP_SUMS = (("first", (1, 0), (2, 2)), ((0, 0), (1, 2), (2, 4)), ((0, 2), (1, 4), "last"))
+#: training: the tap sums as one autograd node (_TapSum); False: plain autograd of slices (the reference)
+TAP_SUM_NODE = True
 
 
 @dataclass
@@ -235,6 +240,7 @@ class DepthExtractor(nn.Module):
         Every tap of every M map is computed once (``T_j[g] = w_j M[g]``, one conv with the three
         taps as 48 output channels) and summed; only ``w0 p0`` and ``w2 R`` are per pack: 5 taps
         per pack instead of 9. The bias enters once per output (with ``T_0`` and ``w0 p0``).
+        The sums are one autograd node (:class:`_TapSum`).
         """
         w, b = self.conv2.weight, self.conv2.bias  # [16, 8, 3, 7, 7]
         co = w.shape[0]
@@ -243,21 +249,9 @@ class DepthExtractor(nn.Module):
         t = F.conv3d(mid, taps, tap_bias, padding=(0, 3, 3))  # [B, 48, s + 4, ..]: T_j[i] for M[i + 2]
         first = F.conv3d(p0, w[:, :, :1], b, padding=(0, 3, 3))  # w0 p0[k] (+ bias)
         last = F.conv3d(right, w[:, :, 2:], None, padding=(0, 3, 3))  # w2 R[k]
-
-        def tap(j: int, shift: int) -> torch.Tensor:  # T_j[k + shift], k = 0 .. s - 1
-            return t[:, j * co: (j + 1) * co, shift: shift + s]
-
-        parts = ((first, tap(1, 0), tap(2, 2)), (tap(0, 0), tap(1, 2), tap(2, 4)), (tap(0, 2), tap(1, 4), last))
-        if torch.is_grad_enabled():  # autograd: build the interleaved tensor from sums
-            return torch.stack([a + b_ + c for a, b_, c in parts], dim=3).flatten(2, 3)
-        nb, _, _, ny, nx = t.shape
-        # [B, 16, 3s, Y, X] stored channels-last (z, y, x, channel), outputs interleaved n0 n1 n2 per pack
-        q = t.new_empty(nb, 3 * s, ny, nx, co).permute(0, 4, 1, 2, 3)
-        for n, (a, b_, c) in enumerate(parts):
-            out = q[:, :, n::3]
-            torch.add(a, b_, out=out)
-            out += c
-        return q
+        if TAP_SUM_NODE or not torch.is_grad_enabled():
+            return _TapSum.apply(t, first, last)
+        return torch.stack([a + b_ + c for a, b_, c in _tap_terms(t, first, last, s)], dim=3).flatten(2, 3)
 
     def _bn1_act(self, f1, left, right, s):
         """BN1 + activation on the three kinds of first-layer maps, with per-pack batch statistics."""
@@ -288,6 +282,47 @@ class DepthExtractor(nn.Module):
         shift = bn.bias - mean * scale
         scale, shift = scale.view(1, -1, 1, 1, 1), shift.view(1, -1, 1, 1, 1)
         return tuple(_leaky(t * scale + shift) for t in (f1, left, right))
+
+
+def _tap_terms(t: torch.Tensor, first: torch.Tensor | None, last: torch.Tensor | None, s: int):
+    """For each output n of :data:`TAP_SUMS`, its three ``[B, C, s, Y, X]`` terms (see :class:`_TapSum`);
+    the terms of ``t`` are views of it."""
+    co = t.shape[1] // 3
+    maps = {"first": first, "last": last}
+    for terms in TAP_SUMS:
+        yield tuple(maps[m] if isinstance(m, str) else t[:, m[0] * co: (m[0] + 1) * co, m[1]: m[1] + s] for m in terms)
+
+
+class _TapSum(torch.autograd.Function):
+    """The second conv's outputs from its tap maps: ``(t, first, last) -> q`` (:meth:`DepthExtractor._conv2_shared`).
+
+    ``t``: ``[B, 3C, s + 4, Y, X]``, tap j of M map ``i + 2`` in channels ``jC .. (j+1)C``;
+    ``first``, ``last``: ``[B, C, s, Y, X]``; ``q``: ``[B, C, 3s, Y, X]``, channels-last, outputs
+    n0 n1 n2 of each pack interleaved. Pack k's output n sums the maps of :data:`TAP_SUMS` [n]:
+    ``(j, shift)`` is ``T_j[k + shift]``. One node, so that the backward pass adds each output's
+    gradient into one gradient of ``t``: autograd of the seven slices of ``t`` would allocate, fill
+    and add seven zero tensors of ``t``'s size (about 15% of a training step on the CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        nb, c3, _, ny, nx = t.shape
+        ctx.t_shape = t.shape
+        q = t.new_empty(nb, 3 * first.shape[2], ny, nx, c3 // 3).permute(0, 4, 1, 2, 3)
+        for n, (a, b, c) in enumerate(_tap_terms(t, first, last, first.shape[2])):
+            out = q[:, :, n::3]
+            torch.add(a, b, out=out)
+            out += c
+        return q
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_t = grad.new_zeros(ctx.t_shape)
+        for n, terms in enumerate(_tap_terms(grad_t, None, None, grad.shape[2] // 3)):
+            for view in terms:
+                if view is not None:
+                    view += grad[:, :, n::3]
+        return grad_t, grad[:, :, 0::3], grad[:, :, 2::3]
 
 
 class DblurDoseNet(nn.Module):

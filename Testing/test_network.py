@@ -142,6 +142,26 @@ def test_slab_training_step_equals_per_pack_batch():
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-8, atol=1e-12, msg=name)
 
 
+def test_tap_sum_node_equals_autograd_of_slices(monkeypatch):
+    """The training step's fast path (the extractor's tap sums as one autograd node) is the same
+    function as plain autograd of the slices: outputs and every gradient, float64."""
+    from DblurDoseLib import network
+
+    x = torch.randn(2, 2, 6 + PACK - 1, 16, 16, dtype=torch.float64)
+    dvk = torch.randn(2, 1, 6, 16, 16, dtype=torch.float64)
+    results = []
+    for node in (True, False):
+        monkeypatch.setattr(network, "TAP_SUM_NODE", node)
+        model = random_model(dtype=torch.float64).train()
+        out = model.forward_slab(x, dvk)
+        (out ** 3).mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (fast, fast_grads), (naive, naive_grads) = results
+    torch.testing.assert_close(fast, naive, rtol=1e-12, atol=1e-12)
+    for name, grad in naive_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_folded_batch_norm_equals_eval_model(variant):
     model = random_model(variant)

@@ -4,7 +4,9 @@ One step = forward_slab + weighted MSE + backward + Adam on a batch of ``--batch
 ``--patch`` x ``--patch`` patches in slabs of S consecutive slices (S + 10 input slices each), as
 ``dblurdose train`` runs it (channels-last on the CPU). Synthetic inputs: the cost does not depend
 on the values. Medians of ``--repeats`` steps after one warm-up step, all in one process, so the
-ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like.
+ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like; the row
+"v0.2 autograd tap sums" is the v0.2 training step (``network.TAP_SUM_NODE = False``) for the
+row below it.
 
     python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
 """
@@ -17,11 +19,14 @@ import time
 
 import torch
 
+from DblurDoseLib import network
 from DblurDoseLib.network import DblurDoseNet
 
 
-def step_seconds(variant: str, slab: int, patch: int, batch: int, repeats: int) -> tuple[float, float]:
-    """Median (step, forward) seconds."""
+def step_seconds(variant: str, slab: int, patch: int, batch: int, repeats: int,
+                 tap_sum_node: bool = True) -> tuple[float, float]:
+    """Median (step, forward) seconds; ``tap_sum_node=False``: the v0.2 backward of the extractor's tap sums."""
+    network.TAP_SUM_NODE = tap_sum_node
     torch.manual_seed(0)
     net = DblurDoseNet(variant)
     net.unet.to(memory_format=torch.channels_last)
@@ -58,10 +63,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
           f"{args.patch}x{args.patch}, median of {args.repeats} steps")
     base = None
-    for variant, slab in (("dblurdose", 4), ("dblurdose", 8), ("dblurdose", 16), ("2d", 4), ("2d", 8)):
-        step, fwd = step_seconds(variant, slab, args.patch, args.batch, args.repeats)
+    rows = [("dblurdose", 4, True), ("dblurdose", 8, False), ("dblurdose", 8, True), ("dblurdose", 16, True),
+            ("2d", 4, True), ("2d", 8, True)]
+    for variant, slab, node in rows:
+        step, fwd = step_seconds(variant, slab, args.patch, args.batch, args.repeats, node)
         base = base or step
-        print(f"{variant:10s} slab {slab:2d}: step {step:.2f} s (forward {fwd:.2f} s), "
+        label = "" if node else " (v0.2 autograd tap sums)"
+        print(f"{variant:10s} slab {slab:2d}{label}: step {step:.2f} s (forward {fwd:.2f} s), "
               f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row")
 
 
