@@ -5,8 +5,9 @@ order as the library's numpy ``[z, y, x]`` arrays. A *pack* is 11 consecutive sl
 the network maps a pack to the dose rate of its centre slice.
 
 * Input ``x``: ``[B, 2, 11, Y, X]``, channel 0 the scaled SPECT, channel 1 the density (g/cm3).
-* ``dvk``: ``[B, 1, Y, X]``, the scaled DVK dose rate of the centre slice. It is added to the
-  U-Net output (global residual) and never fed into the network.
+* ``dvk``: ``[B, 1, Y, X]``, the scaled DVK dose rate of the centre slice. The U-Net's output
+  corrects it (global residual; :meth:`DblurDoseNet.correct`: a factor in (1/20, 20), or added as
+  in v0.2) and it is never fed into the network.
 * Output: ``[B, 1, Y, X]``, the scaled dose rate of the centre slice (no clamping; the
   test-time clamp at 0 and the air mask live in :func:`postprocess`).
 
@@ -17,7 +18,8 @@ Architecture (paper, Fig. 3; the public reference code pins the details):
   no bias, BN, LeakyReLU(0.1); Conv3d 16->16 (3,7,7), padding (0,3,3), with bias, linear.
   z goes 11 -> 9 -> 5 -> 3 -> 1.
 * 2D U-Net: 4 max-pool(2) downsamplings; each level a double 3x3 conv (no bias) + BN;
-  LeakyReLU(0.1) in the encoder, ReLU in the decoder; encoder widths 16, 32, 64, 128 and a
+  LeakyReLU(0.1) in the encoder, ReLU in the decoder (the paper; ``ModelConfig.decoder_activation``
+  "leaky", the default since v0.3, has no dead zone); encoder widths 16, 32, 64, 128 and a
   128-channel bottleneck; nearest x2 upsampling, skip concatenated before the upsampled map;
   decoder widths 64, 32, 16, 16 (first conv of each decoder level halves its input width);
   1x1 linear output. 1,143,233 parameters in all (the reference: about 1.14 M). The output
@@ -48,6 +50,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -61,6 +64,13 @@ from .errors import DblurDoseError
 PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre
 VARIANTS = ("dblurdose", "no_residual", "2d")
+DECODER_ACTIVATIONS = ("leaky", "relu")
+CORRECTIONS = ("ratio", "additive")
+#: the "ratio" correction multiplies the DVK by a factor in (1 / RATIO_LIMIT, RATIO_LIMIT); 1/20 is
+#: inference.TISSUE_FLOOR, so that the network itself never goes below the floor in tissue
+RATIO_LIMIT = 20.0
+#: ModelConfig keys that model files of v0.2 and before lack, with the behaviour those files were trained with
+LEGACY_CONFIG = {"decoder_activation": "relu", "correction": "additive"}
 FORMAT = "dblurdosenet"
 FORMAT_VERSION = 1
 LEAK = 0.1
@@ -86,6 +96,11 @@ class ModelConfig:
     dose_scale: float = 1.0e8
     density_units: str = "g/cm3"
     pack: int = PACK
+    #: activation of the U-Net's decoder: "leaky" (LeakyReLU(0.1), no dead zone) or "relu" (v0.2)
+    decoder_activation: str = "leaky"
+    #: how the U-Net's output ``c`` corrects the DVK (residual variants): "ratio", dose = DVK x
+    #: exp(L tanh(c / L)) with L = ln(RATIO_LIMIT), or "additive", dose = DVK + c (v0.2); see DblurDoseNet
+    correction: str = "ratio"
     version: int = FORMAT_VERSION
     #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
     info: dict = field(default_factory=dict)
@@ -96,13 +111,19 @@ class ModelConfig:
         self.spacing = tuple(float(s) for s in self.spacing)
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise DblurDoseError(f"the model's working voxel size must be 3 positive numbers (mm), got {self.spacing}")
+        for key, allowed in (("decoder_activation", DECODER_ACTIVATIONS), ("correction", CORRECTIONS)):
+            if getattr(self, key) not in allowed:
+                raise DblurDoseError(f"unknown {key} {getattr(self, key)!r} in the model config; choose one of "
+                                     f"{', '.join(allowed)}")
         if self.pack != PACK:
             raise DblurDoseError(f"this version handles packs of {PACK} slices, the model file says {self.pack}")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """The config stored in a model file; keys it lacks (files of v0.2 and before) take the
+        behaviour it was trained with (:data:`LEGACY_CONFIG`), not today's defaults."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{**LEGACY_CONFIG, **{k: v for k, v in data.items() if k in known}})
 
 
 # --- building blocks ------------------------------------------------------------------------
@@ -129,9 +150,13 @@ class DoubleConv(nn.Sequential):
 
 
 class UNet2D(nn.Module):
-    """The 2D U-Net: ``[N, cin, Y, X] -> [N, 1, Y, X]``; any Y, X (padded to multiples of 16 inside)."""
+    """The 2D U-Net: ``[N, cin, Y, X] -> [N, 1, Y, X]``; any Y, X (padded to multiples of 16 inside).
 
-    def __init__(self, cin: int) -> None:
+    ``decoder``: the decoder's activation, "leaky" or "relu" (the paper's; its last features are
+    then >= 0, and where all 16 are zero the output is the bias whatever the input).
+    """
+
+    def __init__(self, cin: int, decoder: str = "leaky") -> None:
         super().__init__()
         w = WIDTHS
         self.enc = nn.ModuleList(
@@ -144,7 +169,7 @@ class UNet2D(nn.Module):
         for i in (3, 2, 1, 0):
             cin_up = w[i] + below
             cout = w[max(i - 1, 0)]
-            ups.append(DoubleConv(cin_up, cout, "relu", mid=cin_up // 2))
+            ups.append(DoubleConv(cin_up, cout, decoder, mid=cin_up // 2))
             below = cout
         self.dec = nn.ModuleList(ups)
         self.out = nn.Conv2d(w[0], 1, 1)
@@ -336,7 +361,7 @@ class DblurDoseNet(nn.Module):
         self.config = ModelConfig(variant=config) if isinstance(config, str) else config
         self.variant = self.config.variant
         self.extractor = None if self.variant == "2d" else DepthExtractor()
-        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16)
+        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16, self.config.decoder_activation)
 
     @property
     def residual(self) -> bool:
@@ -350,7 +375,7 @@ class DblurDoseNet(nn.Module):
             features = x.reshape(x.shape[0], 2 * PACK, *x.shape[3:])  # SPECT slices, then density
         else:
             features = self.extractor(x)
-        return self._residual(self.unet(features), dvk)
+        return self.correct(self.unet(features), dvk)
 
     def forward_slab(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
         """All packs of a slab: ``x [B, 2, S + 10, Y, X]``, ``dvk [B, 1, S, Y, X]`` -> ``[B, 1, S, Y, X]``.
@@ -361,14 +386,30 @@ class DblurDoseNet(nn.Module):
         nb, _, nz, ny, nx = x.shape
         s = nz - (PACK - 1)
         features = self.slab_features(x).transpose(1, 2).reshape(nb * s, -1, ny, nx)
-        return self._residual(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
+        return self.correct(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
 
-    def _residual(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+    def correct(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+        """The dose rate (scaled) from the U-Net's output ``out`` and the DVK (same shape).
+
+        "additive" (v0.2): ``dvk + out``. Nothing keeps a negative correction from overshooting:
+        v0.2 drove tissue to zero, and inference's 5% floor was the only guard. "ratio" (the
+        default): ``dvk * exp(L tanh(out / L))``, ``L = ln(RATIO_LIMIT)``: the DVK times a factor
+        in (1/20, 20), 1 + out near out = 0, smooth, free in both directions and symmetric in log
+        space; by construction never below 1/20 of the DVK (the floor is no longer hit, only
+        approached with a vanishing gradient) and zero wherever the DVK is (air, no activity).
+        The factor is dimensionless, so the network learns a relative blur correction that does
+        not depend on the dose level. The price: no dose where the DVK has none (beyond the DVK
+        kernel's range: the far photon tail). No-residual variant: ``out`` itself.
+        """
         if not self.residual:
             return out
         if dvk is None:
-            raise ValueError(f"the {self.variant!r} network adds the DVK map to its output: pass dvk")
-        return out + dvk
+            raise ValueError(f"the {self.variant!r} network corrects the DVK map: pass dvk")
+        if self.config.correction == "additive":
+            return out + dvk
+        limit = math.log(RATIO_LIMIT)
+        c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        return dvk * torch.exp(limit * torch.tanh(c / limit))
 
     def slab_features(self, x: torch.Tensor) -> torch.Tensor:
         """The U-Net's input for every pack of a slab: ``[B, 2, S + 10, Y, X] -> [B, C, S, Y, X]``."""
@@ -406,7 +447,8 @@ def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:
 
 
 def zero_correction(model: DblurDoseNet) -> DblurDoseNet:
-    """Set the output layer to zero in place: a residual network then returns exactly the DVK."""
+    """Set the output layer to zero in place: a residual network then returns exactly the DVK
+    (either correction: a zero additive term, a factor exp(0) = 1)."""
     with torch.no_grad():
         model.unet.out.weight.zero_()
         model.unet.out.bias.zero_()
@@ -414,9 +456,12 @@ def zero_correction(model: DblurDoseNet) -> DblurDoseNet:
 
 
 def correction_bound(model: DblurDoseNet) -> tuple[float, float]:
-    """Bounds (scaled units) that the output layer puts on the U-Net's output, given that its inputs
-    are ReLU outputs (>= 0): (-inf or bias, bias or +inf). A finite bound means the network can only
-    correct in one direction: all output weights of one sign (the defect of the v0.1 weights)."""
+    """Bounds (scaled units) that the output layer puts on the U-Net's output. With a ReLU decoder its
+    inputs are >= 0: (-inf or bias, bias or +inf); a finite bound means the network can only correct
+    in one direction: all output weights of one sign (the defect of the v0.1 weights). A LeakyReLU
+    decoder's features take both signs: no bound."""
+    if model.config.decoder_activation != "relu":
+        return float("-inf"), float("inf")
     w = model.unet.out.weight.detach().flatten()
     b = float(model.unet.out.bias.detach())
     upper = b if bool((w <= 0).all()) else float("inf")
