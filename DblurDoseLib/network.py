@@ -5,8 +5,9 @@ order as the library's numpy ``[z, y, x]`` arrays. A *pack* is 11 consecutive sl
 the network maps a pack to the dose rate of its centre slice.
 
 * Input ``x``: ``[B, 2, 11, Y, X]``, channel 0 the scaled SPECT, channel 1 the density (g/cm3).
-* ``dvk``: ``[B, 1, Y, X]``, the scaled DVK dose rate of the centre slice. It is added to the
-  U-Net output (global residual) and never fed into the network.
+* ``dvk``: ``[B, 1, Y, X]``, the scaled DVK dose rate of the centre slice. The U-Net's output
+  corrects it (global residual; :meth:`DblurDoseNet.correct`: a factor in (1/20, 20), or added as
+  in v0.2) and it is never fed into the network.
 * Output: ``[B, 1, Y, X]``, the scaled dose rate of the centre slice (no clamping; the
   test-time clamp at 0 and the air mask live in :func:`postprocess`).
 
@@ -17,7 +18,8 @@ Architecture (paper, Fig. 3; the public reference code pins the details):
   no bias, BN, LeakyReLU(0.1); Conv3d 16->16 (3,7,7), padding (0,3,3), with bias, linear.
   z goes 11 -> 9 -> 5 -> 3 -> 1.
 * 2D U-Net: 4 max-pool(2) downsamplings; each level a double 3x3 conv (no bias) + BN;
-  LeakyReLU(0.1) in the encoder, ReLU in the decoder; encoder widths 16, 32, 64, 128 and a
+  LeakyReLU(0.1) in the encoder, ReLU in the decoder (the paper; ``ModelConfig.decoder_activation``
+  "leaky", the default since v0.3, has no dead zone); encoder widths 16, 32, 64, 128 and a
   128-channel bottleneck; nearest x2 upsampling, skip concatenated before the upsampled map;
   decoder widths 64, 32, 16, 16 (first conv of each decoder level halves its input width);
   1x1 linear output. 1,143,233 parameters in all (the reference: about 1.14 M). The output
@@ -48,6 +50,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -61,11 +64,23 @@ from .errors import DblurDoseError
 PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre
 VARIANTS = ("dblurdose", "no_residual", "2d")
+DECODER_ACTIVATIONS = ("leaky", "relu")
+CORRECTIONS = ("ratio", "additive")
+#: the "ratio" correction multiplies the DVK by a factor in (1 / RATIO_LIMIT, RATIO_LIMIT); 1/20 is
+#: inference.TISSUE_FLOOR, so that the network itself never goes below the floor in tissue
+RATIO_LIMIT = 20.0
+#: ModelConfig keys that model files of v0.2 and before lack, with the behaviour those files were trained with
+LEGACY_CONFIG = {"decoder_activation": "relu", "correction": "additive"}
 FORMAT = "dblurdosenet"
 FORMAT_VERSION = 1
 LEAK = 0.1
 WIDTHS = (16, 32, 64, 128)  # U-Net encoder widths; the bottleneck keeps the last
 OUTPUT_INIT_STD = 0.01  # initial weights of the 1x1 output layer (scaled units; see UNet2D)
+#: the second extractor conv's three outputs per pack as sums of (tap j, M-map shift) terms; "first" is
+#: w0 p0[k] (+ bias), "last" w2 R[k] (see DepthExtractor._conv2_shared)
+TAP_SUMS = (("first", (1, 0), (2, 2)), ((0, 0), (1, 2), (2, 4)), ((0, 2), (1, 4), "last"))
+#: training: the tap sums as one autograd node (_TapSum); False: plain autograd of slices (the reference)
+TAP_SUM_NODE = True
 
 
 @dataclass
@@ -81,6 +96,11 @@ class ModelConfig:
     dose_scale: float = 1.0e8
     density_units: str = "g/cm3"
     pack: int = PACK
+    #: activation of the U-Net's decoder: "leaky" (LeakyReLU(0.1), no dead zone) or "relu" (v0.2)
+    decoder_activation: str = "leaky"
+    #: how the U-Net's output ``c`` corrects the DVK (residual variants): "ratio", dose = DVK x
+    #: exp(L tanh(c / L)) with L = ln(RATIO_LIMIT), or "additive", dose = DVK + c (v0.2); see DblurDoseNet
+    correction: str = "ratio"
     version: int = FORMAT_VERSION
     #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
     info: dict = field(default_factory=dict)
@@ -91,13 +111,19 @@ class ModelConfig:
         self.spacing = tuple(float(s) for s in self.spacing)
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise DblurDoseError(f"the model's working voxel size must be 3 positive numbers (mm), got {self.spacing}")
+        for key, allowed in (("decoder_activation", DECODER_ACTIVATIONS), ("correction", CORRECTIONS)):
+            if getattr(self, key) not in allowed:
+                raise DblurDoseError(f"unknown {key} {getattr(self, key)!r} in the model config; choose one of "
+                                     f"{', '.join(allowed)}")
         if self.pack != PACK:
             raise DblurDoseError(f"this version handles packs of {PACK} slices, the model file says {self.pack}")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """The config stored in a model file; keys it lacks (files of v0.2 and before) take the
+        behaviour it was trained with (:data:`LEGACY_CONFIG`), not today's defaults."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{**LEGACY_CONFIG, **{k: v for k, v in data.items() if k in known}})
 
 
 # --- building blocks ------------------------------------------------------------------------
@@ -124,9 +150,13 @@ class DoubleConv(nn.Sequential):
 
 
 class UNet2D(nn.Module):
-    """The 2D U-Net: ``[N, cin, Y, X] -> [N, 1, Y, X]``; any Y, X (padded to multiples of 16 inside)."""
+    """The 2D U-Net: ``[N, cin, Y, X] -> [N, 1, Y, X]``; any Y, X (padded to multiples of 16 inside).
 
-    def __init__(self, cin: int) -> None:
+    ``decoder``: the decoder's activation, "leaky" or "relu" (the paper's; its last features are
+    then >= 0, and where all 16 are zero the output is the bias whatever the input).
+    """
+
+    def __init__(self, cin: int, decoder: str = "leaky") -> None:
         super().__init__()
         w = WIDTHS
         self.enc = nn.ModuleList(
@@ -139,7 +169,7 @@ class UNet2D(nn.Module):
         for i in (3, 2, 1, 0):
             cin_up = w[i] + below
             cout = w[max(i - 1, 0)]
-            ups.append(DoubleConv(cin_up, cout, "relu", mid=cin_up // 2))
+            ups.append(DoubleConv(cin_up, cout, decoder, mid=cin_up // 2))
             below = cout
         self.dec = nn.ModuleList(ups)
         self.out = nn.Conv2d(w[0], 1, 1)
@@ -235,6 +265,7 @@ class DepthExtractor(nn.Module):
         Every tap of every M map is computed once (``T_j[g] = w_j M[g]``, one conv with the three
         taps as 48 output channels) and summed; only ``w0 p0`` and ``w2 R`` are per pack: 5 taps
         per pack instead of 9. The bias enters once per output (with ``T_0`` and ``w0 p0``).
+        The sums are one autograd node (:class:`_TapSum`).
         """
         w, b = self.conv2.weight, self.conv2.bias  # [16, 8, 3, 7, 7]
         co = w.shape[0]
@@ -243,21 +274,9 @@ class DepthExtractor(nn.Module):
         t = F.conv3d(mid, taps, tap_bias, padding=(0, 3, 3))  # [B, 48, s + 4, ..]: T_j[i] for M[i + 2]
         first = F.conv3d(p0, w[:, :, :1], b, padding=(0, 3, 3))  # w0 p0[k] (+ bias)
         last = F.conv3d(right, w[:, :, 2:], None, padding=(0, 3, 3))  # w2 R[k]
-
-        def tap(j: int, shift: int) -> torch.Tensor:  # T_j[k + shift], k = 0 .. s - 1
-            return t[:, j * co: (j + 1) * co, shift: shift + s]
-
-        parts = ((first, tap(1, 0), tap(2, 2)), (tap(0, 0), tap(1, 2), tap(2, 4)), (tap(0, 2), tap(1, 4), last))
-        if torch.is_grad_enabled():  # autograd: build the interleaved tensor from sums
-            return torch.stack([a + b_ + c for a, b_, c in parts], dim=3).flatten(2, 3)
-        nb, _, _, ny, nx = t.shape
-        # [B, 16, 3s, Y, X] stored channels-last (z, y, x, channel), outputs interleaved n0 n1 n2 per pack
-        q = t.new_empty(nb, 3 * s, ny, nx, co).permute(0, 4, 1, 2, 3)
-        for n, (a, b_, c) in enumerate(parts):
-            out = q[:, :, n::3]
-            torch.add(a, b_, out=out)
-            out += c
-        return q
+        if TAP_SUM_NODE or not torch.is_grad_enabled():
+            return _TapSum.apply(t, first, last)
+        return torch.stack([a + b_ + c for a, b_, c in _tap_terms(t, first, last, s)], dim=3).flatten(2, 3)
 
     def _bn1_act(self, f1, left, right, s):
         """BN1 + activation on the three kinds of first-layer maps, with per-pack batch statistics."""
@@ -290,6 +309,47 @@ class DepthExtractor(nn.Module):
         return tuple(_leaky(t * scale + shift) for t in (f1, left, right))
 
 
+def _tap_terms(t: torch.Tensor, first: torch.Tensor | None, last: torch.Tensor | None, s: int):
+    """For each output n of :data:`TAP_SUMS`, its three ``[B, C, s, Y, X]`` terms (see :class:`_TapSum`);
+    the terms of ``t`` are views of it."""
+    co = t.shape[1] // 3
+    maps = {"first": first, "last": last}
+    for terms in TAP_SUMS:
+        yield tuple(maps[m] if isinstance(m, str) else t[:, m[0] * co: (m[0] + 1) * co, m[1]: m[1] + s] for m in terms)
+
+
+class _TapSum(torch.autograd.Function):
+    """The second conv's outputs from its tap maps: ``(t, first, last) -> q`` (:meth:`DepthExtractor._conv2_shared`).
+
+    ``t``: ``[B, 3C, s + 4, Y, X]``, tap j of M map ``i + 2`` in channels ``jC .. (j+1)C``;
+    ``first``, ``last``: ``[B, C, s, Y, X]``; ``q``: ``[B, C, 3s, Y, X]``, channels-last, outputs
+    n0 n1 n2 of each pack interleaved. Pack k's output n sums the maps of :data:`TAP_SUMS` [n]:
+    ``(j, shift)`` is ``T_j[k + shift]``. One node, so that the backward pass adds each output's
+    gradient into one gradient of ``t``: autograd of the seven slices of ``t`` would allocate, fill
+    and add seven zero tensors of ``t``'s size (about 15% of a training step on the CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        nb, c3, _, ny, nx = t.shape
+        ctx.t_shape = t.shape
+        q = t.new_empty(nb, 3 * first.shape[2], ny, nx, c3 // 3).permute(0, 4, 1, 2, 3)
+        for n, (a, b, c) in enumerate(_tap_terms(t, first, last, first.shape[2])):
+            out = q[:, :, n::3]
+            torch.add(a, b, out=out)
+            out += c
+        return q
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_t = grad.new_zeros(ctx.t_shape)
+        for n, terms in enumerate(_tap_terms(grad_t, None, None, grad.shape[2] // 3)):
+            for view in terms:
+                if view is not None:
+                    view += grad[:, :, n::3]
+        return grad_t, grad[:, :, 0::3], grad[:, :, 2::3]
+
+
 class DblurDoseNet(nn.Module):
     """The whole network; see the module docstring for layouts and variants.
 
@@ -301,7 +361,7 @@ class DblurDoseNet(nn.Module):
         self.config = ModelConfig(variant=config) if isinstance(config, str) else config
         self.variant = self.config.variant
         self.extractor = None if self.variant == "2d" else DepthExtractor()
-        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16)
+        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16, self.config.decoder_activation)
 
     @property
     def residual(self) -> bool:
@@ -315,7 +375,7 @@ class DblurDoseNet(nn.Module):
             features = x.reshape(x.shape[0], 2 * PACK, *x.shape[3:])  # SPECT slices, then density
         else:
             features = self.extractor(x)
-        return self._residual(self.unet(features), dvk)
+        return self.correct(self.unet(features), dvk)
 
     def forward_slab(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
         """All packs of a slab: ``x [B, 2, S + 10, Y, X]``, ``dvk [B, 1, S, Y, X]`` -> ``[B, 1, S, Y, X]``.
@@ -326,14 +386,30 @@ class DblurDoseNet(nn.Module):
         nb, _, nz, ny, nx = x.shape
         s = nz - (PACK - 1)
         features = self.slab_features(x).transpose(1, 2).reshape(nb * s, -1, ny, nx)
-        return self._residual(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
+        return self.correct(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
 
-    def _residual(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+    def correct(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+        """The dose rate (scaled) from the U-Net's output ``out`` and the DVK (same shape).
+
+        "additive" (v0.2): ``dvk + out``. Nothing keeps a negative correction from overshooting:
+        v0.2 drove tissue to zero, and inference's 5% floor was the only guard. "ratio" (the
+        default): ``dvk * exp(L tanh(out / L))``, ``L = ln(RATIO_LIMIT)``: the DVK times a factor
+        in (1/20, 20), 1 + out near out = 0, smooth, free in both directions and symmetric in log
+        space; by construction never below 1/20 of the DVK (the floor is no longer hit, only
+        approached with a vanishing gradient) and zero wherever the DVK is (air, no activity).
+        The factor is dimensionless, so the network learns a relative blur correction that does
+        not depend on the dose level. The price: no dose where the DVK has none (beyond the DVK
+        kernel's range: the far photon tail). No-residual variant: ``out`` itself.
+        """
         if not self.residual:
             return out
         if dvk is None:
-            raise ValueError(f"the {self.variant!r} network adds the DVK map to its output: pass dvk")
-        return out + dvk
+            raise ValueError(f"the {self.variant!r} network corrects the DVK map: pass dvk")
+        if self.config.correction == "additive":
+            return out + dvk
+        limit = math.log(RATIO_LIMIT)
+        c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        return dvk * torch.exp(limit * torch.tanh(c / limit))
 
     def slab_features(self, x: torch.Tensor) -> torch.Tensor:
         """The U-Net's input for every pack of a slab: ``[B, 2, S + 10, Y, X] -> [B, C, S, Y, X]``."""
@@ -371,7 +447,8 @@ def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:
 
 
 def zero_correction(model: DblurDoseNet) -> DblurDoseNet:
-    """Set the output layer to zero in place: a residual network then returns exactly the DVK."""
+    """Set the output layer to zero in place: a residual network then returns exactly the DVK
+    (either correction: a zero additive term, a factor exp(0) = 1)."""
     with torch.no_grad():
         model.unet.out.weight.zero_()
         model.unet.out.bias.zero_()
@@ -379,9 +456,12 @@ def zero_correction(model: DblurDoseNet) -> DblurDoseNet:
 
 
 def correction_bound(model: DblurDoseNet) -> tuple[float, float]:
-    """Bounds (scaled units) that the output layer puts on the U-Net's output, given that its inputs
-    are ReLU outputs (>= 0): (-inf or bias, bias or +inf). A finite bound means the network can only
-    correct in one direction: all output weights of one sign (the defect of the v0.1 weights)."""
+    """Bounds (scaled units) that the output layer puts on the U-Net's output. With a ReLU decoder its
+    inputs are >= 0: (-inf or bias, bias or +inf); a finite bound means the network can only correct
+    in one direction: all output weights of one sign (the defect of the v0.1 weights). A LeakyReLU
+    decoder's features take both signs: no bound."""
+    if model.config.decoder_activation != "relu":
+        return float("-inf"), float("inf")
     w = model.unet.out.weight.detach().flatten()
     b = float(model.unet.out.bias.detach())
     upper = b if bool((w <= 0).all()) else float("inf")

@@ -19,8 +19,15 @@ the true dose rate: kidneys, lesions, spleen) 3 times in 10, from other tissue (
 >= 0.1 g/cm3) 6 times in 10, anywhere otherwise; random in-plane flips/transposition and z flips.
 Inputs and label are scaled per volume as in :mod:`DblurDoseLib.network`.
 
-Loss: mean squared error with voxel weights 0.7 inside the body (centre-slice density
->= 0.1 g/cm3) and 0.3 outside, as the public reference code. Adam; learning rate by a one-cycle
+Loss (:func:`training_loss`): mean squared error with voxel weights 0.7 inside the body
+(centre-slice density >= 0.1 g/cm3) and 0.3 outside, as the public reference code, plus
+``relative_weight`` (default 1) times the mean squared *relative* error in the body, relative to
+the DVK. The scaled MSE is ruled by the hottest voxels; the large low-dose tissue, where most of
+the body's energy is, hardly counts, and v0.2, trained on the MSE alone, lost 8% of the
+whole-body dose and drove some tissue to its floor. The relative term weighs every body voxel
+alike (the DVK, smooth and noise-free, is the denominator; the truth's Monte Carlo noise would
+reward under-estimates). The validation loss is the same sum; :func:`validation_loss` (model
+comparisons, the model card) is the weighted MSE alone. Adam; learning rate by a one-cycle
 schedule (warm-up to the peak over the first 5% of steps, then cosine decay; the default), or the
 paper's ReduceLROnPlateau (factor 0.2, patience 10 epochs) on the validation loss.
 
@@ -58,6 +65,10 @@ HOT_QUANTILE = 0.98  # kidneys, lesions, spleen: where the DVK's blur error is l
 SCHEDULES = ("onecycle", "plateau")
 VAL_FRACTION = 0.2
 VAL_BATCHES = 8
+#: weight of the relative-error term of the loss (see training_loss); 0: the weighted MSE alone (v0.2)
+RELATIVE_WEIGHT = 1.0
+#: the relative error's denominator is the DVK + RELATIVE_EPS x the batch's mean body DVK (no blow-up near 0)
+RELATIVE_EPS = 0.1
 
 
 @dataclass
@@ -247,8 +258,24 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
         for x, dvk, truth, w in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
             x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in (x, dvk, truth, w))
             pred = net.forward_slab(x, dvk if net.residual else None)
-            losses.append(float((w * (pred - truth) ** 2).mean()))
+            losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
     return float(np.mean(losses))
+
+
+def training_loss(pred, truth, weight, dvk, relative_weight: float = RELATIVE_WEIGHT):
+    """The training loss of a batch (all ``[n, 1, slab, P, P]``, scaled dose rates): the weighted MSE
+    plus ``relative_weight`` x the mean over body voxels of ``((pred - truth) / (dvk + eps))^2``,
+    ``eps`` = :data:`RELATIVE_EPS` x the batch's mean body DVK (dimensionless; see the module docstring).
+    ``weight``: the voxel weights of :func:`sample_batch` (body voxels have BODY_WEIGHT)."""
+    err = pred.float() - truth
+    loss = (weight * err ** 2).mean()
+    if relative_weight:
+        body = weight == BODY_WEIGHT
+        if bool(body.any()):
+            ref = dvk.clamp_min(0)
+            denom = ref + RELATIVE_EPS * ref[body].mean().clamp_min(1e-12)
+            loss = loss + relative_weight * (err[body] / denom[body]).square().mean()
+    return loss
 
 
 # --- training -------------------------------------------------------------------------------
@@ -314,6 +341,9 @@ def train(
     warmup: float = 0.05,
     hot_fraction: float = HOT_FRACTION,
     label_decays: int | None = None,
+    relative_weight: float = RELATIVE_WEIGHT,
+    decoder_activation: str = "leaky",
+    correction: str = "ratio",
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -323,6 +353,9 @@ def train(
     every step) or "plateau" (``lr`` divided by 5 after ``patience`` epochs without a better
     validation loss). ``label_decays``: train on the nested partial label of that many decays
     (``mc_truth_d{N}.nrrd``, noisier) instead of the full one; validation stays on the full label.
+    ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
+    ``decoder_activation``, ``correction``: the architecture options of
+    :class:`~DblurDoseLib.network.ModelConfig` ("relu", "additive": v0.2's network).
     See the module docstring.
     """
     import torch
@@ -344,6 +377,8 @@ def train(
     if not 0 <= hot_fraction <= TISSUE_FRACTION:
         raise DblurDoseError(f"the share of patches on hot voxels must be between 0 and {TISSUE_FRACTION}, "
                              f"got {hot_fraction}")
+    if not relative_weight >= 0:
+        raise DblurDoseError(f"the relative-error weight must be 0 or more, got {relative_weight}")
     if not 0 < warmup < 1:
         raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
 
@@ -370,7 +405,8 @@ def train(
 
     manifest = read_manifest(data_dir)
     train_names, val_names = split_phantoms(manifest, seed, val_fraction)
-    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]))
+    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
+                         correction=correction)
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
              f"(held out: {', '.join(val_names) or 'none'})")
@@ -428,7 +464,8 @@ def train(
                 "batch_size": batch_size, "patch": patch, "slab": slab, "seed": seed,
                 "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
                 "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction,
-                "label_decays": label_decays}
+                "label_decays": label_decays, "relative_weight": relative_weight,
+                "decoder_activation": decoder_activation, "correction": correction}
     ckpt_path = checkpoint_path(out_path)
     start, history, best = 0, [], math.inf
     if resume and ckpt_path.is_file():
@@ -437,7 +474,8 @@ def train(
         except Exception as exc:
             raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
                                  "pass --no-resume to start over") from None
-        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule", "label_decays"]
+        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule", "label_decays",
+                "relative_weight", "decoder_activation", "correction"]
         if schedule == "onecycle":  # the schedule's length is part of its state
             keys += ["epochs", "steps_per_epoch", "lr"]
         changed = [k for k in keys if ckpt["settings"].get(k, "plateau" if k == "schedule" else None) != settings[k]]
@@ -457,9 +495,6 @@ def train(
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x, dvk, truth, w
 
-    def loss_of(pred, truth, w):
-        return (w * (pred.float() - truth) ** 2).mean()
-
     val_batches = validation_batches(val_cases, seed, n_slabs, slab, patch)
 
     def mean_over_ranks(value: float) -> float:
@@ -477,7 +512,8 @@ def train(
             losses = []
             for arrays in val_batches:
                 x, dvk, truth, w = to_device(arrays)
-                losses.append(float(loss_of(net.forward_slab(x, dvk if net.residual else None), truth, w)))
+                pred = net.forward_slab(x, dvk if net.residual else None)
+                losses.append(float(training_loss(pred, truth, w, dvk, relative_weight)))
         return mean_over_ranks(float(np.mean(losses)))
 
     t_start = time.perf_counter()
@@ -492,7 +528,7 @@ def train(
             x, dvk, truth, w = to_device(sample_batch(cases, rng, n_slabs, slab, patch, hot_fraction))
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 pred = model(x, dvk if net.residual else None)
-            loss = loss_of(pred, truth, w)
+            loss = training_loss(pred, truth, w, dvk, relative_weight)
             if not torch.isfinite(loss):
                 raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower --lr "
                                      "or check the data set for NaN values")
@@ -561,6 +597,12 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training slices in patches")
     p.add_argument("--variant", choices=("dblurdose", "no_residual", "2d"), default="dblurdose",
                    help="the paper's network, or an ablation (no DVK residual; 2D U-Net only)")
+    p.add_argument("--relative-weight", type=float, default=RELATIVE_WEIGHT,
+                   help="weight of the loss's relative-error term in the body (0: the weighted MSE alone, as v0.2)")
+    p.add_argument("--decoder-activation", default="leaky",
+                   help="U-Net decoder activation: leaky or relu (the paper's and v0.2's, with dead features)")
+    p.add_argument("--correction", default="ratio",
+                   help="ratio: DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
@@ -575,7 +617,9 @@ def cmd_train(args) -> int:
     path = train(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch=args.patch,
                  seed=args.seed, device=args.device, resume=args.resume, variant=args.variant,
                  slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp, schedule=args.schedule,
-                 warmup=args.warmup, hot_fraction=args.hot_fraction, label_decays=args.label_decays)
+                 warmup=args.warmup, hot_fraction=args.hot_fraction, label_decays=args.label_decays,
+                 relative_weight=args.relative_weight, decoder_activation=args.decoder_activation,
+                 correction=args.correction)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

@@ -1,5 +1,6 @@
 """DblurDoseNet: architecture, the shared-extractor slab forward, BN folding, saving and loading."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,9 +20,11 @@ from DblurDoseLib.network import (
     zero_correction,
 )
 
+V02 = ModelConfig.from_dict({})  # a model file of v0.2 and before: no architecture keys
+
 
 def random_model(variant="dblurdose", seed=0, dtype=torch.float32):
-    """Random weights and non-trivial batch-norm statistics, in eval mode."""
+    """Random weights and non-trivial batch-norm statistics, in eval mode; ``variant`` may be a ModelConfig."""
     torch.manual_seed(seed)
     model = DblurDoseNet(variant).to(dtype)
     nn.init.normal_(model.unet.out.weight, std=0.5)  # the shipped init is zero (starts as the DVK): not a test
@@ -47,16 +50,18 @@ def test_zero_correction_returns_the_dvk():
 def test_fresh_network_can_correct_both_ways_and_starts_near_the_dvk():
     """The output layer reads ReLU features (>= 0): weights of one sign would cap the correction at the
     bias (issue 15). A fresh network has weights of both signs and a small correction."""
-    torch.manual_seed(0)
-    model = DblurDoseNet().eval()
-    assert correction_bound(model) == (float("-inf"), float("inf"))
-    x, dvk = torch.rand(2, 2, PACK, 32, 32), torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        corr = model(x, dvk) - dvk
-    assert 0 < float(corr.abs().max()) < 0.2
-    with torch.no_grad():
-        model.unet.out.weight.copy_(-model.unet.out.weight.abs())
-    assert correction_bound(model) == (float("-inf"), float(model.unet.out.bias.detach()))
+    for config in (ModelConfig(), V02):
+        torch.manual_seed(0)
+        model = DblurDoseNet(config).eval()
+        assert correction_bound(model) == (float("-inf"), float("inf"))
+        x, dvk = torch.rand(2, 2, PACK, 32, 32), torch.rand(2, 1, 32, 32)
+        with torch.no_grad():
+            corr = model(x, dvk) - dvk
+        assert 0 < float(corr.abs().max()) < 0.2
+        with torch.no_grad():
+            model.unet.out.weight.copy_(-model.unet.out.weight.abs())
+        relu = config.decoder_activation == "relu"  # a LeakyReLU decoder's features have both signs: no cap
+        assert correction_bound(model) == (float("-inf"), float(model.unet.out.bias.detach()) if relu else float("inf"))
 
 
 def test_parameter_count_matches_the_reference():
@@ -87,11 +92,13 @@ def test_shapes(variant, size):
 
 
 def test_residual_is_added_and_not_fed_in():
-    model = random_model()
+    model = random_model(V02)
     x = torch.randn(1, 2, PACK, 32, 32)
     dvk = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x, dvk) - model(x, torch.zeros_like(dvk)), dvk, atol=1e-5)
+        ratio = random_model()  # "ratio": the DVK times a factor that does not depend on it
+        torch.testing.assert_close(ratio(x, 2 * dvk), 2 * ratio(x, dvk))
         plain = random_model("no_residual")
         assert torch.equal(plain(x, dvk), plain(x))
     with pytest.raises(ValueError, match="pass dvk"):
@@ -140,6 +147,119 @@ def test_slab_training_step_equals_per_pack_batch():
     out_b.square().mean().backward()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-8, atol=1e-12, msg=name)
+
+
+def test_tap_sum_node_equals_autograd_of_slices(monkeypatch):
+    """The training step's fast path (the extractor's tap sums as one autograd node) is the same
+    function as plain autograd of the slices: outputs and every gradient, float64."""
+    from DblurDoseLib import network
+
+    x = torch.randn(2, 2, 6 + PACK - 1, 16, 16, dtype=torch.float64)
+    dvk = torch.randn(2, 1, 6, 16, 16, dtype=torch.float64)
+    results = []
+    for node in (True, False):
+        monkeypatch.setattr(network, "TAP_SUM_NODE", node)
+        model = random_model(dtype=torch.float64).train()
+        out = model.forward_slab(x, dvk)
+        (out ** 3).mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (fast, fast_grads), (naive, naive_grads) = results
+    for name, (a, b) in {"output": (fast, naive), **{n: (fast_grads[n], g) for n, g in naive_grads.items()}}.items():
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11 * float(b.abs().max()), msg=name)  # float64 rounding
+
+
+def test_v02_config_maps_to_the_v02_network():
+    """Model files without the architecture keys (v0.2) build v0.2's network (ReLU decoder, DVK added);
+    new models get the LeakyReLU decoder and the ratio correction."""
+    assert (V02.decoder_activation, V02.correction) == ("relu", "additive")
+    assert (ModelConfig().decoder_activation, ModelConfig().correction) == ("leaky", "ratio")
+    old, new = DblurDoseNet(V02), DblurDoseNet()
+    assert {type(m) for m in old.unet.dec.modules()} >= {nn.ReLU} and not any(
+        isinstance(m, nn.LeakyReLU) for m in old.unet.dec.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in new.unet.dec.modules())
+    assert old.state_dict().keys() == new.state_dict().keys()  # same parameters: options, not new layers
+    with pytest.raises(DblurDoseError, match="choose one of leaky, relu"):
+        ModelConfig(decoder_activation="gelu")
+    with pytest.raises(DblurDoseError, match="choose one of ratio, additive"):
+        ModelConfig(correction="log")
+
+
+def test_shipped_v02_file_gives_the_v02_computation():
+    """The shipped v0.2 weights load as v0.2's network and its output is, bit for bit, the U-Net's
+    output on the extractor's features plus the DVK (v0.2's formula); inference takes the same path."""
+    from DblurDoseLib.inference import DEFAULT_MODEL_PATH, predict_scaled
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no shipped weights in this installation")
+    model = load_model_file(DEFAULT_MODEL_PATH)
+    assert (model.config.decoder_activation, model.config.correction) == ("relu", "additive")
+    torch.manual_seed(0)
+    x, dvk = torch.rand(1, 2, PACK, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x, dvk), model.unet(model.extractor(x)) + dvk)
+    spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
+    fast = predict_scaled(model, spect, rho, dv)
+    naive = predict_scaled(model, spect, rho, dv, naive=True)
+    np.testing.assert_allclose(fast, naive, rtol=1e-4, atol=1e-5)
+
+
+def _decoder_features_and_correction(model, x):
+    """The decoder's last features and the U-Net's output (the correction, before it meets the DVK)."""
+    feats = []
+    hook = model.unet.dec[-1][-1].register_forward_hook(lambda m, i, o: feats.append(o.detach()))
+    with torch.no_grad():
+        out = model.unet(model.extractor(x))
+    hook.remove()
+    return feats[0], out
+
+
+def test_new_decoder_has_no_dead_features_and_corrects_both_ways():
+    """v0.2's ReLU decoder left 63% of its last features at zero in soft tissue and 0.8% of the voxels
+    with all 16 zero (one constant correction there, the output bias). The LeakyReLU decoder has no
+    dead zone: on a smooth activity over uniform tissue (a large body region), no feature is zero,
+    the correction takes a different value at (almost) every voxel and has both signs."""
+    torch.manual_seed(0)
+    model = DblurDoseNet().eval()
+    z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in (PACK, 64, 64)), indexing="ij")
+    spect = 1 + 0.8 * torch.sin(3 * x + 2 * y) * torch.cos(2 * z)
+    inputs = torch.stack([spect, torch.ones_like(spect)])[None]  # density 1.0 g/cm3 everywhere
+    feats, corr = _decoder_features_and_correction(model, inputs)
+    assert float((feats == 0).float().mean()) < 0.001
+    inner = corr[..., 8:-8, 8:-8].flatten()
+    assert inner.unique().numel() > 0.9 * inner.numel()
+    assert float(inner.min()) < 0 < float(inner.max())
+    old_feats, _ = _decoder_features_and_correction(DblurDoseNet(V02).eval(), inputs)
+    assert float((old_feats == 0).float().mean()) > 0.2  # the ReLU decoder, for contrast
+
+
+def test_ratio_correction_stays_within_its_bounds_above_the_tissue_floor():
+    """Whatever the U-Net outputs, the "ratio" correction keeps the dose within (1/20, 20) x the DVK,
+    so tissue never falls to inference.TISSUE_FLOOR by construction; it is smooth and the identity at 0."""
+    from DblurDoseLib.inference import TISSUE_FLOOR
+    from DblurDoseLib.network import RATIO_LIMIT
+
+    model = DblurDoseNet()
+    dvk = torch.rand(1, 1, 8, 8, dtype=torch.float64) + 0.1
+    assert 1 / RATIO_LIMIT >= TISSUE_FLOOR
+    for out, low, high in ((-1e6, 1 / RATIO_LIMIT, 1 / RATIO_LIMIT + 1e-9), (1e6, RATIO_LIMIT - 1e-6, RATIO_LIMIT),
+                           (0.0, 1.0, 1.0)):
+        ratio = model.correct(torch.full_like(dvk, out), dvk) / dvk
+        assert float(ratio.min()) >= low - 1e-12 and float(ratio.max()) <= high + 1e-12
+    c = torch.linspace(-50, 50, 1001, dtype=torch.float64, requires_grad=True)
+    ratio = model.correct(c, torch.ones_like(c))
+    ratio.sum().backward()
+    assert bool((c.grad > 0).all())  # smooth and monotonic: never a flat floor with zero gradient at finite c
+    assert abs(float(c.grad[500]) - 1.0) < 1e-12  # 1 + c near c = 0
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), V02], ids=["v0.3", "v0.2"])
+def test_zero_correction_and_folding_work_for_both_architectures(config):
+    model = random_model(config)
+    x, dvk = torch.randn(1, 2, 13, 24, 24), torch.rand(1, 1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_for_inference(model).forward_slab(x, dvk), model.forward_slab(x, dvk),
+                                   rtol=1e-4, atol=1e-5)
+        assert torch.equal(zero_correction(model).forward_slab(x, dvk), dvk)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -164,6 +164,37 @@ def test_command_line_options(tmp_path):
                               "--no-resume"])
     assert args.func is training.cmd_train
     assert (args.epochs, args.batch_size, args.variant, args.resume, args.amp) == (3, 32, "2d", False, True)
+    assert (args.relative_weight, args.decoder_activation, args.correction) == (1.0, "leaky", "ratio")
+    v02 = parser.parse_args(["train", "--data", "D", "--out", "M.pt", "--relative-weight", "0",
+                             "--decoder-activation", "relu", "--correction", "additive"])
+    assert (v02.relative_weight, v02.decoder_activation, v02.correction) == (0.0, "relu", "additive")
+
+
+def test_trained_model_has_the_new_architecture(trained):
+    """`dblurdose train` makes LeakyReLU-decoder, ratio-correction models by default (the fixture's loss falls)."""
+    model = load_model(trained[0], device="cpu")
+    assert (model.config.decoder_activation, model.config.correction) == ("leaky", "ratio")
+    assert _checkpoint(trained[0])["settings"]["relative_weight"] == training.RELATIVE_WEIGHT
+
+
+def test_relative_term_counts_low_dose_tissue():
+    """The weighted MSE hardly sees a 50% error in low-dose tissue next to a hot voxel; the relative
+    term (relative to the DVK) counts it as much as the hot voxel's 50%. Weight 0: the MSE alone."""
+    truth = torch.full((1, 1, 1, 10, 10), 0.1)  # low-dose tissue with one hot voxel, air in the last row
+    truth[..., 0, 0] = 10.0
+    truth[..., 9, :] = 0.0
+    dvk = truth.clone()
+    w = torch.where(truth > 0, training.BODY_WEIGHT, training.OUTSIDE_WEIGHT)
+    hot, cold = truth.clone(), truth.clone()
+    hot[..., 0, 0] = 15.0  # 50% too high in the hot voxel
+    cold[..., 5, 5] = 0.15  # 50% too high in one low-dose tissue voxel
+    mse = [float(training.training_loss(p, truth, w, dvk, relative_weight=0)) for p in (hot, cold)]
+    assert mse[1] < 1e-3 * mse[0]
+    assert mse[0] == pytest.approx(float((w * (hot - truth) ** 2).mean()))
+    rel = [float(training.training_loss(p, truth, w, dvk, relative_weight=1)) - m for p, m in zip((hot, cold), mse)]
+    assert rel[1] > 0.5 * rel[0] > 0
+    with pytest.raises(DblurDoseError, match="relative-error weight"):
+        training.train(Path("nowhere"), Path("m.pt"), relative_weight=-1)
 
 
 @pytest.mark.slow

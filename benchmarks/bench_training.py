@@ -3,8 +3,11 @@
 One step = forward_slab + weighted MSE + backward + Adam on a batch of ``--batch`` output slices of
 ``--patch`` x ``--patch`` patches in slabs of S consecutive slices (S + 10 input slices each), as
 ``dblurdose train`` runs it (channels-last on the CPU). Synthetic inputs: the cost does not depend
-on the values. Medians of ``--repeats`` steps after one warm-up step, all in one process, so the
-ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like.
+on the values. Medians of ``--repeats`` steps after one warm-up step, all in one process and
+round robin over the rows (so that a change in the machine's load hits every row alike); the
+ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like; the row
+"v0.2 autograd tap sums" is the v0.2 training step (``network.TAP_SUM_NODE = False``) for the
+row below it.
 
     python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
 """
@@ -17,11 +20,13 @@ import time
 
 import torch
 
+from DblurDoseLib import network
 from DblurDoseLib.network import DblurDoseNet
 
 
-def step_seconds(variant: str, slab: int, patch: int, batch: int, repeats: int) -> tuple[float, float]:
-    """Median (step, forward) seconds."""
+def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True):
+    """One training step as a function returning its (step, forward) seconds; ``tap_sum_node=False``:
+    the v0.2 backward of the extractor's tap sums (autograd of slices)."""
     torch.manual_seed(0)
     net = DblurDoseNet(variant)
     net.unet.to(memory_format=torch.channels_last)
@@ -33,18 +38,18 @@ def step_seconds(variant: str, slab: int, patch: int, batch: int, repeats: int) 
     if net.extractor is not None:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     dvk, truth = torch.rand(n, 1, slab, patch, patch), torch.rand(n, 1, slab, patch, patch)
-    steps, forwards = [], []
-    for i in range(repeats + 1):
+
+    def step() -> tuple[float, float]:
+        network.TAP_SUM_NODE = tap_sum_node
         t0 = time.perf_counter()
         loss = (net.forward_slab(x, dvk) - truth).pow(2).mean()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:
-            steps.append(time.perf_counter() - t0)
-            forwards.append(t1 - t0)
-    return statistics.median(steps), statistics.median(forwards)
+        return time.perf_counter() - t0, t1 - t0
+
+    return step
 
 
 def main() -> None:
@@ -57,13 +62,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
           f"{args.patch}x{args.patch}, median of {args.repeats} steps")
+    rows = [("dblurdose", 4, True), ("dblurdose", 8, False), ("dblurdose", 8, True), ("dblurdose", 16, True),
+            ("2d", 4, True), ("2d", 8, True)]
+    steps = [make_step(variant, slab, args.patch, args.batch, node) for variant, slab, node in rows]
+    times = [[] for _ in rows]
+    for i in range(args.repeats + 1):  # round robin: a change of machine load hits every row alike
+        for step, store in zip(steps, times):
+            t = step()
+            if i:  # the first round warms up
+                store.append(t)
     base = None
-    for variant, slab in (("dblurdose", 4), ("dblurdose", 8), ("dblurdose", 16), ("2d", 4), ("2d", 8)):
-        step, fwd = step_seconds(variant, slab, args.patch, args.batch, args.repeats)
+    for (variant, slab, node), store in zip(rows, times):
+        step, fwd = (statistics.median(t[k] for t in store) for k in (0, 1))
         base = base or step
-        print(f"{variant:10s} slab {slab:2d}: step {step:.2f} s (forward {fwd:.2f} s), "
+        label = "" if node else " (v0.2 autograd tap sums)"
+        print(f"{variant:10s} slab {slab:2d}{label}: step {step:.2f} s (forward {fwd:.2f} s), "
               f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row")
-
 
 if __name__ == "__main__":
     main()
