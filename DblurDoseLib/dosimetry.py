@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dose import ACTIVITY_RANGE_MBQ, compute_dose_rate_maps, spect_to_bqml
+from .dose import ACTIVITY_RANGE_MBQ, check_geometry, compute_dose_rate_maps, spect_to_bqml
 from .errors import DblurDoseError
 from .metrics import dr_x
 from .registration import Registration, apply_to_activity, register_ct
-from .resample import resample_activity
+from .resample import ResampleReport, resample_activity
 from .segments import Segment
 from .time_integration import (
     DEFAULT_MODELS,
@@ -64,6 +64,8 @@ FITS: dict[str, tuple[str, ...]] = {
 }
 #: ``--single-time-point`` choices -> time_integration method
 SINGLE_TIME_POINT = {"haenscheid": "hanscheid", "madsen": "prior-half-life"}
+#: least share of a time point's SPECT activity that must fall in the reference CT's field (as in ``dose``)
+MIN_FRACTION_INSIDE = 0.5
 #: dose levels reported per VOI: D2, D50, D98 (minimum dose to the hottest x %), Gy
 DOSE_LEVELS = (2, 50, 98)
 
@@ -192,13 +194,24 @@ def check_fit(fit: str) -> tuple[str, ...]:
 
 # --- per time point -------------------------------------------------------------------------------
 def _activity_on_reference(point: TimePoint, reference_ct: Volume, register: str,
-                           is_reference: bool) -> tuple[Volume, Registration | None]:
-    """The time point's SPECT (Bq/mL) on the reference CT grid, and its CT's registration."""
+                           is_reference: bool) -> tuple[Volume, Registration | None, list[str]]:
+    """The time point's SPECT (Bq/mL) on the reference CT grid, its CT's registration, and warnings."""
+    check_geometry(point.spect, point.ct)
     bqml = spect_to_bqml(point.spect, point.spect_units, point.calibration_cps_per_mbq, point.duration_s)
+    resampling: list[ResampleReport] = []
     if is_reference:
-        return resample_activity(bqml, reference_ct), None
-    registration = register_ct(point.ct, reference_ct, register, label=point.label)
-    return apply_to_activity(bqml, registration, reference_ct), registration
+        moved, registration = resample_activity(bqml, reference_ct, resampling), None
+    else:
+        registration = register_ct(point.ct, reference_ct, register, label=point.label)
+        moved = apply_to_activity(bqml, registration, reference_ct, resampling)
+    inside = resampling[0].fraction_inside
+    if inside < MIN_FRACTION_INSIDE:
+        raise DblurDoseError(f"{point.label}: only {inside:.0%} of its SPECT activity lies inside the reference CT's "
+                             "field after registration; give time points that cover the same body region, or "
+                             "choose as reference (first) the time point with the largest CT")
+    return moved, registration, ([] if inside >= 0.99 else [
+        f"{point.label}: {1 - inside:.0%} of its SPECT activity lies outside the reference CT's field and is not "
+        "counted"])
 
 
 def _dose_rate(activity: Volume, reference_ct: Volume, method: str, options: dict, report: dict) -> Volume:
@@ -225,7 +238,7 @@ def _integrate_voi(times_h: np.ndarray, rates: np.ndarray, models: tuple[str, ..
                    name: str, radiopharmaceutical: str) -> TimeIntegral:
     """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method."""
     if times_h.size == 1:
-        method = SINGLE_TIME_POINT[single or "haenscheid"]
+        method = SINGLE_TIME_POINT[str(single)]  # checked: one time point has a method
         options = {"voi": name, "radiopharmaceutical": radiopharmaceutical} if method == "prior-half-life" else {}
         return integrate_time_curve(times_h, rates, method=method, **options)
     if not models:
@@ -252,13 +265,11 @@ def _bed(integral: TimeIntegral, name: str) -> tuple[float, str]:
     return bed_of_curve(integral, tissue=tissue), tissue
 
 
-def _voi_dose(segment: Segment, times_h: np.ndarray, rate_stack: np.ndarray, activity_stack: np.ndarray,
-              voxel_ml: float, dose_gy: np.ndarray, models: tuple[str, ...], single: str | None,
-              radiopharmaceutical: str) -> VoiDose:
+def _voi_dose(segment: Segment, integral: TimeIntegral, rates: np.ndarray, activity_stack: np.ndarray,
+              voxel_ml: float, dose_gy: np.ndarray) -> VoiDose:
+    """The VOI's row: its integral, its curve (mGy/h), activities (MBq) and the voxel map's statistics (Gy)."""
     mask = segment.mask
-    rates = rate_stack[:, mask].mean(axis=1, dtype=np.float64)
     activities = activity_stack[:, mask].sum(axis=1, dtype=np.float64) * voxel_ml / 1e6
-    integral = _integrate_voi(times_h, rates, models, single, segment.name, radiopharmaceutical)
     values = dose_gy[mask].astype(np.float64)
     bed, tissue = _bed(integral, segment.name)
     return VoiDose(
@@ -285,15 +296,14 @@ def _single_point_map(time_h: float, rate: np.ndarray, segments: Sequence[Segmen
 
 
 def _voxel_map(times_h: np.ndarray, rate_stack: np.ndarray, segments: Sequence[Segment],
-               fits: dict[str, TimeIntegral], trapezoid: bool) -> tuple[np.ndarray, int]:
+               fits: Sequence[TimeIntegral], trapezoid: bool) -> tuple[np.ndarray, int]:
     """Dose map (Gy) and the number of voxels whose own fit was impossible."""
     method = "trapezoid" if trapezoid else "mono"
     whole = voxel_dose_map(times_h, rate_stack, method=method)
     dose, fallback = whole.dose_gy, whole.fallback.copy()
     if trapezoid:
         return dose, 0
-    for segment in reversed(segments):  # failed voxels of a VOI: that VOI's curve, scaled
-        fit = fits[segment.name]
+    for segment, fit in reversed(list(zip(segments, fits))):  # failed voxels of a VOI: its curve, scaled
         if fit.amplitudes.size == 0 or not fallback[segment.mask].any():
             continue
         local = voxel_dose_map(times_h, rate_stack, method="mono", voi_fit=fit, mask=segment.mask)
@@ -364,7 +374,8 @@ def absorbed_dose(
     for i, point in enumerate(timepoints):
         if progress is not None:
             progress(i / len(timepoints), f"{point.label}: registration and dose rate")
-        activity, registration = _activity_on_reference(point, reference_ct, register, i == 0)
+        activity, registration, moved_warnings = _activity_on_reference(point, reference_ct, register, i == 0)
+        warnings += moved_warnings
         report: dict = {}
         rates.append(_dose_rate(activity, reference_ct, method, options, report))
         activities.append(np.asarray(activity.array))
@@ -376,15 +387,16 @@ def absorbed_dose(
     if progress is not None:
         progress(0.9, "time integration")
     voxel_ml = reference_ct.voxel_volume_ml
+    curves = [rate_stack[:, s.mask].mean(axis=1, dtype=np.float64) for s in segments]
+    integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical)
+                 for s, curve in zip(segments, curves)]
     if times.size == 1:
         dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, single_time_point, radiopharmaceutical)
         n_fallback = 0
     else:
-        fits = {s.name: _integrate_voi(times, rate_stack[:, s.mask].mean(axis=1, dtype=np.float64), models, None,
-                                       s.name, radiopharmaceutical) for s in segments}
-        dose_gy, n_fallback = _voxel_map(times, rate_stack, segments, fits, not models)
-    vois = [_voi_dose(s, times, rate_stack, activity_stack, voxel_ml, dose_gy, models, single_time_point,
-                      radiopharmaceutical) for s in segments]
+        dose_gy, n_fallback = _voxel_map(times, rate_stack, segments, integrals, not models)
+    vois = [_voi_dose(s, integral, curve, activity_stack, voxel_ml, dose_gy)
+            for s, integral, curve in zip(segments, integrals, curves)]
     warnings += [f"VOI {v.name}: {v.integral.reason}" for v in vois if v.fallback]
     if n_fallback:
         warnings.append(f"{n_fallback} voxels could not be fitted (a zero among their dose rates) and got their "

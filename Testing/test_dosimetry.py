@@ -164,7 +164,7 @@ def test_shifted_time_point_registered_rigidly(phantom, tmp_path):
     assert _run(paths, tmp_path / "out", "--register", "rigid", "--fit", "mono") == 0
     row = _rows(tmp_path / "out" / "doses.csv")[0]
     expected = rate0 * T_EFF_H / math.log(2) / 1000.0
-    assert float(row["mean_dose_gy"]) == pytest.approx(expected, rel=0.04)
+    assert float(row["mean_dose_gy"]) == pytest.approx(expected, rel=0.03)
     tac = _rows(tmp_path / "out" / "tac.csv")
     total = A0_BQML * mask.sum() * ct.voxel_volume_ml / 1e6
     assert float(tac[1]["activity_mbq"]) == pytest.approx(total * 2 ** (-96.0 / T_EFF_H), rel=0.05)
@@ -209,6 +209,32 @@ def test_bed_for_kidney_names_and_fallback_when_fits_fail(phantom, monkeypatch):
     assert row["fallback"] and row["fit"] == "trapezoid" and "fit failed" in row["reason"]
     assert math.isnan(row["bed_gy"])
     assert any("fit failed" in w for w in failed.warnings)
+
+
+def test_madsen_uses_the_population_half_life_of_the_voi(phantom):
+    from DblurDoseLib.time_integration import population_half_life
+
+    ct, mask, rate0 = phantom
+    t_kidney = population_half_life("kidneys")
+    spect = ct.with_array(np.where(mask, A0_BQML * 2 ** (-t_kidney / T_EFF_H), 0).astype(np.float32))
+    point = dosimetry.TimePoint(spect, ct, t_kidney * 1.7, "time point 1")
+    result = dosimetry.absorbed_dose([point], [Segment("kidneys", mask)], single_time_point="madsen",
+                                     register="none", activity_range_mbq=None)
+    voi = result.vois[0]
+    rate = voi.dose_rates_mgy_h[0]
+    assert voi.integral.model == "prior-half-life"
+    expected = rate * 2 ** (1.7) * t_kidney / math.log(2) / 1000.0
+    assert voi.integral.dose_gy == pytest.approx(expected, rel=1e-6)
+    assert voi.map_mean_gy == pytest.approx(expected, rel=1e-4)
+    assert rate == pytest.approx(rate0 * 2 ** (-t_kidney / T_EFF_H), rel=1e-4)
+
+
+def test_trapezoid_fit_for_voi_and_voxels(four_points, tmp_path):
+    _, paths = four_points
+    assert _run(paths, tmp_path / "out", "--register", "none", "--fit", "trapezoid") == 0
+    row = _rows(tmp_path / "out" / "doses.csv")[0]
+    assert row["fit"] == "trapezoid" and row["fallback"] == "False"
+    assert float(row["map_mean_dose_gy"]) == pytest.approx(float(row["mean_dose_gy"]), rel=1e-4)
 
 
 def test_fit_failure_is_reported_and_written(phantom, tmp_path, monkeypatch, capsys):
@@ -270,6 +296,18 @@ def test_time_point_outside_the_reference_refused(phantom, tmp_path, capsys):
     ct, mask, _ = phantom
     paths = _files(tmp_path / "in", ct, mask, (24.0, 96.0), shift_mm=(500.0, 0.0, 0.0))
     refused(capsys, paths, tmp_path / "out", "--register", "none", match="reference body lies in its field")
+
+
+def test_time_point_covering_another_region_refused(phantom, tmp_path, capsys):
+    ct, mask, _ = phantom
+    paths = _files(tmp_path / "in", ct, mask, (24.0, 96.0))
+    slab = Volume(ct.array[:6], ct.spacing, ct.origin)  # 6 of 28 slices: most of the reference body is outside
+    spect = Volume(_spect(ct, 96.0, mask).array[:6], ct.spacing, ct.origin)
+    spect.array[2:4, 10:14, 10:14] = A0_BQML
+    paths["timepoints"][1] = (write_volume(spect, tmp_path / "in" / "slab_spect.nrrd"),
+                              write_volume(slab, tmp_path / "in" / "slab_ct.nrrd"), 96.0)
+    err = refused(capsys, paths, tmp_path / "out", "--register", "rigid", match="time point 2 (96 h)")
+    assert "reference body lies in its field" in err
 
 
 def test_failed_registration_refused(three_points, tmp_path, capsys, monkeypatch):
