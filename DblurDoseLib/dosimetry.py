@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -236,11 +236,21 @@ def _administered_warning(point: TimePoint, total_mbq: float, administered_mbq: 
 # --- per VOI --------------------------------------------------------------------------------------
 def _integrate_voi(times_h: np.ndarray, rates: np.ndarray, models: tuple[str, ...], single: str | None,
                    name: str, radiopharmaceutical: str) -> TimeIntegral:
-    """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method."""
+    """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method.
+
+    ``madsen`` for a VOI whose name has no population half-life: Haenscheid's formula, flagged as a fallback.
+    """
     if times_h.size == 1:
-        method = SINGLE_TIME_POINT[str(single)]  # checked: one time point has a method
-        options = {"voi": name, "radiopharmaceutical": radiopharmaceutical} if method == "prior-half-life" else {}
-        return integrate_time_curve(times_h, rates, method=method, **options)
+        if SINGLE_TIME_POINT[str(single)] == "hanscheid":  # checked: one time point has a method
+            return integrate_time_curve(times_h, rates, method="hanscheid")
+        try:
+            population_half_life(name, radiopharmaceutical)
+        except DblurDoseError:
+            result = integrate_time_curve(times_h, rates, method="hanscheid")
+            return replace(result, fit_failed=True, reason=f"no population half-life for {name!r} "
+                           f"({radiopharmaceutical}); Haenscheid used instead of madsen")
+        return integrate_time_curve(times_h, rates, method="prior-half-life", voi=name,
+                                    radiopharmaceutical=radiopharmaceutical)
     if not models:
         return integrate_time_curve(times_h, rates, method="trapezoid")
     return integrate_time_curve(times_h, rates, method="fit", models=models)
@@ -254,9 +264,10 @@ def _bed(integral: TimeIntegral, name: str) -> tuple[float, str]:
     from .radiobiology import bed_of_curve
     from .time_integration import load_table, table_entry
 
-    tissues = load_table("radiobiology")["tissues"]
+    table = load_table("radiobiology")
+    tissues = table["tissues"]
     try:
-        entry = table_entry(load_table("radiobiology"), tissues, name, "tissue")
+        entry = table_entry(table, tissues, name, "tissue")
     except DblurDoseError:
         return math.nan, ""
     if integral.amplitudes.size == 0:  # the trapezoid: no curve for the Lea-Catcheside factor
@@ -280,18 +291,17 @@ def _voi_dose(segment: Segment, integral: TimeIntegral, rates: np.ndarray, activ
 
 
 # --- voxel map ------------------------------------------------------------------------------------
-def _single_point_map(time_h: float, rate: np.ndarray, segments: Sequence[Segment], single: str,
-                      radiopharmaceutical: str) -> np.ndarray:
+def _single_point_map(time_h: float, rate: np.ndarray, segments: Sequence[Segment],
+                      integrals: Sequence[TimeIntegral]) -> np.ndarray:
     """Dose (Gy) of one dose-rate map (mGy/h): ``Ddot exp(lambda t) / lambda`` per voxel.
 
-    Haenscheid: ``T_eff = t`` everywhere; madsen: the prior ``T_eff`` of the VOI holding the voxel
-    (the first one listed), Haenscheid's outside every VOI.
+    ``lambda``: that of the VOI's single-time-point curve (its prior half-life with madsen; the
+    first VOI listed where VOIs overlap), ``ln 2 / t`` (Haenscheid) outside every VOI.
     """
     factor = np.full(rate.shape, 2.0 * time_h / LN2 / 1000.0, np.float64)
-    if SINGLE_TIME_POINT[single] == "prior-half-life":
-        for segment in reversed(segments):  # the first segment listed wins where VOIs overlap
-            lam = LN2 / population_half_life(segment.name, radiopharmaceutical)
-            factor[segment.mask] = math.exp(lam * time_h) / lam / 1000.0
+    for segment, integral in reversed(list(zip(segments, integrals))):
+        lam = LN2 / integral.effective_half_life_h
+        factor[segment.mask] = math.exp(lam * time_h) / lam / 1000.0
     return (rate * factor).astype(np.float32)
 
 
@@ -391,7 +401,7 @@ def absorbed_dose(
     integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical)
                  for s, curve in zip(segments, curves)]
     if times.size == 1:
-        dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, single_time_point, radiopharmaceutical)
+        dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, integrals)
         n_fallback = 0
     else:
         dose_gy, n_fallback = _voxel_map(times, rate_stack, segments, integrals, not models)

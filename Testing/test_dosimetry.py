@@ -228,6 +228,10 @@ def test_madsen_uses_the_population_half_life_of_the_voi(phantom):
     assert voi.map_mean_gy == pytest.approx(expected, rel=1e-4)
     assert rate == pytest.approx(rate0 * 2 ** (-t_kidney / T_EFF_H), rel=1e-4)
 
+    other = dosimetry.absorbed_dose([point], [Segment("label_1", mask)], single_time_point="madsen",
+                                    register="none", activity_range_mbq=None).vois[0]  # no population value
+    assert other.integral.model == "hanscheid" and other.fallback and "no population half-life" in other.integral.reason
+
 
 def test_trapezoid_fit_for_voi_and_voxels(four_points, tmp_path):
     _, paths = four_points
