@@ -137,11 +137,12 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
     check_time_points(times, args.single_time_point)
     check_fit(args.fit)
-    points, warnings = [], []
+    points, warnings, units_from = [], [], {}
     for i, ((spect_path, ct_path, _), hours) in enumerate(zip(args.timepoint, times), start=1):
         spect = read_volume(spect_path, what="SPECT")
         ct = read_volume(ct_path, dtype=None, what="CT")
-        units, _, unit_warnings = spect_units_of(spect, args.spect_units)
+        units, source, unit_warnings = spect_units_of(spect, args.spect_units)
+        units_from[f"timepoint{i}_spect_units"] = f"{units} ({source})"
         label = f"time point {i} ({hours:g} h)"
         warnings += [f"{label}: {w}" for w in unit_warnings]
         duration = args.duration if args.duration is not None else spect.metadata.get("acquisition_duration_s")
@@ -159,7 +160,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
               for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
     inputs["input_seg_sha256"] = input_checksum(args.seg)
-    provenance = {**result.provenance, **inputs}
+    provenance = {**result.provenance, **units_from, **inputs}
     header = [f"{key}: {value}" for key, value in provenance.items()]
     with out as stage:
         result.dose.metadata.update(provenance)

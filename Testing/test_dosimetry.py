@@ -329,3 +329,20 @@ def test_ct_without_body_refused_by_registration(three_points, tmp_path, capsys,
     paths = dict(three_points, timepoints=[three_points["timepoints"][0], (spect, air, t),
                                            three_points["timepoints"][2]])
     refused(capsys, paths, tmp_path / "out", "--register", "rigid", match="shows no body")
+
+
+# --- DICOM input, as for `dblurdose dose` --------------------------------------------------------
+
+def test_dicom_time_point(phantom, tmp_path):
+    from test_dicom import ct_series, nm_from_volume
+
+    ct, mask, rate0 = phantom
+    paths = _files(tmp_path / "in", ct, mask, (24.0, 96.0))
+    (tmp_path / "ct_dicom").mkdir()
+    ct_series(tmp_path / "ct_dicom", ct)
+    nm = nm_from_volume(tmp_path / "nm.dcm", _spect(ct, 24.0, mask))
+    paths["timepoints"][0] = (nm, tmp_path / "ct_dicom", 24.0)
+    assert _run(paths, tmp_path / "out", "--register", "none") == 0
+    row = _rows(tmp_path / "out" / "doses.csv")[0]
+    assert float(row["mean_dose_gy"]) == pytest.approx(rate0 * T_EFF_H / math.log(2) / 1000.0, rel=0.02)
+    assert "# input_timepoint1_ct_sha256:" in (tmp_path / "out" / "doses.csv").read_text()
