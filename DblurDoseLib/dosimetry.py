@@ -33,6 +33,7 @@ A VOI whose fits all fail gets the trapezoid and says so (``fallback``, ``reason
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -376,6 +377,10 @@ def absorbed_dose(
     times = check_time_points([p.time_h for p in timepoints], single_time_point)
     models = check_fit(fit)
     options = {**(dose_options or {}), "activity_range_mbq": activity_range_mbq}
+    if method == "cnn":  # the model is read and verified before any registration
+        from .inference import load_model
+
+        load_model(options.get("model"), device=options.get("device", "auto"))
     reference_ct = timepoints[0].ct
     warnings: list[str] = []
     if times.size > 1 and single_time_point is not None:
@@ -439,9 +444,14 @@ def _provenance(made_by: dict, times: np.ndarray, registrations: Sequence[Regist
             f"{registration.hu_correlation:.3f}, translation " + " ".join(f"{x:.2f}" for x in registration.translation_mm)
             + f" mm, rotation {registration.rotation_angle_deg:.2f} deg")
     for voi in vois:
-        out[f"voi_{voi.name}_fit"] = (f"{voi.integral.model}, T_eff {voi.integral.effective_half_life_h:.4g} h"
+        out[f"voi_{_key(voi.name)}_fit"] = (f"{voi.integral.model}, T_eff {voi.integral.effective_half_life_h:.4g} h"
                                       f" ({voi.integral.reason})")
     return out
+
+
+def _key(name: str) -> str:
+    """A VOI name usable in a provenance key (NRRD field, CSV header line): letters, digits, '_', '-', '.'."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 # --- tables ---------------------------------------------------------------------------------------

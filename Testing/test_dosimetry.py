@@ -203,6 +203,12 @@ def test_bed_for_kidney_names_and_fallback_when_fits_fail(phantom, monkeypatch):
     assert voi.bed_tissue == "kidneys"
     assert voi.bed_gy == pytest.approx(float(bed(voi.integral.dose_gy, T_EFF_H, tissue="kidneys")), rel=0.01)
 
+    assert "voi_left_kidney_fit" in result.provenance
+    low = dosimetry.absorbed_dose(points[:2], [Segment("kidney", mask)], register="none", activity_range_mbq=None,
+                                  administered_mbq=1.0)
+    assert any("more than the 1 MBq administered" in w for w in low.warnings)
+    assert low.provenance["administered_mbq"] == "1"
+
     monkeypatch.setattr(time_integration, "_fit_model", lambda *a, **k: None)  # no model converges
     failed = dosimetry.absorbed_dose(points, [Segment("tumour", mask)], register="none", activity_range_mbq=None)
     row = dosimetry.dose_rows(failed)[0]
