@@ -120,6 +120,7 @@ def _timepoint_hours(text: str) -> float:
 def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .dose import ACTIVITY_RANGE_MBQ, spect_units_of
     from .dosimetry import (
+        REPORT_FILES,
         TimePoint,
         absorbed_dose,
         check_fit,
@@ -127,12 +128,13 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         dose_rows,
         dvh_rows,
         tac_rows,
+        write_report,
     )
     from .outputs import OutputFolder, input_checksum, write_csv
     from .segments import read_segments
     from .volume import read_volume, write_volume
 
-    names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv"]
+    names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES]
     out = OutputFolder(args.out, names, overwrite=args.overwrite)  # refuses before any work
     times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
     check_time_points(times, args.single_time_point)
@@ -152,7 +154,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     segments = read_segments(args.seg, points[0].ct)
     result = absorbed_dose(
         points, segments, method=args.method, fit=args.fit, single_time_point=args.single_time_point,
-        register=args.register, administered_mbq=args.administered_mbq, dose_options={"device": args.device, "model": args.model},
+        register=args.register, administered_mbq=args.administered_mbq,
+        dose_options={"device": args.device, "model": args.model},
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
     )
     for warning in warnings + result.warnings:
@@ -160,7 +163,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
               for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
     inputs["input_seg_sha256"] = input_checksum(args.seg)
-    provenance = {**result.provenance, **units_from, **inputs}
+    result.provenance.update({**units_from, **inputs})  # the report shows them too
+    provenance = result.provenance
     header = [f"{key}: {value}" for key, value in provenance.items()]
     with out as stage:
         result.dose.metadata.update(provenance)
@@ -168,6 +172,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         write_csv(dose_rows(result), stage / "doses.csv", header=header)
         write_csv(tac_rows(result), stage / "tac.csv", header=header)
         write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
+        write_report(result, stage)
     if not args.quiet:
         for name in names:
             print(Path(args.out) / name)

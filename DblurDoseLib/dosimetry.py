@@ -32,6 +32,7 @@ A VOI whose fits all fail gets the trapezoid and says so (``fallback``, ``reason
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -484,3 +485,43 @@ def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int =
     return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low"], "dose_gy_high": r["dose_rate_high"],
              "differential_fraction": r["differential_fraction"], "cumulative_fraction": r["cumulative_fraction"]}
             for r in rows]
+
+
+# --- report ---------------------------------------------------------------------------------------
+#: files :func:`write_report` writes
+REPORT_FILES = ("report.html", "tac.png", "absorbed_dose.png")
+
+
+def _curves(result: DosimetryResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Measured VOI dose rates (mGy/h) and each VOI's fitted curve, for the time-activity plot."""
+    t_max = float(result.times_h[-1]) * 1.2
+    dense = np.linspace(0.0, t_max, 200)
+    curves = {}
+    for v in result.vois:
+        curves[f"{v.name} (measured)"] = (result.times_h, v.dose_rates_mgy_h)
+        if v.integral.amplitudes.size:
+            curves[f"{v.name} ({v.integral.model})"] = (dense, v.integral.evaluate(dense))
+    return curves
+
+
+def write_report(result: DosimetryResult, folder) -> None:
+    """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
+    from pathlib import Path
+
+    from .report import Panel, html_table, save_curves, save_panels, write_html
+
+    folder = Path(folder)
+    styles = {name: ("o" if name.endswith("(measured)") else "-") for name in _curves(result)}
+    save_curves(_curves(result), folder / "tac.png", "time after administration (h)", "mean dose rate (mGy/h)",
+                "VOI dose rates and fitted curves", styles)
+    dose = np.asarray(result.dose.array)
+    z = int(np.argmax(dose.sum(axis=(1, 2))))
+    save_panels([Panel(f"absorbed dose, slice {z}", dose[z], unit="Gy")], folder / "absorbed_dose.png")
+    provenance = [{"field": k, "value": v} for k, v in result.provenance.items()]
+    write_html(folder / "report.html", "DblurDose absorbed dose", [
+        ("VOI absorbed doses", html_table(dose_rows(result))),
+        ("Dose-rate curves", "<img src='tac.png'>" + html_table(tac_rows(result))),
+        ("Absorbed-dose map", "<img src='absorbed_dose.png'>"),
+        ("Warnings", "<br>".join(html.escape(w) for w in result.warnings) or "none"),
+        ("Provenance", html_table(provenance)),
+    ])

@@ -143,6 +143,9 @@ def test_outputs_columns_and_provenance(four_points, phantom):
         assert any(line.startswith("# dblurdose_version:") for line in head), name
         assert any(line.startswith("# voi_label_1_fit: mono") for line in head), name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    report = (out / "report.html").read_text()
+    assert "VOI absorbed doses" in report and "input_timepoint1_spect_sha256" in report
+    assert (out / "tac.png").stat().st_size > 0 and (out / "absorbed_dose.png").stat().st_size > 0
 
 
 def test_existing_outputs_refused_without_overwrite(four_points, tmp_path, capsys):
