@@ -118,7 +118,7 @@ def _timepoint_hours(text: str) -> float:
 
 
 def cmd_dosimetry(args: argparse.Namespace) -> int:
-    from .dose import ACTIVITY_RANGE_MBQ, spect_units_of
+    from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
     from .dosimetry import (
         REPORT_FILES,
         TimePoint,
@@ -135,7 +135,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .volume import read_volume, write_volume
 
     names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES]
-    out = OutputFolder(args.out, names, overwrite=args.overwrite)  # refuses before any work
+    # refuses before any work; with --overwrite, the other method's map of an earlier run goes
+    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[f"absorbed_dose_{m}.nrrd" for m in METHODS])
     times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
     check_time_points(times, args.single_time_point)
     check_fit(args.fit)
@@ -173,6 +174,9 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         write_csv(tac_rows(result), stage / "tac.csv", header=header)
         write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
         write_report(result, stage)
+    for name in out.removed:
+        print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
+              file=sys.stderr)
     if not args.quiet:
         for name in names:
             print(Path(args.out) / name)

@@ -149,13 +149,20 @@ def test_outputs_columns_and_provenance(four_points, phantom):
 
 
 def test_existing_outputs_refused_without_overwrite(four_points, tmp_path, capsys):
-    out, paths = four_points
+    import shutil
+
+    out = shutil.copytree(four_points[0], tmp_path / "out")
+    paths = four_points[1]
+    (out / "absorbed_dose_cnn.nrrd").write_bytes(b"an earlier run's map")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
     assert _run(paths, out, "--register", "none") == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _run(paths, out, "--register", "none", "--overwrite") == 0
+    assert not (out / "absorbed_dose_cnn.nrrd").exists()  # no mix of two runs' results
+    assert "removed" in capsys.readouterr().err
 
 
 # --- (3) a shifted time point, registered --------------------------------------------------------
