@@ -24,10 +24,12 @@ Steps (:func:`absorbed_dose`):
 5. the voxel map (Gy): :func:`time_integration.voxel_dose_map` (bounded mono-exponential per voxel,
    or the trapezoid with ``fit="trapezoid"``); inside each VOI, voxels whose fit is impossible (a
    zero among the values) get that VOI's fitted curve scaled, elsewhere the trapezoid. One time
-   point: the single-time-point formula applied to every voxel (the prior half-life of the VOI
-   that holds the voxel, Haenscheid's outside every VOI with a prior).
+   point: the single-time-point formula applied to every voxel, with the half-life of the VOI
+   that holds it (its prior with madsen), Haenscheid's (``T_eff = t``) outside every VOI.
 
-A VOI whose fits all fail gets the trapezoid and says so (``fallback``, ``reason``, a warning).
+Fallbacks, each flagged in the VOI's row (``fallback``, ``reason``) and warned of: a VOI whose
+fits all fail gets the trapezoid with a physical-decay tail; with madsen, a VOI whose name has no
+population half-life gets Haenscheid's formula. :func:`write_report` writes an HTML summary.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from .dose import ACTIVITY_RANGE_MBQ, check_geometry, compute_dose_rate_maps, spect_to_bqml
 from .errors import DblurDoseError
-from .metrics import dr_x
+from .metrics import dr_x, drvh_table
+from .radiobiology import bed_of_curve
 from .registration import Registration, apply_to_activity, register_ct
 from .resample import ResampleReport, resample_activity
 from .segments import Segment
@@ -51,7 +55,10 @@ from .time_integration import (
     LN2,
     TimeIntegral,
     integrate_time_curve,
+    load_table,
+    physical_decay_constant_per_h,
     population_half_life,
+    table_entry,
     voxel_dose_map,
 )
 from .volume import Volume
@@ -224,8 +231,6 @@ def _dose_rate(activity: Volume, reference_ct: Volume, method: str, options: dic
 
 def _administered_warning(point: TimePoint, total_mbq: float, administered_mbq: float | None) -> list[str]:
     """A warning when the time point holds more activity (MBq) than was administered, decayed physically."""
-    from .time_integration import physical_decay_constant_per_h
-
     if administered_mbq is None:
         return []
     expected = administered_mbq * math.exp(-physical_decay_constant_per_h() * point.time_h)
@@ -263,9 +268,6 @@ def _bed(integral: TimeIntegral, name: str) -> tuple[float, str]:
 
     The VOI's name picks the tissue in ``data/radiobiology.json`` (aliases: kidney, left_kidney, tumour, ...).
     """
-    from .radiobiology import bed_of_curve
-    from .time_integration import load_table, table_entry
-
     table = load_table("radiobiology")
     tissues = table["tissues"]
     try:
@@ -479,8 +481,6 @@ def tac_rows(result: DosimetryResult) -> list[dict]:
 
 def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int = 200) -> list[dict]:
     """``dvh.csv``: cumulative dose-volume histogram per VOI (Gy), from :func:`metrics.drvh_table`."""
-    from .metrics import drvh_table
-
     rows = drvh_table({"dose": np.asarray(result.dose.array)}, segments, n_bins)
     return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low"], "dose_gy_high": r["dose_rate_high"],
              "differential_fraction": r["differential_fraction"], "cumulative_fraction": r["cumulative_fraction"]}
@@ -504,10 +504,8 @@ def _curves(result: DosimetryResult) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return curves
 
 
-def write_report(result: DosimetryResult, folder) -> None:
+def write_report(result: DosimetryResult, folder: str | Path) -> None:
     """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
-    from pathlib import Path
-
     from .report import Panel, html_table, save_curves, save_panels, write_html
 
     folder = Path(folder)
