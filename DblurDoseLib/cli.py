@@ -117,6 +117,24 @@ def _timepoint_hours(text: str) -> float:
                              "e.g. --timepoint spect.nrrd ct.nrrd 24") from None
 
 
+def _read_timepoint_volume(path: str, what: str):
+    """A time point's SPECT or CT; a DICOM folder holding several series asks for that series' own folder."""
+    import numpy as np
+
+    from .dicom import SERIES_FLAGS
+    from .volume import read_volume
+
+    try:
+        return read_volume(path, dtype=None if what == "CT" else np.float32, what=what)
+    except DblurDoseError as exc:
+        flag = SERIES_FLAGS[what]
+        if flag not in str(exc):
+            raise
+        message = str(exc).split(f", or choose a series with {flag}")[0].split(f" Choose one with {flag} UID")[0]
+        raise DblurDoseError(f"{message.rstrip('.')}; give that time point's {what} series folder or file "
+                             "in --timepoint") from None
+
+
 def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
     from .dosimetry import (
@@ -132,7 +150,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     )
     from .outputs import OutputFolder, input_checksum, write_csv
     from .segments import read_segments
-    from .volume import read_volume, write_volume
+    from .volume import write_volume
 
     names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES]
     # refuses before any work; with --overwrite, the other method's map of an earlier run goes
@@ -142,8 +160,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     check_fit(args.fit)
     points, warnings, units_from = [], [], {}
     for i, ((spect_path, ct_path, _), hours) in enumerate(zip(args.timepoint, times), start=1):
-        spect = read_volume(spect_path, what="SPECT")
-        ct = read_volume(ct_path, dtype=None, what="CT")
+        spect = _read_timepoint_volume(spect_path, "SPECT")
+        ct = _read_timepoint_volume(ct_path, "CT")
         units, source, unit_warnings = spect_units_of(spect, args.spect_units)
         units_from[f"timepoint{i}_spect_units"] = f"{units} ({source})"
         label = f"time point {i} ({hours:g} h)"

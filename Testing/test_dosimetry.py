@@ -362,3 +362,17 @@ def test_dicom_time_point(phantom, tmp_path):
     row = _rows(tmp_path / "out" / "doses.csv")[0]
     assert float(row["mean_dose_gy"]) == pytest.approx(rate0 * T_EFF_H / math.log(2) / 1000.0, rel=0.02)
     assert "# input_timepoint1_ct_sha256:" in (tmp_path / "out" / "doses.csv").read_text()
+
+
+def test_dicom_folder_with_several_ct_series_asks_for_one(phantom, tmp_path, capsys):
+    from test_dicom import ct_series
+
+    ct, mask, _ = phantom
+    paths = _files(tmp_path / "in", ct, mask, (24.0, 96.0))
+    folder = tmp_path / "in" / "study"
+    for name in ("CT1", "CT2"):
+        (folder / name).mkdir(parents=True)
+        ct_series(folder / name, ct, description=name)
+    paths["timepoints"][1] = (paths["timepoints"][1][0], folder, 96.0)
+    err = refused(capsys, paths, tmp_path / "out", "--register", "none", match="holds 2 series for the CT")
+    assert "give that time point's CT series folder or file in --timepoint" in err and "--ct-series" not in err
