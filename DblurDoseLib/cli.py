@@ -1,4 +1,4 @@
-"""The ``dblurdose`` command line: dose, kernel, demo."""
+"""The ``dblurdose`` command line: dose, dosimetry, kernel, demo."""
 
 from __future__ import annotations
 
@@ -109,6 +109,98 @@ def cmd_dose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timepoint_hours(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DblurDoseError(f"--timepoint HOURS {text!r} is not a number; give hours after administration, "
+                             "e.g. --timepoint spect.nrrd ct.nrrd 24") from None
+
+
+def _read_timepoint_volume(path: str, what: str):
+    """A time point's SPECT or CT; a DICOM folder holding several series asks for that series' own folder."""
+    import numpy as np
+
+    from .dicom import SERIES_FLAGS
+    from .volume import read_volume
+
+    try:
+        return read_volume(path, dtype=None if what == "CT" else np.float32, what=what)
+    except DblurDoseError as exc:
+        flag = SERIES_FLAGS[what]
+        if flag not in str(exc):
+            raise
+        message = str(exc).split(f", or choose a series with {flag}")[0].split(f" Choose one with {flag} UID")[0]
+        raise DblurDoseError(f"{message.rstrip('.')}; give that time point's {what} series folder or file "
+                             "in --timepoint") from None
+
+
+def cmd_dosimetry(args: argparse.Namespace) -> int:
+    from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
+    from .dosimetry import (
+        REPORT_FILES,
+        TimePoint,
+        absorbed_dose,
+        check_fit,
+        check_time_points,
+        dose_rows,
+        dvh_rows,
+        tac_rows,
+        write_report,
+    )
+    from .outputs import OutputFolder, input_checksum, write_csv
+    from .segments import read_segments
+    from .volume import write_volume
+
+    names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES]
+    # refuses before any work; with --overwrite, the other method's map of an earlier run goes
+    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[f"absorbed_dose_{m}.nrrd" for m in METHODS])
+    times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
+    check_time_points(times, args.single_time_point)
+    check_fit(args.fit)
+    points, warnings, units_from = [], [], {}
+    for i, ((spect_path, ct_path, _), hours) in enumerate(zip(args.timepoint, times), start=1):
+        spect = _read_timepoint_volume(spect_path, "SPECT")
+        ct = _read_timepoint_volume(ct_path, "CT")
+        units, source, unit_warnings = spect_units_of(spect, args.spect_units)
+        units_from[f"timepoint{i}_spect_units"] = f"{units} ({source})"
+        label = f"time point {i} ({hours:g} h)"
+        warnings += [f"{label}: {w}" for w in unit_warnings]
+        duration = args.duration if args.duration is not None else spect.metadata.get("acquisition_duration_s")
+        points.append(TimePoint(spect, ct, hours, label, units, args.calibration,
+                                None if duration is None else float(duration)))
+    out.require_space(points[0].ct.array.size * 4 * 1.05 + 1e6)
+    segments = read_segments(args.seg, points[0].ct)
+    result = absorbed_dose(
+        points, segments, method=args.method, fit=args.fit, single_time_point=args.single_time_point,
+        register=args.register, administered_mbq=args.administered_mbq,
+        dose_options={"device": args.device, "model": args.model},
+        activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
+    )
+    for warning in warnings + result.warnings:
+        print(f"dblurdose: warning: {warning}", file=sys.stderr)
+    inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
+              for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
+    inputs["input_seg_sha256"] = input_checksum(args.seg)
+    result.provenance.update({**units_from, **inputs})  # the report shows them too
+    provenance = result.provenance
+    header = [f"{key}: {value}" for key, value in provenance.items()]
+    with out as stage:
+        result.dose.metadata.update(provenance)
+        write_volume(result.dose, stage / names[0], compress=False)
+        write_csv(dose_rows(result), stage / "doses.csv", header=header)
+        write_csv(tac_rows(result), stage / "tac.csv", header=header)
+        write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
+        write_report(result, stage)
+    for name in out.removed:
+        print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
+              file=sys.stderr)
+    if not args.quiet:
+        for name in names:
+            print(Path(args.out) / name)
+    return 0
+
+
 def cmd_kernel(args: argparse.Namespace) -> int:
     from .kernels import build_kernel, get_kernel, write_kernel_nrrd
 
@@ -164,6 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace existing output files (and remove earlier results this run does not write)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dose)
+
+    p = sub.add_parser("dosimetry", help="absorbed dose (Gy) from SPECT/CT time points: map, VOI doses, BED")
+    p.add_argument("--timepoint", nargs=3, action="append", required=True, metavar=("SPECT", "CT", "HOURS"),
+                   help="one acquisition: SPECT and CT (as for `dose`, DICOM included) and hours after "
+                        "administration; repeat in time order, the first is the reference (its CT grid)")
+    p.add_argument("--seg", required=True, help="labelmap or Slicer .seg.nrrd on the reference (first) CT")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=("dvk", "cnn"), default="dvk")
+    p.add_argument("--fit", choices=("auto", "mono", "bi", "tri", "trapezoid"), default="auto",
+                   help="VOI time-curve model: auto (AICc), a family, or the trapezoid (default auto)")
+    p.add_argument("--single-time-point", choices=("haenscheid", "madsen"),
+                   help="method for one time point: Haenscheid 2018 or a population half-life (Madsen 2018)")
+    p.add_argument("--register", choices=("rigid", "deformable", "none"), default="rigid",
+                   help="registration of each CT to the reference CT (default rigid)")
+    p.add_argument("--administered-mbq", type=float,
+                   help="administered activity, MBq (recorded; a time point holding more is warned of)")
+    p.add_argument("--model", help="DblurDoseNet model file for --method cnn (default: the shipped weights)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
+                   help="units of the SPECTs' voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
+    p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
+    p.add_argument("--duration", type=float,
+                   help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
+    p.add_argument("--any-activity", action="store_true",
+                   help="accept total activities outside 5 MBq - 100 GBq (phantoms, pre-clinical scans)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_dosimetry)
 
     p = sub.add_parser("kernel", help="write a centred dose-voxel kernel (mGy per decay) as NRRD")
     p.add_argument("--nuclide", default="Lu-177")

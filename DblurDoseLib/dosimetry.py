@@ -1,0 +1,525 @@
+"""Absorbed dose from several SPECT/CT time points: the ``dblurdose dosimetry`` workflow.
+
+Qt-free; no file input or output (the command line in :mod:`DblurDoseLib.cli` reads and writes).
+
+Steps (:func:`absorbed_dose`):
+
+1. the time points are checked (hours after administration, > 0, increasing, no duplicates; one
+   time point needs a single-time-point method);
+2. each time point's CT is registered to the reference (first) time point's CT
+   (:func:`registration.register_ct`; the reference itself is not registered), its quality (body
+   Dice, HU correlation) kept for the provenance;
+3. each SPECT (converted to Bq/mL) is moved onto the reference CT grid with its CT's registration
+   (:func:`registration.apply_to_activity`, total activity conserved inside the field), and its
+   dose rate (mGy/h) is computed on the *reference* CT (:func:`dose.compute_dose_rate_maps`).
+   Choice: moving the activity rather than the dose-rate map keeps the densities of every time
+   point those of the reference anatomy, on which the VOIs are drawn, and resamples the SPECT
+   once (a dose-rate map computed on the time point's own CT and then moved would be
+   interpolated a second time and carry that day's densities into the reference anatomy);
+4. per VOI (of the reference segmentation): the mean dose rate (mGy/h) and the activity (MBq) at
+   each time point, the time integral of the mean dose-rate curve
+   (:func:`time_integration.integrate_time_curve`: AICc model choice, a chosen model family, the
+   trapezoid, or for one time point Haenscheid's formula or a prior population half-life), its
+   effective half-life and the BED where the VOI's name has radiobiology parameters;
+5. the voxel map (Gy): :func:`time_integration.voxel_dose_map` (bounded mono-exponential per voxel,
+   or the trapezoid with ``fit="trapezoid"``); inside each VOI, voxels whose fit is impossible (a
+   zero among the values) get that VOI's fitted curve scaled, elsewhere the trapezoid. One time
+   point: the single-time-point formula applied to every voxel, with the half-life of the VOI
+   that holds it (its prior with madsen), Haenscheid's (``T_eff = t``) outside every VOI.
+
+Fallbacks, each flagged in the VOI's row (``fallback``, ``reason``) and warned of: a VOI whose
+fits all fail gets the trapezoid with a physical-decay tail; with madsen, a VOI whose name has no
+population half-life gets Haenscheid's formula. :func:`write_report` writes an HTML summary.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .dose import ACTIVITY_RANGE_MBQ, check_geometry, compute_dose_rate_maps, spect_to_bqml
+from .errors import DblurDoseError
+from .metrics import dr_x, drvh_table
+from .radiobiology import bed_of_curve
+from .registration import Registration, apply_to_activity, register_ct
+from .resample import ResampleReport, resample_activity
+from .segments import Segment
+from .time_integration import (
+    DEFAULT_MODELS,
+    LN2,
+    TimeIntegral,
+    integrate_time_curve,
+    load_table,
+    physical_decay_constant_per_h,
+    population_half_life,
+    table_entry,
+    voxel_dose_map,
+)
+from .volume import Volume
+
+#: ``--fit`` choices: the models compared by AICc, or the trapezoid
+FITS: dict[str, tuple[str, ...]] = {
+    "auto": DEFAULT_MODELS,
+    "mono": ("mono",),
+    "bi": ("bi-uptake", "bi"),
+    "tri": ("tri-uptake", "tri"),
+    "trapezoid": (),
+}
+#: ``--single-time-point`` choices -> time_integration method
+SINGLE_TIME_POINT = {"haenscheid": "hanscheid", "madsen": "prior-half-life"}
+#: least share of a time point's SPECT activity that must fall in the reference CT's field (as in ``dose``)
+MIN_FRACTION_INSIDE = 0.5
+#: dose levels reported per VOI: D2, D50, D98 (minimum dose to the hottest x %), Gy
+DOSE_LEVELS = (2, 50, 98)
+
+Progress = Callable[[float, str], object]
+
+
+@dataclass
+class TimePoint:
+    """One SPECT/CT acquisition.
+
+    Attributes
+    ----------
+    spect : Volume
+        SPECT in ``spect_units`` (Bq/mL, kBq/mL, MBq/mL or counts per voxel).
+    ct : Volume
+        Its CT, HU.
+    time_h : float
+        Hours after administration.
+    label : str
+        Name in messages (e.g. "time point 2 (24 h)").
+    spect_units : str
+        Units of ``spect`` (see :func:`dose.spect_to_bqml`).
+    calibration_cps_per_mbq, duration_s : float, optional
+        Camera sensitivity (cps/MBq) and acquisition duration (s) for counts.
+    """
+
+    spect: Volume
+    ct: Volume
+    time_h: float
+    label: str = ""
+    spect_units: str = "bqml"
+    calibration_cps_per_mbq: float | None = None
+    duration_s: float | None = None
+
+
+@dataclass
+class VoiDose:
+    """One VOI's absorbed dose and how it was obtained (doses in Gy, rates in mGy/h)."""
+
+    name: str
+    volume_ml: float
+    integral: TimeIntegral  # of the VOI's mean dose-rate curve (mGy/h -> mGy)
+    dose_rates_mgy_h: np.ndarray  # VOI mean dose rate per time point
+    activities_mbq: np.ndarray  # VOI activity per time point
+    map_mean_gy: float  # mean of the voxel map inside the VOI
+    d_levels_gy: dict[int, float]  # D2, D50, D98 of the voxel map
+    bed_gy: float = math.nan
+    bed_tissue: str = ""
+
+    @property
+    def fallback(self) -> bool:
+        """True when every fit failed and the trapezoid was used."""
+        return self.integral.fit_failed
+
+
+@dataclass
+class DosimetryResult:
+    """What :func:`absorbed_dose` found.
+
+    Attributes
+    ----------
+    dose : Volume
+        Absorbed-dose map, Gy, on the reference CT grid (metadata: provenance).
+    dose_rates : list of Volume
+        Dose-rate maps, mGy/h, of every time point on the reference CT grid.
+    times_h : ndarray
+        Hours after administration.
+    registrations : list of Registration or None
+        Per time point (None for the reference).
+    vois : list of VoiDose
+    n_voxel_fallback : int
+        Voxels whose own fit was impossible (a zero among their values).
+    warnings : list of str
+    provenance : dict
+        Version, method, registration quality and fits, as text (written into every output).
+    """
+
+    dose: Volume
+    dose_rates: list[Volume]
+    times_h: np.ndarray
+    registrations: list[Registration | None]
+    vois: list[VoiDose]
+    n_voxel_fallback: int
+    warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+def check_time_points(times_h: Sequence[float], single_time_point: str | None) -> np.ndarray:
+    """Refuse times that are not hours after administration in increasing order; h.
+
+    Raises
+    ------
+    DblurDoseError
+        A time <= 0 or not finite, unsorted or duplicate times, one time point without a
+        single-time-point method, an unknown method.
+    """
+    t = np.asarray(times_h, dtype=np.float64)
+    if t.size == 0:
+        raise DblurDoseError("no time point given; give at least one --timepoint SPECT CT HOURS")
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        bad = t[~(np.isfinite(t) & (t > 0))][0]
+        raise DblurDoseError(f"time point at {bad:g} h is not after administration; give every --timepoint's HOURS "
+                             "as hours after administration (> 0)")
+    if np.any(np.diff(t) == 0):
+        raise DblurDoseError(f"time points {t.tolist()} h hold a duplicate time; give each acquisition once, "
+                             "with its own time")
+    if np.any(np.diff(t) < 0):
+        raise DblurDoseError(f"time points {t.tolist()} h are not in increasing order; give the --timepoint "
+                             "options in the order of acquisition (the first is the reference)")
+    if single_time_point is not None and single_time_point not in SINGLE_TIME_POINT:
+        raise DblurDoseError(f"unknown single-time-point method {single_time_point!r}; choose one of "
+                             f"{', '.join(SINGLE_TIME_POINT)}")
+    if t.size == 1 and single_time_point is None:
+        raise DblurDoseError("one time point cannot be fitted: pass --single-time-point haenscheid (or madsen, "
+                             "with population half-lives) or give more --timepoint options")
+    return t
+
+
+def check_fit(fit: str) -> tuple[str, ...]:
+    """The models of ``--fit`` (empty for the trapezoid)."""
+    if fit not in FITS:
+        raise DblurDoseError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+    return FITS[fit]
+
+
+# --- per time point -------------------------------------------------------------------------------
+def _activity_on_reference(point: TimePoint, reference_ct: Volume, register: str,
+                           is_reference: bool) -> tuple[Volume, Registration | None, list[str]]:
+    """The time point's SPECT (Bq/mL) on the reference CT grid, its CT's registration, and warnings."""
+    check_geometry(point.spect, point.ct)
+    bqml = spect_to_bqml(point.spect, point.spect_units, point.calibration_cps_per_mbq, point.duration_s)
+    resampling: list[ResampleReport] = []
+    if is_reference:
+        moved, registration = resample_activity(bqml, reference_ct, resampling), None
+    else:
+        registration = register_ct(point.ct, reference_ct, register, label=point.label)
+        moved = apply_to_activity(bqml, registration, reference_ct, resampling)
+    inside = resampling[0].fraction_inside
+    if inside < MIN_FRACTION_INSIDE:
+        raise DblurDoseError(f"{point.label}: only {inside:.0%} of its SPECT activity lies inside the reference CT's "
+                             "field after registration; give time points that cover the same body region, or "
+                             "choose as reference (first) the time point with the largest CT")
+    return moved, registration, ([] if inside >= 0.99 else [
+        f"{point.label}: {1 - inside:.0%} of its SPECT activity lies outside the reference CT's field and is not "
+        "counted"])
+
+
+def _dose_rate(activity: Volume, reference_ct: Volume, method: str, options: dict, report: dict) -> Volume:
+    """Dose rate (mGy/h) of ``activity`` (Bq/mL, on the reference grid) in the reference CT."""
+    return compute_dose_rate_maps(activity, reference_ct, (method,), spect_units="bqml", report=report,
+                                  **options)[method]
+
+
+def _administered_warning(point: TimePoint, total_mbq: float, administered_mbq: float | None) -> list[str]:
+    """A warning when the time point holds more activity (MBq) than was administered, decayed physically."""
+    if administered_mbq is None:
+        return []
+    expected = administered_mbq * math.exp(-physical_decay_constant_per_h() * point.time_h)
+    if total_mbq <= 1.1 * expected:
+        return []
+    return [f"{point.label}: {total_mbq:.4g} MBq in the field, more than the {administered_mbq:g} MBq administered "
+            f"(decayed: {expected:.4g} MBq); check the SPECT units, the calibration and --administered-mbq"]
+
+
+# --- per VOI --------------------------------------------------------------------------------------
+def _integrate_voi(times_h: np.ndarray, rates: np.ndarray, models: tuple[str, ...], single: str | None,
+                   name: str, radiopharmaceutical: str) -> TimeIntegral:
+    """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method.
+
+    ``madsen`` for a VOI whose name has no population half-life: Haenscheid's formula, flagged as a fallback.
+    """
+    if times_h.size == 1:
+        if SINGLE_TIME_POINT[str(single)] == "hanscheid":  # checked: one time point has a method
+            return integrate_time_curve(times_h, rates, method="hanscheid")
+        try:
+            population_half_life(name, radiopharmaceutical)
+        except DblurDoseError:
+            result = integrate_time_curve(times_h, rates, method="hanscheid")
+            return replace(result, fit_failed=True, reason=f"no population half-life for {name!r} "
+                           f"({radiopharmaceutical}); Haenscheid used instead of madsen")
+        return integrate_time_curve(times_h, rates, method="prior-half-life", voi=name,
+                                    radiopharmaceutical=radiopharmaceutical)
+    if not models:
+        return integrate_time_curve(times_h, rates, method="trapezoid")
+    return integrate_time_curve(times_h, rates, method="fit", models=models)
+
+
+def _bed(integral: TimeIntegral, name: str) -> tuple[float, str]:
+    """BED (Gy) of the VOI's curve and the tissue whose parameters gave it; NaN and '' when none apply.
+
+    The VOI's name picks the tissue in ``data/radiobiology.json`` (aliases: kidney, left_kidney, tumour, ...).
+    """
+    table = load_table("radiobiology")
+    tissues = table["tissues"]
+    try:
+        entry = table_entry(table, tissues, name, "tissue")
+    except DblurDoseError:
+        return math.nan, ""
+    if integral.amplitudes.size == 0:  # the trapezoid: no curve for the Lea-Catcheside factor
+        return math.nan, ""
+    tissue = next(key for key, value in tissues.items() if value is entry)
+    return bed_of_curve(integral, tissue=tissue), tissue
+
+
+def _voi_dose(segment: Segment, integral: TimeIntegral, rates: np.ndarray, activity_stack: np.ndarray,
+              voxel_ml: float, dose_gy: np.ndarray) -> VoiDose:
+    """The VOI's row: its integral, its curve (mGy/h), activities (MBq) and the voxel map's statistics (Gy)."""
+    mask = segment.mask
+    activities = activity_stack[:, mask].sum(axis=1, dtype=np.float64) * voxel_ml / 1e6
+    values = dose_gy[mask].astype(np.float64)
+    bed, tissue = _bed(integral, segment.name)
+    return VoiDose(
+        name=segment.name, volume_ml=float(mask.sum()) * voxel_ml, integral=integral, dose_rates_mgy_h=rates,
+        activities_mbq=activities, map_mean_gy=float(values.mean()),
+        d_levels_gy={level: dr_x(values, level) for level in DOSE_LEVELS}, bed_gy=bed, bed_tissue=tissue,
+    )
+
+
+# --- voxel map ------------------------------------------------------------------------------------
+def _single_point_map(time_h: float, rate: np.ndarray, segments: Sequence[Segment],
+                      integrals: Sequence[TimeIntegral]) -> np.ndarray:
+    """Dose (Gy) of one dose-rate map (mGy/h): ``Ddot exp(lambda t) / lambda`` per voxel.
+
+    ``lambda``: that of the VOI's single-time-point curve (its prior half-life with madsen; the
+    first VOI listed where VOIs overlap), ``ln 2 / t`` (Haenscheid) outside every VOI.
+    """
+    factor = np.full(rate.shape, 2.0 * time_h / LN2 / 1000.0, np.float64)
+    for segment, integral in reversed(list(zip(segments, integrals))):
+        lam = LN2 / integral.effective_half_life_h
+        factor[segment.mask] = math.exp(lam * time_h) / lam / 1000.0
+    return (rate * factor).astype(np.float32)
+
+
+def _voxel_map(times_h: np.ndarray, rate_stack: np.ndarray, segments: Sequence[Segment],
+               fits: Sequence[TimeIntegral], trapezoid: bool) -> tuple[np.ndarray, int]:
+    """Dose map (Gy) and the number of voxels whose own fit was impossible."""
+    method = "trapezoid" if trapezoid else "mono"
+    whole = voxel_dose_map(times_h, rate_stack, method=method)
+    dose, fallback = whole.dose_gy, whole.fallback.copy()
+    if trapezoid:
+        return dose, 0
+    for segment, fit in reversed(list(zip(segments, fits))):  # failed voxels of a VOI: its curve, scaled
+        if fit.amplitudes.size == 0 or not fallback[segment.mask].any():
+            continue
+        local = voxel_dose_map(times_h, rate_stack, method="mono", voi_fit=fit, mask=segment.mask)
+        dose[segment.mask] = local.dose_gy[segment.mask]
+    return dose, int(fallback.sum())
+
+
+# --- the workflow ---------------------------------------------------------------------------------
+def absorbed_dose(
+    timepoints: Sequence[TimePoint],
+    segments: Sequence[Segment],
+    *,
+    method: str = "dvk",
+    fit: str = "auto",
+    single_time_point: str | None = None,
+    register: str = "rigid",
+    radiopharmaceutical: str = "Lu-177-DOTATATE",
+    administered_mbq: float | None = None,
+    dose_options: dict | None = None,
+    activity_range_mbq: tuple[float, float] | None = ACTIVITY_RANGE_MBQ,
+    progress: Progress | None = None,
+) -> DosimetryResult:
+    """Absorbed dose (Gy) per voxel and per VOI from SPECT/CT time points (module docstring).
+
+    Parameters
+    ----------
+    timepoints : sequence of TimePoint
+        Acquisitions, the reference (whose CT grid the results are on) first, times increasing (h).
+    segments : sequence of Segment
+        VOIs on the reference CT grid (:func:`segments.read_segments`); may be empty.
+    method : {"dvk", "cnn"}
+        Dose-rate method.
+    fit : {"auto", "mono", "bi", "tri", "trapezoid"}
+        VOI curve: models compared by AICc (with and without an uptake phase for bi/tri), or the
+        trapezoid with a physical-decay tail (and the trapezoid per voxel).
+    single_time_point : {"haenscheid", "madsen"}, optional
+        Required for one time point: Haenscheid 2018, or the population half-life of the VOI's name (Madsen 2018).
+    register : {"rigid", "deformable", "none"}
+        How each CT is registered to the reference CT.
+    radiopharmaceutical : str
+        For the population half-lives (madsen).
+    administered_mbq : float, optional
+        Administered activity, MBq: recorded, and a time point holding more than it (decayed) is warned of.
+    dose_options : dict, optional
+        More keywords of :func:`dose.compute_dose_rate_maps` (device, hu_calibration, clip_negative, model, ...).
+    activity_range_mbq : (float, float) or None
+        Plausible total activity (MBq) of each time point; None accepts any.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    DosimetryResult
+
+    Raises
+    ------
+    DblurDoseError
+        Bad times, a registration that fails, a dose-rate input refused (one line, naming the fix).
+    """
+    times = check_time_points([p.time_h for p in timepoints], single_time_point)
+    models = check_fit(fit)
+    options = {**(dose_options or {}), "activity_range_mbq": activity_range_mbq}
+    if method == "cnn":  # the model is read and verified before any registration
+        from .inference import load_model
+
+        load_model(options.get("model"), device=options.get("device", "auto"))
+    reference_ct = timepoints[0].ct
+    warnings: list[str] = []
+    if times.size > 1 and single_time_point is not None:
+        warnings.append(f"--single-time-point {single_time_point} is ignored: {times.size} time points are fitted")
+    rates, activities, registrations = [], [], []
+    for i, point in enumerate(timepoints):
+        if progress is not None:
+            progress(i / len(timepoints), f"{point.label}: registration and dose rate")
+        activity, registration, moved_warnings = _activity_on_reference(point, reference_ct, register, i == 0)
+        warnings += moved_warnings
+        report: dict = {}
+        rates.append(_dose_rate(activity, reference_ct, method, options, report))
+        activities.append(np.asarray(activity.array))
+        registrations.append(registration)
+        warnings += [f"{point.label}: {w}" for w in report.get("warnings", [])]
+        warnings += _administered_warning(point, report["total_activity_mbq"], administered_mbq)
+    rate_stack = np.stack([np.asarray(r.array, dtype=np.float32) for r in rates])
+    activity_stack = np.stack(activities)
+    if progress is not None:
+        progress(0.9, "time integration")
+    voxel_ml = reference_ct.voxel_volume_ml
+    curves = [rate_stack[:, s.mask].mean(axis=1, dtype=np.float64) for s in segments]
+    integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical)
+                 for s, curve in zip(segments, curves)]
+    if times.size == 1:
+        dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, integrals)
+        n_fallback = 0
+    else:
+        dose_gy, n_fallback = _voxel_map(times, rate_stack, segments, integrals, not models)
+    vois = [_voi_dose(s, integral, curve, activity_stack, voxel_ml, dose_gy)
+            for s, integral, curve in zip(segments, integrals, curves)]
+    warnings += [f"VOI {v.name}: {v.integral.reason}" for v in vois if v.fallback]
+    if n_fallback:
+        warnings.append(f"{n_fallback} voxels could not be fitted (a zero among their dose rates) and got their "
+                        "VOI's curve or the trapezoid")
+    dose = reference_ct.with_array(dose_gy)
+    provenance = _provenance(rates[0].metadata, times, registrations, vois, fit, single_time_point,
+                             register, n_fallback)
+    if administered_mbq is not None:
+        provenance["administered_mbq"] = f"{administered_mbq:g}"
+    dose.metadata.update(provenance)
+    if progress is not None:
+        progress(1.0, "done")
+    return DosimetryResult(dose=dose, dose_rates=rates, times_h=times, registrations=registrations, vois=vois,
+                           n_voxel_fallback=n_fallback, warnings=warnings, provenance=provenance)
+
+
+def _provenance(made_by: dict, times: np.ndarray, registrations: Sequence[Registration | None], vois: Sequence[VoiDose], fit: str,
+                single: str | None, register: str, n_fallback: int) -> dict[str, str]:
+    """Text provenance: the dose-rate maps' own, then the time points, registrations and fits."""
+    out = {k: str(v) for k, v in made_by.items() if k != "units"}
+    out.update({"units": "Gy", "quantity": "absorbed dose", "fit": fit if times.size > 1 else f"single time point: "
+                f"{single}", "registration": register, "voxel_fallbacks": str(n_fallback),
+                "times_h": " ".join(f"{t:g}" for t in times)})
+    for i, registration in enumerate(registrations, start=1):
+        if registration is None:
+            out[f"timepoint{i}_registration"] = "reference"
+            continue
+        out[f"timepoint{i}_registration"] = (
+            f"{registration.mode}: body Dice {registration.body_dice:.3f}, HU correlation "
+            f"{registration.hu_correlation:.3f}, translation " + " ".join(f"{x:.2f}" for x in registration.translation_mm)
+            + f" mm, rotation {registration.rotation_angle_deg:.2f} deg")
+    for voi in vois:
+        out[f"voi_{_key(voi.name)}_fit"] = (f"{voi.integral.model}, T_eff {voi.integral.effective_half_life_h:.4g} h"
+                                      f" ({voi.integral.reason})")
+    return out
+
+
+def _key(name: str) -> str:
+    """A VOI name usable in a provenance key (NRRD field, CSV header line): letters, digits, '_', '-', '.'."""
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+def dose_rows(result: DosimetryResult) -> list[dict]:
+    """``doses.csv``: one row per VOI (Gy, mL, h)."""
+    rows = []
+    for v in result.vois:
+        rows.append({
+            "segment": v.name, "volume_ml": v.volume_ml, "mean_dose_gy": v.integral.dose_gy,
+            "mean_dose_uncertainty_gy": v.integral.dose_uncertainty_gy, "map_mean_dose_gy": v.map_mean_gy,
+            **{f"D{level}_gy": v.d_levels_gy[level] for level in DOSE_LEVELS},
+            "bed_gy": v.bed_gy, "bed_tissue": v.bed_tissue, "fit": v.integral.model,
+            "effective_half_life_h": v.integral.effective_half_life_h, "fallback": v.fallback,
+            "reason": v.integral.reason,
+        })
+    return rows
+
+
+def tac_rows(result: DosimetryResult) -> list[dict]:
+    """``tac.csv``: one row per VOI and time point (h, mGy/h, MBq)."""
+    return [{"segment": v.name, "time_h": float(t), "mean_dose_rate_mgy_h": float(r), "activity_mbq": float(a)}
+            for v in result.vois for t, r, a in zip(result.times_h, v.dose_rates_mgy_h, v.activities_mbq)]
+
+
+def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int = 200) -> list[dict]:
+    """``dvh.csv``: cumulative dose-volume histogram per VOI (Gy), from :func:`metrics.drvh_table`."""
+    rows = drvh_table({"dose": np.asarray(result.dose.array)}, segments, n_bins)
+    return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low"], "dose_gy_high": r["dose_rate_high"],
+             "differential_fraction": r["differential_fraction"], "cumulative_fraction": r["cumulative_fraction"]}
+            for r in rows]
+
+
+# --- report ---------------------------------------------------------------------------------------
+#: files :func:`write_report` writes
+REPORT_FILES = ("report.html", "tac.png", "absorbed_dose.png")
+
+
+def _curves(result: DosimetryResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Measured VOI dose rates (mGy/h) and each VOI's fitted curve, for the time-activity plot."""
+    t_max = float(result.times_h[-1]) * 1.2
+    dense = np.linspace(0.0, t_max, 200)
+    curves = {}
+    for v in result.vois:
+        curves[f"{v.name} (measured)"] = (result.times_h, v.dose_rates_mgy_h)
+        if v.integral.amplitudes.size:
+            curves[f"{v.name} ({v.integral.model})"] = (dense, v.integral.evaluate(dense))
+    return curves
+
+
+def write_report(result: DosimetryResult, folder: str | Path) -> None:
+    """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
+    from .report import Panel, html_table, save_curves, save_panels, write_html
+
+    folder = Path(folder)
+    styles = {name: ("o" if name.endswith("(measured)") else "-") for name in _curves(result)}
+    save_curves(_curves(result), folder / "tac.png", "time after administration (h)", "mean dose rate (mGy/h)",
+                "VOI dose rates and fitted curves", styles)
+    dose = np.asarray(result.dose.array)
+    z = int(np.argmax(dose.sum(axis=(1, 2))))
+    save_panels([Panel(f"absorbed dose, slice {z}", dose[z], unit="Gy")], folder / "absorbed_dose.png")
+    provenance = [{"field": k, "value": v} for k, v in result.provenance.items()]
+    write_html(folder / "report.html", "DblurDose absorbed dose", [
+        ("VOI absorbed doses", html_table(dose_rows(result))),
+        ("Dose-rate curves", "<img src='tac.png'>" + html_table(tac_rows(result))),
+        ("Absorbed-dose map", "<img src='absorbed_dose.png'>"),
+        ("Warnings", "<br>".join(html.escape(w) for w in result.warnings) or "none"),
+        ("Provenance", html_table(provenance)),
+    ])
