@@ -29,6 +29,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
     from .density import load_calibration
     from .dicom import describe
+    from .dicom_export import FOLDER as DICOM_FOLDER
+    from .dicom_export import write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps, spect_units_of
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, input_checksum, write_csv
@@ -36,8 +38,10 @@ def cmd_dose(args: argparse.Namespace) -> int:
     from .volume import read_volume, write_volume
 
     methods = METHODS if args.method == "all" else (args.method,)
-    names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else [])
-    every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"]
+    names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else []) \
+        + ([f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in methods] if args.dicom_out else [])
+    every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"] \
+        + [f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in METHODS]
     # refuses before any work is done; with --overwrite, earlier results this run does not write go
     out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=every_result)
     spect = read_volume(args.spect, what="SPECT", series_uid=args.spect_series)
@@ -72,7 +76,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
         progress=_progress_printer(args.quiet),
         report=report,
     )
-    for warning in unit_warnings + report.get("warnings", []):
+    link, dicom_warnings = _dicom_link(args.dicom_out, ct, args.ct)
+    for warning in unit_warnings + report.get("warnings", []) + dicom_warnings:
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
     provenance = {
@@ -86,6 +91,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
         for method, volume in maps.items():
             volume.metadata.update(provenance)
             write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
+        if link:
+            write_dicom(stage / DICOM_FOLDER, link, rates={f"dose_rate_{m}": v for m, v in maps.items()})
         if segments:
             arrays = {m: np.asarray(v.array) for m, v in maps.items()}
             made_by = {k: v for k, v in next(iter(maps.values())).metadata.items() if k not in ("method", "model_sha256")}
@@ -107,6 +114,16 @@ def cmd_dose(args: argparse.Namespace) -> int:
         for name in names:
             print(Path(args.out) / name)
     return 0
+
+
+def _dicom_link(wanted: bool, ct, ct_path: str):
+    """For ``--dicom-out``: the CT study the DICOM objects join (None without it), and warnings."""
+    if not wanted:
+        return None, []
+    from .dicom_export import UNLINKED_WARNING, study_link
+
+    link = study_link(ct, ct_path)
+    return link, [] if link.linked else [UNLINKED_WARNING]
 
 
 def _timepoint_hours(text: str) -> float:
@@ -136,6 +153,8 @@ def _read_timepoint_volume(path: str, what: str):
 
 
 def cmd_dosimetry(args: argparse.Namespace) -> int:
+    from .dicom_export import FOLDER as DICOM_FOLDER
+    from .dicom_export import write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
     from .dosimetry import (
         REPORT_FILES,
@@ -152,9 +171,12 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .segments import read_segments
     from .volume import write_volume
 
-    names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES]
+    names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES] \
+        + ([f"{DICOM_FOLDER}/absorbed_dose_{args.method}.dcm"] if args.dicom_out else [])
     # refuses before any work; with --overwrite, the other method's map of an earlier run goes
-    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[f"absorbed_dose_{m}.nrrd" for m in METHODS])
+    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[
+        f"{name}_{m}.{ext}" for m in METHODS for name, ext in (("absorbed_dose", "nrrd"),
+                                                               (f"{DICOM_FOLDER}/absorbed_dose", "dcm"))])
     times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
     check_time_points(times, args.single_time_point)
     check_fit(args.fit)
@@ -177,7 +199,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         dose_options={"device": args.device, "model": args.model},
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
     )
-    for warning in warnings + result.warnings:
+    link, dicom_warnings = _dicom_link(args.dicom_out, points[0].ct, args.timepoint[0][1])
+    for warning in warnings + result.warnings + dicom_warnings:
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
               for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
@@ -188,6 +211,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     with out as stage:
         result.dose.metadata.update(provenance)
         write_volume(result.dose, stage / names[0], compress=False)
+        if link:
+            write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{args.method}": result.dose})
         write_csv(dose_rows(result), stage / "doses.csv", header=header)
         write_csv(tac_rows(result), stage / "tac.csv", header=header)
         write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
@@ -254,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "outside it the units are usually wrong")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (and remove earlier results this run does not write)")
+    p.add_argument("--dicom-out", action="store_true",
+                   help="also write each map as a DICOM Parametric Map (mGy/h) in dicom/, in the CT's study when "
+                        "the CT is DICOM")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dose)
 
@@ -282,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-activity", action="store_true",
                    help="accept total activities outside 5 MBq - 100 GBq (phantoms, pre-clinical scans)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--dicom-out", action="store_true",
+                   help="also write the absorbed-dose map as DICOM RT Dose (Gy) in dicom/, in the reference CT's "
+                        "study when that CT is DICOM")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dosimetry)
 

@@ -1,0 +1,146 @@
+"""DICOM output (issue 12 part 2, ``--dicom-out``): the Parametric Map of `dose` and the RT Dose of
+`dosimetry` read back with pydicom, against the NRRD maps: geometry (oblique), values, the CT study."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import uniform_spect_like, water_phantom_ct
+from test_dicom import FRAME_OF_REFERENCE, STUDY, _rotation, ct_series
+
+from DblurDoseLib import dicom_export
+from DblurDoseLib.cli import main
+from DblurDoseLib.volume import Volume, read_volume, write_volume
+
+UNLINKED = "not linked to a study"
+
+
+@pytest.fixture
+def oblique():
+    """A tiny oblique water-block CT (int16 HU, anisotropic voxels, two inserts) and a SPECT on its grid (hot cube)."""
+    ct = water_phantom_ct((12, 14, 16), (4.0, 4.5, 5.0), margin=2)
+    ct.array[3:5, 3:6, 4:10], ct.array[7:9, 8:11, 3:6] = 700.0, -350.0  # structure for the registration check
+    ct = Volume(ct.array.astype(np.int16), ct.spacing, (-41.0, 12.5, 303.0), _rotation(25, axis=0) @ _rotation(10))
+    spect = uniform_spect_like(ct, 2e5, margin=2)
+    spect.array[5:8, 6:9, 7:10] = 8e5
+    return ct, spect
+
+
+def _frames(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame Image Position (Patient) (n, 3), the row and column directions (2, 3) and Pixel Spacing (2,)."""
+    if "PerFrameFunctionalGroupsSequence" in ds:  # enhanced (Parametric Map)
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+        spacing = shared.PixelMeasuresSequence[0].PixelSpacing
+        positions = [f.PlanePositionSequence[0].ImagePositionPatient for f in ds.PerFrameFunctionalGroupsSequence]
+        return np.array(positions, float), np.array(orientation, float).reshape(2, 3), np.array(spacing, float)
+    orientation = np.array(ds.ImageOrientationPatient, float).reshape(2, 3)
+    normal = np.cross(orientation[0], orientation[1])
+    offsets = np.array(ds.GridFrameOffsetVector, float)
+    positions = np.array(ds.ImagePositionPatient, float) + offsets[:, None] * normal
+    return positions, orientation, np.array(ds.PixelSpacing, float)
+
+
+def _on_grid(ds, values: np.ndarray, reference: Volume) -> np.ndarray:
+    """The object's frames rearranged onto ``reference``'s grid, checking its geometry to 1e-4 mm."""
+    positions, orientation, spacing = _frames(ds)
+    d = reference.direction
+    np.testing.assert_allclose(orientation, [d[:, 0], d[:, 1]], atol=1e-9)
+    np.testing.assert_allclose(spacing, [reference.spacing[1], reference.spacing[0]], rtol=1e-9)
+    k = np.rint((positions - reference.origin) @ d[:, 2] / reference.spacing[2]).astype(int)
+    assert sorted(k) == list(range(reference.shape[0]))
+    expected = np.asarray(reference.origin) + k[:, None] * reference.spacing[2] * d[:, 2]
+    np.testing.assert_allclose(positions, expected, atol=1e-4)
+    out = np.empty(reference.shape, values.dtype)
+    out[k] = values
+    return out
+
+
+def _dose(ct_path, spect_path, out: Path, *extra) -> int:
+    return main(["dose", "--spect", str(spect_path), "--ct", str(ct_path), "--out", str(out), "--quiet", *extra])
+
+
+def test_parametric_map_matches_the_nrrd_and_is_unlinked_without_a_dicom_ct(oblique, tmp_path, capsys):
+    ct, spect = oblique
+    ct_path, spect_path = write_volume(ct, tmp_path / "ct.nrrd"), write_volume(spect, tmp_path / "spect.nrrd")
+    assert _dose(ct_path, spect_path, tmp_path / "out", "--dicom-out") == 0
+    assert UNLINKED in capsys.readouterr().err
+    nrrd = read_volume(tmp_path / "out" / "dose_rate_dvk.nrrd")
+    ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "dose_rate_dvk.dcm")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "mGy/h"
+    assert mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator == "UCUM"
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeMeaning == "Absorbed dose rate"
+    values = _on_grid(ds, ds.pixel_array.astype(np.float64) * mapping.RealWorldValueSlope
+                      + mapping.RealWorldValueIntercept, nrrd)
+    np.testing.assert_allclose(values, nrrd.array, rtol=1e-6, atol=1e-6 * nrrd.array.max())
+    assert ds.StudyInstanceUID != STUDY and "ReferencedSeriesSequence" not in ds
+
+    assert _dose(ct_path, spect_path, tmp_path / "plain") == 0  # without --dicom-out: nothing DICOM
+    assert not (tmp_path / "plain" / "dicom").exists() and not list((tmp_path / "plain").rglob("*.dcm"))
+    assert UNLINKED not in capsys.readouterr().err
+
+
+def test_dose_rate_map_joins_the_dicom_ct_study(oblique, tmp_path, capsys):
+    ct, spect = oblique
+    ct_uid = ct_series(tmp_path / "ct", ct)
+    spect_path = write_volume(spect, tmp_path / "spect.nrrd")
+    assert _dose(tmp_path / "ct", spect_path, tmp_path / "out", "--dicom-out", "--per-mbq") == 0
+    assert UNLINKED not in capsys.readouterr().err
+    ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "dose_rate_dvk.dcm")
+    assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (STUDY, FRAME_OF_REFERENCE)
+    assert (str(ds.PatientName), ds.PatientID) == ("Phantom^Lu177", "DBD0001")
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
+    assert len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == ct.shape[0]
+    unit = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0]
+    assert unit.CodeValue == "nGy/(MBq.s)"
+    nrrd = read_volume(tmp_path / "out" / "dose_rate_dvk.nrrd")
+    np.testing.assert_allclose(_on_grid(ds, ds.pixel_array, nrrd), nrrd.array, rtol=1e-6)
+
+
+def test_rt_dose_of_dosimetry_matches_the_nrrd_map_and_its_dvh(oblique, tmp_path, capsys):
+    ct, spect = oblique
+    ct_series(tmp_path / "ct", ct)
+    labels = ct.with_array((spect.array > 5e5).astype(np.int16))
+    args = ["dosimetry", "--seg", str(write_volume(labels, tmp_path / "labels.nrrd")), "--out", str(tmp_path / "out"),
+            "--quiet", "--any-activity", "--register", "none", "--dicom-out"]
+    for i, t in enumerate((24.0, 96.0)):
+        decayed = spect.with_array(spect.array * np.float32(math.exp(-math.log(2) * t / 60.0)))
+        ct_path = tmp_path / "ct" if i == 0 else write_volume(ct, tmp_path / f"ct{i}.nrrd")
+        args += ["--timepoint", str(write_volume(decayed, tmp_path / f"spect{i}.nrrd")), str(ct_path), str(t)]
+    assert main(args) == 0
+    ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "absorbed_dose_dvk.dcm")
+    assert (ds.Modality, ds.DoseUnits, ds.DoseType, ds.DoseSummationType) == ("RTDOSE", "GY", "PHYSICAL", "PLAN")
+    assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (STUDY, FRAME_OF_REFERENCE)
+    assert ds.BitsAllocated == 32 and ds.pixel_array.max() == 2**32 - 1
+    nrrd = read_volume(tmp_path / "out" / "absorbed_dose_dvk.nrrd")
+    scaling = float(ds.DoseGridScaling)
+    gy = _on_grid(ds, ds.pixel_array * scaling, nrrd)
+    np.testing.assert_allclose(gy, np.clip(nrrd.array, 0, None), rtol=0, atol=scaling)
+    # the DVH from the RT Dose read back equals ours (dvh.csv) within 1 %
+    mask = labels.array.astype(bool)
+    with (tmp_path / "out" / "dvh.csv").open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    for row in rows:
+        ours = float(row["cumulative_fraction"])
+        assert np.mean(gy[mask] >= float(row["dose_gy_low"])) == pytest.approx(ours, abs=0.01)
+
+
+def test_a_failed_export_leaves_nothing(oblique, tmp_path, monkeypatch, capsys):
+    ct, spect = oblique
+    ct_path, spect_path = write_volume(ct, tmp_path / "ct.nrrd"), write_volume(spect, tmp_path / "spect.nrrd")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dicom_export, "write_parametric_map", fail)
+    assert main(["dose", "--spect", str(spect_path), "--ct", str(ct_path), "--out", str(tmp_path / "out"),
+                 "--quiet", "--dicom-out"]) != 0
+    assert "Nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
