@@ -62,7 +62,9 @@ def cmd_dose(args: argparse.Namespace) -> int:
     for line in (describe(spect, "SPECT"), describe(ct, "CT")):
         if line and not args.quiet:
             print(f"dblurdose: {line}", file=sys.stderr)
-    out.require_space(len(methods) * ct.array.size * 4 * 1.05 + 1e6)  # float32 maps, CSVs
+    # float32 maps (twice with --dicom-out), CSVs
+    out.require_space((2 if args.dicom_out else 1) * len(methods) * ct.array.size * 4 * 1.05 + 1e6)
+    link, dicom_warnings = _dicom_link(args.dicom_out, ct, args.ct)
     calibration = load_calibration(args.hu_calibration) if args.hu_calibration else None
     segments = read_segments(args.seg, ct) if args.seg else None
     t0 = time.perf_counter()
@@ -76,7 +78,6 @@ def cmd_dose(args: argparse.Namespace) -> int:
         progress=_progress_printer(args.quiet),
         report=report,
     )
-    link, dicom_warnings = _dicom_link(args.dicom_out, ct, args.ct)
     for warning in unit_warnings + report.get("warnings", []) + dicom_warnings:
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
@@ -191,7 +192,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         duration = args.duration if args.duration is not None else spect.metadata.get("acquisition_duration_s")
         points.append(TimePoint(spect, ct, hours, label, units, args.calibration,
                                 None if duration is None else float(duration)))
-    out.require_space(points[0].ct.array.size * 4 * 1.05 + 1e6)
+    out.require_space((2 if args.dicom_out else 1) * points[0].ct.array.size * 4 * 1.05 + 1e6)
+    link, dicom_warnings = _dicom_link(args.dicom_out, points[0].ct, args.timepoint[0][1])
     segments = read_segments(args.seg, points[0].ct)
     result = absorbed_dose(
         points, segments, method=args.method, fit=args.fit, single_time_point=args.single_time_point,
@@ -199,7 +201,6 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         dose_options={"device": args.device, "model": args.model},
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
     )
-    link, dicom_warnings = _dicom_link(args.dicom_out, points[0].ct, args.timepoint[0][1])
     for warning in warnings + result.warnings + dicom_warnings:
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)

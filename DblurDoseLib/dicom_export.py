@@ -82,10 +82,12 @@ def study_link(ct: Volume, ct_path: str | Path) -> StudyLink:
     if "series_uid" in ct.metadata:
         series = choose_series(find_series(Path(ct_path)), "CT", Path(ct_path), ct.metadata["series_uid"])
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
-        for header in headers:  # type 2 attributes a scanner may leave out: present, empty
+        for header in headers:  # type 2 attributes a scanner may leave out: present, empty (in memory only)
             for name in STUDY_ATTRIBUTES:
                 if name not in header:
                     setattr(header, name, "")
+            if not header.get("SliceThickness"):
+                header.SliceThickness = _exact_ds(ct.spacing[2])
         return StudyLink(headers, True)
     ds = Dataset()
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
@@ -201,6 +203,8 @@ def write_rt_dose(dose: Volume, path: str | Path, link: StudyLink, description: 
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
     ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.TissueHeterogeneityCorrection = "IMAGE"  # the kernels are scaled by the CT's densities
+    ds.OperatorsName = ""  # RT Series module, type 2
     ds.DoseGridScaling = _ds(scaling)
     if link.linked:
         ds.ReferencedImageSequence = Sequence(_image_reference(h) for h in link.headers)
@@ -306,7 +310,12 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
         The written files.
     """
     folder = Path(folder)
-    written = [write_parametric_map(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
-               for stem, v in (rates or {}).items()]
-    return written + [write_rt_dose(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
-                      for stem, v in (doses or {}).items()]
+    try:
+        written = [write_parametric_map(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
+                   for stem, v in (rates or {}).items()]
+        return written + [write_rt_dose(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
+                          for stem, v in (doses or {}).items()]
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom/pydicom refusing the CT's headers
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DblurDoseError(f"could not write the DICOM output ({reason}); run without --dicom-out. "
+                             "Nothing was written") from None

@@ -161,6 +161,9 @@ class OutputFolder:
                 if (self.folder / name).is_file():
                     (self.folder / name).unlink()
                     self.removed.append(name)
+                    if (self.folder / name).parent != self.folder:  # a sub-folder (dicom/) left empty goes too
+                        with contextlib.suppress(OSError):
+                            (self.folder / name).parent.rmdir()
 
     def _cleanup(self, failed: bool) -> None:
         if self.stage is not None:

@@ -85,6 +85,9 @@ def test_parametric_map_matches_the_nrrd_and_is_unlinked_without_a_dicom_ct(obli
     assert _dose(ct_path, spect_path, tmp_path / "plain") == 0  # without --dicom-out: nothing DICOM
     assert not (tmp_path / "plain" / "dicom").exists() and not list((tmp_path / "plain").rglob("*.dcm"))
     assert UNLINKED not in capsys.readouterr().err
+    assert _dose(ct_path, spect_path, tmp_path / "out", "--overwrite") == 0  # an earlier run's DICOM goes too
+    assert not (tmp_path / "out" / "dicom").exists()
+    assert "dicom/dose_rate_dvk.dcm" in capsys.readouterr().err
 
 
 def test_dose_rate_map_joins_the_dicom_ct_study(oblique, tmp_path, capsys):
@@ -130,6 +133,23 @@ def test_rt_dose_of_dosimetry_matches_the_nrrd_map_and_its_dvh(oblique, tmp_path
     for row in rows:
         ours = float(row["cumulative_fraction"])
         assert np.mean(gy[mask] >= float(row["dose_gy_low"])) == pytest.approx(ours, abs=0.01)
+
+
+def test_headers_highdicom_refuses_end_in_one_line_with_nothing_written(oblique, tmp_path, monkeypatch, capsys):
+    import highdicom
+
+    ct, spect = oblique
+    ct_series(tmp_path / "ct", ct)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Source images have no Frame Of Reference UID, but it is required by the IOD.")
+
+    monkeypatch.setattr(highdicom.pm, "ParametricMap", refuse)
+    assert _dose(tmp_path / "ct", write_volume(spect, tmp_path / "spect.nrrd"), tmp_path / "out", "--dicom-out") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dblurdose: error: could not write the DICOM output (Source images have no Frame Of Reference UID, but it is "
+        "required by the IOD.); run without --dicom-out. Nothing was written")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_export_leaves_nothing(oblique, tmp_path, monkeypatch, capsys):
