@@ -6,9 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import DblurDoseError, OutOfMemoryError
+
+if TYPE_CHECKING:
+    from .dicom_export import StudyLink
+    from .volume import Volume
 
 
 def _progress_printer(quiet: bool):
@@ -117,7 +122,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dicom_link(wanted: bool, ct, ct_path: str):
+def _dicom_link(wanted: bool, ct: Volume, ct_path: str) -> tuple[StudyLink | None, list[str]]:
     """For ``--dicom-out``: the CT study the DICOM objects join (None without it), and warnings."""
     if not wanted:
         return None, []

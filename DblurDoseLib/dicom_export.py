@@ -36,6 +36,7 @@ UINT32_MAX = 2**32 - 1
 UCUM_RATE_UNITS = {"mGy/h": "mGy/h", "nGy/(MBq s)": "nGy/(MBq.s)"}
 #: sub-folder of the output folder holding the DICOM objects
 FOLDER = "dicom"
+#: warned when the CT is not DICOM
 UNLINKED_WARNING = ("the DICOM output is not linked to a study (the CT is not DICOM): new Study and Frame of "
                     "Reference UIDs were made")
 MANUFACTURER = "DblurDose"
