@@ -20,18 +20,22 @@ size now, less the inputs) and ``FIXED_BYTES`` come on top; the arrays are multi
 ``SAFETY_FACTOR`` (1.1) for allocator slack and temporaries not counted. On a GPU the FFT and chunk working sets live in GPU memory and are
 bounded by :func:`~DblurDoseLib.devices.memory_budget_bytes` there; the estimate is of host memory.
 
-Calibration (CPU, 2 threads, peak RSS ``VmHWM`` of a fresh subprocess minus its resident size
-before the call, 99^3 Lu-177 kernel at 0.98x0.98x3 mm; see ``Testing/test_memory.py`` and
-``benchmarks/bench_memory.py``) -- estimate / measured arrays:
+Calibration (CPU, 2 threads, a loaded 2-core machine; 16-bit HU CT at 0.98x0.98x3 mm, 99^3
+Lu-177 kernel, shipped CNN on its 1.96x1.96x3 mm working grid, 8 GB budget; fresh subprocess,
+peak RSS ``VmHWM`` reset just before the call, see ``Testing/test_memory.py`` ``measure``).
+"arrays" is the peak above the process without its inputs, against the estimate less its base:
 
-==================  ======  =========  ==========  =====
-CT grid (z, y, x)   method  estimated  measured    ratio
-==================  ======  =========  ==========  =====
-64x128x128          dvk     CALIB1
-130x256x256         dvk     CALIB2
-64x128x128          cnn     CALIB3
-130x256x256         cnn     CALIB4
-==================  ======  =========  ==========  =====
+===========  ======  ===================  ===================  ==========================  =====
+CT (z,y,x)   method  estimate (process)   measured peak RSS    arrays: estimate / measured ratio
+===========  ======  ===================  ===================  ==========================  =====
+64x128x128   dvk     0.43 GB              0.43 GB              0.19 / 0.20 GB              0.96
+130x256x256  dvk     0.93 GB              0.77 GB              0.68 / 0.54 GB              1.27
+64x128x128   cnn     0.45 GB              0.46 GB              0.19 / 0.22 GB              0.88
+130x256x256  cnn     0.94 GB              0.78 GB              0.68 / 0.53 GB              1.29
+===========  ======  ===================  ===================  ==========================  =====
+
+So the estimate is within -12% / +29% of the measured arrays (tests allow +-35%), erring high
+for larger grids, where the FFT working set (``fft_bytes_per_padded_voxel``) dominates.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DblurDoseError
+from .errors import OutOfMemoryError
 
 #: default budget for the whole process (GB, 1e9 bytes): ``--memory-gb``
 DEFAULT_MEMORY_GB = 8.0
@@ -181,15 +185,15 @@ def check_memory(plan: MemoryPlan) -> None:
 
     The plan's working sets are already the smallest that work (one FFT z-slab of the kernel's
     depth, one CNN slice), so an estimate over the budget cannot be chunked into it.
-    Raises :class:`~DblurDoseLib.errors.DblurDoseError` with a one-line message.
+    Raises :class:`~DblurDoseLib.errors.OutOfMemoryError` (exit code 3) with a one-line message.
     """
     if plan.estimate > plan.budget:
-        raise DblurDoseError(f"not enough memory for this run: {plan.describe()} (--memory-gb), even in the "
+        raise OutOfMemoryError(f"not enough memory for this run: {plan.describe()} (--memory-gb), even in the "
                              "smallest chunks; raise --memory-gb, crop the CT to the SPECT field, or resample the CT "
                              "to a coarser grid. Nothing was computed")
     available = available_bytes()
     if available is not None and plan.estimate - plan.base > available:
-        raise DblurDoseError(
+        raise OutOfMemoryError(
             f"not enough memory on this machine: the run needs {(plan.estimate - plan.base) / 1e9:.1f} GB more "
             f"({plan.describe()}) but {available / 1e9:.1f} GB is available; close other programs, lower --memory-gb, "
             "crop the CT to the SPECT field, or resample the CT to a coarser grid. Nothing was computed")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.errors import OutOfMemoryError
 from DblurDoseLib.inference import weights_installed
 from DblurDoseLib.memory import check_memory, plan_memory
 
@@ -95,7 +95,7 @@ def test_issue_size_fits_8_gb_and_is_refused_at_half_a_gb():
     assert fits.estimate <= 8e9 and fits.chunk >= 1
     small = plan_memory(ct_shape, spect_shape, ("dvk", "cnn"), kernel, work_shape=work, memory_gb=0.5,
                         base_bytes=0.4e9)
-    with pytest.raises(DblurDoseError) as info:
+    with pytest.raises(OutOfMemoryError) as info:
         check_memory(small)
     message = str(info.value)
     assert "\n" not in message and f"{small.estimate / 1e9:.1f} GB" in message and "--memory-gb" in message
@@ -115,7 +115,7 @@ def test_refused_before_any_work(monkeypatch):
     hu[2:-2, 5:-5, 5:-5] = 40
     ct = Volume(hu, (0.98, 0.98, 3.0), (0, 0, 0))
     spect = Volume(np.full((8, 8, 8), 1e5, np.float32), (4.8,) * 3, (0, 0, 0))
-    with pytest.raises(DblurDoseError, match="not enough memory for this run"):
+    with pytest.raises(OutOfMemoryError, match="not enough memory for this run"):
         dose.compute_dose_rate_maps(spect, ct, ("dvk",), device="cpu", memory_gb=0.01, activity_range_mbq=None)
 
 
@@ -124,7 +124,7 @@ def test_refused_beyond_available_memory(monkeypatch):
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
     plan = plan_memory((20, 64, 64), (8, 8, 8), ("dvk",), [(9, 9, 9)], memory_gb=8, base_bytes=0.0)
-    with pytest.raises(DblurDoseError, match="available"):
+    with pytest.raises(OutOfMemoryError, match="available"):
         check_memory(plan)
 
 
@@ -148,3 +148,18 @@ def test_smaller_budget_smaller_chunk_same_map():
     dvk = rng.uniform(0, 1, shape).astype(np.float32)
     maps = [cnn_dose_rate(activity, ct, density, dvk, "cpu", model, max_bytes=p.cnn_bytes).array for p in plans]
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6 * float(maps[1].max()))
+
+
+def test_cli_memory_gb_refuses_with_exit_code_3(tmp_path, capsys):
+    from DblurDoseLib.cli import main
+    from DblurDoseLib.volume import Volume, write_volume
+
+    hu = np.full((20, 40, 40), -1000, np.int16)
+    hu[2:-2, 5:-5, 5:-5] = 40
+    write_volume(Volume(hu, (0.98, 0.98, 3.0), (0, 0, 0)), tmp_path / "ct.nrrd")
+    write_volume(Volume(np.full((8, 8, 8), 1e5, np.float32), (4.8,) * 3, (0, 0, 0)), tmp_path / "spect.nrrd")
+    code = main(["dose", "--spect", str(tmp_path / "spect.nrrd"), "--ct", str(tmp_path / "ct.nrrd"),
+                 "--out", str(tmp_path / "out"), "--any-activity", "--device", "cpu", "--memory-gb", "0.01"])
+    err = capsys.readouterr().err
+    assert code == 3 and "GB budget" in err and "--memory-gb" in err, err
+    assert not list((tmp_path / "out").glob("*.nrrd"))
