@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import DblurDoseError, OutOfMemoryError
+from .memory import DEFAULT_MEMORY_GB
 
 if TYPE_CHECKING:
     from .dicom_export import StudyLink
@@ -79,7 +80,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
         spect_units=spect_units, calibration_cps_per_mbq=args.calibration, duration_s=duration,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
-        activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ,
+        activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, memory_gb=args.memory_gb,
         progress=_progress_printer(args.quiet),
         report=report,
     )
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
+                   help=f"peak memory budget of the run in GB (default {DEFAULT_MEMORY_GB:g}): the DVK's FFT and the "
+                        "CNN's chunks are sized to it; a run that cannot fit is refused up front with the estimate")
     p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
                    help="units of the SPECT's voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
     p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")

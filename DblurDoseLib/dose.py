@@ -12,6 +12,7 @@ import numpy as np
 
 from .density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
 from .errors import DblurDoseError, memory_errors_as_dblurdose
+from .memory import DEFAULT_MEMORY_GB, check_memory, plan_memory, resident_bytes
 from .resample import ResampleReport, resample_activity
 from .volume import Volume, check_orthogonal
 
@@ -155,6 +156,23 @@ def unused_option_warnings(methods, spect_units: str, calibration_cps_per_mbq, d
     return warnings
 
 
+def memory_plan(spect: Volume, ct: Volume, methods, kernel, ct_itemsize: int, scale_electron_only: bool, network,
+                device: str, memory_gb: float):
+    """The :class:`~DblurDoseLib.memory.MemoryPlan` of a run from its inputs' shapes (nothing computed)."""
+    from .devices import resolve_device
+    from .inference import working_shape
+
+    e, p = kernel.electron.shape, kernel.photon.shape
+    kernel_shapes = [e, p] if scale_electron_only else [tuple(max(a, b) for a, b in zip(e, p))]
+    work = working_shape(ct.shape, ct.spacing, network.config.spacing) if network is not None else None
+    dev = resolve_device(device) if isinstance(device, str) else device
+    resident = resident_bytes()  # the process now, less the inputs (counted in the estimate)
+    base = None if resident is None else max(resident - np.asarray(ct.array).nbytes - np.asarray(spect.array).nbytes,
+                                             0.0)
+    return plan_memory(ct.shape, spect.shape, methods, kernel_shapes, work_shape=work, ct_itemsize=ct_itemsize,
+                       memory_gb=memory_gb, base_bytes=base, device_type=dev.type)
+
+
 def compute_dose_rate_maps(
     spect: Volume,
     ct: Volume,
@@ -171,6 +189,7 @@ def compute_dose_rate_maps(
     nuclide: str = "Lu-177",
     model=None,
     activity_range_mbq: tuple[float, float] | None = ACTIVITY_RANGE_MBQ,
+    memory_gb: float = DEFAULT_MEMORY_GB,
     progress: Progress | None = None,
     report: dict | None = None,
 ) -> dict[str, Volume]:
@@ -182,6 +201,10 @@ def compute_dose_rate_maps(
     method instead of the shipped weights; it is read and verified before any work is done.
     ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``None`` for
     phantoms and pre-clinical scans. Warnings (options that do not apply) go to ``report["warnings"]``.
+    ``memory_gb``: budget for the process's peak memory (GB, 1e9 bytes); the DVK's FFT and the
+    CNN's chunks are sized to it (:func:`~DblurDoseLib.memory.plan_memory`), and a run whose
+    estimate exceeds it, or the machine's available memory, is refused before the convolution.
+    The plan goes to ``report["memory"]``.
     """
     from .kernels import get_kernel
 
@@ -190,6 +213,7 @@ def compute_dose_rate_maps(
     if unknown or not methods:
         raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
     warnings = unused_option_warnings(methods, spect_units, calibration_cps_per_mbq, duration_s, model)
+    memory_gb = check_positive(memory_gb, "--memory-gb (memory budget, GB)")
     network = None
     if "cnn" in methods:  # read and verified before any work; None: the shipped weights
         from .inference import load_model
@@ -219,6 +243,8 @@ def compute_dose_rate_maps(
     check_total_activity(float(bqml.array.sum(dtype=np.float64)) * bqml.voxel_volume_ml / 1e6, spect_units,
                          activity_range_mbq)
     kernel = get_kernel(nuclide, ct.spacing)
+    plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb)
+    check_memory(plan)  # before any large array is made
 
     step(0.1, "resampling the SPECT onto the CT grid")
     resampling: list[ResampleReport] = []
@@ -260,15 +286,18 @@ def compute_dose_rate_maps(
             kernel.medium_density,
             scaling="electron" if scale_electron_only else "all",
             device=device,
+            max_bytes=plan.dvk_bytes if plan.on_host else None,
             progress=lambda f: step(0.2 + 0.6 * f, "DVK convolution"),
         )
+    del activity_bq  # the CNN stage needs its memory (see DblurDoseLib.memory)
     results["dvk"] = ct.with_array(dvk)
     if "cnn" in methods:
         from .inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
         with memory_errors_as_dblurdose("the CNN correction", fix):
-            results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network)
+            results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network,
+                                           max_bytes=plan.cnn_bytes if plan.on_host else None)
     if per_mbq:
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}
@@ -301,6 +330,8 @@ def compute_dose_rate_maps(
             fraction_inside_ct=resampling[0].fraction_inside,
             resample_factor=resampling[0].rescale_factor,
             kernel_source=kernel.source,
+            memory={"estimate_gb": plan.estimate / 1e9, "base_gb": plan.base / 1e9, "budget_gb": plan.budget / 1e9,
+                    "cnn_chunk": plan.chunk},
             units="nGy/(MBq s)" if per_mbq else "mGy/h",
             warnings=warnings,
         )

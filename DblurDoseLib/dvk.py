@@ -37,6 +37,25 @@ def _fast_len(n: int) -> int:
         m += 1
 
 
+def padded_shape(shape: Sequence[int], kernel_shapes: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """The FFT grid (z, y, x voxels) of a whole-volume convolution of ``shape`` with these kernels.
+
+    Each axis is padded by the largest kernel's half-width (kernels cropped to the grid first, as
+    :func:`fft_convolve` does) and rounded up to a 5-smooth length.
+    """
+    halves = [max(min(k[a] // 2, shape[a] - 1) for k in kernel_shapes) for a in range(3)]
+    return tuple(_fast_len(n + h) for n, h in zip(shape, halves))
+
+
+def fft_bytes_per_padded_voxel(n_kernels: int) -> float:
+    """Working memory of :func:`fft_convolve` per voxel of its padded grid (bytes).
+
+    Input grid, its half spectrum (complex), one kernel spectrum and one output per kernel:
+    about 4 bytes per padded voxel each, with the real-to-complex transform's temporaries.
+    """
+    return 4.0 * (2 + 2.2 * n_kernels + 1)
+
+
 def _crop_centred(kernel: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
     """The centred part of ``kernel`` with half-width at most grid - 1 per axis."""
     cuts = [max(k // 2 - (n - 1), 0) for k, n in zip(kernel.shape, grid)]
@@ -109,11 +128,10 @@ def fft_convolve(
     nz, ny, nx = vol.shape
     # offsets of a voxel or more beyond the grid can never contribute: crop such kernels
     kernels = [_crop_centred(np.asarray(k, dtype=np.float32), (nz, ny, nx)) for k in kernels]
-    hz, hy, hx = (max(k.shape[a] for k in kernels) // 2 for a in range(3))
-    ly, lx = _fast_len(ny + hy), _fast_len(nx + hx)
+    hz = max(k.shape[0] for k in kernels) // 2
+    _, ly, lx = padded_shape(vol.shape, [k.shape for k in kernels])
     budget = memory_budget_bytes(dev, max_bytes)
-    # working set per slab: input grid, its spectrum, one spectrum + one output per kernel, ~4 B/voxel each
-    per_voxel = 4.0 * (2 + 2.2 * len(kernels) + 1)
+    per_voxel = fft_bytes_per_padded_voxel(len(kernels))
     max_lz = int(budget // (per_voxel * ly * lx))
     if max_lz < 2 * hz + 1 and max_lz < nz + hz:
         raise DblurDoseError(

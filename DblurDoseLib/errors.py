@@ -15,7 +15,7 @@ class DblurDoseError(Exception):
 
 
 class OutOfMemoryError(DblurDoseError):
-    """An allocation failed (host or device memory)."""
+    """An allocation failed (host or device memory), or a run's memory estimate did not fit (refused up front)."""
 
 
 class Terminated(BaseException):

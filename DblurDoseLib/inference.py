@@ -55,6 +55,32 @@ TISSUE_FLOOR = 0.05
 MAX_CHUNK = 16
 
 
+def chunk_slices(budget_bytes: float, shape: tuple[int, int, int]) -> int:
+    """Output slices per chunk of the shared-extractor path for a working grid ``shape`` (z, y, x).
+
+    As many as ``budget_bytes`` (bytes) holds at ``_BYTES_PER_VOXEL_SLICE`` per in-plane voxel and
+    slice, between 1 and ``MAX_CHUNK`` (and at most the grid's slices).
+    """
+    nz, ny, nx = shape
+    return int(max(1, min(nz, MAX_CHUNK, budget_bytes // (_BYTES_PER_VOXEL_SLICE * ny * nx))))
+
+
+def chunk_bytes(chunk: int, shape: tuple[int, int, int]) -> float:
+    """Working memory (bytes) of one chunk of ``chunk`` output slices on a working grid ``shape``."""
+    return float(_BYTES_PER_VOXEL_SLICE) * chunk * shape[1] * shape[2]
+
+
+def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[int, int, int]:
+    """Shape (z, y, x) of the CNN's working grid for a CT grid (see :func:`working_grid`)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    cs = np.asarray(ct_spacing, dtype=np.float64)
+    if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
+        return tuple(int(n) for n in ct_shape)
+    extent = cs * np.asarray(ct_shape[::-1])  # x, y, z, edge to edge
+    size = np.maximum(np.ceil(extent / spacing - 1e-6), 1).astype(int)
+    return tuple(int(n) for n in size[::-1])
+
+
 def weights_installed() -> bool:
     """True when trained weights ship with this installation."""
     return DEFAULT_MODEL_PATH.is_file()
@@ -83,11 +109,10 @@ def working_grid(ct: Volume, spacing) -> Volume | None:
     cs = np.asarray(ct.spacing, dtype=np.float64)
     if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
         return None
-    extent = cs * np.asarray(ct.shape[::-1])  # x, y, z, edge to edge
-    size = np.maximum(np.ceil(extent / spacing - 1e-6), 1).astype(int)
+    shape = working_shape(ct.shape, ct.spacing, spacing)
     # same first voxel edge as the CT
     origin = np.asarray(ct.origin) + ct.direction @ ((spacing - cs) / 2)
-    return Volume(np.zeros(tuple(size[::-1]), dtype=np.uint8), tuple(spacing), tuple(origin), ct.direction.copy())
+    return Volume(np.zeros(shape, dtype=np.uint8), tuple(spacing), tuple(origin), ct.direction.copy())
 
 
 def _postprocess(dose: np.ndarray, density: np.ndarray) -> np.ndarray:
@@ -140,7 +165,7 @@ def predict_scaled(
     nz, ny, nx = spect.shape
     if not (spect.shape == density.shape == dvk.shape):
         raise ValueError(f"shapes differ: SPECT {spect.shape}, density {density.shape}, DVK {dvk.shape}")
-    x_all = torch.from_numpy(np.stack([spect, density]).astype(np.float32, copy=False))  # [2, z, y, x]
+    spect_all = torch.from_numpy(np.ascontiguousarray(spect, dtype=np.float32))  # no whole-volume stack: chunks
     dvk_all = torch.from_numpy(np.ascontiguousarray(dvk, dtype=np.float32))
     rho_all = torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))
     out = np.empty((nz, ny, nx), dtype=np.float32)
@@ -151,16 +176,14 @@ def predict_scaled(
         return torch.arange(start - HALF, stop + HALF).clamp_(0, nz - 1)
 
     net = model.to(dev).eval() if naive else _fast_copy(model, dev)
-    if naive:
-        chunk = 1
-    else:
-        budget = memory_budget_bytes(dev, max_bytes)
-        chunk = int(max(1, min(nz, MAX_CHUNK, budget // (_BYTES_PER_VOXEL_SLICE * ny * nx))))
+    chunk = 1 if naive else chunk_slices(memory_budget_bytes(dev, max_bytes), (nz, ny, nx))
     unet_batch = 1 if dev.type == "cpu" else min(chunk, 16)  # on the CPU one slice at a time stays in cache
     with torch.inference_mode(), autocast:
         for start in range(0, nz, chunk):
             stop = min(start + chunk, nz)
-            x = x_all.index_select(1, rows(start, stop)).unsqueeze(0).to(dev)  # [1, 2, s + 10, y, x]
+            index = rows(start, stop)
+            x = torch.stack([spect_all.index_select(0, index), rho_all.index_select(0, index)])
+            x = x.unsqueeze(0).to(dev)  # [1, 2, s + 10, y, x]
             dv = dvk_all[start:stop].to(dev)
             if naive:
                 result = net(x, dv[None])[0]  # [1, y, x]
@@ -192,13 +215,15 @@ def cnn_dose_rate(
     model=None,
     *,
     precision: str = "float32",
+    max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> Volume:
     """The DblurDoseNet dose rate (mGy/h) on the CT grid.
 
     ``activity``: Bq/mL on the CT grid; ``density`` (g/cm3) and ``dvk`` (mGy/h): arrays on the
     CT grid. ``model``: a :class:`~DblurDoseLib.network.DblurDoseNet` (its ``config`` gives the
-    working grid and scaling); None loads the shipped weights.
+    working grid and scaling); None loads the shipped weights. ``max_bytes``: working memory
+    for the network's chunks (bytes; default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
     """
     from .devices import resolve_device
     from .resample import resample_activity, resample_linear
@@ -231,7 +256,9 @@ def cnn_dose_rate(
         return ct.with_array(np.zeros(ct.shape, dtype=np.float32))
     spect_s = act * np.float32(cfg.spect_scale_ml / total_bq)
     dvk_s = dv * np.float32(cfg.dose_scale / total_bq)
-    out = predict_scaled(model, spect_s, rho, dvk_s, dev, precision=precision, progress=progress)
+    out = predict_scaled(model, spect_s, rho, dvk_s, dev, precision=precision, max_bytes=max_bytes,
+                         progress=progress)
+    del spect_s, dvk_s  # whole-volume copies: freed before the steps below (see DblurDoseLib.memory)
     out *= np.float32(total_bq / cfg.dose_scale)
     if work is not None:
         if model.residual:  # move only the correction: the CT-grid DVK keeps its own detail
@@ -242,7 +269,10 @@ def cnn_dose_rate(
     # Safeguard: the correction may lower a tissue voxel's DVK dose rate by at most 1 - TISSUE_FLOOR.
     # Tissue near activity always receives dose (photons reach everywhere), so a zero there is an
     # overshoot of the network, never physics (v0.2: 0.6% of the demo's soft tissue, truth ~1 mGy/h).
-    out = np.maximum(out, np.float32(TISSUE_FLOOR) * np.maximum(dvk, np.float32(0)))
+    floor = np.maximum(dvk, np.float32(0))
+    floor *= np.float32(TISSUE_FLOOR)
+    out = np.maximum(out, floor, out=out if out.dtype == np.float32 else None)
+    del floor
     result = ct.with_array(out.astype(np.float32, copy=False))
     result.metadata["units"] = "mGy/h"
     return result

@@ -27,11 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_case(folder: Path, small: bool) -> tuple[Path, Path]:
-    """Write ct.nrrd (HU) and spect.nrrd (Bq/mL) for the benchmark into ``folder``."""
+def make_case(folder: Path, small: bool, slices: int = 130) -> tuple[Path, Path]:
+    """Write ct.nrrd (HU) and spect.nrrd (Bq/mL) for the benchmark into ``folder``.
+
+    ``slices``: CT slices of the full-size case (3 mm each; the small case has half as many at 6 mm).
+    """
     from DblurDoseLib.volume import Volume, write_volume
 
-    ct_shape, ct_sp = ((65, 256, 256), (1.96, 1.96, 6.0)) if small else ((130, 512, 512), (0.98, 0.98, 3.0))
+    ct_shape, ct_sp = ((slices // 2, 256, 256), (1.96, 1.96, 6.0)) if small else ((slices, 512, 512), (0.98, 0.98, 3.0))
     sp_shape, sp_sp = ((41, 64, 64), (9.6,) * 3) if small else ((81, 128, 128), (4.8,) * 3)
 
     def grid(shape, spacing):
