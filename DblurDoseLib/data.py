@@ -246,11 +246,11 @@ def _software_versions() -> dict[str, str]:
 
 
 def _write(volume, path: Path) -> None:
+    from .outputs import atomic_file
     from .volume import write_volume
 
-    tmp = path.with_name(path.name + ".part.nrrd")
-    write_volume(volume, tmp, overwrite=True)
-    os.replace(tmp, path)  # a part exists only once complete: safe to resume after a crash
+    with atomic_file(path, ".part.nrrd") as tmp:  # a part exists only once complete: safe to resume
+        write_volume(volume, tmp, overwrite=True)
 
 
 def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:

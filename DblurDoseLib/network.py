@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DblurDoseError
+from .outputs import atomic_file
 
 PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre
@@ -498,9 +499,8 @@ def save_model(model: DblurDoseNet, path: str | os.PathLike) -> Path:
     cfg["spacing"] = list(cfg["spacing"])
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "config": cfg, "state_dict": state, "sha256": _digest(cfg, state)}
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -263,3 +263,23 @@ def write_csv(rows: Iterable[dict], path: str | os.PathLike, float_format: str =
             writer.writerow({neutralise_cell(k): float_format.format(v) if isinstance(v, float) else neutralise_cell(v)
                              for k, v in row.items()})
     return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, part_suffix: str = ".part"):
+    """Write a file under a temporary name next to ``path``; it takes ``path``'s name only when whole.
+
+    Yields the temporary path (``path`` + ``part_suffix``; give a suffix that keeps the file type
+    a writer needs, e.g. ``".part.nrrd"``). When the block ends normally the file replaces ``path``
+    atomically; when it raises, Ctrl-C and SIGTERM included, the temporary file is removed, so a
+    file under its final name is always complete and nothing half-written is left (resumable jobs
+    rely on this).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + part_suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DblurDoseError
+from .outputs import atomic_file
 
 Progress = Callable[[float, str], object]
 BODY_WEIGHT, OUTSIDE_WEIGHT = 0.7, 0.3
@@ -141,10 +142,8 @@ def _array(path: Path, cache: Path) -> np.ndarray:
     npy = cache / path.parent.name / (path.name.split(".")[0] + ".npy")
     if not npy.is_file() or npy.stat().st_mtime < path.stat().st_mtime:
         npy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_name(npy.name + f".{os.getpid()}.part")
-        with open(tmp, "wb") as fh:
+        with atomic_file(npy, f".{os.getpid()}.part") as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(read_volume(path).array, dtype=np.float32))
-        os.replace(tmp, npy)
     return np.load(npy, mmap_mode="r")
 
 
@@ -301,17 +300,15 @@ def _save_curve(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_file(path, ".part.png") as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_path(out_path: str | os.PathLike) -> Path:

@@ -281,3 +281,53 @@ def test_label_decays_picks_the_partial_label_or_refuses_a_missing_one(tmp_path)
     args = parser.parse_args(["train", "--data", "D", "--out", "M.pt", "--label-decays", "1000"])
     assert args.label_decays == 1000
     assert parser.parse_args(["train", "--data", "D", "--out", "M.pt"]).label_decays is None
+
+
+def test_sigterm_stops_training_within_seconds_and_it_resumes(dataset, tmp_path):
+    """SIGTERM during `dblurdose train`: exit 143 within seconds, nothing half-written next to the model,
+    the last checkpoint whole, and the same command resumes after it and finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run" / "model.pt"
+    command = [sys.executable, "-m", "DblurDoseLib.cli", "train", "--data", str(dataset), "--out", str(out),
+               "--epochs", "3", "--batch-size", "8", "--patch", "32", "--slab", "4", "--steps-per-epoch", "6",
+               "--seed", "3", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = training.checkpoint_path(out)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), process.communicate()
+    process.send_signal(signal.SIGTERM)  # during epoch 2 (or while epoch 1's files are written)
+    t0 = time.time()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and time.time() - t0 < 30, err
+    assert "run the same command to resume" in err and "Traceback" not in err
+    assert not [p.name for p in out.parent.iterdir() if ".part" in p.name]  # no half-written file
+    stopped_at = _checkpoint(out)["epoch"]  # readable, whole
+    assert 1 <= stopped_at <= 3
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    finished = _checkpoint(out)
+    assert finished["epoch"] == 3 and [h["epoch"] for h in finished["history"]] == [0, 1, 2, 3]
+    if stopped_at < 3:
+        assert f"resuming after epoch {stopped_at}" in done.stdout + done.stderr
+    load_model(out, device="cpu")  # the model file is whole and its checksum verifies
+
+
+def test_atomic_file_leaves_the_old_file_and_no_part_when_interrupted(tmp_path):
+    from DblurDoseLib.outputs import atomic_file
+
+    path = tmp_path / "model.pt"
+    path.write_text("old")
+    for interruption in (KeyboardInterrupt, DblurDoseError):
+        with pytest.raises(interruption), atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise interruption("stop")
+        assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    with atomic_file(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
