@@ -7,11 +7,12 @@ Tags are read with pydicom; pixels with pydicom (SimpleITK when pydicom has no d
 compressed transfer syntax).
 
 Quantitation, first found: Real World Value Mapping Sequence with an activity or counts unit,
-Rescale Slope/Intercept, per-frame Pixel Value Transformation; the meaning of rescaled values
-comes from Units (0054,1001): BQML is Bq/mL, CNTS (or no Units) counts.
+Rescale Slope/Intercept, per-frame Pixel Value Transformation, Dose Grid Scaling (RT Dose), a Real
+World Value Mapping in another unit (PMOD writes its calibration only there, "no units"); the
+meaning of rescaled values comes from Units (0054,1001): BQML is Bq/mL, CNTS (or no Units) counts.
 Geometry: Image Position/Orientation (Patient) per file, the Detector Information Sequence of NM
-objects (with Spacing Between Slices, negative included), or the per-frame functional groups of
-enhanced objects. Irregular slice gaps, missing slices and mixed orientations are refused; gaps
+objects (with Spacing Between Slices, negative included), the per-frame functional groups of
+enhanced objects, or the Grid Frame Offset Vector of RT Dose. Irregular slice gaps, missing slices and mixed orientations are refused; gaps
 that differ by less than :data:`GAP_TOLERANCE` are resampled onto a regular grid.
 
 The volume's metadata records what was read: ``modality``, ``series_uid``,
@@ -187,6 +188,15 @@ def _frame_scaling(ds, groups) -> tuple[float, float, str | None, str]:
         for item in group.get("PixelValueTransformationSequence") or []:
             return float(item.get("RescaleSlope") or 1.0), float(item.get("RescaleIntercept") or 0.0), None, \
                 "per-frame PixelValueTransformationSequence"
+    if "DoseGridScaling" in ds:  # RT Dose
+        return float(ds.DoseGridScaling), 0.0, None, "DoseGridScaling"
+    for holder in (ds, *groups):  # a mapping in another unit (PMOD: "no units") is the only calibration given
+        for item in holder.get("RealWorldValueMappingSequence") or []:
+            if "RealWorldValueSlope" in item:
+                codes = item.get("MeasurementUnitsCodeSequence") or []
+                code = str(codes[0].get("CodeValue", "")) if codes else ""
+                return float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept") or 0.0), None, \
+                    f"RealWorldValueMappingSequence (UCUM {code}, not an activity unit)"
     return 1.0, 0.0, None, "stored values (no scaling tags)"
 
 
@@ -311,7 +321,12 @@ def _frame_geometry(ds, groups, k: int, label: str) -> tuple[np.ndarray, np.ndar
         position, orientation, spacing = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), \
             ds.get("PixelSpacing")
         step = None
-        if int(ds.get("NumberOfFrames") or 1) > 1:
+        offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame distances along the normal (mm)
+        if offsets and len(offsets) == int(ds.get("NumberOfFrames") or 1):
+            orientation = _floats(orientation, 6, "Image Orientation (Patient)", label)
+            shift = (float(offsets[k]) - float(offsets[0])) * np.cross(orientation[:3], orientation[3:])
+            position = _floats(position, 3, "Image Position (Patient)", label) + shift
+        elif int(ds.get("NumberOfFrames") or 1) > 1:
             raise DblurDoseError(f"series {label} is a multi-frame object without per-frame geometry tags; "
                                  "export it as an enhanced or single-frame series")
     position = _floats(position, 3, "Image Position (Patient)", label)
