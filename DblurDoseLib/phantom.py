@@ -34,6 +34,7 @@ the overlaps hits a volume drawn per patient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -1631,10 +1632,18 @@ _HU_TEXTURE = {"fat": 10.0, "lung": 30.0, "muscle": 4.0, "liver": 4.0, "spleen":
                "gi_content": 8.0, "trabecular_bone": 25.0, "bone_mixed": 60.0, "breast": 30.0}
 
 
-def _concentrations(P: _Patient, t_days: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Per-label concentration (MBq/mL at t) and per-tissue factor lookup tables."""
-    dt_h = (t_days - 1.0) * 24.0
-    decay = lambda c1, teff: c1 * 2.0 ** (-dt_h / teff)  # noqa: E731
+def _concentrations(P: _Patient, t_days: float | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-label concentration (MBq/mL at ``t_days``) and per-tissue factor lookup tables.
+
+    Every compartment clears mono-exponentially from its day-1 value ``c1``:
+    ``c(t) = c1 2^(-(t - 24 h) / T_eff)``. ``t_days=None`` gives the time integral from the
+    injection to infinity instead, ``c1 2^(24 h / T_eff) T_eff / ln 2`` (MBq h/mL).
+    """
+    if t_days is None:
+        decay = lambda c1, teff: c1 * 2.0 ** (24.0 / teff) * teff / math.log(2.0)  # noqa: E731
+    else:
+        dt_h = (t_days - 1.0) * 24.0
+        decay = lambda c1, teff: c1 * 2.0 ** (-dt_h / teff)  # noqa: E731
     c = {k: decay(P.c1[k], P.teff[t]) for k, t in (
         ("kidney_cortex", "kidney"), ("liver", "liver"), ("spleen", "spleen"), ("adrenal", "adrenal"),
         ("pancreas", "pancreas"), ("stomach", "stomach"), ("bowel", "bowel"), ("blood", "blood"),
@@ -1692,6 +1701,33 @@ def _heterogeneity_sigma(n_labels: int) -> np.ndarray:
 _LESION_ORGAN = {"liver": "liver", "lung": "lung", "lung_base": "lung", "pancreas": "pancreas", "bone": "bone"}
 
 
+def _heterogeneity(f_act: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Log-normal uptake heterogeneity (mean 1) from a smooth unit field, per label's sigma; consumes ``f_act``."""
+    sl = _heterogeneity_sigma(n_labels)[labels]
+    f_act *= sl
+    f_act -= F32(0.5) * sl * sl
+    np.exp(f_act, out=f_act)
+    return f_act
+
+
+def _paint_activity(lut: np.ndarray, tf: np.ndarray, labels: np.ndarray, tissue: np.ndarray,
+                    heterogeneity: np.ndarray, spacing: tuple[float, float, float], pet_fwhm_mm: float) -> np.ndarray:
+    """Activity per voxel (float32): ``lut`` per label (MBq/mL, or MBq h/mL for a time integral) x 1e6,
+    times the tissue factor and the heterogeneity, blurred by ``pet_fwhm_mm`` (mm), zero outside the body.
+
+    Linear in ``lut``: the time integral of the activity is this of the time-integrated ``lut``.
+    """
+    act = (lut.astype(F32) * F32(1e6))[labels]
+    act *= tf.astype(F32)[tissue]
+    act *= heterogeneity
+    sigma_vox = [pet_fwhm_mm / 2.3548 / s for s in (spacing[2], spacing[1], spacing[0])]
+    if pet_fwhm_mm > 0:
+        act = ndimage.gaussian_filter(act, sigma_vox, mode="nearest")
+    act[labels <= 0] = 0.0
+    np.maximum(act, 0, out=act)
+    return act
+
+
 def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time_days: float = 1.0,
                  *, pet_fwhm_mm: float = 5.0, ct_noise_hu: float = 12.0, lesion_classes: bool = False) -> Phantom:
     """A seeded virtual patient on a CT grid of ``shape`` (z, y, x) voxels at ``spacing`` (x, y, z) mm.
@@ -1708,6 +1744,48 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
     >20 mL, by the analytic volume) holds at least :data:`LESIONS_PER_CLASS`; the same seed gives
     the same patient with or without it, plus those lesions.
     """
+    return _make_phantoms(seed, shape, spacing, [time_days], pet_fwhm_mm=pet_fwhm_mm, ct_noise_hu=ct_noise_hu,
+                          lesion_classes=lesion_classes)[0][0]
+
+
+def make_time_series(seed: int, times_h: Sequence[float], shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, *,
+                     pet_fwhm_mm: float = 5.0, ct_noise_hu: float = 12.0,
+                     lesion_classes: bool = False) -> tuple[list[Phantom], Volume]:
+    """One virtual patient at several times, and the time integral of its true activity.
+
+    Each tissue and lesion clears mono-exponentially with its own effective half-life
+    (``info["effective_half_lives_h"]``, each lesion's ``effective_half_life_h``) from its day-1
+    uptake, the kinetics :func:`make_phantom` uses; the anatomy, CT and uptake heterogeneity are
+    the same at every time (a perfectly still patient: registration has nothing to correct).
+
+    Parameters
+    ----------
+    seed : int
+        The patient (as :func:`make_phantom`).
+    times_h : sequence of float
+        Acquisition times, hours after the injection of 7.4 GBq, each in (0, 1440].
+    shape, spacing, pet_fwhm_mm, ct_noise_hu, lesion_classes
+        As :func:`make_phantom`.
+
+    Returns
+    -------
+    phantoms : list of Phantom
+        One per time, sharing the ``hu``, ``density``, ``labels`` and ``tissue`` arrays.
+    time_integrated_activity : Volume
+        The true activity integrated from the injection to infinity, Bq h/mL (float32, on the
+        phantoms' grid): the exact source of the true absorbed dose (dose is linear in activity,
+        so the dose rate per Bq/mL of any engine, times this, gives mGy).
+    """
+    phantoms, integral = _make_phantoms(seed, shape, spacing, [float(t) / 24.0 for t in times_h],
+                                        pet_fwhm_mm=pet_fwhm_mm, ct_noise_hu=ct_noise_hu,
+                                        lesion_classes=lesion_classes, integrate=True)
+    return phantoms, integral
+
+
+def _make_phantoms(seed: int, shape, spacing, times_days: Sequence[float], *, pet_fwhm_mm: float,
+                   ct_noise_hu: float, lesion_classes: bool,
+                   integrate: bool = False) -> tuple[list[Phantom], Volume | None]:
+    """The patient at each of ``times_days`` (and the time-integrated activity when ``integrate``)."""
     try:
         seed = int(seed)
         shape = tuple(int(n) for n in shape)
@@ -1720,9 +1798,9 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise DblurDoseError(f"the phantom spacing must be 3 positive values (x, y, z) in mm, got {spacing}")
-    if not (0.0 < float(time_days) <= 60.0):
-        raise DblurDoseError(f"time_days must be in (0, 60] days after injection, got {time_days}")
-    time_days = float(time_days)
+    for time_days in times_days:
+        if not (0.0 < float(time_days) <= 60.0):
+            raise DblurDoseError(f"time_days must be in (0, 60] days after injection, got {time_days}")
 
     P = _Patient(seed, lesion_classes)
     grid = _Grid(shape, spacing)
@@ -1730,7 +1808,6 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
     _paint_anatomy(P, cv)
     _paint_lesions(P, cv)
     labels, tissue = cv.labels, cv.tissue
-    body = labels > 0
 
     # smooth fields on fixed physical lattices (grid-independent)
     frng = np.random.default_rng([seed, 7])
@@ -1771,70 +1848,69 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
     density = hu_to_density(hu)
 
     # ---- activity ----
-    lut, tf, conc = _concentrations(P, time_days)
-    sig = _heterogeneity_sigma(lut.size)
-    act = (lut.astype(F32) * F32(1e6))[labels]  # Bq/mL
-    act *= tf.astype(F32)[tissue]
-    sl = sig[labels]
-    f_act *= sl
-    f_act -= F32(0.5) * sl * sl
-    np.exp(f_act, out=f_act)
-    act *= f_act
-    del f_act, sl
-    sigma_vox = [pet_fwhm_mm / 2.3548 / s for s in (spacing[2], spacing[1], spacing[0])]
-    if pet_fwhm_mm > 0:
-        act = ndimage.gaussian_filter(act, sigma_vox, mode="nearest")
-    act[~body] = 0.0
-    np.maximum(act, 0, out=act)
+    heterogeneity = _heterogeneity(f_act, labels, _concentrations(P, 1.0)[0].size)
+    del f_act
+    phantoms = []
+    for time_days in times_days:
+        time_days = float(time_days)
+        lut, tf, conc = _concentrations(P, time_days)
+        act = _paint_activity(lut, tf, labels, tissue, heterogeneity, spacing, pet_fwhm_mm)
 
-    vox_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    total_mbq = float(act.sum(dtype=np.float64) * vox_ml / 1e6)
+        vox_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+        total_mbq = float(act.sum(dtype=np.float64) * vox_ml / 1e6)
 
-    label_names = _label_names(P, grid)
-    counts = np.bincount(labels.ravel().astype(np.intp, copy=False) if labels.min() >= 0 else np.zeros(1, np.intp))
-    vols = {name: float((counts[v] if v < counts.size else 0) * vox_ml) for v, name in label_names.items()}
-    lesions = []
-    for n, les in enumerate(P.lesions, start=1):
-        site = les["site"]
-        lesions.append({
-            "label": LESION_LABEL_BASE + n, "name": f"lesion_{n}", "site": site,
-            "organ": _LESION_ORGAN.get(site, "soft_tissue"),
-            "volume_ml": round(les["volume_ml"], 3), "centre_mm": [round(float(v), 2) for v in les["blob"].c],
-            "uptake_MBq_per_mL": conc["lesions"][n - 1], "uptake_day1_MBq_per_mL": les["c1"],
-            "effective_half_life_h": les["teff"], "contrast": les["contrast"], "contrast_reference": les["reference"],
-            "contrast_at_time": conc["lesions"][n - 1] / conc["organs"][les["reference"]], "necrotic": bool(les["necrotic"]),
-            "necrotic_fraction": round(les["nu"] ** 3, 3), "hu": les["hu"],
-        })
-    info = {
-        "seed": seed, "sex": P.sex, "age": P.age, "height_cm": round(P.height, 1), "weight_kg": round(P.weight, 1),
-        "bmi": round(P.bmi, 1), "body_width_mm": round(2 * P.a0, 1), "body_depth_mm": round(P.b_ant0 + P.b_post0, 1),
-        "arms_down": P.arms_down, "gallbladder": P.has_gb,
-        "time_days": time_days, "injected_activity_MBq": INJECTED_ACTIVITY_MBQ,
-        "total_activity_MBq": total_mbq, "fraction_of_injected_in_field": total_mbq / INJECTED_ACTIVITY_MBQ
-        * 2.0 ** (time_days * 24 / LU177_HALF_LIFE_H),
-        "concentrations_MBq_per_mL": {k: float(v) for k, v in conc["organs"].items()},
-        "kidney_medulla_fraction": P.medulla_frac, "kidney_pelvis_fraction": P.pelvis_frac,
-        "effective_half_lives_h": dict(P.teff),
-        "lesions": lesions,
-        "volumes_ml": vols,
-        "vertebra_z_mm": {name: round(float(z), 1) for name, z in zip(VERTEBRA_LEVELS, P.vz)},
-        "pet_fwhm_mm": pet_fwhm_mm, "ct_noise_hu": ct_noise_hu,
-        "paint_priority": list(PAINT_PRIORITY),
-    }
-    geo = dict(spacing=spacing, origin=grid.origin)
-    meta = {"seed": str(seed), "time_days": str(time_days)}
-    hu_v = Volume(hu, **geo)
-    hu_v.metadata = {**meta, "quantity": "CT", "units": "HU"}
-    return Phantom(
-        hu=hu_v,
-        density=Volume(density, **geo),
-        activity=Volume(act.astype(F32, copy=False), **geo),
-        labels=Volume(labels, **geo),
-        label_names=label_names,
-        info=info,
-        tissue=Volume(tissue, **geo),
-        tissue_names={v: k for k, v in TISSUES.items()},
-    )
+        label_names = _label_names(P, grid)
+        counts = np.bincount(labels.ravel().astype(np.intp, copy=False) if labels.min() >= 0 else np.zeros(1, np.intp))
+        vols = {name: float((counts[v] if v < counts.size else 0) * vox_ml) for v, name in label_names.items()}
+        lesions = []
+        for n, les in enumerate(P.lesions, start=1):
+            site = les["site"]
+            lesions.append({
+                "label": LESION_LABEL_BASE + n, "name": f"lesion_{n}", "site": site,
+                "organ": _LESION_ORGAN.get(site, "soft_tissue"),
+                "volume_ml": round(les["volume_ml"], 3), "centre_mm": [round(float(v), 2) for v in les["blob"].c],
+                "uptake_MBq_per_mL": conc["lesions"][n - 1], "uptake_day1_MBq_per_mL": les["c1"],
+                "effective_half_life_h": les["teff"], "contrast": les["contrast"], "contrast_reference": les["reference"],
+                "contrast_at_time": conc["lesions"][n - 1] / conc["organs"][les["reference"]], "necrotic": bool(les["necrotic"]),
+                "necrotic_fraction": round(les["nu"] ** 3, 3), "hu": les["hu"],
+            })
+        info = {
+            "seed": seed, "sex": P.sex, "age": P.age, "height_cm": round(P.height, 1), "weight_kg": round(P.weight, 1),
+            "bmi": round(P.bmi, 1), "body_width_mm": round(2 * P.a0, 1), "body_depth_mm": round(P.b_ant0 + P.b_post0, 1),
+            "arms_down": P.arms_down, "gallbladder": P.has_gb,
+            "time_days": time_days, "injected_activity_MBq": INJECTED_ACTIVITY_MBQ,
+            "total_activity_MBq": total_mbq, "fraction_of_injected_in_field": total_mbq / INJECTED_ACTIVITY_MBQ
+            * 2.0 ** (time_days * 24 / LU177_HALF_LIFE_H),
+            "concentrations_MBq_per_mL": {k: float(v) for k, v in conc["organs"].items()},
+            "kidney_medulla_fraction": P.medulla_frac, "kidney_pelvis_fraction": P.pelvis_frac,
+            "effective_half_lives_h": dict(P.teff),
+            "lesions": lesions,
+            "volumes_ml": vols,
+            "vertebra_z_mm": {name: round(float(z), 1) for name, z in zip(VERTEBRA_LEVELS, P.vz)},
+            "pet_fwhm_mm": pet_fwhm_mm, "ct_noise_hu": ct_noise_hu,
+            "paint_priority": list(PAINT_PRIORITY),
+        }
+        geo = dict(spacing=spacing, origin=grid.origin)
+        meta = {"seed": str(seed), "time_days": str(time_days)}
+        hu_v = Volume(hu, **geo)
+        hu_v.metadata = {**meta, "quantity": "CT", "units": "HU"}
+        phantoms.append(Phantom(
+            hu=hu_v,
+            density=Volume(density, **geo),
+            activity=Volume(act.astype(F32, copy=False), **geo),
+            labels=Volume(labels, **geo),
+            label_names=label_names,
+            info=info,
+            tissue=Volume(tissue, **geo),
+            tissue_names={v: k for k, v in TISSUES.items()},
+        ))
+    integral = None
+    if integrate:
+        lut, tf, _ = _concentrations(P, None)
+        integral = Volume(_paint_activity(lut, tf, labels, tissue, heterogeneity, spacing, pet_fwhm_mm),
+                          spacing=spacing, origin=grid.origin)
+        integral.metadata = {"seed": str(seed), "quantity": "time-integrated activity", "units": "Bq h/mL"}
+    return phantoms, integral
 
 
 def _label_names(P: _Patient, grid: _Grid) -> dict[int, str]:
