@@ -560,3 +560,41 @@ def test_bad_input_matrix_in_slicer(case, kind):
         mrml.computeDoseRateMaps(spect_node, ct_node, methods=("dvk",), device="cpu", **options)
     assert "\n" not in str(error.value)
     assert scene.scene.GetNumberOfNodes() == nodes
+
+
+def _unshare_available() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux" or not _unshare_available(),
+                    reason="needs Linux user and mount namespaces (unshare -rm) to mount a small tmpfs")
+@pytest.mark.parametrize("options, match", [
+    ("size=16k", "not enough free disk space"),  # refused before any work
+    ("size=64m,nr_inodes=4", "No space left on device"),  # the staging folder, then its first file fails
+    ("size=64m,nr_inodes=5", "No space left on device"),  # the map written, the statistics table fails
+    ("size=64m,nr_inodes=6", "No space left on device"),  # the last table fails
+])
+def test_real_full_disk_gives_one_line_and_leaves_nothing(case, options, match):
+    """A real full file system (a tmpfs of a few kB, or with too few inodes so that the run fails half-way
+    through writing): exit 2, one line naming the problem, and nothing left on it."""
+    tmp, paths, _, _ = case
+    mount = tmp / "small-disk"
+    mount.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    command = " ".join([
+        f"mount -t tmpfs -o {options} tmpfs '{mount}' &&",
+        f"'{sys.executable}' -m DblurDoseLib.cli dose --spect '{paths['spect']}' --ct '{paths['ct']}'",
+        f"--seg '{paths['seg']}' --out '{mount}/out' --quiet; echo rc=$?; find '{mount}' -mindepth 1",
+    ])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300,
+                          env=env)
+    lines = done.stdout.strip().splitlines()
+    assert lines and lines[0] == "rc=2", done.stdout + done.stderr
+    assert lines[1:] == [], f"left on the full disk: {lines[1:]}"
+    err = done.stderr.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
