@@ -587,6 +587,23 @@ def _check_methods(methods: Sequence[str], warnings: list[str]) -> tuple[str, ..
     return kept
 
 
+def _check_input_nodes(spectNode, ctNode, segmentationNode=None, where: str = "") -> None:
+    """Refuse missing or wrong node types before any work (``where``: e.g. "time point 2: ")."""
+    if spectNode is None or ctNode is None:
+        raise DblurDoseError(f"{where}select both a SPECT and a CT volume")
+    if spectNode is ctNode:
+        raise DblurDoseError(f"{where}the SPECT and the CT are the same volume; select the SPECT and its CT")
+    for node, what in ((spectNode, "SPECT"), (ctNode, "CT")):
+        if not node.IsA("vtkMRMLScalarVolumeNode"):
+            raise DblurDoseError(f"{where}the {what} '{node.GetName()}' is a {node.GetClassName()}, not a scalar "
+                                 f"volume; select the {what} volume")
+    if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+        raise DblurDoseError(
+            f"'{segmentationNode.GetName()}' is a {segmentationNode.GetClassName()}, not a segmentation; give a "
+            "segmentation node (a labelmap volume can be imported into one with the Segmentations module)"
+        )
+
+
 def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None, methods=("dvk", "cnn"),
                         device="auto", segmentIds=None, progress: Progress | None = None, **options) -> DoseRateResult:
     """Dose-rate maps (mGy/h, CT grid) and their statistics for a SPECT/CT in a MRML scene.
@@ -621,19 +638,7 @@ def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None,
             raise DblurDoseError("cancelled by the user; nothing was added to the scene")
 
     step(0.0, "reading the inputs")
-    if spectNode is None or ctNode is None:
-        raise DblurDoseError("select both a SPECT and a CT volume")
-    if spectNode is ctNode:
-        raise DblurDoseError("the SPECT and the CT are the same volume; select the SPECT and its CT")
-    for node, what in ((spectNode, "SPECT"), (ctNode, "CT")):
-        if not node.IsA("vtkMRMLScalarVolumeNode"):
-            raise DblurDoseError(f"the {what} '{node.GetName()}' is a {node.GetClassName()}, not a scalar volume; "
-                                 f"select the {what} volume")
-    if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
-        raise DblurDoseError(
-            f"'{segmentationNode.GetName()}' is a {segmentationNode.GetClassName()}, not a segmentation; give a "
-            "segmentation node (a labelmap volume can be imported into one with the Segmentations module)"
-        )
+    _check_input_nodes(spectNode, ctNode, segmentationNode)
     scene = ctNode.GetScene()
     if scene is None:
         raise DblurDoseError("the CT volume is not in a scene")
@@ -782,3 +787,194 @@ def _add_drvh(result: DoseRateResult, scene, parent: int, base: str, rows: list[
                 _place_in_hierarchy(scene, series, items[chart])
     result.drvhChart = cumulative
     result.drvhDifferentialChart = differential
+
+
+# --------------------------------------------------------------------------------------------
+# Absorbed dose from several time points
+# --------------------------------------------------------------------------------------------
+#: Units and quantity of the absorbed-dose output (private scheme, as the dose rate's).
+ABSORBED_DOSE_UNITS = ("Gy", "UCUM", "gray")
+ABSORBED_DOSE_QUANTITY = ("AbsorbedDose", "99DBLURDOSE", "Absorbed dose")
+
+
+@dataclass
+class AbsorbedDoseResult:
+    """What :func:`computeAbsorbedDose` created (nodes in the reference CT's scene) and the library's result."""
+
+    doseNode: object
+    doseTable: object | None = None
+    tacTable: object | None = None
+    tacFitTable: object | None = None
+    tacChart: object | None = None
+    dvhTable: object | None = None
+    dvhChart: object | None = None
+    warnings: list = field(default_factory=list)
+    dosimetry: object | None = None  # DblurDoseLib.dosimetry.DosimetryResult
+
+
+def computeAbsorbedDose(timePoints: Sequence[tuple], segmentationNode=None, method: str = "dvk", fit: str = "auto",
+                        singleTimePoint: str | None = None, register: str = "rigid",
+                        administeredMBq: float | None = None, device: str = "auto", segmentIds=None,
+                        progress: Progress | None = None, **options) -> AbsorbedDoseResult:
+    """Absorbed dose (Gy) from SPECT/CT time points in a MRML scene: the Slicer side of ``dblurdose dosimetry``.
+
+    :param timePoints: ``(spectNode, ctNode, hours after administration)`` per acquisition, in any
+        order (sorted here); the earliest is the reference whose CT grid the results are on and on
+        whose CT the segments are drawn.
+    :param segmentationNode: segments (VOIs) on the reference CT; per-VOI doses, curves and DVHs.
+    :param method: 'dvk' or 'cnn' (the dose-rate engine at each time point).
+    :param fit: 'auto' (AICc among mono-, bi-, tri-exponentials), 'mono', 'bi', 'tri' or 'trapezoid'.
+    :param singleTimePoint: 'haenscheid' or 'madsen', required with one time point.
+    :param register: 'rigid', 'deformable' or 'none' (each later CT onto the reference CT).
+    :param administeredMBq: administered activity (MBq), recorded and checked against each time point.
+    :param device: 'auto', 'cpu', 'gpu' or a torch device name.
+    :param segmentIds: segment IDs (or names) to use; all when None.
+    :param progress: ``progress(fraction, message)``; returning False cancels (nothing is added).
+    :param options: keywords of :func:`DblurDoseLib.dose.compute_dose_rate_maps` (``spect_units`` for
+        every SPECT that does not record its units, ``hu_calibration``, ``scale_electron_only``, ...)
+        and ``dvhBins`` (200).
+    :returns: an :class:`AbsorbedDoseResult`: the dose volume (Gy, tagged as a dose volume for
+        SlicerRT), the per-VOI dose table, the time-activity table and chart (measured points and
+        the fitted curve per VOI) and the DVH table and chart.
+    """
+    from . import dosimetry
+    from .segments import Segment
+
+    dvh_bins = int(options.pop("dvhBins", 200))
+    library_options = _library_options(options)
+
+    def step(fraction: float, message: str) -> None:
+        if progress is not None and progress(float(fraction), message) is False:
+            raise DblurDoseError("cancelled by the user; nothing was added to the scene")
+
+    step(0.0, "reading the time points")
+    points = list(timePoints or [])
+    if not points:
+        raise DblurDoseError("add at least one time point (a SPECT, its CT and the hours after administration)")
+    try:
+        points = sorted(((s, c, float(h)) for s, c, h in points), key=lambda p: p[2])
+    except (TypeError, ValueError):
+        raise DblurDoseError("each time point needs a SPECT, a CT and its time in hours after administration") from None
+    for i, (spectNode, ctNode, _) in enumerate(points, start=1):
+        _check_input_nodes(spectNode, ctNode, segmentationNode if i == 1 else None, where=f"time point {i}: ")
+    reference_ct_node = points[0][1]
+    scene = reference_ct_node.GetScene()
+    if scene is None:
+        raise DblurDoseError("the reference CT volume is not in a scene")
+    # per time point (the same for all): units, and the camera calibration for counts
+    explicit_units = library_options.pop("spect_units", None)
+    calibration = library_options.pop("calibration_cps_per_mbq", None)
+    duration = library_options.pop("duration_s", None)
+    activity_range = library_options.pop("activity_range_mbq", dosimetry.ACTIVITY_RANGE_MBQ)
+    warnings: list[str] = []
+    timepoints = []
+    for i, (spectNode, ctNode, hours) in enumerate(points, start=1):
+        units = explicit_units or spectUnitsFromNode(spectNode)
+        if units is None:
+            warnings.append(f"the SPECT '{spectNode.GetName()}' does not record its units; assumed Bq/mL")
+        timepoints.append(dosimetry.TimePoint(
+            spect=volumeFromNode(spectNode, "SPECT"), ct=volumeFromNode(ctNode, "CT"), time_h=hours,
+            label=f"time point {i} ({hours:g} h, {spectNode.GetName()})", spect_units=units or "bqml",
+            calibration_cps_per_mbq=calibration, duration_s=duration))
+    segments: list[Segment] = []
+    colors: dict[str, tuple] = {}
+    if segmentationNode is not None:
+        step(0.05, "reading the segments")
+        for s in segmentMasks(segmentationNode, reference_ct_node, segmentIds):
+            if s.mask.any():
+                segments.append(Segment(s.name, s.mask))
+                colors[s.name] = tuple(s.color)
+            else:
+                warnings.append(f"segment '{s.name}' is empty on the reference CT grid; no dose for it")
+    library_options["device"] = resolveDevice(device)
+    result = dosimetry.absorbed_dose(
+        timepoints, segments, method=method, fit=fit, single_time_point=singleTimePoint, register=register,
+        administered_mbq=administeredMBq, dose_options=library_options, activity_range_mbq=activity_range,
+        progress=lambda f, m: step(0.1 + 0.8 * float(f), m))
+    warnings += result.warnings
+
+    step(0.95, "adding the results to the scene")
+    parent = outputParentItem(reference_ct_node)
+    base = points[0][0].GetName()
+    dose = np.asarray(result.dose.array, dtype=np.float32)
+    node = _new_volume_node(scene, f"{base} absorbed dose {method.upper()}", dose, reference_ct_node)
+    node.SetVoxelValueQuantity(_coded_entry(ABSORBED_DOSE_QUANTITY))
+    node.SetVoxelValueUnits(_coded_entry(ABSORBED_DOSE_UNITS))
+    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
+    node.SetAttribute("DblurDose.Method", method)
+    node.SetAttribute("DblurDose.TimePoints", ",".join(f"{h:g}" for *_, h in points))
+    setDoseDisplay(node, dose)
+    _place_in_hierarchy(scene, node, parent)
+    out = AbsorbedDoseResult(doseNode=node, warnings=warnings, dosimetry=result)
+    if segments:
+        _add_absorbed_dose_tables(out, scene, parent, base, result, segments, colors, dvh_bins)
+    for message in warnings:
+        logging.warning("DblurDose: %s", message)
+    step(1.0, "done")
+    return out
+
+
+def _add_absorbed_dose_tables(out: AbsorbedDoseResult, scene, parent: int, base: str, result, segments,
+                              colors: dict[str, tuple], dvh_bins: int) -> None:
+    from .dosimetry import dose_rows, dvh_rows
+
+    rows = dose_rows(result)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} absorbed doses"))
+    _fill_table(table, [
+        ("Segment", [r["segment"] for r in rows], "", "segment name"),
+        ("Volume", [r["volume_ml"] for r in rows], "mL", "segment volume on the reference CT grid"),
+        ("Mean dose", [r["mean_dose_gy"] for r in rows], "Gy", "from the fitted mean dose-rate curve"),
+        ("Uncertainty", [r["mean_dose_uncertainty_gy"] for r in rows], "Gy", "standard uncertainty of the mean dose"),
+        ("Map mean", [r["map_mean_dose_gy"] for r in rows], "Gy", "mean of the voxel absorbed-dose map"),
+        *[(f"D{level}", [r[f"D{level}_gy"] for r in rows], "Gy", f"minimum dose of the hottest {level}%")
+          for level in (2, 50, 98)],
+        ("BED", [r["bed_gy"] for r in rows], "Gy", "biologically effective dose, where parameters exist"),
+        ("Fit", [r["fit"] for r in rows], "", "time-integration model"),
+        ("Effective half-life", [r["effective_half_life_h"] for r in rows], "h", "terminal phase of the fit"),
+        ("Note", [r["reason"] for r in rows], "", "why this model; fallbacks are named"),
+    ])
+    _place_in_hierarchy(scene, table, parent)
+    out.doseTable = table
+
+    times = np.asarray(result.times_h, dtype=np.float64)
+    tac = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} time-activity"))
+    _fill_table(tac, [("Time", times, "h", "hours after administration")]
+                + [(v.name, v.dose_rates_mgy_h, "mGy/h", "VOI mean dose rate") for v in result.vois])
+    dense = np.linspace(0.0, float(times[-1]) * 1.2, 200)
+    fitted = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} time-activity fit"))
+    _fill_table(fitted, [("Time", dense, "h", "hours after administration")]
+                + [(v.name, v.integral.evaluate(dense) if v.integral.amplitudes.size else np.full(dense.size, np.nan),
+                    "mGy/h", f"fitted curve ({v.integral.model})") for v in result.vois])
+    chart = _plot_chart(scene, f"{base} time-activity", "VOI dose rates and fitted curves",
+                        "Time after administration (h)", "Mean dose rate (mGy/h)")
+    item = _place_in_hierarchy(scene, chart, parent)
+    for t in (tac, fitted):
+        _place_in_hierarchy(scene, t, parent)
+    for v in result.vois:
+        color = colors.get(v.name, (0.5, 0.5, 0.5))
+        points = _plot_series(scene, f"{v.name} measured", tac, "Time", v.name, color)
+        points.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        points.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+        curve = _plot_series(scene, f"{v.name} fit", fitted, "Time", v.name, color)
+        for series in (points, curve):
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            _place_in_hierarchy(scene, series, item)
+    out.tacTable, out.tacFitTable, out.tacChart = tac, fitted, chart
+
+    dvh = dvh_rows(result, segments, dvh_bins)
+    names = list(dict.fromkeys(r["segment"] for r in dvh))
+    first = [r for r in dvh if r["segment"] == names[0]]
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} DVH"))
+    _fill_table(table, [("Dose", [r["dose_gy_low"] for r in first], "Gy", "lower edge of the bin")]
+                + [(name, [100.0 * r["cumulative_fraction"] for r in dvh if r["segment"] == name], "%",
+                    "percentage of the segment receiving at least the dose") for name in names])
+    chart = _plot_chart(scene, f"{base} DVH", "Cumulative dose-volume histogram", "Absorbed dose (Gy)",
+                        "Volume receiving at least (%)")
+    _place_in_hierarchy(scene, table, parent)
+    item = _place_in_hierarchy(scene, chart, parent)
+    for name in names:
+        series = _plot_series(scene, f"{name} DVH", table, "Dose", name, colors.get(name, (0.5, 0.5, 0.5)))
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        _place_in_hierarchy(scene, series, item)
+    out.dvhTable, out.dvhChart = table, chart
+
