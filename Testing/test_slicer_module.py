@@ -20,25 +20,10 @@ pytest.importorskip("slicer")
 pytestmark = pytest.mark.slicer
 
 import slicer  # noqa: E402
-from slicer_helpers import SlicerScene  # noqa: E402
+from slicer_helpers import SlicerScene, import_module_file, module_stand_ins  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (33, 64, 64)
-
-
-class _Base:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class _Logic:
-    def __init__(self):
-        pass
-
-
-class _Validator:
-    def __init__(self, *args, **kwargs):
-        self.args = args
 
 
 class _SampleDataSource:
@@ -84,22 +69,14 @@ class _SampleDataLogic:
 def module(monkeypatch, tmp_path):
     """DblurDose.py imported with stand-ins for Slicer's Qt-side modules; slicer.mrmlScene is a test scene."""
     scene = SlicerScene()
-    stubs = {
-        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
-            ScriptedLoadableModule=_Base, ScriptedLoadableModuleWidget=_Base,
-            ScriptedLoadableModuleLogic=_Logic, ScriptedLoadableModuleTest=object),
-        "slicer.parameterNodeWrapper": types.SimpleNamespace(
-            parameterNodeWrapper=lambda cls: cls, Choice=_Validator, WithinRange=_Validator),
-        "SampleData": types.SimpleNamespace(SampleDataLogic=_SampleDataLogic, SampleDataSource=_SampleDataSource),
-    }
+    stubs = {**module_stand_ins(),
+             "SampleData": types.SimpleNamespace(SampleDataLogic=_SampleDataLogic, SampleDataSource=_SampleDataSource)}
     for name, stub in stubs.items():
         monkeypatch.setitem(sys.modules, name, stub)
     monkeypatch.setattr(slicer, "mrmlScene", scene.scene, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(cachePath=str(tmp_path / "cache")), raising=False)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kwargs: None)
-    spec = importlib.util.spec_from_file_location("DblurDose", ROOT / "DblurDose" / "DblurDose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_module_file(stubs)
     mod.test_scene = scene
     return mod
 
@@ -236,3 +213,22 @@ def test_cnn_is_offered_only_with_its_code_and_weights(module, tmp_path, monkeyp
     assert not module.cnnShipped()  # no weights yet
     (library / "data" / "models" / "dblurdosenet.pt").write_bytes(b"x")
     assert module.cnnShipped()
+
+
+def test_cnn_is_ticked_by_default_only_where_its_weights_are(module, tmp_path, monkeypatch):
+    """With the shipped weights the CNN is ticked and its cost shown; without them it is unticked
+    and the panel says why."""
+    offered, hint = module.cnnChoice()
+    assert offered and module.DblurDoseParameterNode.methodCnn is True
+    assert "about a minute on a CPU" in hint
+    library = tmp_path / "DblurDoseLib"
+    (library / "data" / "models").mkdir(parents=True)
+    (library / "__init__.py").write_text("")
+    (library / "inference.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "DblurDoseLib" or m.startswith("DblurDoseLib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    without = import_module_file()  # the module as Slicer loads it with this weightless library
+    offered, hint = without.cnnChoice()
+    assert not offered and without.DblurDoseParameterNode.methodCnn is False
+    assert "no trained DblurDoseNet weights" in hint
