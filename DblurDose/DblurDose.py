@@ -325,6 +325,14 @@ def cnnShipped() -> bool:
         name.endswith(".pt") for name in os.listdir(models))
 
 
+def cnnChoice() -> tuple:
+    """(offered, text beside the CNN checkbox): its cost when its weights are installed (it is then
+    ticked by default, see ``DblurDoseParameterNode.methodCnn``), else why it is not offered."""
+    if cnnShipped():
+        return True, _("about a minute on a CPU, seconds on a GPU")
+    return False, _("not available: no trained DblurDoseNet weights are installed (DVK only)")
+
+
 #
 # DblurDoseParameterNode
 #
@@ -339,7 +347,8 @@ class DblurDoseParameterNode:
         wired to the segment selector by hand (there is no connector for it).
     profileLine - optional markups line for the dose-rate profile.
     spectUnits - units of the SPECT voxels; for counts, calibrationCpsPerMBq and acquisitionDurationS.
-    methodDvk / methodCnn / differenceMap - what to compute.
+    methodDvk / methodCnn / differenceMap - what to compute (the CNN ticked by default where its
+        weights are installed).
     device - Auto (CUDA, then Apple MPS, then CPU), CPU or GPU.
     electronOnlyScaling - density-scale only the electron part of the kernel.
     huCalibrationFile - optional HU-to-density table (CSV 'hu,density'); wired by hand.
@@ -355,7 +364,7 @@ class DblurDoseParameterNode:
     calibrationCpsPerMBq: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
     acquisitionDurationS: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
     methodDvk: bool = True
-    methodCnn: bool = False
+    methodCnn: bool = cnnShipped()
     differenceMap: bool = True
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     electronOnlyScaling: bool = False
@@ -403,8 +412,9 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
 
-        shipped = cnnShipped()
+        shipped, hint = cnnChoice()
         self.ui.cnnCheckBox.enabled = shipped
+        self.ui.cnnInfoLabel.text = hint
         if not shipped:
             self.ui.cnnCheckBox.toolTip = _("No trained DblurDoseNet weights are installed; only the DVK is available.")
 

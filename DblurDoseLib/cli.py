@@ -106,8 +106,9 @@ def cmd_dose(args: argparse.Namespace) -> int:
             made_by.update({f"model_sha256 ({m})": v.metadata["model_sha256"] for m, v in maps.items()
                             if "model_sha256" in v.metadata})
             header = [f"{key}: {value}" for key, value in made_by.items()]
-            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml), stage / "stats.csv", header=header)
-            write_csv(drvh_table(arrays, segments), stage / "drvh.csv", header=header)
+            unit = made_by.get("units", "mGy/h")  # mGy/h, or nGy/(MBq s) with --per-mbq: in the column names
+            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml, unit), stage / "stats.csv", header=header)
+            write_csv(drvh_table(arrays, segments, unit=unit), stage / "drvh.csv", header=header)
     for name in out.removed:
         print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
               file=sys.stderr)

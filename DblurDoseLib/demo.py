@@ -71,15 +71,16 @@ def run_demo(
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, write_csv
     from .phantom import make_phantom
-    from .report import html_table, write_html
+    from .report import glossary_html, html_table, write_html
     from .resample import resample_activity
+    from .sampledata import write_seg_nrrd
     from .segments import segments_from_labelmap
     from .volume import write_volume
 
     say = progress or (lambda f, m: None)
     methods = available_methods()
     simulate, monte_carlo = _has("pytomography"), _has("ompmc")
-    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "labels.nrrd", "stats.csv", "drvh.csv", "report.html",
+    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "segments.seg.nrrd", "stats.csv", "drvh.csv", "report.html",
              "slices.png", "drvh.png", "profile.png", "profile_lesion.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
     names += ["dose_rate_truth_mc.nrrd"] if monte_carlo else []
     folder = OutputFolder(out, names, overwrite=overwrite)
@@ -110,7 +111,7 @@ def run_demo(
 
         say(0.65, f"Monte Carlo reference from the true activity ({decays:.0e} decays; ompmc)")
         bq = phantom.activity.with_array(phantom.activity.array * np.float32(phantom.activity.voxel_volume_ml))
-        truth, _unc = monte_carlo_dose_rate(bq, phantom.density, decays, seed,
+        truth, truth_unc = monte_carlo_dose_rate(bq, phantom.density, decays, seed,
                                             progress=lambda f, m="": say(0.65 + 0.2 * f, "Monte Carlo"))
         dose = {"truth (MC)": np.asarray(truth.array), **dose}
         notes.append(f"Reference: Monte Carlo (ompmc) dose rate of the true activity, {decays:.0e} decays.")
@@ -118,14 +119,14 @@ def run_demo(
         notes.append("ompmc is not installed (pip install 'dblurdose[mc]'): no Monte Carlo reference is shown.")
     segments = [s for s in segments_from_labelmap(phantom.labels, phantom.hu, phantom.label_names) if s.mask.any()]
     stats = statistics_table(dose, segments, phantom.hu.voxel_volume_ml)
-    errors = _errors_against_truth(dose, segments, phantom.hu.voxel_volume_ml) if monte_carlo else []
+    errors = _errors_against_truth(dose, segments, phantom.hu.voxel_volume_ml, truth_unc.array) if monte_carlo else []
 
     say(0.9, "writing volumes and report")
     with folder as stage:
         write_volume(phantom.hu, stage / "ct.nrrd")
         write_volume(spect, stage / "spect.nrrd")
         write_volume(phantom.activity, stage / "true_activity.nrrd")
-        write_volume(phantom.labels, stage / "labels.nrrd")
+        write_seg_nrrd(phantom.labels, dict(phantom.label_names), stage / "segments.seg.nrrd")  # named, for --seg
         for m, v in maps.items():
             write_volume(v, stage / f"dose_rate_{m}.nrrd")
         if monte_carlo:
@@ -146,20 +147,26 @@ def run_demo(
             ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
             *([("Errors against the Monte Carlo truth (%)", html_table(errors))] if errors else []),
             ("All segments (mGy/h)", html_table(stats)),
+            ("Glossary", glossary_html()),
         ])
     return Path(out) / "report.html"
 
 
-def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float) -> list[dict]:
-    """Per key segment and method: mean dose-rate error and NRMSE (%) against the Monte Carlo truth."""
+def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float,
+                          truth_uncertainty: np.ndarray) -> list[dict]:
+    """Per key segment and method: mean dose-rate error and NRMSE (%) against the Monte Carlo truth,
+    and the truth's own noise (:func:`metrics.reference_noise_percent`; relative 1-sigma per voxel)."""
     from .evaluate import voi_errors
+    from .metrics import reference_noise_percent
 
     truth = dose["truth (MC)"]
     rows = []
     for segment in segments:
         if not any(k in segment.name.lower() for k in ("kidney", "lesion", "liver", "spleen")):
             continue
-        row: dict = {"segment": segment.name}
+        noise = reference_noise_percent(truth, truth_uncertainty, segment.mask)
+        row: dict = {"segment": segment.name, "reference mean +-%": round(noise["mean"], 1),
+                     "reference noise NRMSE %": round(noise["nrmse"], 1)}
         for name, d in dose.items():
             if name != "truth (MC)":
                 e = voi_errors(d, truth, segment.mask, voxel_ml)

@@ -481,8 +481,8 @@ def tac_rows(result: DosimetryResult) -> list[dict]:
 
 def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int = 200) -> list[dict]:
     """``dvh.csv``: cumulative dose-volume histogram per VOI (Gy), from :func:`metrics.drvh_table`."""
-    rows = drvh_table({"dose": np.asarray(result.dose.array)}, segments, n_bins)
-    return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low"], "dose_gy_high": r["dose_rate_high"],
+    rows = drvh_table({"dose": np.asarray(result.dose.array)}, segments, n_bins, unit="Gy")
+    return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low_Gy"], "dose_gy_high": r["dose_rate_high_Gy"],
              "differential_fraction": r["differential_fraction"], "cumulative_fraction": r["cumulative_fraction"]}
             for r in rows]
 

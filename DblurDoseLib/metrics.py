@@ -2,6 +2,8 @@
 
 All functions take plain arrays (any dose-rate unit; results come back in the same unit).
 DRx is the minimum dose rate received by the hottest x% of the VOI (paper: DR10..DR90).
+The tables written to CSV (:func:`statistics_table`, :func:`drvh_table`) carry the unit in each
+column name (:func:`unit_suffix`), e.g. ``mean_mGy_per_h`` or ``mean_nGy_per_MBq_s``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from .errors import DblurDoseError
 from .volume import Volume
 
 DR_LEVELS: tuple[int, ...] = (10, 30, 70, 90)
+
+
+def unit_suffix(unit: str) -> str:
+    """A unit as a column-name suffix: 'mGy/h' -> 'mGy_per_h', 'nGy/(MBq s)' -> 'nGy_per_MBq_s', 'Gy' -> 'Gy'."""
+    text = unit.replace("/", " per ").replace("(", " ").replace(")", " ").replace(".", " ")
+    return "_".join(text.split())
+
+
+def statistics_columns(unit: str = "mGy/h") -> dict[str, str]:
+    """Keys of :func:`segment_statistics` -> the column names of :func:`statistics_table` for ``unit``."""
+    return {"volume_ml": "volume_mL", "mean": f"mean_{unit_suffix(unit)}",
+            **{f"DR{level}": f"DR{level}_{unit_suffix(unit)}" for level in DR_LEVELS}}
 
 
 def _values(dose_rate: np.ndarray, mask: np.ndarray, name: str = "segment") -> np.ndarray:
@@ -81,6 +95,31 @@ def nrmse(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sqrt(np.mean((est - tru) ** 2)) / np.sqrt(np.mean(tru**2)))
 
 
+def reference_noise_percent(reference: np.ndarray, relative_uncertainty: np.ndarray,
+                            mask: np.ndarray) -> dict[str, float]:
+    """Statistical noise of a Monte Carlo reference inside a VOI, from its voxels' 1-sigma uncertainties.
+
+    Parameters
+    ----------
+    reference : dose rate of the Monte Carlo reference (any unit).
+    relative_uncertainty : its relative 1-sigma uncertainty per voxel (fraction, e.g. ompmc's batch estimate).
+    mask : the VOI.
+
+    Returns
+    -------
+    ``mean``: 1-sigma uncertainty of the VOI's mean dose rate, percent of it, with the voxels
+    taken as independent (sqrt(sum (u t)^2) / sum t; correlations between neighbouring voxels,
+    which share decays, make the real figure somewhat larger). ``nrmse``: the NRMSE, percent, that
+    an exact, noise-free estimate would show against this reference, sqrt(sum (u t)^2 / sum t^2)
+    (the expected floor of any method's NRMSE against it).
+    """
+    t = _values(reference, mask)
+    sigma = _values(relative_uncertainty, mask) * t
+    variance = float(np.sum(sigma**2))
+    return {"mean": 100.0 * np.sqrt(variance) / abs(float(t.sum())),
+            "nrmse": 100.0 * np.sqrt(variance / float(np.sum(t**2)))}
+
+
 def ensemble_noise_percent(realisations: Sequence[np.ndarray], mask: np.ndarray) -> float:
     """Ensemble noise over M noise realisations inside the VOI (paper's Table 1 formula), percent."""
     if len(realisations) < 2:
@@ -126,19 +165,30 @@ def line_through(volume: Volume, mask: np.ndarray, half_length_mm: float = 80.0)
 
 
 def statistics_table(
-    dose_maps: dict[str, np.ndarray], segments: Sequence, voxel_volume_ml: float
+    dose_maps: dict[str, np.ndarray], segments: Sequence, voxel_volume_ml: float, unit: str = "mGy/h"
 ) -> list[dict[str, float | str]]:
-    """Rows (segment, method, volume_ml, mean, DR10..DR90) for each segment and dose map."""
+    """Rows (segment, method, volume_mL, mean, DR10..DR90) for each segment and dose map.
+
+    ``unit``: the dose maps' unit, written into the column names (``mean_mGy_per_h``, ...;
+    :func:`statistics_columns`).
+    """
+    columns = statistics_columns(unit)
     rows: list[dict[str, float | str]] = []
     for segment in segments:
         for method, dose in dose_maps.items():
             stats = segment_statistics(dose, segment.mask, voxel_volume_ml, segment.name)
-            rows.append({"segment": segment.name, "method": method, **stats})
+            rows.append({"segment": segment.name, "method": method, **{columns[k]: v for k, v in stats.items()}})
     return rows
 
 
-def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence, n_bins: int = 200) -> list[dict[str, float | str]]:
-    """Long-format DRVH rows; bins shared by all methods of a segment (0 to a rounded maximum)."""
+def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence, n_bins: int = 200,
+               unit: str = "mGy/h") -> list[dict[str, float | str]]:
+    """Long-format DRVH rows; bins shared by all methods of a segment (0 to a rounded maximum).
+
+    Columns: segment, method, ``dose_rate_low_<unit>``, ``dose_rate_high_<unit>`` (bin edges in
+    ``unit``, :func:`unit_suffix`), differential_fraction and cumulative_fraction (of the VOI, 0-1).
+    """
+    low, high = f"dose_rate_low_{unit_suffix(unit)}", f"dose_rate_high_{unit_suffix(unit)}"
     rows: list[dict[str, float | str]] = []
     for segment in segments:
         top = max(float(np.asarray(d)[segment.mask].max()) for d in dose_maps.values())
@@ -147,7 +197,7 @@ def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence, n_bins: int
             _, diff, cum = drvh(dose, segment.mask, edges, segment.name)
             for lo, hi, d, c in zip(edges[:-1], edges[1:], diff, cum):
                 rows.append(
-                    {"segment": segment.name, "method": method, "dose_rate_low": float(lo),
-                     "dose_rate_high": float(hi), "differential_fraction": float(d), "cumulative_fraction": float(c)}
+                    {"segment": segment.name, "method": method, low: float(lo),
+                     high: float(hi), "differential_fraction": float(d), "cumulative_fraction": float(c)}
                 )
     return rows

@@ -677,8 +677,8 @@ def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None,
         filled = [Segment(s.name, s.mask) for s in segments if s.mask.any()]
         step(0.9, "statistics and dose-rate-volume histograms")
         if filled:
-            stats_rows = statistics_table(arrays, filled, ct.voxel_volume_ml)
-            drvh_rows = drvh_table(arrays, filled, int(own["drvhBins"]))
+            stats_rows = statistics_table(arrays, filled, ct.voxel_volume_ml, units)
+            drvh_rows = drvh_table(arrays, filled, int(own["drvhBins"]), units)
 
     step(0.95, "adding the results to the scene")
     result = DoseRateResult(spectNode, ctNode, segments=segments, warnings=warnings,
@@ -729,6 +729,9 @@ _STAT_COLUMNS = (("volume_ml", "Volume", "mL", "segment volume on the CT grid"),
 
 
 def _add_statistics(result: DoseRateResult, scene, parent: int, base: str, rows: list[dict]) -> None:
+    from .metrics import statistics_columns
+
+    column_of = statistics_columns(result.units)  # the rows' column names carry the unit
     methods = list(result.doseNodes)
     by_key = {(r["segment"], r["method"]): r for r in rows}
     names, method_col, notes = [], [], []
@@ -740,7 +743,7 @@ def _add_statistics(result: DoseRateResult, scene, parent: int, base: str, rows:
             method_col.append(method.upper())
             notes.append("" if row else "empty on the CT grid")
             for key, *_ in _STAT_COLUMNS:
-                values[key].append(float(row[key]) if row else (0.0 if key == "volume_ml" else math.nan))
+                values[key].append(float(row[column_of[key]]) if row else (0.0 if key == "volume_ml" else math.nan))
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} dose-rate statistics"))
     columns = [("Segment", names, "", "segment name"), ("Method", method_col, "", "dose-rate method")]
     columns += [(title, values[key], unit or result.units, description) for key, title, unit, description in _STAT_COLUMNS]
@@ -751,6 +754,8 @@ def _add_statistics(result: DoseRateResult, scene, parent: int, base: str, rows:
 
 
 def _add_drvh(result: DoseRateResult, scene, parent: int, base: str, rows: list[dict]) -> None:
+    from .metrics import unit_suffix
+
     if not rows:
         return
     colors = {s.name: s.color for s in result.segments}
@@ -764,8 +769,9 @@ def _add_drvh(result: DoseRateResult, scene, parent: int, base: str, rows: list[
         seg_rows = [r for r in rows if r["segment"] == name]
         methods = list(dict.fromkeys(r["method"] for r in seg_rows))
         first = [r for r in seg_rows if r["method"] == methods[0]]
-        low = np.array([r["dose_rate_low"] for r in first])
-        high = np.array([r["dose_rate_high"] for r in first])
+        suffix = unit_suffix(result.units)
+        low = np.array([r[f"dose_rate_low_{suffix}"] for r in first])
+        high = np.array([r[f"dose_rate_high_{suffix}"] for r in first])
         columns = [("Dose rate", low, result.units, "lower edge of the bin"),
                    ("Dose rate upper", high, result.units, "upper edge of the bin"),
                    ("Bin centre", (low + high) / 2, result.units, "centre of the bin")]

@@ -83,6 +83,35 @@ def html_table(rows: Sequence[dict], float_format: str = "{:.4g}") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+#: Terms the dose-rate reports use, with their definitions (:func:`glossary_html`).
+GLOSSARY: dict[str, str] = {
+    "DVK": "dose-voxel kernel: the dose around one decay in soft tissue, convolved with the activity and scaled by "
+           "1.04 g/cm3 / density (the fast first estimate)",
+    "CNN": "DblurDoseNet, the residual convolutional network that corrects the DVK map for SPECT blur and tissue "
+           "(trained on virtual patients)",
+    "truth (MC)": "Monte Carlo dose rate of the true (noise-free, unblurred) activity: the reference; it carries its "
+                  "own statistical noise from the finite number of simulated decays",
+    "DRx": "the lowest dose rate received by the hottest x% of the VOI (DR10: of the hottest 10%; the dose-rate "
+           "analogue of D2/D50/D98)",
+    "mean error": "|mean estimate - mean reference| / mean reference over the VOI, in percent",
+    "NRMSE": "normalised root-mean-square error over the VOI's voxels: sqrt(mean((estimate - reference)^2)) / "
+             "sqrt(mean(reference^2)), in percent; it counts the reference's voxel noise as error too",
+    "reference mean +-%": "1-sigma statistical uncertainty of the reference's VOI mean, from the Monte Carlo's "
+                          "per-voxel batch uncertainties (voxels taken as independent, so a lower bound)",
+    "reference noise NRMSE %": "the NRMSE that an exact, noise-free estimate would show against this noisy reference, "
+                               "sqrt(sum (u t)^2 / sum t^2) over the VOI (t reference, u its relative 1-sigma "
+                               "uncertainty): the floor of every method's NRMSE",
+    "DRVH": "dose-rate-volume histogram: the fraction of the VOI receiving at least each dose rate",
+}
+
+
+def glossary_html(terms: dict[str, str] | None = None) -> str:
+    """A definition list (HTML) of ``terms`` (default :data:`GLOSSARY`)."""
+    items = "".join(f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>"
+                    for k, v in (terms or GLOSSARY).items())
+    return f"<dl>{items}</dl>"
+
+
 def write_html(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """A self-contained HTML page: (heading, html body) sections; images referenced by relative path."""
     style = (

@@ -199,3 +199,59 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
     if axis == "x":
         return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+# ------------------------------------------------------------------------------------------------
+# DblurDose/DblurDose.py without the Slicer application
+class _Base:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+class _Logic:
+    def __init__(self):
+        pass
+
+
+class _Validator:
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+
+MODULE_FILE = Path(__file__).resolve().parents[1] / "DblurDose" / "DblurDose.py"
+
+
+def module_stand_ins() -> dict:
+    """sys.modules entries for the Qt-side Slicer modules DblurDose.py imports: minimal stand-ins
+    (the parameter-node wrapper leaves the class as written, so its defaults are class attributes)."""
+    import types
+
+    return {
+        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
+            ScriptedLoadableModule=_Base, ScriptedLoadableModuleWidget=_Base,
+            ScriptedLoadableModuleLogic=_Logic, ScriptedLoadableModuleTest=object),
+        "slicer.parameterNodeWrapper": types.SimpleNamespace(
+            parameterNodeWrapper=lambda cls: cls, Choice=_Validator, WithinRange=_Validator),
+    }
+
+
+def import_module_file(stand_ins: dict | None = None):
+    """Execute DblurDose.py as a fresh module with ``stand_ins`` (default :func:`module_stand_ins`) in
+    sys.modules, which is restored afterwards."""
+    import importlib.util
+    import sys
+
+    stand_ins = module_stand_ins() if stand_ins is None else stand_ins
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
+        spec = importlib.util.spec_from_file_location("DblurDose", MODULE_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return module

@@ -16,11 +16,13 @@ def test_dose_writes_map_and_tables(case):
     assert dose.same_grid(ct)
     assert dose.array.max() > 0 and dose.array[0].max() == 0  # air slab gets nothing
     stats = [line for line in (out / "stats.csv").read_text().splitlines() if not line.startswith("#")]
-    assert stats[0].split(",")[:4] == ["segment", "method", "volume_ml", "mean"]
+    assert stats[0].split(",") == ["segment", "method", "volume_mL", "mean_mGy_per_h", "DR10_mGy_per_h",
+                                   "DR30_mGy_per_h", "DR70_mGy_per_h", "DR90_mGy_per_h"]
     assert len(stats) == 3  # two labels, one method
     hot = dict(zip(stats[0].split(","), stats[1].split(",")))
-    assert float(hot["DR90"]) <= float(hot["mean"]) <= float(hot["DR10"])
-    assert (out / "drvh.csv").exists()
+    assert float(hot["DR90_mGy_per_h"]) <= float(hot["mean_mGy_per_h"]) <= float(hot["DR10_mGy_per_h"])
+    drvh = [line for line in (out / "drvh.csv").read_text().splitlines() if not line.startswith("#")]
+    assert drvh[0].split(",")[2:4] == ["dose_rate_low_mGy_per_h", "dose_rate_high_mGy_per_h"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -43,6 +45,27 @@ def test_per_mbq_normalisation(case):
     total_mbq = spect.array.sum(dtype=np.float64) * spect.voxel_volume_ml / 1e6
     i = np.unravel_index(np.argmax(a), a.shape)
     assert b[i] == pytest.approx(a[i] / total_mbq * 1e6 / 3600, rel=1e-4)
+
+
+def test_stats_columns_name_their_units(case):
+    """stats.csv and drvh.csv say what they hold: mGy/h by default, nGy/(MBq s) with --per-mbq."""
+    import csv
+
+    tmp, paths, ct, spect = case
+    rows = {}
+    for name, extra in (("rate", ()), ("per_mbq", ("--per-mbq",))):
+        assert run_dose(paths, tmp / name, "--seg", str(paths["seg"]), *extra) == 0
+        for table in ("stats", "drvh"):
+            text = [line for line in (tmp / name / f"{table}.csv").read_text().splitlines() if not line.startswith("#")]
+            rows[name, table] = list(csv.DictReader(text))
+    assert "mean_mGy_per_h" in rows["rate", "stats"][0] and "DR10_nGy_per_MBq_s" in rows["per_mbq", "stats"][0]
+    assert not any("mGy" in key for key in rows["per_mbq", "stats"][0])
+    assert "dose_rate_high_nGy_per_MBq_s" in rows["per_mbq", "drvh"][0]
+    total_mbq = spect.array.sum(dtype=np.float64) * spect.voxel_volume_ml / 1e6
+    for rate, per_mbq in zip(rows["rate", "stats"], rows["per_mbq", "stats"]):
+        assert float(per_mbq["volume_mL"]) == float(rate["volume_mL"])
+        assert float(per_mbq["mean_nGy_per_MBq_s"]) == pytest.approx(
+            float(rate["mean_mGy_per_h"]) / total_mbq * 1e6 / 3600, rel=1e-4)
 
 
 def test_counts_with_calibration_equals_bqml(case):

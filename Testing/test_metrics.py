@@ -12,7 +12,10 @@ from DblurDoseLib.metrics import (
     line_profile,
     mean_error_percent,
     nrmse,
+    reference_noise_percent,
     segment_statistics,
+    statistics_table,
+    unit_suffix,
 )
 from DblurDoseLib.volume import Volume
 
@@ -25,6 +28,36 @@ def test_dr_levels_on_a_ramp():
     # the hottest 10% (91..100) all receive at least 91
     assert stats["DR10"] == 91 and stats["DR30"] == 71 and stats["DR70"] == 31 and stats["DR90"] == 11
     assert dr_x(np.array([5.0]), 90) == 5.0
+
+
+def test_table_columns_carry_the_unit():
+    from DblurDoseLib.segments import Segment
+
+    assert unit_suffix("mGy/h") == "mGy_per_h" and unit_suffix("nGy/(MBq s)") == "nGy_per_MBq_s"
+    dose = np.arange(1, 101, dtype=np.float32).reshape(1, 10, 10)
+    segments = [Segment("all", np.ones(dose.shape, bool))]
+    row = statistics_table({"dvk": dose}, segments, 0.5, unit="nGy/(MBq s)")[0]
+    assert list(row) == ["segment", "method", "volume_mL", "mean_nGy_per_MBq_s", "DR10_nGy_per_MBq_s",
+                         "DR30_nGy_per_MBq_s", "DR70_nGy_per_MBq_s", "DR90_nGy_per_MBq_s"]
+    assert row["mean_nGy_per_MBq_s"] == pytest.approx(50.5) and row["volume_mL"] == pytest.approx(50.0)
+
+
+def test_reference_noise_predicts_the_error_of_an_exact_estimate():
+    """A noisy reference (known 1-sigma per voxel): the NRMSE of the exact map against it is the floor
+    reference_noise_percent predicts, and the spread of its VOI mean over realisations its mean uncertainty."""
+    rng = np.random.default_rng(1)
+    exact = rng.uniform(1.0, 3.0, size=(8, 20, 20))
+    rel = rng.uniform(0.2, 0.6, size=exact.shape)
+    mask = np.ones(exact.shape, bool)
+    floors, stated, means = [], [], []
+    for _ in range(200):
+        reference = exact + rng.normal(size=exact.shape) * rel * exact
+        noise = reference_noise_percent(reference, rel * exact / reference, mask)
+        floors.append(100 * nrmse(exact, reference, mask))
+        stated.append(noise)
+        means.append(reference.mean())
+    assert np.mean(floors) == pytest.approx(np.mean([n["nrmse"] for n in stated]), rel=0.03)
+    assert 100 * np.std(means) / exact.mean() == pytest.approx(np.mean([n["mean"] for n in stated]), rel=0.15)
 
 
 def test_empty_segment_is_a_clear_error():

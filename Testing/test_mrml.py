@@ -164,15 +164,15 @@ def test_tables_equal_the_library_numbers(direction):
     rows = table_rows(result.statisticsTable)
     assert [(r["Segment"], r["Method"]) for r in rows] == [(r["segment"], r["method"].upper()) for r in stats]
     table = result.statisticsTable
-    for key, title in (("volume_ml", "Volume"), ("mean", "Mean"), ("DR10", "DR10"), ("DR30", "DR30"),
-                       ("DR70", "DR70"), ("DR90", "DR90")):
+    for key, title in (("volume_mL", "Volume"), ("mean_mGy_per_h", "Mean"), ("DR10_mGy_per_h", "DR10"),
+                       ("DR30_mGy_per_h", "DR30"), ("DR70_mGy_per_h", "DR70"), ("DR90_mGy_per_h", "DR90")):
         np.testing.assert_allclose(column(table, title), [r[key] for r in stats], rtol=1e-6)
     assert table.GetColumnUnitLabel("Mean") == "mGy/h" and table.GetColumnUnitLabel("Volume") == "mL"
     drvh = drvh_table(arrays, segments, 50)
     for segment in segments:
         expected = [r for r in drvh if r["segment"] == segment.name]
         t = result.drvhTables[segment.name]
-        np.testing.assert_allclose(column(t, "Dose rate"), [r["dose_rate_low"] for r in expected], rtol=1e-12)
+        np.testing.assert_allclose(column(t, "Dose rate"), [r["dose_rate_low_mGy_per_h"] for r in expected], rtol=1e-12)
         np.testing.assert_allclose(column(t, "DVK cumulative"), [100 * r["cumulative_fraction"] for r in expected],
                                    rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(column(t, "DVK differential"),

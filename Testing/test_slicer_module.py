@@ -8,6 +8,7 @@ minimal stand-ins, so that the Logic, the demo loader and the dependency helpers
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 from pathlib import Path
@@ -19,25 +20,10 @@ pytest.importorskip("slicer")
 pytestmark = pytest.mark.slicer
 
 import slicer  # noqa: E402
-from slicer_helpers import SlicerScene  # noqa: E402
+from slicer_helpers import SlicerScene, import_module_file, module_stand_ins  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (33, 64, 64)
-
-
-class _Base:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class _Logic:
-    def __init__(self):
-        pass
-
-
-class _Validator:
-    def __init__(self, *args, **kwargs):
-        self.args = args
 
 
 class _SampleDataSource:
@@ -74,6 +60,7 @@ class _SampleDataLogic:
             storage = slicer.mrmlScene.AddNewNodeByClass(storage_class)
             storage.SetFileName(url2pathname(urlparse(uri).path))
             assert storage.ReadData(node)
+            node.SetName(name)  # Slicer's readers name the node as asked (a markups file holds its own name)
             nodes.append(node)
         return nodes
 
@@ -82,22 +69,14 @@ class _SampleDataLogic:
 def module(monkeypatch, tmp_path):
     """DblurDose.py imported with stand-ins for Slicer's Qt-side modules; slicer.mrmlScene is a test scene."""
     scene = SlicerScene()
-    stubs = {
-        "slicer.ScriptedLoadableModule": types.SimpleNamespace(
-            ScriptedLoadableModule=_Base, ScriptedLoadableModuleWidget=_Base,
-            ScriptedLoadableModuleLogic=_Logic, ScriptedLoadableModuleTest=object),
-        "slicer.parameterNodeWrapper": types.SimpleNamespace(
-            parameterNodeWrapper=lambda cls: cls, Choice=_Validator, WithinRange=_Validator),
-        "SampleData": types.SimpleNamespace(SampleDataLogic=_SampleDataLogic, SampleDataSource=_SampleDataSource),
-    }
+    stubs = {**module_stand_ins(),
+             "SampleData": types.SimpleNamespace(SampleDataLogic=_SampleDataLogic, SampleDataSource=_SampleDataSource)}
     for name, stub in stubs.items():
         monkeypatch.setitem(sys.modules, name, stub)
     monkeypatch.setattr(slicer, "mrmlScene", scene.scene, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(cachePath=str(tmp_path / "cache")), raising=False)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kwargs: None)
-    spec = importlib.util.spec_from_file_location("DblurDose", ROOT / "DblurDose" / "DblurDose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_module_file(stubs)
     mod.test_scene = scene
     return mod
 
@@ -159,6 +138,52 @@ def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
     logic.stopObservingLine()
 
 
+def test_readme_console_example_gives_the_numbers_it_states(module, monkeypatch, tmp_path):
+    """The README's Python block, run as in Slicer's console on the demo case loaded as *Load demo case*
+    does, prints the numbers its comments state; the library call in it and ``dblurdose dose`` on the
+    demo's files give the same map."""
+    from DblurDoseLib.cli import main
+    from DblurDoseLib.volume import read_volume
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (block,) = blocks  # the README's only Python example (one added later needs its own test here)
+    stated = [[float(v) for v in re.findall(r"about ([\d.]+)", line)] for line in block.splitlines()
+              if line.startswith("print(")]
+    nodes = module.loadDemoCase()  # the full demo case
+    logic = module.DblurDoseLogic()
+    monkeypatch.setattr(slicer.util, "getModuleLogic", lambda name: logic if name == "DblurDose" else None)
+    printed = []
+    namespace = {"slicer": slicer, "getNode": slicer.util.getNode, "print": lambda value: printed.append(value)}
+    exec(compile(block, "README.md", "exec"), namespace)
+    warnings, activity, top, table = printed
+    assert warnings == [] and stated[0] == []
+    spect = slicer.util.arrayFromVolume(nodes["spect"]).astype(np.float64)
+    spect_mbq = spect.sum() * np.prod(nodes["spect"].GetSpacing()) / 1e3 / 1e6
+    assert activity == pytest.approx(spect_mbq, rel=1e-3)  # all of the demo's SPECT activity, in MBq
+    assert activity == pytest.approx(stated[1][0], rel=0.02)
+    assert top == pytest.approx(stated[2][0], rel=0.05)
+    means = dict(zip(table["Segment"], table["Mean"].astype(float)))
+    kidneys, liver = stated[3]
+    assert means["kidney_left"] == pytest.approx(kidneys, rel=0.1)
+    assert means["kidney_right"] == pytest.approx(kidneys, rel=0.1)
+    assert means["liver"] == pytest.approx(liver, rel=0.1)
+    dose = slicer.util.arrayFromVolume(logic.result.doseNodes["dvk"])
+    library = namespace["result"]  # the block's second call, straight to the library
+    assert library is not logic.result and library.report["total_activity_mbq"] == pytest.approx(activity)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(library.doseNodes["dvk"]), dose, rtol=1e-6)
+    # the command line on the files the demo case was loaded from
+    files = {role: Path(module.demoFolder()) / name for role, name in module._demoFileNames().items()}
+    out = tmp_path / "cli"
+    assert main(["dose", "--spect", str(files["spect"]), "--ct", str(files["ct"]), "--seg", str(files["segmentation"]),
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_allclose(read_volume(out / "dose_rate_dvk.nrrd").array, dose, rtol=1e-5,
+                               atol=1e-6 * float(dose.max()))
+    rows = [line.split(",") for line in (out / "stats.csv").read_text().splitlines() if not line.startswith("#")]
+    cli = {r[0]: float(r[rows[0].index("mean_mGy_per_h")]) for r in rows[1:]}
+    assert cli["kidney_left"] == pytest.approx(means["kidney_left"], rel=1e-4)
+    logic.stopObservingLine()
+
+
 def test_sample_data_registration_uses_local_files_only(module):
     _SampleDataLogic.registered.clear()
     module.registerSampleData()
@@ -188,3 +213,22 @@ def test_cnn_is_offered_only_with_its_code_and_weights(module, tmp_path, monkeyp
     assert not module.cnnShipped()  # no weights yet
     (library / "data" / "models" / "dblurdosenet.pt").write_bytes(b"x")
     assert module.cnnShipped()
+
+
+def test_cnn_is_ticked_by_default_only_where_its_weights_are(module, tmp_path, monkeypatch):
+    """With the shipped weights the CNN is ticked and its cost shown; without them it is unticked
+    and the panel says why."""
+    offered, hint = module.cnnChoice()
+    assert offered and module.DblurDoseParameterNode.methodCnn is True
+    assert "about a minute on a CPU" in hint
+    library = tmp_path / "DblurDoseLib"
+    (library / "data" / "models").mkdir(parents=True)
+    (library / "__init__.py").write_text("")
+    (library / "inference.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "DblurDoseLib" or m.startswith("DblurDoseLib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    without = import_module_file()  # the module as Slicer loads it with this weightless library
+    offered, hint = without.cnnChoice()
+    assert not offered and without.DblurDoseParameterNode.methodCnn is False
+    assert "no trained DblurDoseNet weights" in hint

@@ -192,14 +192,46 @@ def test_module_file_imports_nothing_heavy_at_file_scope():
     assert top_level <= {"importlib", "logging", "os", "sys", "traceback", "typing", "vtk", "slicer"}, top_level
 
 
-def render(app, path: Path) -> Path:
-    from PySide6.QtWidgets import QComboBox, QGroupBox, QLabel, QLineEdit, QWidget
+def module_state() -> dict:
+    """The module's real initial state: its parameter-node defaults and whether the CNN is offered,
+    with the text beside it (DblurDose.py executed on slicer-core, stand-ins for Slicer's Qt side)."""
+    pytest.importorskip("slicer", reason="needs slicer-core (the 'slicer' extra) to load the module file")
+    from slicer_helpers import import_module_file
 
+    module = import_module_file()
+    defaults = {name: getattr(module.DblurDoseParameterNode, name) for name in parameter_types()
+                if hasattr(module.DblurDoseParameterNode, name)}
+    offered, hint = module.cnnChoice()
+    return {"defaults": defaults, "cnnOffered": offered, "cnnHint": hint}
+
+
+def panel_in_module_state(app):
+    """The panel as the module shows it on entry: widgets bound to parameters hold their defaults,
+    the CNN checkbox and its hint as ``cnnChoice`` sets them; combo boxes show the demo's nodes."""
+    from PySide6.QtWidgets import QCheckBox, QComboBox, QGroupBox, QLabel, QLineEdit, QSpinBox, QWidget
+
+    state = module_state()
     panel = load_panel(app)
     for name, text in SAMPLE_TEXT.items():
         panel.findChild(QComboBox, name).addItem(text)
     for name, choices in (("spectUnitsComboBox", "SPECT_UNIT_CHOICES"), ("deviceComboBox", "DEVICE_CHOICES")):
         panel.findChild(QComboBox, name).addItems(module_choices(choices))
+    for name, widget in ui_widgets().items():
+        value = state["defaults"].get(slicer_parameter_name(widget))
+        if value is None:
+            continue
+        if widget.get("class") == "QCheckBox":
+            panel.findChild(QCheckBox, name).setChecked(bool(value))
+        elif widget.get("class") == "QSpinBox":
+            panel.findChild(QSpinBox, name).setMaximum(max(int(value), 99))
+            panel.findChild(QSpinBox, name).setValue(int(value))
+        elif widget.get("class") == "QComboBox" and isinstance(value, str):
+            panel.findChild(QComboBox, name).setCurrentText(value)
+    defaults = state["defaults"]
+    panel.findChild(QWidget, "cnnCheckBox").setEnabled(state["cnnOffered"])
+    panel.findChild(QLabel, "cnnInfoLabel").setText(state["cnnHint"])
+    # as onParameterNodeModified: the difference map needs both methods
+    panel.findChild(QWidget, "differenceCheckBox").setEnabled(bool(defaults["methodDvk"] and defaults["methodCnn"]))
     panel.findChild(QLineEdit, "huCalibrationPathLineEdit").setPlaceholderText("(built-in table)")
     panel.findChild(QLabel, "unitsInfoLabel").setText("Units read from the image: Bq/mL.")
     for name in ("calibrationLabel", "calibrationSpinBox", "durationLabel", "durationSpinBox"):
@@ -209,21 +241,34 @@ def render(app, path: Path) -> Path:
             for child in box.findChildren(QWidget):
                 child.setVisible(False)
             box.setMaximumHeight(24)
-    panel.findChild(QWidget, "dvkCheckBox").setChecked(True)
-    panel.findChild(QWidget, "differenceCheckBox").setChecked(True)
-    panel.findChild(QWidget, "cnnCheckBox").setEnabled(False)
-    panel.findChild(QWidget, "differenceCheckBox").setEnabled(False)
-    panel.findChild(QWidget, "drvhBinsSpinBox").setMaximum(5000)
-    panel.findChild(QWidget, "drvhBinsSpinBox").setValue(200)
-    panel.findChild(QWidget, "applyButton").setEnabled(True)
+    panel.findChild(QWidget, "applyButton").setEnabled(True)  # the demo's SPECT and CT are selected
     panel.findChild(QLabel, "statusLabel").setText(
-        "Done: DblurDose demo SPECT dose rate DVK.")
+        "Done: " + ", ".join(f"DblurDose demo SPECT dose rate {m}" for m, key in (("DVK", "methodDvk"),
+                                                                                   ("CNN", "methodCnn"))
+                             if defaults[key]) + ".")
+    return panel
+
+
+def render(app, path: Path) -> Path:
+    panel = panel_in_module_state(app)
     panel.resize(440, 10)
     panel.adjustSize()
     panel.resize(440, panel.sizeHint().height())
     path.parent.mkdir(parents=True, exist_ok=True)
     assert panel.grab().save(str(path)), f"could not write {path}"
     return path
+
+
+def test_panel_shows_the_modules_real_cnn_state(app):
+    from PySide6.QtWidgets import QCheckBox, QLabel
+
+    state = module_state()
+    panel = panel_in_module_state(app)
+    cnn = panel.findChild(QCheckBox, "cnnCheckBox")
+    assert cnn.isChecked() == state["defaults"]["methodCnn"] == state["cnnOffered"]
+    assert cnn.isEnabled() == state["cnnOffered"]
+    assert panel.findChild(QLabel, "cnnInfoLabel").text() == state["cnnHint"]
+    assert panel.findChild(QCheckBox, "differenceCheckBox").isEnabled() == state["cnnOffered"]
 
 
 def test_panel_renders(app, tmp_path):
