@@ -46,6 +46,10 @@ TORCH_REQUIREMENT = ">=2.1"
 #: What the panel shows -> the library's keywords.
 SPECT_UNIT_CHOICES = {"Bq/mL": "bqml", "kBq/mL": "kbqml", "MBq/mL": "mbqml", "counts": "counts"}
 DEVICE_CHOICES = {"Auto": "auto", "CPU": "cpu", "GPU": "gpu"}
+FIT_CHOICES = {"Auto (AICc)": "auto", "Mono-exponential": "mono", "Bi-exponential": "bi",
+               "Tri-exponential": "tri", "Trapezoid": "trapezoid"}
+SINGLE_TIME_POINT_CHOICES = {"Hänscheid": "haenscheid", "Prior half-life (Madsen)": "madsen"}
+REGISTRATION_CHOICES = {"Rigid": "rigid", "Deformable": "deformable", "None": "none"}
 DEMO_SAMPLE_NAME = "DblurDoseDemo"
 
 
@@ -353,6 +357,12 @@ class DblurDoseParameterNode:
     electronOnlyScaling - density-scale only the electron part of the kernel.
     huCalibrationFile - optional HU-to-density table (CSV 'hu,density'); wired by hand.
     drvhBins - number of dose-rate bins of the histograms.
+    timePointSpects, timePointCts, timePointHours - the absorbed-dose time points (SPECT, its CT,
+        hours after administration), one entry each, filled by "Add time point"; shown in a table.
+    newTimePointHours - the time of the next pair to add (h).
+    fitModel, singleTimePoint, registration - time integration, the method for one time point,
+        how each CT is registered to the earliest (reference) one.
+    administeredMBq - administered activity (MBq; 0: not given).
     """
 
     spectVolume: vtkMRMLScalarVolumeNode
@@ -370,6 +380,14 @@ class DblurDoseParameterNode:
     electronOnlyScaling: bool = False
     huCalibrationFile: str = ""
     drvhBins: Annotated[int, WithinRange(10, 5000)] = 200
+    timePointSpects: list[vtkMRMLScalarVolumeNode]
+    timePointCts: list[vtkMRMLScalarVolumeNode]
+    timePointHours: list[float]
+    newTimePointHours: Annotated[float, WithinRange(0.0, 10000.0)] = 24.0
+    fitModel: Annotated[str, Choice(list(FIT_CHOICES))] = "Auto (AICc)"
+    singleTimePoint: Annotated[str, Choice(list(SINGLE_TIME_POINT_CHOICES))] = "Hänscheid"
+    registration: Annotated[str, Choice(list(REGISTRATION_CHOICES))] = "Rigid"
+    administeredMBq: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
 
 
 #
@@ -410,6 +428,9 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onShowTable)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.addTimePointButton.connect("clicked(bool)", self.onAddTimePoint)
+        self.ui.removeTimePointButton.connect("clicked(bool)", self.onRemoveTimePoint)
+        self.ui.absorbedDoseButton.connect("clicked(bool)", self.onAbsorbedDoseButton)
         self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemoButton)
 
         shipped, hint = cnnChoice()
@@ -488,6 +509,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.visible = counts
             self.ui.differenceCheckBox.enabled = pn.methodDvk and pn.methodCnn
             self._checkCanApply()
+            self._updateTimePoints()
         finally:
             self._updatingGui = False
 
@@ -521,7 +543,45 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or _("Compute the dose-rate maps and their statistics.")
 
+    def _updateTimePoints(self) -> None:
+        """The time-point table (sorted by time, as they will be used) and the absorbed-dose button."""
+        import qt
+
+        pn = self._parameterNode
+        rows = timePointRows(pn)
+        table = self.ui.timePointsTableWidget
+        table.setRowCount(len(rows))
+        for r, (hours, spect, ct) in enumerate(rows):
+            for c, text in enumerate((f"{hours:g}", spect.GetName() if spect else "?", ct.GetName() if ct else "?")):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+        problem = timePointsProblem(pn)
+        self.ui.absorbedDoseButton.enabled = problem is None
+        self.ui.absorbedDoseButton.toolTip = problem or _(
+            "Register the time points, compute their dose rates (with the CNN when it is ticked, else the DVK) "
+            "and integrate them over time (Gy).")
+        self.ui.singleTimePointComboBox.enabled = len(rows) == 1
+
     # -- hand-wired widgets -> parameter node ---------------------------------------------------
+    def onAddTimePoint(self) -> None:
+        pn = self._parameterNode
+        if not pn.spectVolume or not pn.ctVolume:
+            self.ui.statusLabel.text = _("Select the SPECT and its CT above, then add them as a time point.")
+            return
+        pn.timePointSpects = [*pn.timePointSpects, pn.spectVolume]
+        pn.timePointCts = [*pn.timePointCts, pn.ctVolume]
+        pn.timePointHours = [*pn.timePointHours, float(pn.newTimePointHours)]
+
+    def onRemoveTimePoint(self) -> None:
+        pn = self._parameterNode
+        row = self.ui.timePointsTableWidget.currentRow()
+        order = sorted(range(len(pn.timePointHours)), key=lambda i: pn.timePointHours[i])
+        if not 0 <= row < len(order):
+            return
+        drop = order[row]
+        pn.timePointSpects = [n for i, n in enumerate(pn.timePointSpects) if i != drop]
+        pn.timePointCts = [n for i, n in enumerate(pn.timePointCts) if i != drop]
+        pn.timePointHours = [h for i, h in enumerate(pn.timePointHours) if i != drop]
+
     def onSegmentationChanged(self, node) -> None:
         if self._parameterNode and not self._updatingGui:
             self._parameterNode.segmentation = node
@@ -577,6 +637,55 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lines = [_("Done: {names}.").format(names=", ".join(n.GetName() for n in result.doseNodes.values()))]
         lines += [_("Warning: {message}").format(message=w) for w in result.warnings]
         self.ui.statusLabel.text = "\n".join(lines)
+
+    def onAbsorbedDoseButton(self) -> None:
+        """Absorbed dose from the time points, with a progress dialog; the dose table and time-activity chart shown."""
+        if not ensureDependencies():
+            self.ui.statusLabel.text = _("Not computed: the Python packages DblurDose needs are not installed.")
+            return
+        dialog, progress = progressDialog(_("DblurDose absorbed dose"))
+        self.ui.absorbedDoseButton.enabled = False
+        self.ui.statusLabel.text = _("Computing the absorbed dose...")
+        try:
+            result = self.logic.processAbsorbedDose(self._parameterNode, progress=progress)
+        except Exception as exc:
+            dialog.close()
+            self.ui.statusLabel.text = reportError(exc, _("DblurDose failed unexpectedly"))
+            return
+        finally:
+            dialog.close()
+            self._updateTimePoints()
+        slicer.util.setSliceViewerLayers(foreground=result.doseNode, foregroundOpacity=0.5, fit=True)
+        self.logic.showInLayout(table=result.doseTable, chart=result.tacChart)
+        self.ui.resultChartSelector.setCurrentNode(result.tacChart)
+        self.ui.resultTableSelector.setCurrentNode(result.doseTable)
+        lines = [_("Done: {name} (Gy).").format(name=result.doseNode.GetName())]
+        lines += [_("Warning: {message}").format(message=w) for w in result.warnings]
+        self.ui.statusLabel.text = "\n".join(lines)
+
+
+def timePointRows(pn) -> list:
+    """(hours, SPECT node, CT node) of the parameter node's time points, sorted by time."""
+    n = min(len(pn.timePointHours), len(pn.timePointSpects), len(pn.timePointCts))
+    rows = [(float(pn.timePointHours[i]), pn.timePointSpects[i], pn.timePointCts[i]) for i in range(n)]
+    return sorted(rows, key=lambda row: row[0])
+
+
+def timePointsProblem(pn):
+    """Why the absorbed dose cannot be computed yet (a message for the user), or None."""
+    rows = timePointRows(pn)
+    hours = [h for h, _s, _c in rows]
+    if not rows:
+        return _("Add at least one time point: select a SPECT and its CT above, enter its time and click Add.")
+    if any(s is None or c is None for _h, s, c in rows):
+        return _("A time point's SPECT or CT was deleted from the scene; remove that time point.")
+    if len(set(hours)) != len(hours):
+        return _("Two time points have the same time; each acquisition needs its own time.")
+    if any(h <= 0 for h in hours):
+        return _("Times are hours after administration and must be positive.")
+    if not pn.segmentation:
+        return _("Select the segments (drawn on the earliest time point's CT) above.")
+    return None
 
 
 #
@@ -658,6 +767,31 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
             calibrationCpsPerMBq=pn.calibrationCpsPerMBq, acquisitionDurationS=pn.acquisitionDurationS,
             electronOnlyScaling=pn.electronOnlyScaling, huCalibrationFile=pn.huCalibrationFile or None,
             drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress)
+
+    def processAbsorbedDose(self, pn, progress=None):
+        """Absorbed dose from the parameter node's time points; returns ``DblurDoseLib.mrml.AbsorbedDoseResult``.
+
+        Raises ``DblurDoseLib.errors.DblurDoseError`` with a message for the user.
+        """
+        ensureLibraryImportable()
+        from DblurDoseLib import mrml
+
+        options = {"scale_electron_only": bool(pn.electronOnlyScaling), "dvhBins": int(pn.drvhBins)}
+        units = SPECT_UNIT_CHOICES[pn.spectUnits]
+        if units == "counts":
+            options.update(spect_units=units, calibration_cps_per_mbq=pn.calibrationCpsPerMBq,
+                           duration_s=pn.acquisitionDurationS)
+        if pn.huCalibrationFile:
+            from DblurDoseLib.density import load_calibration
+
+            options["hu_calibration"] = load_calibration(pn.huCalibrationFile)
+        rows = timePointRows(pn)
+        return mrml.computeAbsorbedDose(
+            [(spect, ct, hours) for hours, spect, ct in rows], pn.segmentation,
+            method="cnn" if pn.methodCnn else "dvk", fit=FIT_CHOICES[pn.fitModel],
+            singleTimePoint=SINGLE_TIME_POINT_CHOICES[pn.singleTimePoint] if len(rows) == 1 else None,
+            register=REGISTRATION_CHOICES[pn.registration], administeredMBq=pn.administeredMBq or None,
+            device=DEVICE_CHOICES[pn.device], segmentIds=list(pn.segmentIds) or None, progress=progress, **options)
 
     def setProfileLine(self, lineNode) -> None:
         """Profile of the last result along another line (followed while it moves)."""
