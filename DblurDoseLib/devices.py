@@ -4,33 +4,62 @@ from __future__ import annotations
 
 from .errors import DblurDoseError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: Device names the library accepts ('cuda:N' too): auto = CUDA, then Apple MPS, then the CPU;
+#: gpu = CUDA, else Apple MPS (refused when neither exists).
+DEVICE_CHOICES = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto"):
-    """A ``torch.device`` for ``name`` ('auto', 'cpu', 'cuda', 'cuda:N' or 'mps')."""
+def _mps_available() -> bool:
     import torch
 
-    name = (name or "auto").lower()
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def resolve_device(device="auto"):
+    """The ``torch.device`` for a user's choice: the one place a device is chosen.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'gpu' (CUDA, else Apple MPS), 'cuda',
+        'cuda:N' or 'mps', in any letter case; a ``torch.device`` is returned as it is.
+
+    Raises
+    ------
+    DblurDoseError
+        An unknown name, or a GPU asked for that this machine does not have (the message names
+        the choices that work, in words that fit the command line and the Slicer module alike).
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    name = str(device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "gpu":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
             return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
+        raise DblurDoseError("a GPU was asked for but PyTorch sees no CUDA or Apple MPS device; choose the device "
+                             "auto or cpu")
+    if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DblurDoseError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+            raise DblurDoseError("the device cuda was asked for but no CUDA GPU is available; choose the device "
+                                 "auto or cpu")
         return torch.device(name)
     if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DblurDoseError("--device mps was asked for but Apple MPS is not available; use --device auto or cpu")
+        if not _mps_available():
+            raise DblurDoseError("the device mps was asked for but Apple MPS is not available; choose the device "
+                                 "auto or cpu")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise DblurDoseError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    raise DblurDoseError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
 
 
 def memory_budget_bytes(device, requested: float | None = None) -> float:

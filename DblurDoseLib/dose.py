@@ -165,7 +165,7 @@ def memory_plan(spect: Volume, ct: Volume, methods, kernel, ct_itemsize: int, sc
     e, p = kernel.electron.shape, kernel.photon.shape
     kernel_shapes = [e, p] if scale_electron_only else [tuple(max(a, b) for a, b in zip(e, p))]
     work = working_shape(ct.shape, ct.spacing, network.config.spacing) if network is not None else None
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     resident = resident_bytes()  # the process now, less the inputs (counted in the estimate)
     base = None if resident is None else max(resident - np.asarray(ct.array).nbytes - np.asarray(spect.array).nbytes,
                                              0.0)

@@ -120,7 +120,7 @@ def fft_convolve(
     """
     import torch
 
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     vol = np.asarray(volume, dtype=np.float32)
     for k in kernels:
         if any(s % 2 == 0 for s in np.shape(k)):

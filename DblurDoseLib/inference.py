@@ -99,7 +99,7 @@ def load_model(path=None, device="auto"):
                 "`dblurdose train --data DIR --out FILE`, or install a release that ships the weights"
             )
         path = DEFAULT_MODEL_PATH
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     return load_model_file(path, device=dev)
 
 
@@ -157,7 +157,7 @@ def predict_scaled(
     from .devices import memory_budget_bytes, resolve_device
     from .network import HALF, postprocess
 
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     if precision not in PRECISIONS:
         raise DblurDoseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "float32" and dev.type != "cuda":
@@ -228,7 +228,7 @@ def cnn_dose_rate(
     from .devices import resolve_device
     from .resample import resample_activity, resample_linear
 
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     if model is None:
         model = load_model(device=dev)
     density = np.asarray(density, dtype=np.float32)

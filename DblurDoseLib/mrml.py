@@ -536,18 +536,12 @@ class DoseRateResult:
 # The workflow
 # --------------------------------------------------------------------------------------------
 def resolveDevice(device: str | None) -> str:
-    """The library's device name for a user choice ('auto', 'cpu', 'gpu', 'cuda', 'mps', ...)."""
-    name = (device or "auto").strip().lower()
-    if name != "gpu":
-        return name
-    import torch
+    """The device name for a user choice ('Auto', 'CPU', 'GPU', 'cuda', ...), resolved by the library's
+    :func:`DblurDoseLib.devices.resolve_device` ('auto' stays 'auto' so that each step picks its device)."""
+    from .devices import resolve_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    raise DblurDoseError("GPU was chosen but PyTorch sees no CUDA or Apple MPS device; choose Auto or CPU")
+    name = (device or "auto").strip().lower()
+    return name if name == "auto" else str(resolve_device(name))
 
 
 def _library_options(options: dict) -> dict:

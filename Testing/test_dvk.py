@@ -129,3 +129,20 @@ def test_kernel_spectrum_equals_padded_rfftn(symmetric):
     np.testing.assert_allclose(got, expected.real if symmetric else expected, atol=2e-6 * np.abs(expected).max())
     if symmetric:
         assert np.abs(expected.imag).max() < 1e-5 * np.abs(expected).max()
+
+
+def test_one_device_resolution_for_every_front_end():
+    """devices.resolve_device is the one place a device is chosen: names in any case, 'gpu', torch.device."""
+    import torch
+
+    from DblurDoseLib.devices import resolve_device
+    from DblurDoseLib.errors import DblurDoseError
+
+    assert resolve_device("CPU") == torch.device("cpu") and resolve_device(" cpu ") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None).type in ("cuda", "mps", "cpu")
+    with pytest.raises(DblurDoseError, match="unknown device 'tpu'; choose one of auto, cpu, gpu, cuda, mps"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DblurDoseError, match="no CUDA GPU is available; choose the device auto or cpu"):
+            resolve_device("cuda:0")

@@ -348,7 +348,7 @@ def test_device_names():
     import torch
 
     if not torch.cuda.is_available() and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        with pytest.raises(DblurDoseError, match="no CUDA or Apple MPS"):
+        with pytest.raises(DblurDoseError, match="no CUDA or Apple MPS device; choose the device auto or cpu"):
             mrml.resolveDevice("gpu")
     else:
         assert mrml.resolveDevice("gpu") in ("cuda", "mps")
