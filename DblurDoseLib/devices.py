@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from .errors import DblurDoseError
 
 #: Device names the library accepts ('cuda:N' too): auto = CUDA, then Apple MPS, then the CPU;
@@ -60,6 +62,29 @@ def resolve_device(device="auto"):
     if name == "cpu":
         return torch.device("cpu")
     raise DblurDoseError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+@contextlib.contextmanager
+def full_float32(device):
+    """Within the block, CUDA convolutions and matrix products run in full float32 with deterministic
+    cuDNN algorithms (TF32, PyTorch's default on Ampere and newer GPUs, keeps 10 mantissa bits: ~1e-3
+    relative error), so that a GPU map agrees with the CPU's to float32 rounding and repeats to the
+    last bit. The previous settings are restored afterwards; nothing changes on other devices.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
 
 
 def memory_budget_bytes(device, requested: float | None = None) -> float:

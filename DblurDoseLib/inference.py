@@ -32,7 +32,6 @@ validated against the 0.5% criterion on a GPU in this version, so it is never th
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +153,7 @@ def predict_scaled(
     """
     import torch
 
-    from .devices import memory_budget_bytes, resolve_device
+    from .devices import full_float32, memory_budget_bytes, resolve_device
     from .network import HALF, postprocess
 
     dev = resolve_device(device)
@@ -170,7 +169,7 @@ def predict_scaled(
     rho_all = torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))
     out = np.empty((nz, ny, nx), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision != "float32" else contextlib.nullcontext())
+                if precision != "float32" else full_float32(dev))
 
     def rows(start: int, stop: int) -> torch.Tensor:  # input slices for outputs start..stop-1, ends replicated
         return torch.arange(start - HALF, stop + HALF).clamp_(0, nz - 1)

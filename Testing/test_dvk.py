@@ -146,3 +146,22 @@ def test_one_device_resolution_for_every_front_end():
     if not torch.cuda.is_available():
         with pytest.raises(DblurDoseError, match="no CUDA GPU is available; choose the device auto or cpu"):
             resolve_device("cuda:0")
+
+
+def test_full_float32_switches_tf32_off_on_cuda_only_and_restores_it():
+    import torch
+
+    from DblurDoseLib.devices import full_float32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = True
+    with full_float32(torch.device("cpu")):
+        assert torch.backends.cudnn.allow_tf32  # nothing changes for the CPU
+    with pytest.raises(RuntimeError), full_float32(torch.device("cuda")):  # only flags: no GPU needed
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        raise RuntimeError("restored even on an error")
+    assert torch.backends.cudnn.allow_tf32
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = before

@@ -81,6 +81,32 @@ def test_same_inputs_give_bit_identical_maps_on_the_cpu(case):
     assert not np.array_equal(cnn, dvk)  # the CNN really ran
 
 
+#: Stated GPU tolerances (README, "Reproducibility"): the largest difference from the CPU map, as a
+#: fraction of the CPU map's maximum. float32 FFTs (cuFFT vs pocketfft) and convolution algorithms
+#: (cuDNN vs oneDNN) sum in other orders; the CNN runs in float32 on the GPU too (no TF32).
+GPU_TOLERANCE = {"dvk": 1e-5, "cnn": 1e-4}
+
+
+@pytest.mark.gpu
+def test_gpu_maps_agree_with_the_cpu_within_the_stated_tolerances(case):
+    """On a CUDA machine: the DVK and CNN maps equal the CPU's within GPU_TOLERANCE, and two GPU runs are
+    the same to the last bit (deterministic algorithms)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model
+
+    tmp, paths, ct, _ = case
+    torch.manual_seed(1)
+    model = save_model(DblurDoseNet(ModelConfig(spacing=ct.spacing)), tmp / "random.pt")
+    for run, device in (("cpu", "cpu"), ("gpu1", "cuda"), ("gpu2", "cuda")):
+        assert run_dose(paths, tmp / run, "--method", "all", "--model", str(model), "--device", device) == 0
+    for method, tolerance in GPU_TOLERANCE.items():
+        cpu, gpu1, gpu2 = (read_volume(tmp / run / f"dose_rate_{method}.nrrd").array for run in ("cpu", "gpu1", "gpu2"))
+        assert float(np.abs(gpu1 - cpu).max()) <= tolerance * float(cpu.max()), method
+        assert np.array_equal(gpu1, gpu2), method
+
+
 def test_no_network_access_at_run_time(case, monkeypatch):
     """The dose runs with every socket connection refused (nothing is downloaded)."""
     tmp, paths, ct, _ = case
