@@ -316,7 +316,10 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
                    for stem, v in (rates or {}).items()]
         return written + [write_rt_dose(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
                           for stem, v in (doses or {}).items()]
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom/pydicom refusing the CT's headers
+    except ValueError as exc:
+        # what highdicom and pydicom raise for header values they refuse (a CT without Frame of Reference
+        # UID, a Decimal String too long, a file meta they cannot write); AttributeError, KeyError and
+        # TypeError are bugs of ours and propagate with their traceback
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DblurDoseError(f"could not write the DICOM output ({reason}); run without --dicom-out. "
                              "Nothing was written") from None

@@ -164,3 +164,16 @@ def test_a_failed_export_leaves_nothing(oblique, tmp_path, monkeypatch, capsys):
                  "--quiet", "--dicom-out"]) != 0
     assert "Nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_in_the_export_is_not_disguised_as_a_header_problem(oblique, tmp_path, monkeypatch):
+    ct, spect = oblique
+    ct_path, spect_path = write_volume(ct, tmp_path / "ct.nrrd"), write_volume(spect, tmp_path / "spect.nrrd")
+
+    def bug(*args, **kwargs):
+        raise AttributeError("'Volume' object has no attribute 'spacings'")
+
+    monkeypatch.setattr(dicom_export, "frame_geometry", bug)
+    with pytest.raises(AttributeError, match="spacings"):
+        _dose(ct_path, spect_path, tmp_path / "out", "--dicom-out")
+    assert not (tmp_path / "out").exists()
