@@ -34,6 +34,12 @@ STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 UINT32_MAX = 2**32 - 1
 #: dose-rate units of the maps (their ``units`` metadata) -> UCUM code
 UCUM_RATE_UNITS = {"mGy/h": "mGy/h", "nGy/(MBq s)": "nGy/(MBq.s)"}
+#: Dose Summation Type of the RT Dose. PS3.3 C.8.8.3 makes Referenced RT Plan Sequence (300C,0002) type 1C,
+#: required for PLAN, MULTI_PLAN, FRACTION, BEAM, BRACHY, the *_SESSION values and CONTROL_POINT, and
+#: Referenced Treatment Record Sequence (3008,0030) required for RECORD; a radiopharmaceutical therapy has
+#: neither an RT Plan nor a treatment record, so PLAN_OVERVIEW, the one value that needs no such reference
+#: (dciodvfy of dicom3tools reports PLAN without a plan as an error), is what is written
+DOSE_SUMMATION_TYPE = "PLAN_OVERVIEW"
 #: sub-folder of the output folder holding the DICOM objects
 FOLDER = "dicom"
 #: warned when the CT is not DICOM
@@ -203,7 +209,7 @@ def write_rt_dose(dose: Volume, path: str | Path, link: StudyLink, description: 
     ds.GridFrameOffsetVector = [_ds(v) for v in (positions - positions[0]) @ normal]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", DOSE_SUMMATION_TYPE
     ds.TissueHeterogeneityCorrection = "IMAGE"  # the kernels are scaled by the CT's densities
     ds.OperatorsName = ""  # RT Series module, type 2
     ds.DoseGridScaling = _ds(scaling)

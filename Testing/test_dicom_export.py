@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +121,9 @@ def test_rt_dose_of_dosimetry_matches_the_nrrd_map_and_its_dvh(oblique, tmp_path
         args += ["--timepoint", str(write_volume(decayed, tmp_path / f"spect{i}.nrrd")), str(ct_path), str(t)]
     assert main(args) == 0
     ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "absorbed_dose_dvk.dcm")
-    assert (ds.Modality, ds.DoseUnits, ds.DoseType, ds.DoseSummationType) == ("RTDOSE", "GY", "PHYSICAL", "PLAN")
+    assert (ds.Modality, ds.DoseUnits, ds.DoseType, ds.DoseSummationType) == ("RTDOSE", "GY", "PHYSICAL",
+                                                                               "PLAN_OVERVIEW")
+    assert "ReferencedRTPlanSequence" not in ds and "ReferencedTreatmentRecordSequence" not in ds
     assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (STUDY, FRAME_OF_REFERENCE)
     assert ds.BitsAllocated == 32 and ds.pixel_array.max() == 2**32 - 1
     nrrd = read_volume(tmp_path / "out" / "absorbed_dose_dvk.nrrd")
@@ -177,3 +181,25 @@ def test_a_bug_in_the_export_is_not_disguised_as_a_header_problem(oblique, tmp_p
     with pytest.raises(AttributeError, match="spacings"):
         _dose(ct_path, spect_path, tmp_path / "out", "--dicom-out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
+def test_rt_dose_needs_no_plan_reference_for_dciodvfy(tmp_path):
+    """dciodvfy (dicom3tools) checks the type 1C conditions of the RT Dose module: PLAN without a
+    Referenced RT Plan Sequence is an error, the Dose Summation Type written is not."""
+    dose = Volume(np.random.default_rng(1).random((3, 4, 5)), (2.0, 2.5, 3.0), (-10.0, 4.0, 30.0), np.eye(3))
+    path = dicom_export.write_rt_dose(dose, tmp_path / "dose.dcm", dicom_export.study_link(dose, "ct.nrrd"))
+    errors = {}
+    for value in (dicom_export.DOSE_SUMMATION_TYPE, "PLAN"):
+        ds = pydicom.dcmread(path)
+        ds.DoseSummationType = value
+        # dciodvfy (2022) asserts on 32-bit OW pixel data: check the headers without pixels
+        del ds.PixelData
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.save_as(tmp_path / f"{value}.dcm")
+        out = subprocess.run(["dciodvfy", str(tmp_path / f"{value}.dcm")], capture_output=True, text=True)
+        errors[value] = [line for line in (out.stdout + out.stderr).splitlines()
+                         if line.startswith("Error - Missing attribute Type 1C") and "Module=<RTDose>" in line]
+    assert errors["PLAN"] == ["Error - Missing attribute Type 1C Conditional Element=<ReferencedRTPlanSequence> "
+                              "Module=<RTDose>"]
+    assert errors[dicom_export.DOSE_SUMMATION_TYPE] == []
