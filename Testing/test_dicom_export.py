@@ -203,3 +203,106 @@ def test_rt_dose_needs_no_plan_reference_for_dciodvfy(tmp_path):
     assert errors["PLAN"] == ["Error - Missing attribute Type 1C Conditional Element=<ReferencedRTPlanSequence> "
                               "Module=<RTDose>"]
     assert errors[dicom_export.DOSE_SUMMATION_TYPE] == []
+
+
+def _contour_masks(ds, reference: Volume) -> dict[str, np.ndarray]:
+    """Each ROI's contours rasterised on ``reference``'s grid (voxel centres inside, even-odd), checking
+    that every contour lies in a slice plane to 1e-3 mm."""
+    from matplotlib.path import Path as Polygon
+
+    d, origin, spacing = reference.direction, np.asarray(reference.origin), np.asarray(reference.spacing)
+    yy, xx = np.mgrid[0:reference.shape[1], 0:reference.shape[2]]
+    centres = np.c_[xx.ravel(), yy.ravel()]
+    names = {roi.ROINumber: roi.ROIName for roi in ds.StructureSetROISequence}
+    masks = {}
+    for item in ds.ROIContourSequence:
+        mask = np.zeros(reference.shape, bool)
+        for contour in item.get("ContourSequence", []):
+            assert contour.ContourGeometricType == "CLOSED_PLANAR"
+            points = np.array(contour.ContourData, float).reshape(-1, 3)
+            assert len(points) == contour.NumberOfContourPoints
+            index = (points - origin) @ d / spacing  # (x, y, z) voxel indices
+            k = np.rint(index[:, 2])
+            assert np.ptp(k) == 0 and np.allclose(index[:, 2], k, atol=1e-3 / spacing[2])
+            inside = Polygon(index[:, :2]).contains_points(centres).reshape(reference.shape[1:])
+            mask[int(k[0])] ^= inside
+        masks[names[item.ReferencedROINumber]] = mask
+    return masks
+
+
+def test_mask_outlines_give_the_mask_back(tmp_path):
+    from matplotlib.path import Path as Polygon
+
+    rng = np.random.default_rng(3)
+    masks = [rng.random((9, 11)) < p for p in (0.2, 0.5, 0.8)] + [np.ones((4, 5), bool), np.eye(6, dtype=bool)]
+    for mask in masks:  # holes, islands, diagonal neighbours, voxels at the border
+        yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+        back = np.zeros(mask.size, bool)
+        for outline in dicom_export.mask_contours(mask):
+            assert not np.array_equal(outline[0], outline[-1])  # closed implicitly, as CLOSED_PLANAR wants
+            back ^= Polygon(outline).contains_points(np.c_[xx.ravel(), yy.ravel()])
+        np.testing.assert_array_equal(back.reshape(mask.shape), mask)
+    assert dicom_export.mask_contours(np.zeros((3, 3), bool)) == []
+
+
+def test_rt_struct_of_the_segments_joins_the_ct_study(oblique, tmp_path, capsys):
+    ct, spect = oblique
+    ct_uid = ct_series(tmp_path / "ct", ct)
+    labels = np.zeros(ct.shape, np.int16)
+    labels[5:8, 6:9, 7:10] = 1  # the hot cube
+    labels[2:10, 2:12, 2:14] += 2 * (labels[2:10, 2:12, 2:14] == 0)  # a body around it, with the cube as a hole
+    seg = write_volume(ct.with_array(labels), tmp_path / "labels.nrrd")
+    spect_path = write_volume(spect, tmp_path / "spect.nrrd")
+    assert _dose(tmp_path / "ct", spect_path, tmp_path / "out", "--dicom-out", "--seg", str(seg)) == 0
+    ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "segments.dcm")
+    pm = pydicom.dcmread(tmp_path / "out" / "dicom" / "dose_rate_dvk.dcm")
+    assert (ds.Modality, ds.SOPClassUID) == ("RTSTRUCT", "1.2.840.10008.5.1.4.1.1.481.3")
+    assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (STUDY, FRAME_OF_REFERENCE) == (
+        pm.StudyInstanceUID, pm.FrameOfReferenceUID)
+    assert [r.ReferencedFrameOfReferenceUID for r in ds.StructureSetROISequence] == [FRAME_OF_REFERENCE] * 2
+    series = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == ct_uid and len(series.ContourImageSequence) == ct.shape[0]
+    ct_images = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f).ImagePositionPatient
+                 for f in (tmp_path / "ct").iterdir()}
+    for contour in ds.ROIContourSequence[0].ContourSequence:  # each contour references the CT slice it lies on
+        position = ct_images[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
+        normal = np.cross(*np.asarray(ct.direction)[:, :2].T)
+        assert np.dot(np.array(contour.ContourData[:3], float) - np.array(position, float), normal) == (
+            pytest.approx(0, abs=1e-3))
+    masks = _contour_masks(ds, ct)
+    assert list(masks) == ["label_1", "label_2"]
+    np.testing.assert_array_equal(masks["label_1"], labels == 1)
+    np.testing.assert_array_equal(masks["label_2"], labels == 2)
+
+
+def test_rt_struct_without_a_dicom_ct_shares_the_new_frame_of_reference(oblique, tmp_path):
+    ct, spect = oblique
+    labels = ct.with_array((spect.array > 5e5).astype(np.int16))
+    ct_path, spect_path = write_volume(ct, tmp_path / "ct.nrrd"), write_volume(spect, tmp_path / "spect.nrrd")
+    seg = write_volume(labels, tmp_path / "labels.nrrd")
+    assert _dose(ct_path, spect_path, tmp_path / "out", "--dicom-out", "--seg", str(seg)) == 0
+    ds = pydicom.dcmread(tmp_path / "out" / "dicom" / "segments.dcm")
+    pm = pydicom.dcmread(tmp_path / "out" / "dicom" / "dose_rate_dvk.dcm")
+    assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (pm.StudyInstanceUID, pm.FrameOfReferenceUID)
+    assert ds.StudyInstanceUID != STUDY
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == pm.FrameOfReferenceUID and "RTReferencedStudySequence" not in frame
+    np.testing.assert_array_equal(_contour_masks(ds, ct)["label_1"], labels.array == 1)
+    assert _dose(ct_path, spect_path, tmp_path / "noseg", "--dicom-out") == 0  # without --seg: no structure set
+    assert not (tmp_path / "noseg" / "dicom" / "segments.dcm").exists()
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
+def test_rt_struct_is_a_valid_rt_structure_set_for_dciodvfy(oblique, tmp_path):
+    from DblurDoseLib.segments import Segment
+
+    ct, spect = oblique
+    cube = spect.array > 5e5
+    segments = [Segment("tumour", cube), Segment("body", ~cube & (np.asarray(ct.array) > -500)),
+                Segment("empty", np.zeros(ct.shape, bool))]
+    path = dicom_export.write_rt_struct(segments, ct, tmp_path / "segments.dcm", dicom_export.study_link(ct, "ct.nrrd"))
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    report = (out.stdout + out.stderr).splitlines()
+    assert "RTStructureSet" in report  # the IOD dciodvfy recognised
+    assert [line for line in report if line.startswith("Error")] == []
+    assert [roi.ROIName for roi in pydicom.dcmread(path).StructureSetROISequence] == ["tumour", "body", "empty"]
