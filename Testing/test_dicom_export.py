@@ -306,3 +306,54 @@ def test_rt_struct_is_a_valid_rt_structure_set_for_dciodvfy(oblique, tmp_path):
     assert "RTStructureSet" in report  # the IOD dciodvfy recognised
     assert [line for line in report if line.startswith("Error")] == []
     assert [roi.ROIName for roi in pydicom.dcmread(path).StructureSetROISequence] == ["tumour", "body", "empty"]
+
+
+def _dicompyler(monkeypatch):
+    """dicompyler-core's DVH calculation; 0.5.6 (the last release) imports pydicom's ``read_file``, which
+    pydicom 3 removed (fixed upstream, dicompyler-core#380, unreleased): give it ``dcmread`` under that name."""
+    pytest.importorskip("dicompylercore")
+    import pydicom.dicomio
+
+    if not hasattr(pydicom.dicomio, "read_file"):
+        monkeypatch.setattr(pydicom.dicomio, "read_file", pydicom.dcmread, raising=False)
+    from dicompylercore import dicomparser, dvhcalc
+
+    return dicomparser, dvhcalc
+
+
+def test_dicompyler_reads_the_rt_dose_and_structure_set_and_finds_our_doses(tmp_path, monkeypatch):
+    """An independent RT reader: dicompyler-core's DVH of each ROI (its own rasterisation of our contours
+    on the RT Dose grid, 1 cGy bins) against doses.csv: mean, D50, D98 and volume within 1 %."""
+    dicomparser, dvhcalc = _dicompyler(monkeypatch)
+    ct = water_phantom_ct((36, 44, 48), (4.0, 4.0, 5.0), margin=3)
+    ct.array[5:9, 8:14, 30:40], ct.array[25:30, 28:36, 8:16] = 700.0, -350.0  # for the registration check
+    ct = Volume(ct.array.astype(np.int16), ct.spacing, (-90.0, -70.0, 40.0))
+    z, y, x = np.indices(ct.shape)
+    tumour = ((x - 20) * 4.0) ** 2 + ((y - 22) * 4.0) ** 2 + ((z - 17) * 5.0) ** 2 < 24.0**2
+    kidney = ((x - 33) / 5.0) ** 2 + ((y - 18) / 7.0) ** 2 + ((z - 19) / 4.0) ** 2 < 1.0
+    body = (np.asarray(ct.array) > -500) & ~tumour & ~kidney
+    labels = ct.with_array((1 * tumour + 2 * kidney + 3 * body).astype(np.int16))
+    spect = uniform_spect_like(ct, 6e5, margin=3)
+    spect.array[tumour], spect.array[kidney] = 1.2e7, 4.5e6
+    args = ["dosimetry", "--seg", str(write_volume(labels, tmp_path / "labels.nrrd")), "--out", str(tmp_path / "out"),
+            "--quiet", "--any-activity", "--register", "none", "--dicom-out"]
+    ct_path = write_volume(ct, tmp_path / "ct.nrrd")
+    for i, t in enumerate((24.0, 72.0, 144.0)):
+        decayed = spect.with_array(spect.array * np.float32(math.exp(-math.log(2) * t / 100.0)))
+        args += ["--timepoint", str(write_volume(decayed, tmp_path / f"spect{i}.nrrd")), str(ct_path), str(t)]
+    assert main(args) == 0
+    with (tmp_path / "out" / "doses.csv").open() as f:
+        ours = {row["segment"]: row for row in csv.DictReader(line for line in f if not line.startswith("#"))}
+    structure = dicomparser.DicomParser(str(tmp_path / "out" / "dicom" / "segments.dcm"))
+    rois = {s["name"]: number for number, s in structure.GetStructures().items()}
+    assert sorted(rois) == sorted(ours) == ["label_1", "label_2", "label_3"]
+    for name, number in rois.items():
+        dvh = dvhcalc.get_dvh(str(tmp_path / "out" / "dicom" / "segments.dcm"),
+                              str(tmp_path / "out" / "dicom" / "absorbed_dose_dvk.dcm"), number)
+        row = ours[name]
+        assert float(row["D98_gy"]) > 3.0  # 1 cGy bins are well below 1 %
+        # its rasterisation of the contours is our mask, voxel for voxel: the same volume
+        assert dvh.volume == pytest.approx(float(row["volume_ml"]), rel=1e-5), name
+        assert dvh.mean == pytest.approx(float(row["map_mean_dose_gy"]), rel=0.01), name
+        assert dvh.D50.value == pytest.approx(float(row["D50_gy"]), rel=0.01), name
+        assert dvh.D98.value == pytest.approx(float(row["D98_gy"]), rel=0.01), name
