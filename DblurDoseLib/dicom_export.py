@@ -46,8 +46,9 @@ UCUM_RATE_UNITS = {"mGy/h": "mGy/h", "nGy/(MBq s)": "nGy/(MBq.s)"}
 #: Dose Summation Type of the RT Dose. PS3.3 C.8.8.3 makes Referenced RT Plan Sequence (300C,0002) type 1C,
 #: required for PLAN, MULTI_PLAN, FRACTION, BEAM, BRACHY, the *_SESSION values and CONTROL_POINT, and
 #: Referenced Treatment Record Sequence (3008,0030) required for RECORD; a radiopharmaceutical therapy has
-#: neither an RT Plan nor a treatment record, so PLAN_OVERVIEW, the one value that needs no such reference
-#: (dciodvfy of dicom3tools reports PLAN without a plan as an error), is what is written
+#: neither an RT Plan nor a treatment record, so PLAN_OVERVIEW, the one value that needs no such reference,
+#: is what is written (dciodvfy of dicom3tools 2022 reports PLAN without a plan and RECORD without a record
+#: as errors; it predates PLAN_OVERVIEW and warns of it as an unknown term)
 DOSE_SUMMATION_TYPE = "PLAN_OVERVIEW"
 #: sub-folder of the output folder holding the DICOM objects
 FOLDER = "dicom"
