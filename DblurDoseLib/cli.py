@@ -36,7 +36,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
     from .density import load_calibration
     from .dicom import describe
     from .dicom_export import FOLDER as DICOM_FOLDER
-    from .dicom_export import write_dicom
+    from .dicom_export import STRUCTURE_SET_STEM, write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps, spect_units_of
     from .metrics import drvh_table, statistics_table
     from .outputs import OutputFolder, input_checksum, write_csv
@@ -45,7 +45,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
     methods = METHODS if args.method == "all" else (args.method,)
     names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else []) \
-        + ([f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in methods] if args.dicom_out else [])
+        + ([f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in methods] if args.dicom_out else []) \
+        + ([f"{DICOM_FOLDER}/{STRUCTURE_SET_STEM}.dcm"] if args.dicom_out and args.seg else [])
     every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"] \
         + [f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in METHODS]
     # refuses before any work is done; with --overwrite, earlier results this run does not write go
@@ -99,7 +100,8 @@ def cmd_dose(args: argparse.Namespace) -> int:
             volume.metadata.update(provenance)
             write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
         if link:
-            write_dicom(stage / DICOM_FOLDER, link, rates={f"dose_rate_{m}": v for m, v in maps.items()})
+            write_dicom(stage / DICOM_FOLDER, link, rates={f"dose_rate_{m}": v for m, v in maps.items()},
+                        segments=segments, grid=ct)
         if segments:
             arrays = {m: np.asarray(v.array) for m, v in maps.items()}
             made_by = {k: v for k, v in next(iter(maps.values())).metadata.items() if k not in ("method", "model_sha256")}
@@ -162,7 +164,7 @@ def _read_timepoint_volume(path: str, what: str):
 
 def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .dicom_export import FOLDER as DICOM_FOLDER
-    from .dicom_export import write_dicom
+    from .dicom_export import STRUCTURE_SET_STEM, write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
     from .dosimetry import (
         REPORT_FILES,
@@ -180,7 +182,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     from .volume import write_volume
 
     names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES] \
-        + ([f"{DICOM_FOLDER}/absorbed_dose_{args.method}.dcm"] if args.dicom_out else [])
+        + ([f"{DICOM_FOLDER}/absorbed_dose_{args.method}.dcm", f"{DICOM_FOLDER}/{STRUCTURE_SET_STEM}.dcm"]
+           if args.dicom_out else [])
     # refuses before any work; with --overwrite, the other method's map of an earlier run goes
     out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[
         f"{name}_{m}.{ext}" for m in METHODS for name, ext in (("absorbed_dose", "nrrd"),
@@ -220,7 +223,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         result.dose.metadata.update(provenance)
         write_volume(result.dose, stage / names[0], compress=False)
         if link:
-            write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{args.method}": result.dose})
+            write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{args.method}": result.dose},
+                        segments=segments, grid=points[0].ct)
         write_csv(dose_rows(result), stage / "doses.csv", header=header)
         write_csv(tac_rows(result), stage / "tac.csv", header=header)
         write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
@@ -291,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (and remove earlier results this run does not write)")
     p.add_argument("--dicom-out", action="store_true",
-                   help="also write each map as a DICOM Parametric Map (mGy/h) in dicom/, in the CT's study when "
+                   help="also write each map as a DICOM Parametric Map (mGy/h), and with --seg the segments as an "
+                        "RT Structure Set, in dicom/, in the CT's study when "
                         "the CT is DICOM")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dose)
@@ -322,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept total activities outside 5 MBq - 100 GBq (phantoms, pre-clinical scans)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--dicom-out", action="store_true",
-                   help="also write the absorbed-dose map as DICOM RT Dose (Gy) in dicom/, in the reference CT's "
+                   help="also write the absorbed-dose map as DICOM RT Dose (Gy) and the segments as an RT Structure "
+                        "Set in dicom/, in the reference CT's "
                         "study when that CT is DICOM")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dosimetry)

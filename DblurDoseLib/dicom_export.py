@@ -1,4 +1,5 @@
-"""DICOM output (``--dicom-out``): absorbed dose as RT Dose, dose rate as a Parametric Map.
+"""DICOM output (``--dicom-out``): absorbed dose as RT Dose, dose rate as a Parametric Map, the
+segments used as an RT Structure Set.
 
 RT Dose (Gy) holds 32-bit unsigned integers times Dose Grid Scaling; RT Dose units cannot
 express a dose rate, so dose-rate maps (mGy/h) are written as a Parametric Map (float pixels,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,8 +24,15 @@ from . import __version__
 from .errors import DblurDoseError
 from .volume import Volume
 
+if TYPE_CHECKING:
+    from .segments import Segment
+
 #: RT Dose SOP Class UID
 RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
+#: RT Structure Set SOP Class UID
+RT_STRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+#: file stem of the RT Structure Set of the segments
+STRUCTURE_SET_STEM = "segments"
 #: CT Image Storage SOP Class UID (the stand-in source of an unlinked object)
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 #: attributes copied from the CT: patient, study and frame of reference
@@ -34,6 +43,13 @@ STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 UINT32_MAX = 2**32 - 1
 #: dose-rate units of the maps (their ``units`` metadata) -> UCUM code
 UCUM_RATE_UNITS = {"mGy/h": "mGy/h", "nGy/(MBq s)": "nGy/(MBq.s)"}
+#: Dose Summation Type of the RT Dose. PS3.3 C.8.8.3 makes Referenced RT Plan Sequence (300C,0002) type 1C,
+#: required for PLAN, MULTI_PLAN, FRACTION, BEAM, BRACHY, the *_SESSION values and CONTROL_POINT, and
+#: Referenced Treatment Record Sequence (3008,0030) required for RECORD; a radiopharmaceutical therapy has
+#: neither an RT Plan nor a treatment record, so PLAN_OVERVIEW, the one value that needs no such reference,
+#: is what is written (dciodvfy of dicom3tools 2022 reports PLAN without a plan and RECORD without a record
+#: as errors; it predates PLAN_OVERVIEW and warns of it as an unknown term)
+DOSE_SUMMATION_TYPE = "PLAN_OVERVIEW"
 #: sub-folder of the output folder holding the DICOM objects
 FOLDER = "dicom"
 #: warned when the CT is not DICOM
@@ -203,7 +219,7 @@ def write_rt_dose(dose: Volume, path: str | Path, link: StudyLink, description: 
     ds.GridFrameOffsetVector = [_ds(v) for v in (positions - positions[0]) @ normal]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", DOSE_SUMMATION_TYPE
     ds.TissueHeterogeneityCorrection = "IMAGE"  # the kernels are scaled by the CT's densities
     ds.OperatorsName = ""  # RT Series module, type 2
     ds.DoseGridScaling = _ds(scaling)
@@ -286,12 +302,144 @@ def write_parametric_map(rate: Volume, path: str | Path, link: StudyLink, descri
     pmap.save_as(path, enforce_file_format=True)
     return path
 
+def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed outlines of a 2D mask, in (column, row) voxel indices.
+
+    Marching squares (contourpy, which matplotlib installs) at level 0.5 of the mask padded by a row
+    and column of zeros: every outline is closed and runs half-way between a voxel inside and its
+    neighbour outside, so a reader that takes the voxels whose centres lie inside a polygon
+    (even-odd: holes and islands are separate outlines) gets the mask back exactly. rt-utils is not
+    used: it needs the CT as a DICOM series, and the CT may be NRRD.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (rows, columns)
+
+    Returns
+    -------
+    list of ndarray, shape (n, 2)
+        Each outline's vertices (column, row), the first not repeated at the end.
+    """
+    import contourpy
+
+    padded = np.pad(np.asarray(mask, dtype=np.float64), 1)
+    lines = contourpy.contour_generator(z=padded, name="serial", line_type="Separate").lines(0.5)
+    return [line[:-1] - 1.0 for line in lines if len(line) > 3]
+
+
+def _slice_references(link: StudyLink, grid: Volume) -> dict[int, object]:
+    """Frame index -> the CT slice header at that position (linked CT only)."""
+    if not link.linked:
+        return {}
+    d = np.asarray(grid.direction, dtype=np.float64)
+    refs = {}
+    for header in link.headers:
+        if "ImagePositionPatient" in header:
+            k = (np.asarray(header.ImagePositionPatient, float) - grid.origin) @ d[:, 2] / grid.spacing[2]
+            if abs(k - round(k)) < 0.01 and 0 <= round(k) < grid.shape[0]:
+                refs[int(round(k))] = header
+    return refs
+
+
+def write_rt_struct(segments: list[Segment], grid: Volume, path: str | Path, link: StudyLink,
+                    description: str = "segments") -> Path:
+    """Write the segments as an RT Structure Set: one ROI per segment, its outlines on each CT slice.
+
+    Parameters
+    ----------
+    segments : list of Segment
+        Masks [z, y, x] on ``grid``; ROI Name is the segment name.
+    grid : Volume
+        The (reference) CT grid the masks and the RT Dose lie on (LPS mm).
+    path : str or Path
+        The file to write.
+    link : StudyLink
+        The study and frame of reference to join (see :func:`study_link`); with a DICOM CT every
+        contour references its CT slice and the structure set the CT series.
+    description : str
+        Series Description and Structure Set Label.
+
+    Returns
+    -------
+    Path
+        The written file. Contours are CLOSED_PLANAR polygons in patient coordinates (mm) through
+        the slice centres, from :func:`mask_contours`.
+    """
+    import datetime
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RT_STRUCT_SOP_CLASS, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+    _common(ds, link, "RTSTRUCT", generate_uid(), description)
+    del ds.ContentDate, ds.ContentTime  # not in the RT Structure Set IOD: Structure Set Date/Time instead
+    now = datetime.datetime.now()
+    ds.StructureSetLabel, ds.StructureSetName = description[:16], description[:64]
+    ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.OperatorsName = ""  # RT Series module, type 2
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
+    refs = _slice_references(link, grid)
+    if link.linked:  # the stand-in CT does not exist: reference only the frame of reference
+        series = Dataset()
+        series.SeriesInstanceUID = link.headers[0].SeriesInstanceUID
+        series.ContourImageSequence = Sequence(_image_reference(h) for h in link.headers)
+        study = Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # the (retired) Detached Study Management, as usual
+        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+        study.RTReferencedSeriesSequence = Sequence([series])
+        frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+
+    positions, orientation, pixel_spacing = frame_geometry(grid)
+    row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    rois, contours, observations = [], [], []
+    for number, segment in enumerate(segments, start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, ds.FrameOfReferenceUID
+        roi.ROIName, roi.ROIGenerationAlgorithm = segment.name[:64], ""
+        rois.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        planes = []
+        for k in np.flatnonzero(np.asarray(segment.mask).any(axis=(1, 2))):
+            for outline in mask_contours(segment.mask[k]):
+                points = (positions[k] + outline[:, :1] * pixel_spacing[1] * row_dir
+                          + outline[:, 1:] * pixel_spacing[0] * col_dir)
+                contour = Dataset()
+                if k in refs:
+                    contour.ContourImageSequence = Sequence([_image_reference(refs[k])])
+                contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
+                contour.ContourData = [_ds(v) for v in points.ravel()]
+                planes.append(contour)
+        if planes:
+            item.ContourSequence = Sequence(planes)
+        contours.append(item)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "", ""
+        observations.append(observation)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 
 def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | None = None,
-                doses: dict[str, Volume] | None = None) -> list[Path]:
-    """Write dose-rate maps as Parametric Maps and absorbed-dose maps as RT Dose into ``folder``.
+                doses: dict[str, Volume] | None = None, segments: list[Segment] | None = None,
+                grid: Volume | None = None) -> list[Path]:
+    """Write dose-rate maps as Parametric Maps, absorbed-dose maps as RT Dose and the segments as an
+    RT Structure Set into ``folder``.
 
     Parameters
     ----------
@@ -304,6 +452,10 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
         File stem -> dose-rate map (mGy/h or nGy/(MBq s)).
     doses : dict of str to Volume, optional
         File stem -> absorbed-dose map (Gy).
+    segments : list of Segment, optional
+        The segments used, written as ``STRUCTURE_SET_STEM.dcm`` (see :func:`write_rt_struct`).
+    grid : Volume, optional
+        The CT grid the segments' masks lie on; needed with ``segments``.
 
     Returns
     -------
@@ -314,9 +466,15 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
     try:
         written = [write_parametric_map(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
                    for stem, v in (rates or {}).items()]
-        return written + [write_rt_dose(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
-                          for stem, v in (doses or {}).items()]
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom/pydicom refusing the CT's headers
+        written += [write_rt_dose(v, folder / f"{stem}.dcm", link, stem.replace("_", " "))
+                    for stem, v in (doses or {}).items()]
+        if segments:
+            written.append(write_rt_struct(segments, grid, folder / f"{STRUCTURE_SET_STEM}.dcm", link))
+        return written
+    except ValueError as exc:
+        # what highdicom and pydicom raise for header values they refuse (a CT without Frame of Reference
+        # UID, a Decimal String too long, a file meta they cannot write); AttributeError, KeyError and
+        # TypeError are bugs of ours and propagate with their traceback
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DblurDoseError(f"could not write the DICOM output ({reason}); run without --dicom-out. "
                              "Nothing was written") from None
