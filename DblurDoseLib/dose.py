@@ -134,6 +134,31 @@ def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
     return bqml
 
 
+#: HU at or below which a voxel is air in a CT; no activity image holds such values in bulk
+AIR_HU = -900.0
+#: share of a SPECT's voxels at or below :data:`AIR_HU` that marks it as a CT (given the wrong way round)
+SWAPPED_AIR_SHARE = 0.01
+
+
+def check_not_swapped(spect_values: np.ndarray, hu: np.ndarray) -> None:
+    """Refuse a SPECT and CT given the wrong way round, before the checks that would misread them.
+
+    The sign: the "SPECT" holds air as a CT does (at least :data:`SWAPPED_AIR_SHARE` of its voxels
+    at or below :data:`AIR_HU`) while the "CT" holds nothing below -100 (no air, as activity has
+    none). A CT of raw stored values (HU + 1024) beside a real SPECT keeps its own advice.
+    """
+    hu_min = float(np.min(hu))
+    if hu_min < -100.0:
+        return
+    air = np.count_nonzero(np.asarray(spect_values) <= AIR_HU) / max(np.asarray(spect_values).size, 1)
+    if air >= SWAPPED_AIR_SHARE:
+        raise DblurDoseError(
+            f"the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect (the image given as the "
+            f"SPECT has {air:.0%} of its voxels at {AIR_HU:g} or below, like a CT's air; the image given as the CT "
+            f"has no value below {hu_min:.3g}, like activity)"
+        )
+
+
 def check_geometry(spect: Volume, ct: Volume) -> None:
     """Refuse sheared grids and SPECT/CT pairs whose fields do not overlap."""
     check_orthogonal(spect, "SPECT")
@@ -236,6 +261,7 @@ def compute_dose_rate_maps(
     hu = np.asarray(ct.array)
     if hu.dtype.kind not in "iuf":
         hu = hu.astype(np.float32)
+    check_not_swapped(np.asarray(spect.array), hu)
     check_ct_is_hu(hu)
     check_geometry(spect, ct)
     bqml = spect_to_bqml(spect, spect_units, calibration_cps_per_mbq, duration_s)

@@ -454,6 +454,9 @@ MATRIX = {
                      "spacing"),
     "CT of raw stored values": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "raw.nrrd", ct.array + 1024)}, []),
                                 "Hounsfield"),
+    "SPECT and CT swapped": (lambda tmp, ct, spect: ({"spect": _with(ct, tmp, "ct_as_spect.nrrd"),
+                                                      "ct": _with(spect, tmp, "spect_as_ct.nrrd")}, []),
+                             "the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect"),
     "CT as a density map": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "dens.nrrd", (ct.array + 1000) / 1000)}, []),
                             "density map"),
     "segmentation outside the CT": (lambda tmp, ct, spect: ({}, ["--seg", str(write_volume(
@@ -561,6 +564,7 @@ SLICER_MATRIX = {
     "sheared CT": (lambda ct, spect: (_sheared(ct), spect), {}, "not orthogonal"),
     "CT of raw stored values": (lambda ct, spect: (ct.with_array(ct.array + 1024), spect), {}, "Hounsfield"),
     "all-air CT": (lambda ct, spect: (ct.with_array(ct.array * 0 - 1000), spect), {}, "all air"),
+    "SPECT and CT swapped": (lambda ct, spect: (spect, ct), {}, "look swapped"),
     "kBq/mL read as Bq/mL": (lambda ct, spect: (ct, spect.with_array(spect.array / 1000)), {}, "units"),
     "counts without calibration": (lambda ct, spect: (ct, spect), {"spect_units": "counts"}, "calibration"),
 }
