@@ -1768,7 +1768,7 @@ def make_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACING, time
     nrng = np.random.default_rng([seed, 11])
     hu += nrng.standard_normal(shape, dtype=F32) * F32(ct_noise_hu)
     np.clip(hu, -1024.0, 3071.0, out=hu)
-    density = hu_to_density(hu)
+    density = hu_to_density(hu, exact=True)  # the truth: interpolated per voxel
 
     # ---- activity ----
     lut, tf, conc = _concentrations(P, time_days)
