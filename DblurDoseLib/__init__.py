@@ -13,4 +13,6 @@ Conventions used throughout the library (read these before adding a module):
   names the problem and the fix; the command line turns it into a clean exit.
 """
 
-__version__ = "0.1.0"
+#: The package version, written only here (pyproject.toml reads it; ``dblurdose --version``, provenance
+#: and DICOM SoftwareVersions print it). Its major.minor follow the shipped weights' model card (v0.2).
+__version__ = "0.2.0"

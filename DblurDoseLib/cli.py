@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dblurdose", description="Voxel-level Lu-177 dose-rate maps from SPECT/CT (DVK and DblurDoseNet)."
     )
     parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (dblurdose COMMAND --help)")
 
     p = sub.add_parser("dose", help="compute dose-rate maps (mGy/h) from a SPECT and a CT")
     p.add_argument("--spect", required=True, help="SPECT image (NRRD, NIfTI, MHA) or DICOM: a file, a series or a study folder")
@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--spect-series", metavar="UID", help="Series Instance UID of the SPECT when --spect holds several")
     p.add_argument("--ct-series", metavar="UID", help="Series Instance UID of the CT when --ct holds several")
-    p.add_argument("--method", choices=("dvk", "cnn", "all"), default="dvk")
+    p.add_argument("--method", choices=("dvk", "cnn", "all"), default="dvk",
+                   help="dvk: DVK convolution with density scaling (default); cnn: the DblurDoseNet correction of "
+                        "the DVK; all: both")
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
@@ -290,15 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hu-calibration", help="CSV 'hu,density' replacing the built-in HU-to-density curve")
     p.add_argument("--clip-negative", action="store_true", help="set negative SPECT voxels to zero instead of failing")
     p.add_argument("--any-activity", action="store_true",
-                   help="accept a total SPECT activity outside 5 MBq - 100 GBq (phantoms, pre-clinical scans); "
-                        "outside it the units are usually wrong")
+                   help="accept a total SPECT activity outside the nuclide's patient range (Lu-177: 5 MBq - 100 GBq) "
+                        "for phantoms and pre-clinical scans; outside it the units are usually wrong")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (and remove earlier results this run does not write)")
     p.add_argument("--dicom-out", action="store_true",
                    help="also write each map as a DICOM Parametric Map (mGy/h), and with --seg the segments as an "
                         "RT Structure Set, in dicom/, in the CT's study when "
                         "the CT is DICOM")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress messages or list of written files; warnings and errors still print")
     p.set_defaults(func=cmd_dose)
 
     p = sub.add_parser("dosimetry", help="absorbed dose (Gy) from SPECT/CT time points: map, VOI doses, BED")
@@ -307,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "administration; repeat in time order, the first is the reference (its CT grid)")
     p.add_argument("--seg", required=True, help="labelmap or Slicer .seg.nrrd on the reference (first) CT")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", choices=("dvk", "cnn"), default="dvk")
+    p.add_argument("--method", choices=("dvk", "cnn"), default="dvk",
+                   help="dose-rate method of each time point: dvk (default) or cnn (DblurDoseNet)")
     p.add_argument("--fit", choices=("auto", "mono", "bi", "tri", "trapezoid"), default="auto",
                    help="VOI time-curve model: auto (AICc), a family, or the trapezoid (default auto)")
     p.add_argument("--single-time-point", choices=("haenscheid", "madsen"),
@@ -324,32 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float,
                    help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
     p.add_argument("--any-activity", action="store_true",
-                   help="accept total activities outside 5 MBq - 100 GBq (phantoms, pre-clinical scans)")
+                   help="accept total activities outside the nuclide's patient range (Lu-177: 5 MBq - 100 GBq; "
+                        "phantoms, pre-clinical scans)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--dicom-out", action="store_true",
                    help="also write the absorbed-dose map as DICOM RT Dose (Gy) and the segments as an RT Structure "
                         "Set in dicom/, in the reference CT's "
                         "study when that CT is DICOM")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress messages or list of written files; warnings and errors still print")
     p.set_defaults(func=cmd_dosimetry)
 
     p = sub.add_parser("kernel", help="write a centred dose-voxel kernel (mGy per decay) as NRRD")
-    p.add_argument("--nuclide", default="Lu-177")
+    p.add_argument("--nuclide", default="Lu-177", help="radionuclide, ICRP-107 spelling (default Lu-177, the one supported)")
     p.add_argument("--spacing", type=float, nargs=3, required=True, metavar=("SX", "SY", "SZ"), help="voxel size, mm")
     p.add_argument("--size", type=int, help="odd edge length N of the N^3 kernel (default: the grid's own size)")
-    p.add_argument("--part", choices=("all", "electron", "photon"), default="all")
+    p.add_argument("--part", choices=("all", "electron", "photon"), default="all",
+                   help="kernel part written: all (default), the electron part or the photon part")
     p.add_argument("--out", required=True, help="output .nrrd file")
     p.add_argument("--build", action="store_true", help="build by Monte Carlo with ompmc (optional 'mc' extra)")
     p.add_argument("--decays", type=int, default=2_000_000, help="decays for --build")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=1, help="random seed of --build (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_kernel)
 
     p = sub.add_parser("demo", help="make a virtual patient, compute its dose rate and write an HTML report")
     p.add_argument("--out", default="dblurdose-demo", help="output folder (default ./dblurdose-demo)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress messages (the report path and errors still print)")
     p.set_defaults(func=cmd_demo)
 
     from .data import add_data_arguments

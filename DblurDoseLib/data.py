@@ -463,7 +463,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
 def add_data_arguments(sub) -> None:
     """`dblurdose data generate ...`"""
     p = sub.add_parser("data", help="generate training/test data (virtual patients, SPECT, DVK, Monte Carlo)")
-    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub = p.add_subparsers(dest="data_command", required=True, help="data step (generate)")
     g = dsub.add_parser("generate", help="generate or resume a data set")
     g.add_argument("--out", required=True, help="data folder (outside git)")
     g.add_argument("--phantoms", default="0-13", help="phantom indices, e.g. 0-13")
@@ -495,7 +495,7 @@ def add_data_arguments(sub) -> None:
                         "validation loss for `dblurdose train`)")
     g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
-    g.add_argument("--seed", type=int, default=2022)
+    g.add_argument("--seed", type=int, default=2022, help="base random seed of the phantoms, SPECT noise and Monte Carlo (default 2022)")
     g.set_defaults(func=cmd_data)
 
 

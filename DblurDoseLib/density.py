@@ -59,19 +59,63 @@ def load_calibration(path: str | os.PathLike) -> np.ndarray:
     return table
 
 
-def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None) -> np.ndarray:
+#: step (HU) of the table that converts float32 CTs: each voxel takes the nearest entry, so its density
+#: differs from interpolating that voxel by at most half a step times the curve's steepest slope
+#: (:func:`float_table_tolerance`; default curve: 1/32 HU x 0.00104 g/cm3 per HU = 3.3e-5 g/cm3, in
+#: lung). Whole HU values fall on entries: they get exactly what a 16-bit CT gets.
+FLOAT_TABLE_STEP_HU = 1.0 / 16.0
+#: longest float table (entries, 4 bytes each); a calibration spanning more HU is interpolated per voxel
+MAX_FLOAT_TABLE = 1 << 22
+
+
+def _table(calibration: np.ndarray | None) -> np.ndarray:
+    return np.asarray(DEFAULT_CALIBRATION if calibration is None else calibration, dtype=np.float64)
+
+
+def _float_table_span(table: np.ndarray) -> tuple[float, int]:
+    """Lowest HU and number of entries of the float-CT table of a curve."""
+    lo, hi = np.floor(table[0, 0]), np.ceil(table[-1, 0])
+    return float(lo), int(round((hi - lo) / FLOAT_TABLE_STEP_HU)) + 1
+
+
+def float_table_tolerance(calibration: np.ndarray | None = None) -> float:
+    """Largest difference (g/cm3) between the float-CT table and per-voxel interpolation of a curve.
+
+    Half a table step times the steepest slope of the curve, plus the float32 rounding of the
+    entry index (two ulps) and of the density.
+    """
+    table = _table(calibration)
+    slope = np.abs(np.diff(table[:, 1]) / np.diff(table[:, 0])).max()
+    steps = 0.5 + 2 * _float_table_span(table)[1] * float(np.finfo(np.float32).eps)
+    return float(slope * FLOAT_TABLE_STEP_HU * steps + np.spacing(np.float32(table[:, 1].max())))
+
+
+def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None, exact: bool = False) -> np.ndarray:
     """Mass density (g/cm3, float32) from CT numbers (HU) by piecewise-linear interpolation.
 
     16-bit integer CTs (the DICOM norm) go through a 65,536-entry table of the same curve: the
-    same numbers as interpolating every voxel, several times faster.
+    same numbers as interpolating every voxel, several times faster. float32 CTs go through a
+    table every :data:`FLOAT_TABLE_STEP_HU` (nearest entry), within :func:`float_table_tolerance`
+    of interpolation (3.3e-5 g/cm3 for the default curve) and about twice as fast; ``exact``
+    interpolates every voxel instead (phantoms, whose density defines the truth, use it). HU
+    must be finite (:func:`check_ct_is_hu` refuses others): the float table gives air for NaN.
+    Other types (float64) are interpolated per voxel.
     """
-    table = np.asarray(DEFAULT_CALIBRATION if calibration is None else calibration, dtype=np.float64)
+    table = _table(calibration)
     hu = np.asarray(hu)
     if hu.dtype in (np.int16, np.uint16):
         codes = np.arange(65536, dtype=np.uint16).view(hu.dtype)  # every value the type can hold
         lut = np.interp(codes, table[:, 0], table[:, 1]).astype(np.float32)
         return lut[hu.view(np.uint16)]
-    return np.interp(hu, table[:, 0], table[:, 1]).astype(np.float32)
+    lo, entries = _float_table_span(table)
+    if exact or hu.dtype != np.float32 or entries > MAX_FLOAT_TABLE:
+        return np.interp(hu, table[:, 0], table[:, 1]).astype(np.float32)
+    lut = np.interp(lo + np.arange(entries) * FLOAT_TABLE_STEP_HU, table[:, 0], table[:, 1]).astype(np.float32)
+    index = np.multiply(hu, np.float32(1.0 / FLOAT_TABLE_STEP_HU))  # float32, one pass per step below
+    index += np.float32(0.5 - lo / FLOAT_TABLE_STEP_HU)  # + 0.5: truncation below rounds to nearest
+    np.clip(index, 0, entries - 1, out=index)
+    with np.errstate(invalid="ignore"):  # NaN -> the type's lowest integer -> clipped to entry 0 (air)
+        return lut.take(index.astype(np.int32), mode="clip")
 
 
 def check_ct_is_hu(hu: np.ndarray) -> None:

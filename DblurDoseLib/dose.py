@@ -17,9 +17,9 @@ from .resample import ResampleReport, resample_activity
 from .volume import Volume, check_orthogonal
 
 SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
-#: total activity (MBq) in the SPECT field expected of a Lu-177 patient scan: a value outside it
-#: almost always means wrong units (kBq/mL read as Bq/mL is 1000x low). ``None`` disables the check.
-ACTIVITY_RANGE_MBQ = (5.0, 100_000.0)
+#: default plausible total activity: the nuclide's patient range (:data:`~DblurDoseLib.nuclides.PATIENT_ACTIVITY_MBQ`);
+#: a (lowest, highest) tuple in MBq sets one, ``None`` disables the check (``--any-activity``).
+ACTIVITY_RANGE_MBQ = "nuclide"
 #: least share of the SPECT activity that must fall on CT tissue (else: misaligned, or a CT of air)
 MIN_ACTIVITY_IN_TISSUE = 0.5
 _UNIT_FACTORS = {"bqml": 1.0, "kbqml": 1e3, "mbqml": 1e6}
@@ -89,11 +89,18 @@ def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str
     return "bqml", "assumed (the default; the file records no units)", []
 
 
-def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple[float, float] | None) -> None:
-    """Refuse a total activity outside the range of a patient scan (the usual sign of wrong units)."""
+def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple[float, float] | str | None,
+                         nuclide: str = "Lu-177") -> None:
+    """Refuse a total activity (MBq) outside the range of a patient scan (the usual sign of wrong units).
+
+    ``activity_range_mbq``: (lowest, highest) MBq, ``"nuclide"`` for the nuclide's patient range
+    (:func:`~DblurDoseLib.nuclides.patient_activity_mbq`), or ``None`` to accept any total.
+    """
+    from .nuclides import canonical_name, patient_activity_mbq
+
     if activity_range_mbq is None:
         return
-    lo, hi = activity_range_mbq
+    lo, hi = patient_activity_mbq(nuclide) if activity_range_mbq == "nuclide" else activity_range_mbq
     if lo <= total_mbq <= hi:
         return
     side = "below" if total_mbq < lo else "above"
@@ -105,7 +112,7 @@ def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple
         hint = "if the image is in Bq/mL but was given as kBq/mL or MBq/mL, use --spect-units bqml"
     raise DblurDoseError(
         f"the SPECT holds {total_mbq:.4g} MBq in total with --spect-units {units}, {side} the {lo:g}-{hi:g} MBq of a "
-        f"Lu-177 patient scan: the units are probably wrong; {hint}. For phantoms or pre-clinical scans "
+        f"{canonical_name(nuclide)} patient scan: the units are probably wrong; {hint}. For phantoms or pre-clinical scans "
         "outside that range pass --any-activity"
     )
 
@@ -125,6 +132,31 @@ def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
             )
         bqml = np.where(negative, np.float32(0), bqml)
     return bqml
+
+
+#: HU at or below which a voxel is air in a CT; no activity image holds such values in bulk
+AIR_HU = -900.0
+#: share of a SPECT's voxels at or below :data:`AIR_HU` that marks it as a CT (given the wrong way round)
+SWAPPED_AIR_SHARE = 0.01
+
+
+def check_not_swapped(spect_values: np.ndarray, hu: np.ndarray) -> None:
+    """Refuse a SPECT and CT given the wrong way round, before the checks that would misread them.
+
+    The sign: the "SPECT" holds air as a CT does (at least :data:`SWAPPED_AIR_SHARE` of its voxels
+    at or below :data:`AIR_HU`) while the "CT" holds nothing below -100 (no air, as activity has
+    none). A CT of raw stored values (HU + 1024) beside a real SPECT keeps its own advice.
+    """
+    hu_min = float(np.min(hu))
+    if hu_min < -100.0:
+        return
+    air = np.count_nonzero(np.asarray(spect_values) <= AIR_HU) / max(np.asarray(spect_values).size, 1)
+    if air >= SWAPPED_AIR_SHARE:
+        raise DblurDoseError(
+            f"the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect (the image given as the "
+            f"SPECT has {air:.0%} of its voxels at {AIR_HU:g} or below, like a CT's air; the image given as the CT "
+            f"has no value below {hu_min:.3g}, like activity)"
+        )
 
 
 def check_geometry(spect: Volume, ct: Volume) -> None:
@@ -188,7 +220,7 @@ def compute_dose_rate_maps(
     clip_negative: bool = False,
     nuclide: str = "Lu-177",
     model=None,
-    activity_range_mbq: tuple[float, float] | None = ACTIVITY_RANGE_MBQ,
+    activity_range_mbq: tuple[float, float] | str | None = ACTIVITY_RANGE_MBQ,
     memory_gb: float = DEFAULT_MEMORY_GB,
     progress: Progress | None = None,
     report: dict | None = None,
@@ -199,7 +231,8 @@ def compute_dose_rate_maps(
     ``report`` (a dict) receives what was done: activity totals, resampling factor, kernel source.
     ``model``: a DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN
     method instead of the shipped weights; it is read and verified before any work is done.
-    ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``None`` for
+    ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``"nuclide"``
+    (default) for the nuclide's patient range (:data:`~DblurDoseLib.nuclides.PATIENT_ACTIVITY_MBQ`), ``None`` for
     phantoms and pre-clinical scans. Warnings (options that do not apply) go to ``report["warnings"]``.
     ``memory_gb``: budget for the process's peak memory (GB, 1e9 bytes); the DVK's FFT and the
     CNN's chunks are sized to it (:func:`~DblurDoseLib.memory.plan_memory`), and a run whose
@@ -228,6 +261,7 @@ def compute_dose_rate_maps(
     hu = np.asarray(ct.array)
     if hu.dtype.kind not in "iuf":
         hu = hu.astype(np.float32)
+    check_not_swapped(np.asarray(spect.array), hu)
     check_ct_is_hu(hu)
     check_geometry(spect, ct)
     bqml = spect_to_bqml(spect, spect_units, calibration_cps_per_mbq, duration_s)
@@ -241,7 +275,7 @@ def compute_dose_rate_maps(
             "probably in kBq/mL or MBq/mL. Give its units with --spect-units kbqml or mbqml"
         )
     check_total_activity(float(bqml.array.sum(dtype=np.float64)) * bqml.voxel_volume_ml / 1e6, spect_units,
-                         activity_range_mbq)
+                         activity_range_mbq, nuclide)
     kernel = get_kernel(nuclide, ct.spacing)
     plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb)
     check_memory(plan)  # before any large array is made

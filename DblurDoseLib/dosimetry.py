@@ -337,7 +337,7 @@ def absorbed_dose(
     radiopharmaceutical: str = "Lu-177-DOTATATE",
     administered_mbq: float | None = None,
     dose_options: dict | None = None,
-    activity_range_mbq: tuple[float, float] | None = ACTIVITY_RANGE_MBQ,
+    activity_range_mbq: tuple[float, float] | str | None = ACTIVITY_RANGE_MBQ,
     progress: Progress | None = None,
 ) -> DosimetryResult:
     """Absorbed dose (Gy) per voxel and per VOI from SPECT/CT time points (module docstring).
@@ -363,8 +363,8 @@ def absorbed_dose(
         Administered activity, MBq: recorded, and a time point holding more than it (decayed) is warned of.
     dose_options : dict, optional
         More keywords of :func:`dose.compute_dose_rate_maps` (device, hu_calibration, clip_negative, model, ...).
-    activity_range_mbq : (float, float) or None
-        Plausible total activity (MBq) of each time point; None accepts any.
+    activity_range_mbq : (float, float), "nuclide" or None
+        Plausible total activity (MBq) of each time point; "nuclide": the nuclide's patient range; None accepts any.
     progress : callable, optional
         ``progress(fraction, message)``.
 

@@ -346,7 +346,7 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--family", choices=("anatomical", "shapes"),
                    help="only the test phantoms of this virtual-patient family (default: all, also summarised "
                         "per family); shapes-family phantoms come from `data generate --held-out`")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -9,12 +9,15 @@ in an infinite homogeneous medium. Where kernels come from, in the order :func:`
     the 4.7952 and 4.8 mm SPECT grids; stored in ``data/kernels`` (one octant: they are
     symmetric). See ``data/kernels/README.md`` for how each was made.
 ``cached``
-    Built by :func:`build_kernel` on request for another grid, kept in ``$DBLURDOSE_CACHE`` or
-    ``~/.cache/dblurdose``.
+    Built by :func:`build_kernel` on request for another grid, or derived earlier (below), kept
+    in ``$DBLURDOSE_CACHE`` or ``~/.cache/dblurdose`` (derived ones in ``kernels/derived``, named
+    by a key of the nuclide, grid, sizes, dose-point kernel file and package version).
 ``derived``
     Any other grid, without ompmc: the shipped radial dose-point kernels (energy deposited in
     spherical shells around a point source, per decay, from ompmc) averaged over the pairs of
-    points of the source and target voxels (:func:`derive_kernel`).
+    points of the source and target voxels (:func:`derive_kernel`); a second or so on a clinical
+    CT grid, so the result is written to the cache (atomically, with its checksums) and later runs
+    read it (``cached``); a cached file that fails its checksum is derived and written again.
 
 Electron part: beta + conversion + Auger electrons (and their bremsstrahlung); photon part:
 gamma + x-rays. Energy below 10 keV is deposited in the source voxel.
@@ -132,7 +135,11 @@ def _spacing_tag(spacing) -> str:
 
 
 def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
-    """Write a kernel as compressed .npz, one octant of each part (kernels are mirror-symmetric)."""
+    """Write a kernel as compressed .npz, one octant of each part (kernels are mirror-symmetric).
+
+    Atomic: written to a temporary file beside ``path`` and renamed, so a reader (another run
+    using the same cache) sees the old file or the whole new one, never a partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     octant = {}
@@ -150,8 +157,13 @@ def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
         **{k: v for k, v in kernel.info.items() if k != "sha256"},
         "sha256": {name: _checksum(a) for name, a in octant.items()},
     }
-    np.savez_compressed(path, electron_octant=octant["electron"], photon_octant=octant["photon"],
-                        meta=np.array(json.dumps(meta)))
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")  # .npz: savez adds none
+    try:
+        np.savez_compressed(partial, electron_octant=octant["electron"], photon_octant=octant["photon"],
+                            meta=np.array(json.dumps(meta)))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -702,6 +714,37 @@ def _derived(name: str, spacing, electron_size: int, photon_size: int) -> Kernel
     return _copy(_derive_cached(name, tuple(round(s, 6) for s in spacing), electron_size, photon_size))
 
 
+def derived_cache_path(name: str, spacing, electron_size: int, photon_size: int) -> Path:
+    """Where the derived kernel of a grid is cached: named by a key of everything it depends on.
+
+    The key hashes the nuclide, spacing (mm), part sizes, the shipped dose-point kernel file's
+    bytes and the package version, so a new dose-point kernel or release never reads an old file.
+    """
+    from . import __version__
+
+    dpk_file = KERNEL_DIR / f"{name}_dpk.npz"  # missing: derive_kernel says so
+    dpk = hashlib.sha256(dpk_file.read_bytes() if dpk_file.exists() else b"").hexdigest()
+    key = json.dumps([name, [round(float(s), 6) for s in spacing], int(electron_size), int(photon_size), dpk,
+                      __version__])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / "derived" / f"{name}_{_spacing_tag(spacing)}_e{electron_size}_p{photon_size}_{digest}.npz"
+
+
 @lru_cache(maxsize=8)
 def _derive_cached(name: str, spacing, electron_size: int, photon_size: int) -> Kernel:
-    return derive_kernel(name, spacing, electron_size, photon_size)
+    """A derived kernel: read from the disk cache (checksums verified), else derived and cached."""
+    path = derived_cache_path(name, spacing, electron_size, photon_size)
+    if path.is_file():
+        try:
+            kernel = load_kernel(path, "cached")
+            kernel.info["cache_path"] = str(path)
+            return kernel
+        except DblurDoseError:
+            pass  # damaged (checksum, truncation): derived and written again below
+    kernel = derive_kernel(name, spacing, electron_size, photon_size)
+    try:
+        save_kernel(kernel, path)
+        kernel.info["cache_path"] = str(path)
+    except OSError:  # a read-only or full cache costs time only
+        pass
+    return kernel

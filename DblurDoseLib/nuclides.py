@@ -25,6 +25,12 @@ from .errors import DblurDoseError
 #: Nuclides with validated data and kernels, in ICRP-107 spelling.
 SUPPORTED: tuple[str, ...] = ("Lu-177",)
 
+#: Total activity (MBq) in the SPECT field of a patient scan, per nuclide in :data:`SUPPORTED`:
+#: from a few MBq late after a therapy (5 MBq) up to a whole administration (Lu-177: 7.4 GBq per
+#: cycle, up to 100 GBq with margin). A total outside it almost always means wrong units
+#: (kBq/mL read as Bq/mL is 1000x low); a new nuclide needs its own range here.
+PATIENT_ACTIVITY_MBQ: dict[str, tuple[float, float]] = {"Lu-177": (5.0, 100_000.0)}
+
 #: Particles below this kinetic energy are not transported: their energy is deposited where the
 #: decay happens. 10 keV equals ompmc's lowest transport cut-offs (521icru data, ECUT 0.521 MeV
 #: total, PCUT 0.010 MeV); a 10 keV electron travels 2.5 um in water, a 10 keV photon ~2 mm.
@@ -118,6 +124,11 @@ def _icrp_path(icrp_name: str):
 
 
 @cache
+def patient_activity_mbq(name: str = "Lu-177") -> tuple[float, float]:
+    """The (lowest, highest) total activity in MBq of a patient scan of nuclide ``name``."""
+    return PATIENT_ACTIVITY_MBQ[canonical_name(name)]
+
+
 def get_nuclide(name: str = "Lu-177") -> Nuclide:
     """Emission data of a supported nuclide ('Lu-177', 'Lu177', 'lu177', '177Lu' all work)."""
     icrp = canonical_name(name)

@@ -1845,7 +1845,7 @@ def _make_phantoms(seed: int, shape, spacing, times_days: Sequence[float], *, pe
     nrng = np.random.default_rng([seed, 11])
     hu += nrng.standard_normal(shape, dtype=F32) * F32(ct_noise_hu)
     np.clip(hu, -1024.0, 3071.0, out=hu)
-    density = hu_to_density(hu)
+    density = hu_to_density(hu, exact=True)  # the truth: interpolated per voxel
 
     # ---- activity ----
     heterogeneity = _heterogeneity(f_act, labels, _concentrations(P, 1.0)[0].size)

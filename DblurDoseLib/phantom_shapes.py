@@ -842,7 +842,7 @@ def make_shapes_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACIN
     act, conc, lesion_c = _activity(cv, lesions, c1, teff, fractions, time_days, het, pet_fwhm_mm)
     del het
     hu = _ct(cv, rng_ct, lesions, _RbfField(rng_fields, 10.0, 7.0).on_box(cv.z, cv.y, cv.x), ct_noise_hu)
-    density = hu_to_density(hu)
+    density = hu_to_density(hu, exact=True)  # the truth: interpolated per voxel
 
     vox_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     total_mbq = float(act.sum(dtype=np.float64) * vox_ml / 1e6)

@@ -600,7 +600,7 @@ def add_train_arguments(subparser) -> None:
                    help="U-Net decoder activation: leaky or relu (the paper's and v0.2's, with dead features)")
     p.add_argument("--correction", default="ratio",
                    help="ratio: DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of initialisation and sampling (default 0)")
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
                         "full mc_truth.nrrd")

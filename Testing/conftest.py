@@ -10,6 +10,18 @@ import pytest
 from DblurDoseLib.volume import Volume
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_kernel_cache(tmp_path_factory):
+    """Kernels derived or built by the tests go to a folder of the session's, not the user's cache."""
+    before = os.environ.get("DBLURDOSE_CACHE")
+    os.environ["DBLURDOSE_CACHE"] = str(tmp_path_factory.mktemp("dblurdose_cache"))
+    yield
+    if before is None:
+        os.environ.pop("DBLURDOSE_CACHE", None)
+    else:
+        os.environ["DBLURDOSE_CACHE"] = before
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -77,21 +77,46 @@ def test_degenerate_direction_matrix_is_refused(case):
 
 # --- (2) units: a total activity no patient scan has, a CT with no tissue under the SPECT -----
 
-@pytest.mark.parametrize("factor,hint", [(1e-3, "--spect-units kbqml"), (1e4, "--spect-units bqml")])
-def test_implausible_total_activity_is_refused(case, capsys, factor, hint):
+#: issue 22's two cases: a SPECT in kBq/mL read as Bq/mL (the image divided by 1000) and
+#: ``--spect-units mbqml`` on Bq/mL data (1e6 too high): (SPECT factor, options, dose factor, hint)
+WRONG_UNITS = {
+    "kbqml_read_as_bqml": (1e-3, (), 1e-3, "--spect-units kbqml"),
+    "bqml_given_as_mbqml": (1.0, ("--spect-units", "mbqml"), 1e6, "--spect-units bqml"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_UNITS)
+def test_implausible_total_activity_is_refused(case, capsys, name):
     tmp, paths, ct, spect = case
+    factor, options, _, hint = WRONG_UNITS[name]
     path = write_volume(spect.with_array(spect.array * np.float32(factor)), tmp / "scaled.nrrd")
-    refused(capsys, dict(paths, spect=path), tmp / "out", match=hint)
+    err = refused(capsys, dict(paths, spect=path), tmp / "out", *options, match=hint)
+    assert "Lu-177 patient scan" in err and "--any-activity" in err
 
 
-def test_any_activity_accepts_a_phantom_and_keeps_linearity(case):
+@pytest.mark.parametrize("name", WRONG_UNITS)
+def test_any_activity_accepts_it_and_keeps_linearity(case, name):
     tmp, paths, ct, spect = case
-    path = write_volume(spect.with_array(spect.array * np.float32(1e-3)), tmp / "small.nrrd")
-    assert run_dose(dict(paths, spect=path), tmp / "small", "--any-activity") == 0
+    factor, options, dose_factor, _ = WRONG_UNITS[name]
+    path = write_volume(spect.with_array(spect.array * np.float32(factor)), tmp / "scaled.nrrd")
+    assert run_dose(dict(paths, spect=path), tmp / "scaled", *options, "--any-activity") == 0
     assert run_dose(paths, tmp / "ref") == 0
-    small = read_volume(tmp / "small" / "dose_rate_dvk.nrrd").array
+    scaled = read_volume(tmp / "scaled" / "dose_rate_dvk.nrrd").array
     ref = read_volume(tmp / "ref" / "dose_rate_dvk.nrrd").array
-    np.testing.assert_allclose(small * 1e3, ref, rtol=1e-4, atol=1e-6 * ref.max())
+    np.testing.assert_allclose(scaled / dose_factor, ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+def test_every_supported_nuclide_has_a_patient_activity_range():
+    from DblurDoseLib import dose, nuclides
+
+    for name in nuclides.SUPPORTED:
+        lo, hi = nuclides.patient_activity_mbq(name)
+        assert 0 < lo < hi
+        dose.check_total_activity(np.sqrt(lo * hi), "bqml", "nuclide", name)  # inside: accepted
+        for outside in (lo / 2, hi * 2):
+            with pytest.raises(DblurDoseError, match=f"{lo:g}-{hi:g} MBq of a {name} patient scan"):
+                dose.check_total_activity(outside, "bqml", "nuclide", name)
+    dose.check_total_activity(1e9, "bqml", None)  # --any-activity
 
 
 def test_all_air_ct_is_refused(case, capsys):
@@ -429,6 +454,9 @@ MATRIX = {
                      "spacing"),
     "CT of raw stored values": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "raw.nrrd", ct.array + 1024)}, []),
                                 "Hounsfield"),
+    "SPECT and CT swapped": (lambda tmp, ct, spect: ({"spect": _with(ct, tmp, "ct_as_spect.nrrd"),
+                                                      "ct": _with(spect, tmp, "spect_as_ct.nrrd")}, []),
+                             "the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect"),
     "CT as a density map": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "dens.nrrd", (ct.array + 1000) / 1000)}, []),
                             "density map"),
     "segmentation outside the CT": (lambda tmp, ct, spect: ({}, ["--seg", str(write_volume(
@@ -536,6 +564,7 @@ SLICER_MATRIX = {
     "sheared CT": (lambda ct, spect: (_sheared(ct), spect), {}, "not orthogonal"),
     "CT of raw stored values": (lambda ct, spect: (ct.with_array(ct.array + 1024), spect), {}, "Hounsfield"),
     "all-air CT": (lambda ct, spect: (ct.with_array(ct.array * 0 - 1000), spect), {}, "all air"),
+    "SPECT and CT swapped": (lambda ct, spect: (spect, ct), {}, "look swapped"),
     "kBq/mL read as Bq/mL": (lambda ct, spect: (ct, spect.with_array(spect.array / 1000)), {}, "units"),
     "counts without calibration": (lambda ct, spect: (ct, spect), {"spect_units": "counts"}, "calibration"),
 }

@@ -162,3 +162,44 @@ def test_missing_model_file_is_refused_before_any_work(case, capsys):
     err = capsys.readouterr().err
     assert "weights not found" in err and "dblurdose train" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def _parsers(parser):
+    """``parser`` and every sub-command's parser below it, with their command names."""
+    import argparse
+
+    yield "dblurdose", parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for path, found in _parsers(sub):
+                    yield f"{name} {path}".replace(" dblurdose", ""), found
+
+
+def test_every_option_of_every_command_has_help():
+    from DblurDoseLib.cli import build_parser
+
+    parsers = dict(_parsers(build_parser()))
+    assert {"dose", "dosimetry", "kernel", "demo", "data generate", "train", "evaluate"} <= set(parsers)
+    missing = [f"{name}: {action.option_strings or action.dest}" for name, parser in parsers.items()
+               for action in parser._actions if not (action.help or "").strip()]
+    assert not missing, missing
+
+
+def test_version_is_written_once_and_matches_the_shipped_weights(capsys):
+    import re
+    from pathlib import Path
+
+    from DblurDoseLib import __version__
+    from DblurDoseLib.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert not re.search(r'^version\s*=\s*"', pyproject, re.M)  # no second copy of the version
+    assert 'version = { attr = "DblurDoseLib.__version__" }' in pyproject
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"dblurdose {__version__}"
+    card = (root / "DblurDoseLib" / "data" / "models" / "MODEL_CARD.md").read_text().splitlines()[0]
+    weights = re.search(r"\(v(\d+\.\d+)\)", card).group(1)
+    assert __version__.startswith(weights + ".")

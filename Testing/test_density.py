@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from DblurDoseLib.density import check_ct_is_hu, hu_to_density, load_calibration
+from DblurDoseLib.density import DEFAULT_CALIBRATION, check_ct_is_hu, hu_to_density, load_calibration
 from DblurDoseLib.errors import DblurDoseError
 
 
@@ -55,3 +55,31 @@ def test_integer_ct_table_equals_interpolation(dtype, tmp_path):
         slow = hu_to_density(hu.astype(np.float64), calibration)
         assert fast.dtype == np.float32 and fast.shape == hu.shape
         np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("table_csv", [None, "hu,density\n-1024,0\n0,1\n2000,2\n", "hu,density\n-999.7,0.01\n12.3,1.02\n"])
+def test_float_ct_table_is_within_its_stated_tolerance_of_interpolation(table_csv, tmp_path):
+    """float32 CTs go through a table: within float_table_tolerance of per-voxel np.interp, whole
+    HU exactly as a 16-bit CT, clamped outside the curve, and ``exact`` is np.interp itself."""
+    from DblurDoseLib.density import float_table_tolerance
+
+    calibration = None
+    if table_csv:
+        (tmp_path / "cal.csv").write_text(table_csv)
+        calibration = load_calibration(tmp_path / "cal.csv")
+    table = np.asarray(DEFAULT_CALIBRATION if calibration is None else calibration)
+    rng = np.random.default_rng(5)
+    hu = np.concatenate([rng.uniform(-1500, 3500, 400_000), table[:, 0] + 1e-3, table[:, 0] - 1e-3,
+                         np.arange(-1100, 3100, 0.37)]).astype(np.float32)
+    reference = np.interp(hu.astype(np.float64), table[:, 0], table[:, 1])
+    fast = hu_to_density(hu, calibration)
+    assert fast.dtype == np.float32 and fast.shape == hu.shape
+    tolerance = float_table_tolerance(calibration)
+    if calibration is None:
+        assert tolerance < 5e-5  # the figure the docstring states
+    error = np.abs(fast.astype(np.float64) - reference)
+    assert error.max() <= tolerance, (error.max(), tolerance)
+    assert error.max() > 0  # it is a table, not the interpolation again
+    np.testing.assert_array_equal(hu_to_density(hu, calibration, exact=True), reference.astype(np.float32))
+    whole = np.arange(-1024, 3072, dtype=np.int16)
+    np.testing.assert_array_equal(hu_to_density(whole.astype(np.float32), calibration), hu_to_density(whole, calibration))

@@ -11,6 +11,7 @@ photons (notes/reference.md).
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +29,9 @@ SIZES = {(0.98, 0.98, 3.0): (9, 99), (4.7952, 4.7952, 4.7952): (5, 51), (4.8, 4.
 
 @pytest.fixture(autouse=True)
 def no_user_cache(tmp_path, monkeypatch):
-    """Kernels the user built elsewhere must not change what these tests see."""
+    """Kernels the user built elsewhere, or earlier tests derived, must not change what these tests see."""
     monkeypatch.setenv("DBLURDOSE_CACHE", str(tmp_path / "cache"))
+    K._derive_cached.cache_clear()
 
 
 @pytest.mark.parametrize("spacing", SHIPPED)
@@ -185,3 +187,94 @@ def test_dose_rate_unit_check():
     bq_per_voxel = 1e6 * float(np.prod(k.spacing)) / 1000.0
     rate = float(k.electron.sum()) * bq_per_voxel * 3600.0
     assert rate * 1.04 == pytest.approx(85.3 * k.energy_kev("electron") / 147.9, rel=2e-3)
+
+
+# --- derived kernels cached on disk ----------------------------------------------------------------
+
+CT_GRID = (4.4, 4.4, 5.0)  # not shipped: derived (a coarse grid, to keep the tests short)
+
+
+def _derive_again() -> K.Kernel:
+    """``get_kernel`` as a new process sees it: nothing in memory, only the disk cache."""
+    K._derive_cached.cache_clear()
+    return K.get_kernel("Lu-177", CT_GRID)
+
+
+def test_derived_kernel_is_cached_on_disk_and_read_back_by_a_later_run():
+    first = K.get_kernel("Lu-177", CT_GRID)
+    assert first.source == "derived"
+    path = K.derived_cache_path("Lu-177", CT_GRID, *K.default_sizes(CT_GRID))
+    assert path.is_file() and first.info["cache_path"] == str(path)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+    again = _derive_again()
+    assert again.source == "cached" and again.info["method"] == first.info["method"]
+    np.testing.assert_array_equal(again.electron, first.electron)
+    np.testing.assert_array_equal(again.photon, first.photon)
+    assert again.photon_absorbed_kev == first.photon_absorbed_kev
+    assert K.derived_cache_path("Lu-177", CT_GRID, 7, 31) != path  # other sizes: another file
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _change_a_value(path):
+    """A readable file whose photon part no longer matches its checksum."""
+    with np.load(path) as f:
+        arrays = {k: np.array(f[k]) for k in f.files}
+    arrays["photon_octant"][0, 0, 0] *= 1.01
+    np.savez_compressed(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _change_a_value])
+def test_damaged_cached_kernel_is_derived_and_written_again(damage):
+    first = K.get_kernel("Lu-177", CT_GRID)
+    path = K.derived_cache_path("Lu-177", CT_GRID, *K.default_sizes(CT_GRID))
+    damage(path)
+    with pytest.raises(DblurDoseError):
+        K.load_kernel(path, "cached")
+    rebuilt = _derive_again()
+    assert rebuilt.source == "derived"  # not read from the damaged file
+    np.testing.assert_array_equal(rebuilt.photon, first.photon)
+    assert K.load_kernel(path, "cached").source == "cached"  # rewritten whole: passes its checksum
+    assert _derive_again().source == "cached"
+
+
+def test_save_kernel_is_atomic(tmp_path, monkeypatch):
+    k = K.get_kernel("Lu-177", (4.8, 4.8, 4.8))
+    path = K.save_kernel(k, tmp_path / "k.npz")
+    before = path.read_bytes()
+
+    def fail_half_way(file, **arrays):
+        Path(file).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(K.np, "savez_compressed", fail_half_way)
+    with pytest.raises(OSError):
+        K.save_kernel(k, path)
+    assert path.read_bytes() == before  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["k.npz"]
+
+
+def test_unwritable_cache_costs_time_only(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DBLURDOSE_CACHE", str(blocker))  # kernels/derived cannot be made under a file
+    kernel = K.get_kernel("Lu-177", CT_GRID)
+    assert kernel.source == "derived" and "cache_path" not in kernel.info
+
+
+def test_dose_report_names_the_cached_kernel(tmp_path):
+    from conftest import uniform_spect_like, water_phantom_ct
+
+    from DblurDoseLib.dose import compute_dose_rate_maps
+
+    ct = water_phantom_ct((20, 20, 20), CT_GRID)
+    spect = uniform_spect_like(ct, 1e6)
+    sources = []
+    for _ in range(2):
+        K._derive_cached.cache_clear()  # each run as a new process
+        report: dict = {}
+        compute_dose_rate_maps(spect, ct, ("dvk",), device="cpu", activity_range_mbq=None, report=report)
+        sources.append(report["kernel_source"])
+    assert sources == ["derived", "cached"]
