@@ -444,7 +444,14 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
     if scheduler:
         client = Client(scheduler)
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        import dask
+
+        # A phantom's SPECT or Monte Carlo holds a worker for many minutes; on a machine busy with
+        # other work (the job runs at low priority) its heartbeats can stall for longer than Dask's
+        # default 5 minutes, and the scheduler would restart the worker and lose the phantom's
+        # unfinished part. Workers here are local processes: never time them out.
+        with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
         futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False)
