@@ -367,6 +367,24 @@ def test_progress_is_reported():
     assert any("OSEM" in s for s, _ in calls)
 
 
+def test_osem_reports_every_iteration():
+    """OSEM reports before every subset update, one message per iteration ("OSEM iteration k/n"), so
+    that a progress line moves during the reconstruction; simulate_spect passes the messages on."""
+    activity, density = phantom(activity_fn=sphere((0, 0, 0), 30.0, 1e4))
+    system, act = S.prepare_system(activity, density, SMALL)
+    proj = S.forward_project(system, act)
+    calls = []
+    S.reconstruct(system, proj, iterations=3, subsets=4, progress=lambda f, s: calls.append((s, f)))
+    assert [s for s, _ in calls] == [f"OSEM iteration {k}/3" for k in (1, 2, 3) for _ in range(4)]
+    assert [f for _, f in calls] == pytest.approx(np.arange(12) / 12)
+    calls = []
+    S.simulate_spect(activity, density, 1e5, seed=0, acq=dataclasses.replace(SMALL, iterations=2, subsets=2),
+                     progress=lambda f, s: calls.append((s, f)))
+    osem = [s for s, _ in calls if "OSEM" in s]
+    assert list(dict.fromkeys(osem)) == ["SPECT: OSEM iteration 1/2", "SPECT: OSEM iteration 2/2"]
+    assert len(osem) == 4
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
