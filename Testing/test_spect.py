@@ -468,7 +468,7 @@ def test_paper_size_simulation_recovers_a_large_uniform_region():
 
 
 def test_demo_acquisition_is_in_the_training_mix_and_holds_the_patient():
-    """The demo's reduced SPECT stays within what the CNN was trained on (views, OSEM, voxel size), and
+    """The demo's reduced SPECT stays within the training mix (views, OSEM, voxel size), and
     its smaller matrix still holds the demo's virtual patient with room for the scatter tails."""
     from DblurDoseLib import data
     from DblurDoseLib.demo import DEMO_SHAPE, DEMO_SPACING, demo_acquisition
