@@ -799,6 +799,8 @@ def reconstruct(
     ``projections`` and ``additive`` (scatter estimate) are [view, r, z] counts of a scan of
     ``duration_s`` (default acq.duration_s), which with the system sensitivity calibrates the image.
     ``iterations``, ``subsets`` and ``postfilter_fwhm_mm`` default to the acquisition's.
+    ``progress(fraction, message)`` is called before every subset update, with the message
+    "OSEM iteration k/n" (one message per iteration) and the fraction of the updates done.
     """
     acq = system.acq
     iterations = acq.iterations if iterations is None else int(iterations)
@@ -837,12 +839,12 @@ def reconstruct(
         f = torch.where(sensitivity > 0, f, torch.zeros_like(f))
         for it in range(iterations):
             for m in range(subsets):
+                if progress is not None:  # one message per iteration, the fraction per subset
+                    progress((it * subsets + m) / (iterations * subsets), f"OSEM iteration {it + 1}/{iterations}")
                 g_m = h.get_projection_subset(g, m)
                 s_m = h.get_projection_subset(s, m)
                 ratio = g_m / (h.forward(f, m) + s_m + _DELTA)
                 f = f * h.backward(ratio, m) / (norms[m] + _DELTA)
-                if progress is not None:
-                    progress((it * subsets + m + 1) / (iterations * subsets), "OSEM")
     system.timings["osem_normalisation_s"] = t1 - t0
     system.timings["osem_s"] = time.perf_counter() - t1
     bq_per_voxel = _to_array(f).astype(np.float64) / system.counts_per_bq(duration_s)
@@ -1024,9 +1026,8 @@ def simulate_spect(
         counts, tew = sim.draw(np.random.default_rng(child))
 
         def osem_progress(fraction: float, stage: str, i=i) -> None:
-            report(
-                f"SPECT: OSEM, realisation {i + 1}/{realisations}", 0.1 + 0.9 * (i + fraction) / realisations
-            )
+            which = f", realisation {i + 1}/{realisations}" if realisations > 1 else ""
+            report(f"SPECT: {stage}{which}", 0.1 + 0.9 * (i + fraction) / realisations)
 
         image = sim.reconstruct(counts, tew, progress=osem_progress, **reconstructions[i])
         image.metadata.update(

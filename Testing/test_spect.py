@@ -367,6 +367,24 @@ def test_progress_is_reported():
     assert any("OSEM" in s for s, _ in calls)
 
 
+def test_osem_reports_every_iteration():
+    """OSEM reports before every subset update, one message per iteration ("OSEM iteration k/n"), so
+    that a progress line moves during the reconstruction; simulate_spect passes the messages on."""
+    activity, density = phantom(activity_fn=sphere((0, 0, 0), 30.0, 1e4))
+    system, act = S.prepare_system(activity, density, SMALL)
+    proj = S.forward_project(system, act)
+    calls = []
+    S.reconstruct(system, proj, iterations=3, subsets=4, progress=lambda f, s: calls.append((s, f)))
+    assert [s for s, _ in calls] == [f"OSEM iteration {k}/3" for k in (1, 2, 3) for _ in range(4)]
+    assert [f for _, f in calls] == pytest.approx(np.arange(12) / 12)
+    calls = []
+    S.simulate_spect(activity, density, 1e5, seed=0, acq=dataclasses.replace(SMALL, iterations=2, subsets=2),
+                     progress=lambda f, s: calls.append((s, f)))
+    osem = [s for s, _ in calls if "OSEM" in s]
+    assert list(dict.fromkeys(osem)) == ["SPECT: OSEM iteration 1/2", "SPECT: OSEM iteration 2/2"]
+    assert len(osem) == 4
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
@@ -447,3 +465,29 @@ def test_paper_size_simulation_recovers_a_large_uniform_region():
     core = ((q[..., 0] + 60) / 40) ** 2 + ((q[..., 1] - 10) / 30) ** 2 + (q[..., 2] / 35) ** 2 < 1
     assert float(image.array[core].mean()) == pytest.approx(20000.0, rel=0.10)
     assert total_bq(image) == pytest.approx(total_bq(activity), rel=0.10)
+
+
+def test_demo_acquisition_is_in_the_training_mix_and_holds_the_patient():
+    """The demo's reduced SPECT stays within the training mix (views, OSEM, voxel size), and
+    its smaller matrix still holds the demo's virtual patient with room for the scatter tails."""
+    from DblurDoseLib import data
+    from DblurDoseLib.demo import DEMO_SHAPE, DEMO_SPACING, demo_acquisition
+    from DblurDoseLib.phantom import make_phantom
+
+    acq = demo_acquisition()
+    acq.validate()
+    mix = data.TRAINING_MIX
+    assert acq.n_views in mix["n_views"]
+    assert (acq.iterations, acq.subsets) in data.osem_choices(acq.n_views)
+    assert mix["voxel_mm"][0] <= acq.voxel_mm <= mix["voxel_mm"][1]
+    # the same patient on a 4x coarser grid over the demo's field (anatomy in physical millimetres)
+    coarse = tuple(-(-n // 4) for n in DEMO_SHAPE)
+    spacing = tuple(s * n / c for s, n, c in zip(DEMO_SPACING, DEMO_SHAPE[::-1], coarse[::-1]))
+    ph = make_phantom(3, shape=coarse, spacing=spacing)
+    grid = S.spect_grid(ph.density, acq)
+    tissue = points(ph.density)[(ph.density.array > 0.5) | (ph.activity.array > 0)]
+    local = (tissue - np.asarray(grid.origin)) @ grid.direction  # mm along the SPECT grid's axes
+    size = np.asarray(grid.spacing) * np.asarray(grid.shape[::-1])
+    low, high = local.min(axis=0) + grid.spacing[0] / 2, size - grid.spacing[0] / 2 - local.max(axis=0)
+    assert min(low[:2].min(), high[:2].min()) > 40.0  # mm of air around the body in x and y
+    assert min(low[2], high[2]) > -10.0  # the axial field is the CT's (within a SPECT voxel)
