@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DblurDoseError
+from .resample import GRID_TOLERANCE, working_grid, working_shape  # noqa: F401  (re-exported: the CNN's working grid)
 from .volume import Volume
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "models" / "dblurdosenet.pt"
 PRECISIONS = ("float32", "bf16", "fp16")
 #: relative voxel-size difference under which the CT grid is used as the working grid
-GRID_TOLERANCE = 0.02
 #: working memory per output slice and in-plane voxel of the shared extractor (bytes, float32):
 #: second-conv taps 48 + per-pack taps 32 + outputs 48, first-layer maps ~40, features 16, inputs
 _BYTES_PER_VOXEL_SLICE = 4 * 190
@@ -69,17 +69,6 @@ def chunk_bytes(chunk: int, shape: tuple[int, int, int]) -> float:
     return float(_BYTES_PER_VOXEL_SLICE) * chunk * shape[1] * shape[2]
 
 
-def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[int, int, int]:
-    """Shape (z, y, x) of the CNN's working grid for a CT grid (see :func:`working_grid`)."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    cs = np.asarray(ct_spacing, dtype=np.float64)
-    if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
-        return tuple(int(n) for n in ct_shape)
-    extent = cs * np.asarray(ct_shape[::-1])  # x, y, z, edge to edge
-    size = np.maximum(np.ceil(extent / spacing - 1e-6), 1).astype(int)
-    return tuple(int(n) for n in size[::-1])
-
-
 def weights_installed() -> bool:
     """True when trained weights ship with this installation."""
     return DEFAULT_MODEL_PATH.is_file()
@@ -100,18 +89,6 @@ def load_model(path=None, device="auto"):
         path = DEFAULT_MODEL_PATH
     dev = resolve_device(device)
     return load_model_file(path, device=dev)
-
-
-def working_grid(ct: Volume, spacing) -> Volume | None:
-    """A grid over the CT's field with the model's voxel size; None when the CT grid will do."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    cs = np.asarray(ct.spacing, dtype=np.float64)
-    if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
-        return None
-    shape = working_shape(ct.shape, ct.spacing, spacing)
-    # same first voxel edge as the CT
-    origin = np.asarray(ct.origin) + ct.direction @ ((spacing - cs) / 2)
-    return Volume(np.zeros(shape, dtype=np.uint8), tuple(spacing), tuple(origin), ct.direction.copy())
 
 
 def _postprocess(dose: np.ndarray, density: np.ndarray) -> np.ndarray:

@@ -130,3 +130,33 @@ def resample_linear(volume: Volume, target: Volume, default: float = 0.0, transf
         return target.with_array(np.asarray(volume.array, dtype=np.float32))
     source = volume.with_array(np.asarray(volume.array, dtype=np.float32))
     return target.with_array(_resample(source, target, "linear", np.float32, transform, default))
+
+
+# --- grids -------------------------------------------------------------------------------------
+#: two spacings within this fraction of each other count as the same grid
+GRID_TOLERANCE = 0.02
+
+
+def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[int, int, int]:
+    """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    cs = np.asarray(ct_spacing, dtype=np.float64)
+    if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
+        return tuple(int(n) for n in ct_shape)
+    extent = cs * np.asarray(ct_shape[::-1])  # x, y, z, edge to edge
+    size = np.maximum(np.ceil(extent / spacing - 1e-6), 1).astype(int)
+    return tuple(int(n) for n in size[::-1])
+
+
+def working_grid(ct: Volume, spacing) -> Volume | None:
+    """A grid over the CT's field with voxels of ``spacing`` (x, y, z mm), the same first voxel edge; None when
+    the CT grid already has that spacing (within GRID_TOLERANCE). The one builder of such grids (the CNN's
+    working grid, registration's working grid)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    cs = np.asarray(ct.spacing, dtype=np.float64)
+    if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
+        return None
+    shape = working_shape(ct.shape, ct.spacing, spacing)
+    # same first voxel edge as the CT
+    origin = np.asarray(ct.origin) + ct.direction @ ((spacing - cs) / 2)
+    return Volume(np.zeros(shape, dtype=np.uint8), tuple(spacing), tuple(origin), ct.direction.copy())
