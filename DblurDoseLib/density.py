@@ -113,9 +113,9 @@ def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None, exact: 
     lut = np.interp(lo + np.arange(entries) * FLOAT_TABLE_STEP_HU, table[:, 0], table[:, 1]).astype(np.float32)
     index = np.multiply(hu, np.float32(1.0 / FLOAT_TABLE_STEP_HU))  # float32, one pass per step below
     index += np.float32(0.5 - lo / FLOAT_TABLE_STEP_HU)  # + 0.5: truncation below rounds to nearest
-    np.clip(index, 0, entries - 1, out=index)
-    with np.errstate(invalid="ignore"):  # NaN -> the type's lowest integer -> clipped to entry 0 (air)
-        return lut.take(index.astype(np.int32), mode="clip")
+    np.fmax(index, np.float32(0), out=index)  # fmax/fmin, not clip: NaN becomes entry 0 (air)
+    np.fmin(index, np.float32(entries - 1), out=index)
+    return lut[index.astype(np.int32)]  # in range: plain indexing (take's clip mode is ~8x slower)
 
 
 def check_ct_is_hu(hu: np.ndarray) -> None:
