@@ -123,7 +123,7 @@ def run_timepoints_demo(
 
         truth, truth_unc = monte_carlo_absorbed_dose(integral, reference.density, decays, seed,
                                                      progress=lambda f, m="": say(0.8 + 0.15 * f, "Monte Carlo"))
-        truth_name = f"Monte Carlo (ompmc, {decays:.0e} decays) of the exact time-integrated activity"
+        truth_name = f"Monte Carlo (ompmc, {decays:.2g} decays) of the exact time-integrated activity"
     else:
         rate = compute_dose_rate_maps(integral, reference.hu, ("dvk",), device=device, activity_range_mbq=None)["dvk"]
         truth = rate.with_array(np.asarray(rate.array, np.float32) / np.float32(1000.0))
