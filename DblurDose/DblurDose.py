@@ -614,23 +614,32 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         pn.segmentIds = demoSegmentIds(nodes["segmentation"])
         self.ui.statusLabel.text = _("Demo case loaded (kidneys, liver, spleen and lesions selected): click Apply.")
 
-    def onApplyButton(self) -> None:
-        """Install what is missing, compute with a progress dialog (Cancel works), show the results."""
+    def _compute(self, title: str, button, busyText: str, compute, restore):
+        """Install what is missing, run ``compute(progress)`` with a progress dialog (Cancel works) while
+        ``button`` is disabled; the error goes to the status line (None returned); ``restore()`` afterwards."""
         if not ensureDependencies():
             self.ui.statusLabel.text = _("Not computed: the Python packages DblurDose needs are not installed.")
-            return
-        dialog, progress = progressDialog(_("DblurDose"))
-        self.ui.applyButton.enabled = False
-        self.ui.statusLabel.text = _("Computing...")
+            return None
+        dialog, progress = progressDialog(title)
+        button.enabled = False
+        self.ui.statusLabel.text = busyText
         try:
-            result = self.logic.processParameterNode(self._parameterNode, progress=progress)
+            return compute(progress)
         except Exception as exc:
-            dialog.close()
+            dialog.close()  # before the error dialog, not over it
             self.ui.statusLabel.text = reportError(exc, _("DblurDose failed unexpectedly"))
-            return
+            return None
         finally:
             dialog.close()
-            self._checkCanApply()
+            restore()
+
+    def onApplyButton(self) -> None:
+        """Compute the dose-rate maps with a progress dialog (Cancel works), show the results."""
+        result = self._compute(_("DblurDose"), self.ui.applyButton, _("Computing..."),
+                               lambda progress: self.logic.processParameterNode(self._parameterNode, progress=progress),
+                               self._checkCanApply)
+        if result is None:
+            return
         self.logic.showResult(result)
         self.ui.resultChartSelector.setCurrentNode(result.mainChart())
         self.ui.resultTableSelector.setCurrentNode(result.statisticsTable)
@@ -640,21 +649,12 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAbsorbedDoseButton(self) -> None:
         """Absorbed dose from the time points, with a progress dialog; the dose table and time-activity chart shown."""
-        if not ensureDependencies():
-            self.ui.statusLabel.text = _("Not computed: the Python packages DblurDose needs are not installed.")
+        result = self._compute(_("DblurDose absorbed dose"), self.ui.absorbedDoseButton,
+                               _("Computing the absorbed dose..."),
+                               lambda progress: self.logic.processAbsorbedDose(self._parameterNode, progress=progress),
+                               self._updateTimePoints)
+        if result is None:
             return
-        dialog, progress = progressDialog(_("DblurDose absorbed dose"))
-        self.ui.absorbedDoseButton.enabled = False
-        self.ui.statusLabel.text = _("Computing the absorbed dose...")
-        try:
-            result = self.logic.processAbsorbedDose(self._parameterNode, progress=progress)
-        except Exception as exc:
-            dialog.close()
-            self.ui.statusLabel.text = reportError(exc, _("DblurDose failed unexpectedly"))
-            return
-        finally:
-            dialog.close()
-            self._updateTimePoints()
         slicer.util.setSliceViewerLayers(foreground=result.doseNode, foregroundOpacity=0.5, fit=True)
         self.logic.showInLayout(table=result.doseTable, chart=result.tacChart)
         self.ui.resultChartSelector.setCurrentNode(result.tacChart)

@@ -155,6 +155,21 @@ def _exact_ds(value: float) -> float:
     return float(_ds(value))
 
 
+def _new_dataset(sop_class: str, link, modality: str, description: str):
+    """An empty object of ``sop_class`` (explicit VR little endian) with the patient, study and series of ``link``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    _common(ds, link, modality, generate_uid(), description)
+    return ds
+
+
 def _common(ds, link: StudyLink, modality: str, series_uid: str, description: str) -> None:
     """Patient, study, series, frame of reference, equipment and SOP common attributes."""
     import datetime
@@ -189,9 +204,7 @@ def write_rt_dose(dose: Volume, path: str | Path, link: StudyLink, description: 
         The written file. Dose Grid Scaling (Gy) maps the largest dose to 2**32 - 1, so each voxel
         is within half of it of ``dose``.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     values = np.asarray(dose.array, dtype=np.float64)
     if not np.all(np.isfinite(values)):
@@ -203,13 +216,7 @@ def write_rt_dose(dose: Volume, path: str | Path, link: StudyLink, description: 
     positions, orientation, pixel_spacing = frame_geometry(dose)
     normal = np.cross(orientation[:3], orientation[3:])
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RT_DOSE_SOP_CLASS, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = RT_DOSE_SOP_CLASS, meta.MediaStorageSOPInstanceUID
-    _common(ds, link, "RTDOSE", generate_uid(), description)
+    ds = _new_dataset(RT_DOSE_SOP_CLASS, link, "RTDOSE", description)
     ds.ImagePositionPatient = [_ds(v) for v in positions[0]]
     ds.ImageOrientationPatient = [_ds(v) for v in orientation]
     ds.PixelSpacing = [_ds(v) for v in pixel_spacing]
@@ -367,17 +374,10 @@ def write_rt_struct(segments: list[Segment], grid: Volume, path: str | Path, lin
     """
     import datetime
 
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RT_STRUCT_SOP_CLASS, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
-    _common(ds, link, "RTSTRUCT", generate_uid(), description)
+    ds = _new_dataset(RT_STRUCT_SOP_CLASS, link, "RTSTRUCT", description)
     del ds.ContentDate, ds.ContentTime  # not in the RT Structure Set IOD: Structure Set Date/Time instead
     now = datetime.datetime.now()
     ds.StructureSetLabel, ds.StructureSetName = description[:16], description[:64]
