@@ -136,12 +136,46 @@ def _dicom_link(wanted: bool, ct: Volume, ct_path: str) -> tuple[StudyLink | Non
     return link, [] if link.linked else [UNLINKED_WARNING]
 
 
-def _timepoint_hours(text: str) -> float:
+def _parse_datetime(text: str, what: str):
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise DblurDoseError(f"{what} {text!r} is not a date-time; write it as YYYY-MM-DDTHH:MM (e.g. "
+                             "2026-12-01T09:30), in the scanner's clock") from None
+
+
+def _timepoint_hours(text: str, administration: str | None, spect=None) -> float | None:
+    """Hours after administration from a --timepoint's HOURS: a number of hours, a date-time, or 'dicom'
+    (the SPECT's acquisition date-time); date-times need --administration-time. None: 'dicom', SPECT not read yet."""
     try:
         return float(text)
     except ValueError:
-        raise DblurDoseError(f"--timepoint HOURS {text!r} is not a number; give hours after administration, "
-                             "e.g. --timepoint spect.nrrd ct.nrrd 24") from None
+        pass
+    if text.strip().lower() == "dicom":
+        if spect is None:
+            return None
+        when = spect.metadata.get("acquisition_datetime")
+        if not when:
+            raise DblurDoseError("--timepoint HOURS 'dicom': this SPECT records no acquisition date-time (not DICOM, "
+                                 "or no Acquisition/Series Date and Time); give the hours or the date-time instead")
+    else:
+        when = text
+        try:
+            _parse_datetime(when, "--timepoint HOURS")
+        except DblurDoseError:
+            raise DblurDoseError(f"--timepoint HOURS {text!r} is not a number of hours nor a date-time; give hours "
+                                 "after administration (e.g. --timepoint spect.nrrd ct.nrrd 24), a date-time "
+                                 "(2026-12-01T09:30, with --administration-time) or 'dicom'") from None
+    if administration is None:
+        raise DblurDoseError(f"--timepoint HOURS {text!r} is a date-time: give --administration-time too "
+                             "(e.g. --administration-time 2026-12-01T09:30), or give hours after administration")
+    start = _parse_datetime(administration, "--administration-time")
+    moment = _parse_datetime(when, "--timepoint HOURS")
+    if (start.tzinfo is None) != (moment.tzinfo is None):
+        start, moment = start.replace(tzinfo=None), moment.replace(tzinfo=None)
+    return (moment - start).total_seconds() / 3600.0
 
 
 def _read_timepoint_volume(path: str, what: str):
@@ -170,6 +204,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         REPORT_FILES,
         TimePoint,
         absorbed_dose,
+        add_earlier_cycles,
         check_fit,
         check_time_points,
         dose_rows,
@@ -188,13 +223,18 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[
         f"{name}_{m}.{ext}" for m in METHODS for name, ext in (("absorbed_dose", "nrrd"),
                                                                (f"{DICOM_FOLDER}/absorbed_dose", "dcm"))])
-    times = [_timepoint_hours(hours) for _, _, hours in args.timepoint]
-    check_time_points(times, args.single_time_point)
+    times = [_timepoint_hours(hours, args.administration_time) for _, _, hours in args.timepoint]
+    if None not in times:  # all given as hours or date-times: checked before any file is read
+        check_time_points(times, args.single_time_point)
     check_fit(args.fit)
+    add_earlier_cycles([], args.earlier_cycles)  # unreadable earlier cycles are refused before any work
     points, warnings, units_from = [], [], {}
-    for i, ((spect_path, ct_path, _), hours) in enumerate(zip(args.timepoint, times), start=1):
+    for i, ((spect_path, ct_path, text), hours) in enumerate(zip(args.timepoint, times), start=1):
         spect = _read_timepoint_volume(spect_path, "SPECT")
         ct = _read_timepoint_volume(ct_path, "CT")
+        if hours is None:
+            hours = _timepoint_hours(text, args.administration_time, spect)
+            units_from[f"timepoint{i}_time_from"] = f"DICOM {spect.metadata.get('acquisition_datetime_from')}"
         units, source, unit_warnings = spect_units_of(spect, args.spect_units)
         units_from[f"timepoint{i}_spect_units"] = f"{units} ({source})"
         label = f"time point {i} ({hours:g} h)"
@@ -202,16 +242,21 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         duration = args.duration if args.duration is not None else spect.metadata.get("acquisition_duration_s")
         points.append(TimePoint(spect, ct, hours, label, units, args.calibration,
                                 None if duration is None else float(duration)))
+    check_time_points([p.time_h for p in points], args.single_time_point)
     out.require_space((2 if args.dicom_out else 1) * points[0].ct.array.size * 4 * 1.05 + 1e6)
     link, dicom_warnings = _dicom_link(args.dicom_out, points[0].ct, args.timepoint[0][1])
     segments = read_segments(args.seg, points[0].ct)
     result = absorbed_dose(
         points, segments, method=args.method, fit=args.fit, single_time_point=args.single_time_point,
         register=args.register, administered_mbq=args.administered_mbq,
+        calibration_rel_uncertainty=args.calibration_uncertainty / 100.0,
         dose_options={"device": args.device, "model": args.model},
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
     )
-    for warning in warnings + result.warnings + dicom_warnings:
+    rows, cycle_warnings = add_earlier_cycles(dose_rows(result), args.earlier_cycles)
+    if args.earlier_cycles:
+        result.provenance["earlier_cycles"] = ", ".join(str(Path(f).resolve()) for f in args.earlier_cycles)
+    for warning in warnings + result.warnings + dicom_warnings + cycle_warnings:
         print(f"dblurdose: warning: {warning}", file=sys.stderr)
     inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
               for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
@@ -225,7 +270,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         if link:
             write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{args.method}": result.dose},
                         segments=segments, grid=points[0].ct)
-        write_csv(dose_rows(result), stage / "doses.csv", header=header)
+        write_csv(rows, stage / "doses.csv", header=header)
         write_csv(tac_rows(result), stage / "tac.csv", header=header)
         write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
         write_report(result, stage)
@@ -313,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dosimetry", help="absorbed dose (Gy) from SPECT/CT time points: map, VOI doses, BED")
     p.add_argument("--timepoint", nargs=3, action="append", required=True, metavar=("SPECT", "CT", "HOURS"),
-                   help="one acquisition: SPECT and CT (as for `dose`, DICOM included) and hours after "
-                        "administration; repeat in time order, the first is the reference (its CT grid)")
+                   help="one acquisition: SPECT and CT (as for `dose`, DICOM included) and when: hours after "
+                        "administration, a date-time (YYYY-MM-DDTHH:MM, with --administration-time), or 'dicom' "
+                        "(the SPECT's DICOM acquisition date-time); repeat in time order, the first is the "
+                        "reference (its CT grid)")
     p.add_argument("--seg", required=True, help="labelmap or Slicer .seg.nrrd on the reference (first) CT")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=("dvk", "cnn"), default="dvk",
@@ -327,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registration of each CT to the reference CT (default rigid)")
     p.add_argument("--administered-mbq", type=float,
                    help="administered activity, MBq (recorded; a time point holding more is warned of)")
+    p.add_argument("--administration-time", metavar="YYYY-MM-DDTHH:MM",
+                   help="date-time of the administration (the scanner's clock), for time points given as "
+                        "date-times or 'dicom'")
+    p.add_argument("--calibration-uncertainty", type=float, default=0.0, metavar="PERCENT",
+                   help="relative standard uncertainty of the camera calibration, %% (added in quadrature to "
+                        "each VOI dose's fit uncertainty; default 0)")
+    p.add_argument("--earlier-cycles", nargs="+", default=[], metavar="DIR",
+                   help="output folders of this patient's earlier `dblurdose dosimetry` cycles: doses.csv gains "
+                        "the absorbed dose and BED summed over the cycles, per VOI of the same name")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn (default: the shipped weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),

@@ -430,7 +430,40 @@ def read_series(series: Series, dtype=np.float32) -> Volume:
     duration, duration_from = acquisition_duration(first)
     if duration:
         metadata.update(acquisition_duration_s=f"{duration:g}", duration_from=duration_from)
+    when, when_from = acquisition_datetime(first)
+    if when is not None:
+        metadata.update(acquisition_datetime=when.isoformat(), acquisition_datetime_from=when_from)
     return Volume(values, spacing, tuple(origin), direction, metadata)
+
+
+def acquisition_datetime(ds):
+    """When the object was acquired (naive local ``datetime``) and the tags it came from; (None, "") if unknown.
+
+    Acquisition DateTime (0008,002A), else Acquisition Date and Time (0008,0022/0032), else Series
+    Date and Time (0008,0021/0031): the clock of the scanner, as the administration time is written.
+    """
+    import datetime
+
+    def parse(date: str, time: str = "") -> datetime.datetime | None:
+        text = (date + time).split("+")[0].split("-")[0] if len(date) == 8 else ""
+        digits, _, fraction = text.partition(".")
+        formats = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+        if len(digits) not in formats:
+            return None
+        try:
+            value = datetime.datetime.strptime(digits, formats[len(digits)])
+        except ValueError:
+            return None
+        return value + datetime.timedelta(seconds=float("0." + fraction)) if fraction.isdigit() else value
+
+    value = str(getattr(ds, "AcquisitionDateTime", "") or "").strip()
+    if value and (when := parse(value[:8], value[8:])) is not None and len(value) > 8:
+        return when, "AcquisitionDateTime"
+    for date_tag, time_tag in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime")):
+        date, time = (str(getattr(ds, tag, "") or "").strip() for tag in (date_tag, time_tag))
+        if date and time and (when := parse(date, time)) is not None:
+            return when, f"{date_tag}/{time_tag}"
+    return None, ""
 
 
 def read_dicom(path: str | Path, what: str = "image", dtype=np.float32, series_uid: str | None = None) -> Volume:

@@ -263,6 +263,61 @@ def _integrate_voi(times_h: np.ndarray, rates: np.ndarray, models: tuple[str, ..
     return integrate_time_curve(times_h, rates, method="fit", models=models)
 
 
+def _with_calibration(integral: TimeIntegral, relative: float) -> TimeIntegral:
+    """The integral with the calibration's relative standard uncertainty added in quadrature (NaN stays NaN)."""
+    relative = float(relative)
+    if not (math.isfinite(relative) and 0.0 <= relative < 1.0):
+        raise DblurDoseError(f"the calibration uncertainty must be a fraction in [0, 1) (e.g. 0.05 for 5%), got "
+                             f"{relative}; give --calibration-uncertainty in percent")
+    if relative == 0.0:
+        return integral
+    combined = math.hypot(integral.time_integral_uncertainty, relative * integral.time_integral)
+    return replace(integral, time_integral_uncertainty=combined)
+
+
+def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple[list[dict], list[str]]:
+    """``doses.csv`` rows with the absorbed dose and BED summed over this and earlier cycles (Gy).
+
+    Each folder is an earlier ``dblurdose dosimetry`` output of the same patient; VOIs are matched by
+    name. BEDs add across cycles weeks apart (no repair between them; :func:`radiobiology.total_bed`).
+    Returns the rows (columns ``cycles``, ``cumulative_dose_gy``, ``cumulative_bed_gy``) and warnings
+    for VOIs an earlier cycle lacks (their sums are NaN: not comparable).
+    """
+    import csv
+
+    from .radiobiology import total_bed
+
+    earlier = []
+    for folder in folders:
+        path = Path(folder) / "doses.csv"
+        if not path.is_file():
+            raise DblurDoseError(f"--earlier-cycles {folder}: no doses.csv there; give the output folder of an "
+                                 "earlier `dblurdose dosimetry` run of this patient")
+        with path.open(newline="") as f:
+            table = {r["segment"]: r for r in csv.DictReader(line for line in f if not line.startswith("#"))}
+        if table and not {"mean_dose_gy", "bed_gy"} <= set(next(iter(table.values()))):
+            raise DblurDoseError(f"--earlier-cycles {folder}: its doses.csv lacks mean_dose_gy/bed_gy; give the output "
+                                 "folder of a `dblurdose dosimetry` run")
+        earlier.append((str(folder), table))
+    warnings, out = [], []
+    for row in rows:
+        doses, beds = [row["mean_dose_gy"]], []
+        missing = [folder for folder, table in earlier if row["segment"] not in table]
+        for _folder, table in earlier:
+            if row["segment"] in table:
+                doses.append(float(table[row["segment"]]["mean_dose_gy"]))
+                beds.append(float(table[row["segment"]]["bed_gy"] or "nan"))
+        if missing:
+            warnings.append(f"VOI {row['segment']} is not in the earlier cycle(s) {', '.join(missing)}: no sum over "
+                            "cycles for it (name the VOIs alike in every cycle)")
+        whole = not missing
+        has_bed = whole and all(math.isfinite(b) for b in [float(row["bed_gy"]), *beds])  # NaN: no parameters
+        out.append({**row, "cycles": 1 + len(earlier),
+                    "cumulative_dose_gy": float(np.sum(doses)) if whole else math.nan,
+                    "cumulative_bed_gy": float(total_bed(row["bed_gy"], beds)) if has_bed else math.nan})
+    return out, warnings
+
+
 def _bed(integral: TimeIntegral, name: str) -> tuple[float, str]:
     """BED (Gy) of the VOI's curve and the tissue whose parameters gave it; NaN and '' when none apply.
 
@@ -336,6 +391,7 @@ def absorbed_dose(
     register: str = "rigid",
     radiopharmaceutical: str = "Lu-177-DOTATATE",
     administered_mbq: float | None = None,
+    calibration_rel_uncertainty: float = 0.0,
     dose_options: dict | None = None,
     activity_range_mbq: tuple[float, float] | str | None = ACTIVITY_RANGE_MBQ,
     progress: Progress | None = None,
@@ -361,6 +417,9 @@ def absorbed_dose(
         For the population half-lives (madsen).
     administered_mbq : float, optional
         Administered activity, MBq: recorded, and a time point holding more than it (decayed) is warned of.
+    calibration_rel_uncertainty : float
+        Relative standard uncertainty of the camera calibration (e.g. 0.05): added in quadrature to
+        each VOI's fit uncertainty (the calibration scales every time point alike).
     dose_options : dict, optional
         More keywords of :func:`dose.compute_dose_rate_maps` (device, hu_calibration, clip_negative, model, ...).
     activity_range_mbq : (float, float), "nuclide" or None
@@ -406,7 +465,8 @@ def absorbed_dose(
         progress(0.9, "time integration")
     voxel_ml = reference_ct.voxel_volume_ml
     curves = [rate_stack[:, s.mask].mean(axis=1, dtype=np.float64) for s in segments]
-    integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical)
+    integrals = [_with_calibration(_integrate_voi(times, curve, models, single_time_point, s.name,
+                                                  radiopharmaceutical), calibration_rel_uncertainty)
                  for s, curve in zip(segments, curves)]
     if times.size == 1:
         dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, integrals)

@@ -376,3 +376,73 @@ def test_dicom_folder_with_several_ct_series_asks_for_one(phantom, tmp_path, cap
     paths["timepoints"][1] = (paths["timepoints"][1][0], folder, 96.0)
     err = refused(capsys, paths, tmp_path / "out", "--register", "none", match="holds 2 series for the CT")
     assert "give that time point's CT series folder or file in --timepoint" in err and "--ct-series" not in err
+
+
+# --- times as date-times, the calibration's uncertainty, earlier cycles ---------------------------
+
+def test_date_times_give_the_same_doses_as_hours(four_points, tmp_path):
+    import datetime
+
+    out, paths = four_points
+    start = datetime.datetime(2026, 12, 1, 9, 30)
+    when = [(start + datetime.timedelta(hours=t)).isoformat() for t in TIMES_H]
+    assert _run(paths, tmp_path / "dt", "--register", "none", "--administration-time", start.isoformat(),
+                times=when) == 0
+    for a, b in zip(_rows(out / "doses.csv"), _rows(tmp_path / "dt" / "doses.csv")):
+        assert float(a["mean_dose_gy"]) == pytest.approx(float(b["mean_dose_gy"]), rel=1e-9)
+
+
+def test_date_times_need_the_administration_time(four_points, tmp_path, capsys):
+    _, paths = four_points
+    assert _run(paths, tmp_path / "x", times=["2026-12-01T13:30"] * 4) == 2
+    assert "give --administration-time too" in capsys.readouterr().err
+    assert _run(paths, tmp_path / "x", times=["dicom"] * 4) == 2  # NRRD files record no acquisition time
+    assert "records no acquisition date-time" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_dicom_acquisition_time_read_from_the_tags():
+    from types import SimpleNamespace
+
+    from DblurDoseLib.dicom import acquisition_datetime
+
+    when, source = acquisition_datetime(SimpleNamespace(AcquisitionDateTime="20261202093015.25"))
+    assert when.isoformat() == "2026-12-02T09:30:15.250000" and source == "AcquisitionDateTime"
+    when, source = acquisition_datetime(SimpleNamespace(SeriesDate="20261202", SeriesTime="0930"))
+    assert when.isoformat() == "2026-12-02T09:30:00" and source == "SeriesDate/SeriesTime"
+    assert acquisition_datetime(SimpleNamespace(AcquisitionDate="2026", AcquisitionTime="x")) == (None, "")
+
+
+def test_calibration_uncertainty_adds_in_quadrature(four_points, tmp_path):
+    out, paths = four_points
+    assert _run(paths, tmp_path / "cal", "--register", "none", "--calibration-uncertainty", "5") == 0
+    plain, with_cal = _rows(out / "doses.csv")[0], _rows(tmp_path / "cal" / "doses.csv")[0]
+    dose, u_fit = float(plain["mean_dose_gy"]), float(plain["mean_dose_uncertainty_gy"])
+    assert float(with_cal["mean_dose_gy"]) == pytest.approx(dose, rel=1e-12)
+    assert float(with_cal["mean_dose_uncertainty_gy"]) == pytest.approx(math.hypot(u_fit, 0.05 * dose), rel=1e-6)
+
+
+def test_earlier_cycles_sum_dose_and_bed(four_points, tmp_path, capsys):
+    out, paths = four_points
+    assert _run(paths, tmp_path / "cycle2", "--register", "none", "--earlier-cycles", str(out), str(out)) == 0
+    this, earlier = _rows(tmp_path / "cycle2" / "doses.csv")[0], _rows(out / "doses.csv")[0]
+    assert this["cycles"] == "3"
+    assert float(this["cumulative_dose_gy"]) == pytest.approx(3 * float(earlier["mean_dose_gy"]), rel=1e-6)
+    bed = this["cumulative_bed_gy"]  # BEDs add over cycles; a VOI without radiobiology parameters has none
+    assert (bed == "nan" and earlier["bed_gy"] == "nan") or float(bed) == pytest.approx(3 * float(earlier["bed_gy"]))
+    assert _run(paths, tmp_path / "y", "--earlier-cycles", str(tmp_path / "nowhere")) == 2
+    assert "no doses.csv there" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_earlier_cycle_sums_bed_of_named_tissues():
+    from DblurDoseLib.dosimetry import add_earlier_cycles
+
+    rows = [{"segment": "kidney", "mean_dose_gy": 4.0, "bed_gy": 5.0}, {"segment": "new", "mean_dose_gy": 1.0,
+                                                                         "bed_gy": math.nan}]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "doses.csv").write_text("# dblurdose_version: x\nsegment,mean_dose_gy,bed_gy\nkidney,3.5,4.25\n")
+        out, warnings = add_earlier_cycles(rows, [folder])
+    assert out[0]["cumulative_dose_gy"] == pytest.approx(7.5) and out[0]["cumulative_bed_gy"] == pytest.approx(9.25)
+    assert math.isnan(out[1]["cumulative_dose_gy"]) and "VOI new is not in the earlier cycle" in warnings[0]
