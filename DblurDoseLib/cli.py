@@ -205,6 +205,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         TimePoint,
         absorbed_dose,
         add_earlier_cycles,
+        check_calibration_uncertainty,
         check_fit,
         check_time_points,
         dose_rows,
@@ -227,6 +228,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     if None not in times:  # all given as hours or date-times: checked before any file is read
         check_time_points(times, args.single_time_point)
     check_fit(args.fit)
+    check_calibration_uncertainty(args.calibration_uncertainty / 100.0)
     add_earlier_cycles([], args.earlier_cycles)  # unreadable earlier cycles are refused before any work
     points, warnings, units_from = [], [], {}
     for i, ((spect_path, ct_path, text), hours) in enumerate(zip(args.timepoint, times), start=1):

@@ -61,11 +61,11 @@ def run_timepoints_demo(
     """
     from .demo import DEMO_DECAYS, DEMO_SHAPE, DEMO_SPACING, _has, demo_acquisition, spect_like
     from .dose import available_methods, compute_dose_rate_maps
-    from .dosimetry import TimePoint, absorbed_dose, dose_rows
+    from .dosimetry import TimePoint, absorbed_dose, dose_rows, save_time_activity_plot
     from .errors import DblurDoseError
     from .outputs import OutputFolder, write_csv
     from .phantom import make_time_series
-    from .report import html_table, save_curves, write_html
+    from .report import html_table, write_html
     from .sampledata import write_seg_nrrd
     from .segments import Segment
     from .volume import write_volume
@@ -113,9 +113,11 @@ def run_timepoints_demo(
     for k, method in enumerate(methods):
         lo = 0.5 + 0.3 * k / len(methods)
         say(lo, f"absorbed dose with the {method.upper()} (registration, dose rates, time integration)")
+        earlier = next(iter(results.values()), None)  # the second method reuses the first's registrations
         results[method] = absorbed_dose(
             points, segments, method=method, register="rigid" if len(points) > 1 else "none",
             single_time_point="haenscheid" if len(points) == 1 else None, dose_options={"device": device},
+            registrations=None if earlier is None else earlier.registrations,
             progress=lambda f, m, lo=lo, name=method: say(lo + 0.3 / len(methods) * f, f"{name.upper()}: {m}"))
     say(0.8, "true absorbed dose")
     if monte_carlo:
@@ -143,16 +145,9 @@ def run_timepoints_demo(
             write_volume(result.dose, stage / f"absorbed_dose_{method}.nrrd")
         write_volume(truth, stage / "true_absorbed_dose.nrrd")
         write_csv(rows, stage / "doses.csv", header=[f"truth: {truth_name}"])
-        first = next(iter(results.values()))
-        curves = {}
-        for v in first.vois:
-            curves[f"{v.name} (measured)"] = (first.times_h, v.dose_rates_mgy_h)
-            if v.integral.amplitudes.size:
-                dense = np.linspace(0.0, float(first.times_h[-1]) * 1.2, 200)
-                curves[f"{v.name} ({v.integral.model})"] = (dense, v.integral.evaluate(dense))
-        styles = {name: ("o" if name.endswith("(measured)") else "-") for name in curves}
-        save_curves(curves, stage / "tac.png", "time after administration (h)", "mean dose rate (mGy/h)",
-                    f"VOI dose rates ({next(iter(results)).upper()}) and fitted curves", styles)
+        first = next(iter(results))
+        save_time_activity_plot(results[first], stage / "tac.png",
+                                f"VOI dose rates ({first.upper()}) and fitted curves")
         fits = [{"segment": r["segment"], "method": m, "fit": r["fit"], "effective_half_life_h": r["effective_half_life_h"],
                  "reason": r["reason"]} for m, res in results.items() for r in dose_rows(res)]
         write_html(stage / "report.html", "DblurDose demo: absorbed dose of a virtual Lu-177 patient", [
@@ -167,17 +162,18 @@ def run_timepoints_demo(
 
 def _comparison_rows(results: dict, segments, truth_gy: np.ndarray, truth_unc: Volume | None) -> list[dict]:
     """Per VOI: the true mean absorbed dose (Gy) and its statistical uncertainty, each method's dose and error."""
+    from .metrics import reference_noise_percent
+
+    vois = {method: {v.name: v for v in result.vois} for method, result in results.items()}
     rows = []
     for s in segments:
         true_mean = float(truth_gy[s.mask].mean(dtype=np.float64))
-        row = {"segment": s.name, "volume_ml": None, "truth_gy": true_mean}
-        if truth_unc is not None:  # independent voxels: the uncertainty of the mean (a lower bound), %
-            rel = np.asarray(truth_unc.array, np.float64)[s.mask] * truth_gy[s.mask]
-            row["truth_uncertainty_pct"] = 100.0 * float(np.sqrt((rel ** 2).sum()) / max(truth_gy[s.mask].sum(), 1e-30))
-        for method, result in results.items():
-            voi = next(v for v in result.vois if v.name == s.name)
-            row["volume_ml"] = voi.volume_ml
-            row[f"{method}_gy"] = voi.integral.dose_gy
-            row[f"{method}_error_pct"] = 100.0 * (voi.integral.dose_gy / true_mean - 1.0) if true_mean > 0 else float("nan")
+        row = {"segment": s.name, "volume_ml": next(iter(vois.values()))[s.name].volume_ml, "truth_gy": true_mean}
+        if truth_unc is not None:  # voxels taken as independent: a lower bound, %
+            row["truth_uncertainty_pct"] = reference_noise_percent(truth_gy, np.asarray(truth_unc.array), s.mask)["mean"]
+        for method, by_name in vois.items():
+            dose = by_name[s.name].integral.dose_gy
+            row[f"{method}_gy"] = dose
+            row[f"{method}_error_pct"] = 100.0 * (dose / true_mean - 1.0) if true_mean > 0 else float("nan")
         rows.append(row)
     return rows

@@ -47,7 +47,7 @@ from .dose import ACTIVITY_RANGE_MBQ, check_geometry, compute_dose_rate_maps, sp
 from .errors import DblurDoseError
 from .metrics import dr_x, drvh_table
 from .radiobiology import bed_of_curve
-from .registration import Registration, apply_to_activity, register_ct
+from .registration import Registration, apply_to_activity, register_ct, working_ct
 from .resample import ResampleReport, resample_activity
 from .segments import Segment
 from .time_integration import (
@@ -194,6 +194,15 @@ def check_time_points(times_h: Sequence[float], single_time_point: str | None) -
     return t
 
 
+def check_calibration_uncertainty(relative: float) -> float:
+    """Refuse a calibration relative standard uncertainty outside [0, 1) (a fraction: 0.05 for 5%)."""
+    relative = float(relative)
+    if not (math.isfinite(relative) and 0.0 <= relative < 1.0):
+        raise DblurDoseError(f"the calibration's relative uncertainty must be a fraction in [0, 1) (0.05 for 5%), got "
+                             f"{relative:g}; give --calibration-uncertainty in percent, from 0 to under 100")
+    return relative
+
+
 def check_fit(fit: str) -> tuple[str, ...]:
     """The models of ``--fit`` (empty for the trapezoid)."""
     if fit not in FITS:
@@ -202,23 +211,23 @@ def check_fit(fit: str) -> tuple[str, ...]:
 
 
 # --- per time point -------------------------------------------------------------------------------
-def _activity_on_reference(point: TimePoint, reference_ct: Volume, register: str,
-                           is_reference: bool) -> tuple[Volume, Registration | None, list[str]]:
-    """The time point's SPECT (Bq/mL) on the reference CT grid, its CT's registration, and warnings."""
+def _activity_on_reference(point: TimePoint, reference_ct: Volume, registration: Registration | None,
+                           ) -> tuple[Volume, list[str]]:
+    """The time point's SPECT (Bq/mL) on the reference CT grid through its CT's registration (None: the
+    reference itself), and warnings."""
     check_geometry(point.spect, point.ct)
     bqml = spect_to_bqml(point.spect, point.spect_units, point.calibration_cps_per_mbq, point.duration_s)
     resampling: list[ResampleReport] = []
-    if is_reference:
-        moved, registration = resample_activity(bqml, reference_ct, resampling), None
+    if registration is None:
+        moved = resample_activity(bqml, reference_ct, resampling)
     else:
-        registration = register_ct(point.ct, reference_ct, register, label=point.label)
         moved = apply_to_activity(bqml, registration, reference_ct, resampling)
     inside = resampling[0].fraction_inside
     if inside < MIN_FRACTION_INSIDE:
         raise DblurDoseError(f"{point.label}: only {inside:.0%} of its SPECT activity lies inside the reference CT's "
                              "field after registration; give time points that cover the same body region, or "
                              "choose as reference (first) the time point with the largest CT")
-    return moved, registration, ([] if inside >= 0.99 else [
+    return moved, ([] if inside >= 0.99 else [
         f"{point.label}: {1 - inside:.0%} of its SPECT activity lies outside the reference CT's field and is not "
         "counted"])
 
@@ -242,37 +251,27 @@ def _administered_warning(point: TimePoint, total_mbq: float, administered_mbq: 
 
 # --- per VOI --------------------------------------------------------------------------------------
 def _integrate_voi(times_h: np.ndarray, rates: np.ndarray, models: tuple[str, ...], single: str | None,
-                   name: str, radiopharmaceutical: str) -> TimeIntegral:
-    """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method.
+                   name: str, radiopharmaceutical: str, calibration_rel_uncertainty: float = 0.0) -> TimeIntegral:
+    """The VOI's mean dose-rate curve (mGy/h) integrated (mGy) by the chosen method, the calibration's
+    relative uncertainty added in quadrature to the integral's.
 
     ``madsen`` for a VOI whose name has no population half-life: Haenscheid's formula, flagged as a fallback.
     """
+    cal = {"calibration_rel_uncertainty": calibration_rel_uncertainty}
     if times_h.size == 1:
         if SINGLE_TIME_POINT[str(single)] == "hanscheid":  # checked: one time point has a method
-            return integrate_time_curve(times_h, rates, method="hanscheid")
+            return integrate_time_curve(times_h, rates, method="hanscheid", **cal)
         try:
             population_half_life(name, radiopharmaceutical)
         except DblurDoseError:
-            result = integrate_time_curve(times_h, rates, method="hanscheid")
+            result = integrate_time_curve(times_h, rates, method="hanscheid", **cal)
             return replace(result, fit_failed=True, reason=f"no population half-life for {name!r} "
                            f"({radiopharmaceutical}); Haenscheid used instead of madsen")
         return integrate_time_curve(times_h, rates, method="prior-half-life", voi=name,
-                                    radiopharmaceutical=radiopharmaceutical)
+                                    radiopharmaceutical=radiopharmaceutical, **cal)
     if not models:
-        return integrate_time_curve(times_h, rates, method="trapezoid")
-    return integrate_time_curve(times_h, rates, method="fit", models=models)
-
-
-def _with_calibration(integral: TimeIntegral, relative: float) -> TimeIntegral:
-    """The integral with the calibration's relative standard uncertainty added in quadrature (NaN stays NaN)."""
-    relative = float(relative)
-    if not (math.isfinite(relative) and 0.0 <= relative < 1.0):
-        raise DblurDoseError(f"the calibration uncertainty must be a fraction in [0, 1) (e.g. 0.05 for 5%), got "
-                             f"{relative}; give --calibration-uncertainty in percent")
-    if relative == 0.0:
-        return integral
-    combined = math.hypot(integral.time_integral_uncertainty, relative * integral.time_integral)
-    return replace(integral, time_integral_uncertainty=combined)
+        return integrate_time_curve(times_h, rates, method="trapezoid", **cal)
+    return integrate_time_curve(times_h, rates, method="fit", models=models, **cal)
 
 
 def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple[list[dict], list[str]]:
@@ -392,6 +391,7 @@ def absorbed_dose(
     radiopharmaceutical: str = "Lu-177-DOTATATE",
     administered_mbq: float | None = None,
     calibration_rel_uncertainty: float = 0.0,
+    registrations: Sequence[Registration | None] | None = None,
     dose_options: dict | None = None,
     activity_range_mbq: tuple[float, float] | str | None = ACTIVITY_RANGE_MBQ,
     progress: Progress | None = None,
@@ -420,6 +420,9 @@ def absorbed_dose(
     calibration_rel_uncertainty : float
         Relative standard uncertainty of the camera calibration (e.g. 0.05): added in quadrature to
         each VOI's fit uncertainty (the calibration scales every time point alike).
+    registrations : sequence of Registration or None, optional
+        The registrations of an earlier result on the same time points (``DosimetryResult.registrations``,
+        None for the reference): used as they are, nothing is registered again (e.g. the CNN after the DVK).
     dose_options : dict, optional
         More keywords of :func:`dose.compute_dose_rate_maps` (device, hu_calibration, clip_negative, model, ...).
     activity_range_mbq : (float, float), "nuclide" or None
@@ -437,6 +440,7 @@ def absorbed_dose(
         Bad times, a registration that fails, a dose-rate input refused (one line, naming the fix).
     """
     times = check_time_points([p.time_h for p in timepoints], single_time_point)
+    check_calibration_uncertainty(calibration_rel_uncertainty)
     models = check_fit(fit)
     options = {**(dose_options or {}), "activity_range_mbq": activity_range_mbq}
     if method == "cnn":  # the model is read and verified before any registration
@@ -447,16 +451,22 @@ def absorbed_dose(
     warnings: list[str] = []
     if times.size > 1 and single_time_point is not None:
         warnings.append(f"--single-time-point {single_time_point} is ignored: {times.size} time points are fitted")
-    rates, activities, registrations = [], [], []
+    if registrations is not None and len(registrations) != len(timepoints):
+        raise DblurDoseError(f"{len(registrations)} registrations were given for {len(timepoints)} time points; give "
+                             "the registrations of a result on the same time points, or none")
+    registered = list(registrations) if registrations is not None else [None] * len(timepoints)
+    target = working_ct(reference_ct) if registrations is None and len(timepoints) > 1 else reference_ct
+    rates, activities = [], []
     for i, point in enumerate(timepoints):
         if progress is not None:
             progress(i / len(timepoints), f"{point.label}: registration and dose rate")
-        activity, registration, moved_warnings = _activity_on_reference(point, reference_ct, register, i == 0)
+        if i > 0 and registrations is None:  # the reference's working grid is made once, not per time point
+            registered[i] = register_ct(point.ct, target, register, label=point.label)
+        activity, moved_warnings = _activity_on_reference(point, reference_ct, registered[i])
         warnings += moved_warnings
         report: dict = {}
         rates.append(_dose_rate(activity, reference_ct, method, options, report))
         activities.append(np.asarray(activity.array))
-        registrations.append(registration)
         warnings += [f"{point.label}: {w}" for w in report.get("warnings", [])]
         warnings += _administered_warning(point, report["total_activity_mbq"], administered_mbq)
     rate_stack = np.stack([np.asarray(r.array, dtype=np.float32) for r in rates])
@@ -465,9 +475,8 @@ def absorbed_dose(
         progress(0.9, "time integration")
     voxel_ml = reference_ct.voxel_volume_ml
     curves = [rate_stack[:, s.mask].mean(axis=1, dtype=np.float64) for s in segments]
-    integrals = [_with_calibration(_integrate_voi(times, curve, models, single_time_point, s.name,
-                                                  radiopharmaceutical), calibration_rel_uncertainty)
-                 for s, curve in zip(segments, curves)]
+    integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical,
+                                calibration_rel_uncertainty) for s, curve in zip(segments, curves)]
     if times.size == 1:
         dose_gy = _single_point_map(float(times[0]), rate_stack[0], segments, integrals)
         n_fallback = 0
@@ -480,14 +489,14 @@ def absorbed_dose(
         warnings.append(f"{n_fallback} voxels could not be fitted (a zero among their dose rates) and got their "
                         "VOI's curve or the trapezoid")
     dose = reference_ct.with_array(dose_gy)
-    provenance = _provenance(rates[0].metadata, times, registrations, vois, fit, single_time_point,
+    provenance = _provenance(rates[0].metadata, times, registered, vois, fit, single_time_point,
                              register, n_fallback)
     if administered_mbq is not None:
         provenance["administered_mbq"] = f"{administered_mbq:g}"
     dose.metadata.update(provenance)
     if progress is not None:
         progress(1.0, "done")
-    return DosimetryResult(dose=dose, dose_rates=rates, times_h=times, registrations=registrations, vois=vois,
+    return DosimetryResult(dose=dose, dose_rates=rates, times_h=times, registrations=registered, vois=vois,
                            n_voxel_fallback=n_fallback, warnings=warnings, provenance=provenance)
 
 
@@ -552,26 +561,34 @@ def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int =
 REPORT_FILES = ("report.html", "tac.png", "absorbed_dose.png")
 
 
-def _curves(result: DosimetryResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Measured VOI dose rates (mGy/h) and each VOI's fitted curve, for the time-activity plot."""
-    t_max = float(result.times_h[-1]) * 1.2
-    dense = np.linspace(0.0, t_max, 200)
-    curves = {}
+def fitted_curves(result: DosimetryResult, n_points: int = 200) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each VOI's fitted dose-rate curve (mGy/h) from administration to 1.2x the last time point (h);
+    NaN for a VOI without a fitted model (the trapezoid)."""
+    dense = np.linspace(0.0, float(result.times_h[-1]) * 1.2, n_points)
+    return dense, {v.name: v.integral.evaluate(dense) if v.integral.amplitudes.size else np.full(dense.size, np.nan)
+                   for v in result.vois}
+
+
+def save_time_activity_plot(result: DosimetryResult, path: str | Path,
+                            title: str = "VOI dose rates and fitted curves") -> None:
+    """The VOIs' measured mean dose rates (points) and fitted curves (lines) against time, as a PNG."""
+    from .report import save_curves
+
+    dense, fits = fitted_curves(result)
+    curves, styles = {}, {}
     for v in result.vois:
-        curves[f"{v.name} (measured)"] = (result.times_h, v.dose_rates_mgy_h)
+        curves[f"{v.name} (measured)"], styles[f"{v.name} (measured)"] = (result.times_h, v.dose_rates_mgy_h), "o"
         if v.integral.amplitudes.size:
-            curves[f"{v.name} ({v.integral.model})"] = (dense, v.integral.evaluate(dense))
-    return curves
+            curves[f"{v.name} ({v.integral.model})"], styles[f"{v.name} ({v.integral.model})"] = (dense, fits[v.name]), "-"
+    save_curves(curves, path, "time after administration (h)", "mean dose rate (mGy/h)", title, styles)
 
 
 def write_report(result: DosimetryResult, folder: str | Path) -> None:
     """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
-    from .report import Panel, html_table, save_curves, save_panels, write_html
+    from .report import Panel, html_table, save_panels, write_html
 
     folder = Path(folder)
-    styles = {name: ("o" if name.endswith("(measured)") else "-") for name in _curves(result)}
-    save_curves(_curves(result), folder / "tac.png", "time after administration (h)", "mean dose rate (mGy/h)",
-                "VOI dose rates and fitted curves", styles)
+    save_time_activity_plot(result, folder / "tac.png")
     dose = np.asarray(result.dose.array)
     z = int(np.argmax(dose.sum(axis=(1, 2))))
     save_panels([Panel(f"absorbed dose, slice {z}", dose[z], unit="Gy")], folder / "absorbed_dose.png")

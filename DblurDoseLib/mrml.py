@@ -916,7 +916,7 @@ def computeAbsorbedDose(timePoints: Sequence[tuple], segmentationNode=None, meth
 
 def _add_absorbed_dose_tables(out: AbsorbedDoseResult, scene, parent: int, base: str, result, segments,
                               colors: dict[str, tuple], dvh_bins: int) -> None:
-    from .dosimetry import dose_rows, dvh_rows
+    from .dosimetry import dose_rows, dvh_rows, fitted_curves
 
     rows = dose_rows(result)
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} absorbed doses"))
@@ -940,11 +940,10 @@ def _add_absorbed_dose_tables(out: AbsorbedDoseResult, scene, parent: int, base:
     tac = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} time-activity"))
     _fill_table(tac, [("Time", times, "h", "hours after administration")]
                 + [(v.name, v.dose_rates_mgy_h, "mGy/h", "VOI mean dose rate") for v in result.vois])
-    dense = np.linspace(0.0, float(times[-1]) * 1.2, 200)
+    dense, fits = fitted_curves(result)
     fitted = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} time-activity fit"))
     _fill_table(fitted, [("Time", dense, "h", "hours after administration")]
-                + [(v.name, v.integral.evaluate(dense) if v.integral.amplitudes.size else np.full(dense.size, np.nan),
-                    "mGy/h", f"fitted curve ({v.integral.model})") for v in result.vois])
+                + [(v.name, fits[v.name], "mGy/h", f"fitted curve ({v.integral.model})") for v in result.vois])
     chart = _plot_chart(scene, f"{base} time-activity", "VOI dose rates and fitted curves",
                         "Time after administration (h)", "Mean dose rate (mGy/h)")
     item = _place_in_hierarchy(scene, chart, parent)

@@ -446,3 +446,25 @@ def test_earlier_cycle_sums_bed_of_named_tissues():
         out, warnings = add_earlier_cycles(rows, [folder])
     assert out[0]["cumulative_dose_gy"] == pytest.approx(7.5) and out[0]["cumulative_bed_gy"] == pytest.approx(9.25)
     assert math.isnan(out[1]["cumulative_dose_gy"]) and "VOI new is not in the earlier cycle" in warnings[0]
+
+
+@pytest.mark.parametrize("percent", ["-5", "nan", "100"])
+def test_bad_calibration_uncertainty_refused_before_any_work(four_points, tmp_path, capsys, percent):
+    _, paths = four_points
+    assert _run(paths, tmp_path / "z", "--calibration-uncertainty", percent) == 2
+    err = capsys.readouterr().err
+    assert "give --calibration-uncertainty in percent" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "z").exists()
+
+
+def test_registrations_of_an_earlier_result_are_reused(phantom, tmp_path, monkeypatch):
+    ct, mask, _ = phantom
+    points = [dosimetry.TimePoint(spect=_spect(ct, t, mask), ct=ct, time_h=t) for t in TIMES_H]
+    segments = [Segment("sphere", mask)]
+    first = dosimetry.absorbed_dose(points, segments, register="rigid", activity_range_mbq=None)
+    assert first.registrations[0] is None and all(r is not None for r in first.registrations[1:])
+    monkeypatch.setattr(dosimetry, "register_ct", lambda *a, **k: pytest.fail("registered again"))
+    again = dosimetry.absorbed_dose(points, segments, registrations=first.registrations, activity_range_mbq=None)
+    np.testing.assert_array_equal(again.dose.array, first.dose.array)
+    with pytest.raises(DblurDoseError, match="2 registrations were given for 4 time points"):
+        dosimetry.absorbed_dose(points, segments, registrations=first.registrations[:2], activity_range_mbq=None)
