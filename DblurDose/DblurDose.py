@@ -357,8 +357,8 @@ class DblurDoseParameterNode:
     electronOnlyScaling - density-scale only the electron part of the kernel.
     huCalibrationFile - optional HU-to-density table (CSV 'hu,density'); wired by hand.
     drvhBins - number of dose-rate bins of the histograms.
-    timePointSpects, timePointCts, timePointHours - the absorbed-dose time points (SPECT, its CT,
-        hours after administration), one entry each, filled by "Add time point"; shown in a table.
+    timePoints - the absorbed-dose time points, (SPECT, its CT, hours after administration) each,
+        filled by "Add time point"; shown in a table.
     newTimePointHours - the time of the next pair to add (h).
     fitModel, singleTimePoint, registration - time integration, the method for one time point,
         how each CT is registered to the earliest (reference) one.
@@ -380,9 +380,7 @@ class DblurDoseParameterNode:
     electronOnlyScaling: bool = False
     huCalibrationFile: str = ""
     drvhBins: Annotated[int, WithinRange(10, 5000)] = 200
-    timePointSpects: list[vtkMRMLScalarVolumeNode]
-    timePointCts: list[vtkMRMLScalarVolumeNode]
-    timePointHours: list[float]
+    timePoints: list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLScalarVolumeNode, float]]
     newTimePointHours: Annotated[float, WithinRange(0.0, 10000.0)] = 24.0
     fitModel: Annotated[str, Choice(list(FIT_CHOICES))] = "Auto (AICc)"
     singleTimePoint: Annotated[str, Choice(list(SINGLE_TIME_POINT_CHOICES))] = "Hänscheid"
@@ -567,20 +565,14 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not pn.spectVolume or not pn.ctVolume:
             self.ui.statusLabel.text = _("Select the SPECT and its CT above, then add them as a time point.")
             return
-        pn.timePointSpects = [*pn.timePointSpects, pn.spectVolume]
-        pn.timePointCts = [*pn.timePointCts, pn.ctVolume]
-        pn.timePointHours = [*pn.timePointHours, float(pn.newTimePointHours)]
+        pn.timePoints = [*pn.timePoints, (pn.spectVolume, pn.ctVolume, float(pn.newTimePointHours))]
 
     def onRemoveTimePoint(self) -> None:
         pn = self._parameterNode
-        row = self.ui.timePointsTableWidget.currentRow()
-        order = sorted(range(len(pn.timePointHours)), key=lambda i: pn.timePointHours[i])
-        if not 0 <= row < len(order):
-            return
-        drop = order[row]
-        pn.timePointSpects = [n for i, n in enumerate(pn.timePointSpects) if i != drop]
-        pn.timePointCts = [n for i, n in enumerate(pn.timePointCts) if i != drop]
-        pn.timePointHours = [h for i, h in enumerate(pn.timePointHours) if i != drop]
+        row = self.ui.timePointsTableWidget.currentRow()  # the table lists them sorted by time
+        rows = timePointRows(pn)
+        if 0 <= row < len(rows):
+            pn.timePoints = [p for p in pn.timePoints if (p[2], p[0], p[1]) != rows[row]]
 
     def onSegmentationChanged(self, node) -> None:
         if self._parameterNode and not self._updatingGui:
@@ -666,9 +658,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def timePointRows(pn) -> list:
     """(hours, SPECT node, CT node) of the parameter node's time points, sorted by time."""
-    n = min(len(pn.timePointHours), len(pn.timePointSpects), len(pn.timePointCts))
-    rows = [(float(pn.timePointHours[i]), pn.timePointSpects[i], pn.timePointCts[i]) for i in range(n)]
-    return sorted(rows, key=lambda row: row[0])
+    return sorted(((float(hours), spect, ct) for spect, ct, hours in pn.timePoints), key=lambda row: row[0])
 
 
 def timePointsProblem(pn):

@@ -236,8 +236,7 @@ def test_cnn_is_ticked_by_default_only_where_its_weights_are(module, tmp_path, m
 
 def _absorbed_dose_parameters(module, nodes, times, **changes):
     """The parameter node's fields the absorbed-dose panel uses (the wrapper is a stand-in here)."""
-    defaults = dict(timePointSpects=[n for n, _ in times], timePointCts=[nodes["ct"]] * len(times),
-                    timePointHours=[h for _, h in times], segmentation=nodes["segmentation"],
+    defaults = dict(timePoints=[(n, nodes["ct"], h) for n, h in times], segmentation=nodes["segmentation"],
                     segmentIds=["kidney_left", "liver"], fitModel="Auto (AICc)", singleTimePoint="Hänscheid",
                     registration="None", administeredMBq=0.0, methodDvk=True, methodCnn=False, device="CPU",
                     spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,

@@ -167,8 +167,7 @@ def test_every_parameter_binding_names_a_parameter_of_a_bindable_type():
         bound[parameter] = name
     # the segment selector and the HU-table path are wired by hand: no connector exists for them; the
     # time points (lists) are shown in a table filled by the widget and added/removed by its buttons
-    hand_wired = {"segmentation", "segmentIds", "huCalibrationFile", "timePointSpects", "timePointCts",
-                  "timePointHours"}
+    hand_wired = {"segmentation", "segmentIds", "huCalibrationFile", "timePoints"}
     assert set(kinds) - set(bound) == hand_wired
     for name in ("segmentSelector", "huCalibrationPathLineEdit"):
         assert slicer_parameter_name(ui_widgets()[name]) is None
