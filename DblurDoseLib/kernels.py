@@ -157,13 +157,11 @@ def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
         **{k: v for k, v in kernel.info.items() if k != "sha256"},
         "sha256": {name: _checksum(a) for name, a in octant.items()},
     }
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")  # .npz: savez adds none
-    try:
+    from .outputs import atomic_file
+
+    with atomic_file(path, f".{os.getpid()}.partial.npz") as partial:  # ends in .npz: savez adds none
         np.savez_compressed(partial, electron_octant=octant["electron"], photon_octant=octant["photon"],
                             meta=np.array(json.dumps(meta)))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
