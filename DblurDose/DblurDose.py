@@ -108,7 +108,7 @@ def demoFolder(tag: str = "demo") -> str:
 
 def _demoFileNames() -> dict:
     ensureLibraryImportable()
-    from DblurDoseLib.sampledata import demo_file_names
+    from DblurDoseLib.mrml.sampledata import demo_file_names
 
     return demo_file_names()
 
@@ -161,7 +161,7 @@ def loadDemoCase(small: bool = False, progress=None) -> dict:
 
     ensureLibraryImportable()
     from DblurDoseLib import mrml
-    from DblurDoseLib.sampledata import TEST_SHAPE, demo_file_names, write_demo_case
+    from DblurDoseLib.mrml.sampledata import TEST_SHAPE, demo_file_names, write_demo_case
 
     name = f"DblurDoseDemo{'Small' if small else ''}-v{_demoVersion()}"
     folder = demoFolder("test" if small else "demo")
@@ -237,7 +237,7 @@ def demoSegmentIds(segmentationNode) -> list:
 
 
 def _demoVersion() -> int:
-    from DblurDoseLib.sampledata import DEMO_DATA_VERSION
+    from DblurDoseLib.mrml.sampledata import DEMO_DATA_VERSION
 
     return DEMO_DATA_VERSION
 
@@ -325,7 +325,7 @@ def cnnShipped() -> bool:
         return False
     library = list(spec.submodule_search_locations)[0]
     models = os.path.join(library, "data", "models")
-    return importlib.util.find_spec("DblurDoseLib.inference") is not None and os.path.isdir(models) and any(
+    return importlib.util.find_spec("DblurDoseLib.learning.inference") is not None and os.path.isdir(models) and any(
         name.endswith(".pt") for name in os.listdir(models))
 
 
@@ -740,7 +740,7 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
         if spectUnits == "counts":
             options.update(calibration_cps_per_mbq=calibrationCpsPerMBq, duration_s=acquisitionDurationS)
         if huCalibrationFile:
-            from DblurDoseLib.density import load_calibration
+            from DblurDoseLib.physics.density import load_calibration
 
             options["hu_calibration"] = load_calibration(huCalibrationFile)
         self.stopObservingLine()
@@ -772,7 +772,7 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
             options.update(spect_units=units, calibration_cps_per_mbq=pn.calibrationCpsPerMBq,
                            duration_s=pn.acquisitionDurationS)
         if pn.huCalibrationFile:
-            from DblurDoseLib.density import load_calibration
+            from DblurDoseLib.physics.density import load_calibration
 
             options["hu_calibration"] = load_calibration(pn.huCalibrationFile)
         rows = timePointRows(pn)

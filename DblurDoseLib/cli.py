@@ -13,8 +13,8 @@ from .errors import DblurDoseError, OutOfMemoryError
 from .memory import DEFAULT_MEMORY_GB
 
 if TYPE_CHECKING:
-    from .dicom_export import StudyLink
-    from .volume import Volume
+    from .io.dicom_export import StudyLink
+    from .io.volume import Volume
 
 
 def _progress_printer(quiet: bool):
@@ -33,15 +33,15 @@ def _progress_printer(quiet: bool):
 def cmd_dose(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .density import load_calibration
-    from .dicom import describe
-    from .dicom_export import FOLDER as DICOM_FOLDER
-    from .dicom_export import STRUCTURE_SET_STEM, write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps, spect_units_of
-    from .metrics import drvh_table, statistics_table
-    from .outputs import OutputFolder, input_checksum, write_csv
-    from .segments import read_segments
-    from .volume import read_volume, write_volume
+    from .evaluation.metrics import drvh_table, statistics_table
+    from .geometry.segments import read_segments
+    from .io.dicom import describe
+    from .io.dicom_export import FOLDER as DICOM_FOLDER
+    from .io.dicom_export import STRUCTURE_SET_STEM, write_dicom
+    from .io.outputs import OutputFolder, input_checksum, write_csv
+    from .io.volume import read_volume, write_volume
+    from .physics.density import load_calibration
 
     methods = METHODS if args.method == "all" else (args.method,)
     names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else []) \
@@ -130,7 +130,7 @@ def _dicom_link(wanted: bool, ct: Volume, ct_path: str) -> tuple[StudyLink | Non
     """For ``--dicom-out``: the CT study the DICOM objects join (None without it), and warnings."""
     if not wanted:
         return None, []
-    from .dicom_export import UNLINKED_WARNING, study_link
+    from .io.dicom_export import UNLINKED_WARNING, study_link
 
     link = study_link(ct, ct_path)
     return link, [] if link.linked else [UNLINKED_WARNING]
@@ -182,8 +182,8 @@ def _read_timepoint_volume(path: str, what: str):
     """A time point's SPECT or CT; a DICOM folder holding several series asks for that series' own folder."""
     import numpy as np
 
-    from .dicom import SERIES_FLAGS
-    from .volume import read_volume
+    from .io.dicom import SERIES_FLAGS
+    from .io.volume import read_volume
 
     try:
         return read_volume(path, dtype=None if what == "CT" else np.float32, what=what)
@@ -197,8 +197,6 @@ def _read_timepoint_volume(path: str, what: str):
 
 
 def cmd_dosimetry(args: argparse.Namespace) -> int:
-    from .dicom_export import FOLDER as DICOM_FOLDER
-    from .dicom_export import STRUCTURE_SET_STEM, write_dicom
     from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
     from .dosimetry import (
         REPORT_FILES,
@@ -213,9 +211,11 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         tac_rows,
         write_report,
     )
-    from .outputs import OutputFolder, input_checksum, write_csv
-    from .segments import read_segments
-    from .volume import write_volume
+    from .geometry.segments import read_segments
+    from .io.dicom_export import FOLDER as DICOM_FOLDER
+    from .io.dicom_export import STRUCTURE_SET_STEM, write_dicom
+    from .io.outputs import OutputFolder, input_checksum, write_csv
+    from .io.volume import write_volume
 
     names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES] \
         + ([f"{DICOM_FOLDER}/absorbed_dose_{args.method}.dcm", f"{DICOM_FOLDER}/{STRUCTURE_SET_STEM}.dcm"]
@@ -286,7 +286,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
-    from .kernels import build_kernel, get_kernel, write_kernel_nrrd
+    from .physics.kernels import build_kernel, get_kernel, write_kernel_nrrd
 
     spacing = tuple(args.spacing)
     if args.build:
@@ -428,14 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .data import add_data_arguments
-    from .evaluate import add_evaluate_arguments
-    from .training import add_train_arguments
+    from .evaluation.evaluate import add_evaluate_arguments
+    from .learning.training import add_train_arguments
 
     add_data_arguments(sub)
     add_train_arguments(sub)
     add_evaluate_arguments(sub)
     return parser
 
+
+#: the command line's name for each setting an error can point at (errors.SETTINGS)
+FLAGS = {
+    "spect": "--spect", "ct": "--ct", "spect_units": "--spect-units", "calibration": "--calibration",
+    "duration": "--duration", "any_activity": "--any-activity", "clip_negative": "--clip-negative",
+    "method": "--method", "model": "--model", "device": "--device",
+    "memory_gb": "--memory-gb", "out": "--out", "overwrite": "--overwrite", "timepoints": "--timepoint",
+    "administration_time": "--administration-time", "administered_mbq": "--administered-mbq",
+    "single_time_point": "--single-time-point", "fit": "--fit", "calibration_uncertainty": "--calibration-uncertainty",
+    "earlier_cycles": "--earlier-cycles", "segments": "--seg", "nuclide": "--nuclide",
+    "hu_calibration": "--hu-calibration", "register": "--register", "dicom_out": "--dicom-out",
+}
 
 #: commands whose work is kept part by part and resumed by running them again
 _RESUMABLE_COMMANDS = ("data", "train")
@@ -450,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: staging folders are removed
             return args.func(args)
     except DblurDoseError as exc:
-        print(f"dblurdose: error: {exc}", file=sys.stderr)
+        print(f"dblurdose: error: {exc.describe(FLAGS)}", file=sys.stderr)
         return 3 if isinstance(exc, OutOfMemoryError) else 2
     except (KeyboardInterrupt, Terminated) as exc:
         kept = ("finished parts (phantoms, checkpoints) are kept: run the same command to resume"

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DblurDoseError
-from .spect import DEFAULT_CAMERA
+from .simulation.spect import DEFAULT_CAMERA
 
 MANIFEST = "manifest.json"
 
@@ -206,7 +206,7 @@ def read_plan(info: dict, settings: DataSettings | None = None, key: str = "spec
 def _acquisition(settings: DataSettings, n_views: int, voxel_mm: float, camera: str | None = None, **_):
     """The SpectAcquisition of a plan: its camera (default: the settings'), views and voxel size (mm); the
     matrix keeps the preset's field of view at another voxel size."""
-    from .spect import SpectAcquisition
+    from .simulation.spect import SpectAcquisition
 
     field_mm = np.asarray(settings.spect_matrix, dtype=np.float64) * settings.spect_voxel_mm
     matrix = tuple(int(round(v)) for v in field_mm / voxel_mm)
@@ -246,8 +246,8 @@ def _software_versions() -> dict[str, str]:
 
 
 def _write(volume, path: Path) -> None:
-    from .outputs import atomic_file
-    from .volume import write_volume
+    from .io.outputs import atomic_file
+    from .io.volume import write_volume
 
     with atomic_file(path, ".part.nrrd") as tmp:  # a part exists only once complete: safe to resume
         write_volume(volume, tmp, overwrite=True)
@@ -291,12 +291,12 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
                      log: Callable[[str], None] = print) -> dict:
     """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
     from .dose import compute_dose_rate_maps
-    from .montecarlo import monte_carlo_dose_rate, nested_levels
-    from .phantom import make_phantom
-    from .phantom_shapes import make_shapes_phantom
-    from .resample import resample_activity
-    from .spect import simulate_spect
-    from .volume import read_volume
+    from .geometry.resample import resample_activity
+    from .io.volume import read_volume
+    from .physics.montecarlo import monte_carlo_dose_rate, nested_levels
+    from .simulation.phantom import make_phantom
+    from .simulation.phantom_shapes import make_shapes_phantom
+    from .simulation.spect import simulate_spect
 
     folder = Path(out) / f"p{index:02d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         the first 1/8, 1/4 and 1/2 of the decays as ``mc_truth_d{N}.nrrd`` (N decays, mGy/h) with
         ``mc_truth_d{N}_unc.nrrd``, then the mean of all as ``mc_truth.nrrd``/``mc_truth_unc.nrrd``,
         written last: the part is done once it exists."""
-        from .montecarlo import nested_monte_carlo_dose_rate
+        from .physics.montecarlo import nested_monte_carlo_dose_rate
 
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
         levels = nested_monte_carlo_dose_rate(bq, density, truth_decays, seed, threads=settings.threads)
@@ -496,7 +496,7 @@ def add_data_arguments(sub) -> None:
                         "for `dblurdose evaluate --recon ood`")
     g.add_argument("--held-out", default="",
                    help="extra phantom indices, e.g. 14-17, made by the differently built 'shapes' family "
-                        "(DblurDoseLib.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
+                        "(DblurDoseLib.simulation.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
     g.add_argument("--validation", type=int, default=0, metavar="N",
                    help="N validation phantoms: SPECT from the training mix, truth of --test-decays (a clean "
                         "validation loss for `dblurdose train`)")

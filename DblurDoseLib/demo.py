@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume
+from .io.volume import Volume
 
 #: Demo CT grid: the paper's axial field (130 slices x 3 mm) at half its in-plane resolution.
 DEMO_SHAPE = (130, 256, 256)
@@ -36,7 +36,7 @@ def demo_acquisition():
     4.8 mm (461 mm across, wider than the virtual patient; paper: 128 x 128) and projections of the
     phantom on the reconstruction grid (no 2x finer projection grid).
     """
-    from .spect import SpectAcquisition
+    from .simulation.spect import SpectAcquisition
 
     return SpectAcquisition(n_views=64, iterations=4, subsets=8, matrix=(96, 96, 81), projection_oversampling=1)
 
@@ -45,7 +45,7 @@ def spect_like(activity: Volume, fwhm_mm: float = DEMO_SPECT_FWHM_MM, voxel_mm: 
     """A blurred, coarse-grid stand-in for a reconstructed SPECT (Bq/mL), activity conserved."""
     from scipy.ndimage import gaussian_filter
 
-    from .resample import resample_activity
+    from .geometry.resample import resample_activity
 
     sigma = [fwhm_mm / 2.3548 / s for s in activity.spacing[::-1]]
     blurred = gaussian_filter(np.asarray(activity.array, dtype=np.float32), sigma, mode="constant")
@@ -76,14 +76,14 @@ def run_demo(
 ) -> Path:
     """Run the demo into ``out``; returns the path of the HTML report."""
     from .dose import available_methods, compute_dose_rate_maps
-    from .metrics import drvh_table, statistics_table
-    from .outputs import OutputFolder, write_csv
-    from .phantom import make_phantom
-    from .report import glossary_html, html_table, write_html
-    from .resample import resample_activity
-    from .sampledata import write_seg_nrrd
-    from .segments import segments_from_labelmap
-    from .volume import write_volume
+    from .evaluation.metrics import drvh_table, statistics_table
+    from .evaluation.report import glossary_html, html_table, write_html
+    from .geometry.resample import resample_activity
+    from .geometry.segments import segments_from_labelmap
+    from .io.outputs import OutputFolder, write_csv
+    from .io.volume import write_volume
+    from .mrml.sampledata import write_seg_nrrd
+    from .simulation.phantom import make_phantom
 
     say = progress or (lambda f, m: None)
     methods = available_methods()
@@ -97,7 +97,7 @@ def run_demo(
     say(0.0, "making a virtual patient")
     phantom = make_phantom(seed, shape=shape, spacing=spacing, time_days=1.0)
     if simulate:
-        from .spect import simulate_spect
+        from .simulation.spect import simulate_spect
 
         acq = demo_acquisition()
         say(0.05, f"simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets}; pytomography)")
@@ -116,7 +116,7 @@ def run_demo(
                                   progress=lambda f, m: say(0.5 + 0.15 * f, m))
     dose = {m: np.asarray(v.array) for m, v in maps.items()}
     if monte_carlo:
-        from .montecarlo import monte_carlo_dose_rate
+        from .physics.montecarlo import monte_carlo_dose_rate
 
         say(0.65, f"Monte Carlo reference from the true activity ({decays:.2g} decays; ompmc)")
         bq = phantom.activity.with_array(phantom.activity.array * np.float32(phantom.activity.voxel_volume_ml))
@@ -165,8 +165,8 @@ def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float
                           truth_uncertainty: np.ndarray) -> list[dict]:
     """Per key segment and method: mean dose-rate error and NRMSE (%) against the Monte Carlo truth,
     and the truth's own noise (:func:`metrics.reference_noise_percent`; relative 1-sigma per voxel)."""
-    from .evaluate import voi_errors
-    from .metrics import reference_noise_percent
+    from .evaluation.evaluate import voi_errors
+    from .evaluation.metrics import reference_noise_percent
 
     truth = dose["truth (MC)"]
     rows = []
@@ -193,8 +193,8 @@ def _kidney(phantom) -> tuple[int, int | None]:
 
 
 def _figures(stage: Path, phantom, spect_ct: np.ndarray, dose: dict[str, np.ndarray], segments) -> None:
-    from .metrics import drvh, drvh_bin_edges, line_profile, line_through
-    from .report import Panel, save_curves, save_panels
+    from .evaluation.metrics import drvh, drvh_bin_edges, line_profile, line_through
+    from .evaluation.report import Panel, save_curves, save_panels
 
     z, kidney = _kidney(phantom)
     truth = np.asarray(phantom.activity.array)

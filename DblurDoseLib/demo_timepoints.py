@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume
+from .io.volume import Volume
 
 #: Acquisition times (h after injection) of the time-point demo, the first N are used.
 DEMO_TIMES_H = (4.0, 24.0, 96.0, 168.0)
@@ -63,12 +63,12 @@ def run_timepoints_demo(
     from .dose import available_methods, compute_dose_rate_maps
     from .dosimetry import TimePoint, absorbed_dose, dose_rows, save_time_activity_plot
     from .errors import DblurDoseError
-    from .outputs import OutputFolder, write_csv
-    from .phantom import make_time_series
-    from .report import html_table, write_html
-    from .sampledata import write_seg_nrrd
-    from .segments import Segment
-    from .volume import write_volume
+    from .evaluation.report import html_table, write_html
+    from .geometry.segments import Segment
+    from .io.outputs import OutputFolder, write_csv
+    from .io.volume import write_volume
+    from .mrml.sampledata import write_seg_nrrd
+    from .simulation.phantom import make_time_series
 
     if not 1 <= int(n_timepoints) <= len(DEMO_TIMES_H):
         raise DblurDoseError(f"--timepoints must be 1 to {len(DEMO_TIMES_H)}, got {n_timepoints}")
@@ -93,7 +93,7 @@ def run_timepoints_demo(
     for i, (t, phantom, shift) in enumerate(zip(times, phantoms, DEMO_SHIFTS_MM)):
         lo, hi = 0.05 + 0.45 * i / len(times), 0.05 + 0.45 * (i + 1) / len(times)
         if simulate:
-            from .spect import simulate_spect
+            from .simulation.spect import simulate_spect
 
             acq = demo_acquisition()
             say(lo, f"{t:g} h: simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets})")
@@ -121,7 +121,7 @@ def run_timepoints_demo(
             progress=lambda f, m, lo=lo, name=method: say(lo + 0.3 / len(methods) * f, f"{name.upper()}: {m}"))
     say(0.8, "true absorbed dose")
     if monte_carlo:
-        from .montecarlo import monte_carlo_absorbed_dose
+        from .physics.montecarlo import monte_carlo_absorbed_dose
 
         truth, truth_unc = monte_carlo_absorbed_dose(integral, reference.density, decays, seed,
                                                      progress=lambda f, m="": say(0.8 + 0.15 * f, "Monte Carlo"))
@@ -162,7 +162,7 @@ def run_timepoints_demo(
 
 def _comparison_rows(results: dict, segments, truth_gy: np.ndarray, truth_unc: Volume | None) -> list[dict]:
     """Per VOI: the true mean absorbed dose (Gy) and its statistical uncertainty, each method's dose and error."""
-    from .metrics import reference_noise_percent
+    from .evaluation.metrics import reference_noise_percent
 
     vois = {method: {v.name: v for v in result.vois} for method, result in results.items()}
     rows = []

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
 from .errors import DblurDoseError, memory_errors_as_dblurdose
+from .geometry.resample import ResampleReport, resample_activity
+from .io.volume import Volume, check_orthogonal
 from .memory import DEFAULT_MEMORY_GB, check_memory, plan_memory, resident_bytes
-from .resample import ResampleReport, resample_activity
-from .volume import Volume, check_orthogonal
+from .physics.density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
 
 SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
-#: default plausible total activity: the nuclide's patient range (:data:`~DblurDoseLib.nuclides.PATIENT_ACTIVITY_MBQ`);
+#: default plausible total activity: the nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`);
 #: a (lowest, highest) tuple in MBq sets one, ``None`` disables the check (``--any-activity``).
 ACTIVITY_RANGE_MBQ = "nuclide"
 #: least share of the SPECT activity that must fall on CT tissue (else: misaligned, or a CT of air)
@@ -32,7 +32,7 @@ Progress = Callable[[float, str], object]
 
 def available_methods() -> tuple[str, ...]:
     """Dose methods usable in this installation (the CNN needs its shipped weights)."""
-    from .inference import weights_installed
+    from .learning.inference import weights_installed
 
     return METHODS if weights_installed() else ("dvk",)
 
@@ -94,9 +94,9 @@ def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple
     """Refuse a total activity (MBq) outside the range of a patient scan (the usual sign of wrong units).
 
     ``activity_range_mbq``: (lowest, highest) MBq, ``"nuclide"`` for the nuclide's patient range
-    (:func:`~DblurDoseLib.nuclides.patient_activity_mbq`), or ``None`` to accept any total.
+    (:func:`~DblurDoseLib.physics.nuclides.patient_activity_mbq`), or ``None`` to accept any total.
     """
-    from .nuclides import canonical_name, patient_activity_mbq
+    from .physics.nuclides import canonical_name, patient_activity_mbq
 
     if activity_range_mbq is None:
         return
@@ -192,7 +192,7 @@ def memory_plan(spect: Volume, ct: Volume, methods, kernel, ct_itemsize: int, sc
                 device: str, memory_gb: float):
     """The :class:`~DblurDoseLib.memory.MemoryPlan` of a run from its inputs' shapes (nothing computed)."""
     from .devices import resolve_device
-    from .inference import working_shape
+    from .learning.inference import working_shape
 
     e, p = kernel.electron.shape, kernel.photon.shape
     kernel_shapes = [e, p] if scale_electron_only else [tuple(max(a, b) for a, b in zip(e, p))]
@@ -232,14 +232,14 @@ def compute_dose_rate_maps(
     ``model``: a DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN
     method instead of the shipped weights; it is read and verified before any work is done.
     ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``"nuclide"``
-    (default) for the nuclide's patient range (:data:`~DblurDoseLib.nuclides.PATIENT_ACTIVITY_MBQ`), ``None`` for
+    (default) for the nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`), ``None`` for
     phantoms and pre-clinical scans. Warnings (options that do not apply) go to ``report["warnings"]``.
     ``memory_gb``: budget for the process's peak memory (GB, 1e9 bytes); the DVK's FFT and the
     CNN's chunks are sized to it (:func:`~DblurDoseLib.memory.plan_memory`), and a run whose
     estimate exceeds it, or the machine's available memory, is refused before the convolution.
     The plan goes to ``report["memory"]``.
     """
-    from .kernels import get_kernel
+    from .physics.kernels import get_kernel
 
     methods = tuple(dict.fromkeys(m.lower() for m in methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -249,7 +249,7 @@ def compute_dose_rate_maps(
     memory_gb = check_positive(memory_gb, "--memory-gb (memory budget, GB)")
     network = None
     if "cnn" in methods:  # read and verified before any work; None: the shipped weights
-        from .inference import load_model
+        from .learning.inference import load_model
 
         network = load_model(model, device=device)
 
@@ -306,7 +306,7 @@ def compute_dose_rate_maps(
         )
 
     step(0.2, "DVK convolution")
-    from .dvk import dvk_dose_rate
+    from .physics.dvk import dvk_dose_rate
 
     results: dict[str, Volume] = {}
     fix = ("use --device cpu (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
@@ -326,7 +326,7 @@ def compute_dose_rate_maps(
     del activity_bq  # the CNN stage needs its memory (see DblurDoseLib.memory)
     results["dvk"] = ct.with_array(dvk)
     if "cnn" in methods:
-        from .inference import cnn_dose_rate
+        from .learning.inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
         with memory_errors_as_dblurdose("the CNN correction", fix):

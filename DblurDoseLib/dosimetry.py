@@ -45,12 +45,13 @@ import numpy as np
 
 from .dose import ACTIVITY_RANGE_MBQ, check_geometry, compute_dose_rate_maps, spect_to_bqml
 from .errors import DblurDoseError
-from .metrics import dr_x, drvh_table
-from .radiobiology import bed_of_curve
-from .registration import Registration, apply_to_activity, register_ct, working_ct
-from .resample import ResampleReport, resample_activity
-from .segments import Segment
-from .time_integration import (
+from .evaluation.metrics import dr_x, drvh_table
+from .geometry.registration import Registration, apply_to_activity, register_ct, working_ct
+from .geometry.resample import ResampleReport, resample_activity
+from .geometry.segments import Segment
+from .io.volume import Volume
+from .physics.radiobiology import bed_of_curve
+from .physics.time_integration import (
     DEFAULT_MODELS,
     LN2,
     TimeIntegral,
@@ -61,7 +62,6 @@ from .time_integration import (
     table_entry,
     voxel_dose_map,
 )
-from .volume import Volume
 
 #: ``--fit`` choices: the models compared by AICc, or the trapezoid
 FITS: dict[str, tuple[str, ...]] = {
@@ -284,7 +284,7 @@ def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple
     """
     import csv
 
-    from .radiobiology import total_bed
+    from .physics.radiobiology import total_bed
 
     earlier = []
     for folder in folders:
@@ -444,7 +444,7 @@ def absorbed_dose(
     models = check_fit(fit)
     options = {**(dose_options or {}), "activity_range_mbq": activity_range_mbq}
     if method == "cnn":  # the model is read and verified before any registration
-        from .inference import load_model
+        from .learning.inference import load_model
 
         load_model(options.get("model"), device=options.get("device", "auto"))
     reference_ct = timepoints[0].ct
@@ -572,7 +572,7 @@ def fitted_curves(result: DosimetryResult, n_points: int = 200) -> tuple[np.ndar
 def save_time_activity_plot(result: DosimetryResult, path: str | Path,
                             title: str = "VOI dose rates and fitted curves") -> None:
     """The VOIs' measured mean dose rates (points) and fitted curves (lines) against time, as a PNG."""
-    from .report import save_curves
+    from .evaluation.report import save_curves
 
     dense, fits = fitted_curves(result)
     curves, styles = {}, {}
@@ -585,7 +585,7 @@ def save_time_activity_plot(result: DosimetryResult, path: str | Path,
 
 def write_report(result: DosimetryResult, folder: str | Path) -> None:
     """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
-    from .report import Panel, html_table, save_panels, write_html
+    from .evaluation.report import Panel, html_table, save_panels, write_html
 
     folder = Path(folder)
     save_time_activity_plot(result, folder / "tac.png")

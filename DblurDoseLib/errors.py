@@ -8,10 +8,43 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from collections.abc import Mapping, Sequence
+
+#: The settings an error can point the user at, one key per idea. Messages name the fix in words
+#: that fit every front end ("give the SPECT's units"); the front end adds its own name for the
+#: setting: the command line its flag (``cli.FLAGS``), the Slicer module its widget label
+#: (``DblurDose.SETTING_LABELS``). Testing/test_errors.py checks that both name every key.
+SETTINGS = (
+    "spect", "ct", "spect_units", "calibration", "duration", "any_activity", "clip_negative", "method",
+    "model", "device", "memory_gb", "out", "overwrite", "timepoints", "administration_time",
+    "administered_mbq", "single_time_point", "fit", "calibration_uncertainty", "earlier_cycles", "segments",
+    "nuclide", "hu_calibration", "register", "dicom_out",
+)
 
 
 class DblurDoseError(Exception):
-    """A problem with the user's input or environment; the message says how to fix it."""
+    """A problem with the user's input or environment; the message says how to fix it.
+
+    Parameters
+    ----------
+    message
+        The problem and its fix, in words that fit the command line and Slicer alike.
+    settings
+        Keys of :data:`SETTINGS` the fix refers to; the front end appends its names for them
+        (:meth:`describe`).
+    """
+
+    def __init__(self, message: str, *, settings: Sequence[str] = ()):
+        unknown = [s for s in settings if s not in SETTINGS]
+        if unknown:
+            raise ValueError(f"unknown setting keys {unknown}: add them to errors.SETTINGS and both front ends")
+        super().__init__(message)
+        self.settings = tuple(settings)
+
+    def describe(self, names: Mapping[str, str]) -> str:
+        """The message followed by a front end's names of the settings it refers to, e.g. ``[--spect-units]``."""
+        named = [names[s] for s in self.settings if s in names]
+        return str(self) + (f" [{', '.join(named)}]" if named else "")
 
 
 class OutOfMemoryError(DblurDoseError):

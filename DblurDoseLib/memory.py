@@ -6,13 +6,13 @@ The estimate adds up the arrays the workflow holds at its two peaks (bytes):
   (float32, ~3 copies: as read, in Bq/mL, checked), and on the CT grid (float32, ``n`` voxels)
   the activity (Bq/mL), the activity per voxel (Bq) and the density: ``12 n`` (the activity per
   voxel is freed after the DVK, whose map takes its place);
-* the DVK stage: the FFT working set at the padded grid of :func:`DblurDoseLib.dvk.padded_shape`
-  (:func:`~DblurDoseLib.dvk.fft_bytes_per_padded_voxel`: input grid, half spectrum, kernel
+* the DVK stage: the FFT working set at the padded grid of :func:`DblurDoseLib.physics.dvk.padded_shape`
+  (:func:`~DblurDoseLib.physics.dvk.fft_bytes_per_padded_voxel`: input grid, half spectrum, kernel
   spectrum, output), bounded by the budget left (the convolution then runs in z-slabs, whose
   outputs are added into ``4 n`` per kernel), then the dose and the air mask: ``5 n``;
 * the CNN stage: on the working grid (``w`` voxels) the scaled SPECT and DVK and the output
   (``12 w``; plus the resampled activity, density and DVK, ``12 w``, when the working grid is
-  not the CT grid), one chunk of slices (:func:`~DblurDoseLib.inference.chunk_bytes`), then the
+  not the CT grid), one chunk of slices (:func:`~DblurDoseLib.learning.inference.chunk_bytes`), then the
   output and the tissue floor on the CT grid (``8 n``).
 
 The process itself (Python, numpy, torch, the model: ``base_bytes``, by default the resident
@@ -126,7 +126,7 @@ def plan_memory(
     ct_shape, spect_shape : (z, y, x) voxels of the CT and SPECT grids.
     methods : the methods run ('dvk', 'cnn'); the DVK always runs.
     kernel_shapes : shapes of the kernels convolved (one: the total kernel; two with electron-only scaling).
-    work_shape : the CNN's working grid (z, y, x), :func:`~DblurDoseLib.inference.working_shape`;
+    work_shape : the CNN's working grid (z, y, x), :func:`~DblurDoseLib.learning.inference.working_shape`;
         None: the CT grid.
     ct_itemsize : bytes per CT voxel as read (2 for 16-bit HU, 4 for float32).
     memory_gb : budget for the whole process (GB, 1e9 bytes).
@@ -142,8 +142,8 @@ def plan_memory(
         same after its stage's arrays, each at least the smallest working set that works (so an
         estimate over the budget means no chunking fits). Checked by :func:`check_memory`.
     """
-    from .dvk import fft_bytes_per_padded_voxel, padded_shape
-    from .inference import chunk_bytes, chunk_slices
+    from .learning.inference import chunk_bytes, chunk_slices
+    from .physics.dvk import fft_bytes_per_padded_voxel, padded_shape
 
     if base_bytes is None:
         base_bytes = resident_bytes() or DEFAULT_BASE_BYTES

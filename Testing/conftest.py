@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,7 +79,7 @@ def run_dose(paths: dict, out, *extra) -> int:
 @pytest.fixture
 def case(tmp_path):
     """Files of a small SPECT/CT (129 MBq in a water block, a hot cube) and a two-label labelmap."""
-    from DblurDoseLib.volume import write_volume
+    from DblurDoseLib.io.volume import write_volume
 
     ct = water_phantom_ct((24, 24, 24), (4.8, 4.8, 4.8))
     spect = uniform_spect_like(ct, 2e5)

@@ -16,8 +16,8 @@ import slicer
 import vtk
 import vtk.util.numpy_support as vtk_np
 
+from DblurDoseLib.io.volume import Volume
 from DblurDoseLib.mrml import ijkToRASFromVolume
-from DblurDoseLib.volume import Volume
 
 
 class SlicerScene:
@@ -184,7 +184,7 @@ def small_case(shape=(30, 40, 40), spacing=(4.0, 4.0, 5.0), direction=None, seed
     n = np.maximum(np.round(extent / np.asarray(spect_spacing)).astype(int), 1)
     spect_origin = -direction @ ((n - 1) / 2 * np.asarray(spect_spacing))
     grid = Volume(np.zeros(tuple(n[::-1]), np.float32), spect_spacing, tuple(spect_origin), direction)
-    from DblurDoseLib.resample import resample_activity
+    from DblurDoseLib.geometry.resample import resample_activity
 
     spect = resample_activity(ct.with_array(activity.astype(np.float32)), grid)
     names = {1: "body", 2: "left kidney", 3: "right kidney", 4: "lesion", 5: "lung"}

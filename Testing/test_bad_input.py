@@ -20,10 +20,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import run_dose
 
-from DblurDoseLib import outputs
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.outputs import LOCK_NAME, OutputFolder, write_csv
-from DblurDoseLib.volume import Volume, check_orthogonal, read_volume, write_volume
+from DblurDoseLib.io import outputs
+from DblurDoseLib.io.outputs import LOCK_NAME, OutputFolder, write_csv
+from DblurDoseLib.io.volume import Volume, check_orthogonal, read_volume, write_volume
 
 
 def _snapshot(folder: Path) -> dict[Path, bytes]:
@@ -107,7 +107,8 @@ def test_any_activity_accepts_it_and_keeps_linearity(case, name):
 
 
 def test_every_supported_nuclide_has_a_patient_activity_range():
-    from DblurDoseLib import dose, nuclides
+    from DblurDoseLib import dose
+    from DblurDoseLib.physics import nuclides
 
     for name in nuclides.SUPPORTED:
         lo, hi = nuclides.patient_activity_mbq(name)
@@ -190,7 +191,7 @@ def test_too_little_disk_space_is_refused_before_any_work(case, capsys, monkeypa
 
 def test_disk_full_while_writing_leaves_nothing(case, capsys, monkeypatch):
     tmp, paths, *_ = case
-    import DblurDoseLib.volume as volume
+    import DblurDoseLib.io.volume as volume
 
     def full(*args, **kwargs):
         Path(args[1]).write_bytes(b"half a file")
@@ -255,7 +256,7 @@ def test_allocation_failure_is_an_out_of_memory_message(case, capsys, monkeypatc
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("DblurDoseLib.dvk.dvk_dose_rate", fail)
+    monkeypatch.setattr("DblurDoseLib.physics.dvk.dvk_dose_rate", fail)
     refused(capsys, paths, tmp / "out", code=3, match="out of memory during the DVK convolution")
 
 
@@ -265,7 +266,7 @@ def test_other_runtime_errors_are_not_disguised(case, monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("shape mismatch in the kernel")
 
-    monkeypatch.setattr("DblurDoseLib.dvk.dvk_dose_rate", bug)
+    monkeypatch.setattr("DblurDoseLib.physics.dvk.dvk_dose_rate", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_dose(paths, tmp / "out")
     assert not (tmp / "out").exists()
@@ -273,7 +274,7 @@ def test_other_runtime_errors_are_not_disguised(case, monkeypatch):
 
 def test_sigterm_while_writing_leaves_no_staging(case, capsys, monkeypatch):
     tmp, paths, *_ = case
-    import DblurDoseLib.volume as volume
+    import DblurDoseLib.io.volume as volume
 
     real = volume.write_volume
 
@@ -300,7 +301,7 @@ def test_labelmap_with_too_many_labels_is_refused(case, capsys):
 def test_damaged_cached_kernel_is_refused(tmp_path, monkeypatch):
     import json
 
-    from DblurDoseLib import kernels
+    from DblurDoseLib.physics import kernels
 
     monkeypatch.setenv("DBLURDOSE_CACHE", str(tmp_path / "cache"))
     kernel = kernels.get_kernel("Lu-177", (4.8, 4.8, 4.8))
@@ -324,7 +325,7 @@ def test_damaged_cached_kernel_is_refused(tmp_path, monkeypatch):
 
 
 def test_every_shipped_kernel_passes_its_checksum():
-    from DblurDoseLib import kernels
+    from DblurDoseLib.physics import kernels
 
     files = sorted(kernels.KERNEL_DIR.glob("*mm.npz"))  # the kernels (Lu-177_dpk.npz is the point kernel)
     assert files

@@ -5,7 +5,7 @@ import pytest
 from conftest import run_dose
 
 from DblurDoseLib.cli import main
-from DblurDoseLib.volume import read_volume, write_volume
+from DblurDoseLib.io.volume import read_volume, write_volume
 
 
 def test_dose_writes_map_and_tables(case):
@@ -144,7 +144,7 @@ def test_kernel_command_writes_centred_kernel(tmp_path):
 
 def test_cnn_with_a_model_file(case):
     """--model replaces the shipped weights: a network with a zero output layer gives back the DVK."""
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model, zero_correction
+    from DblurDoseLib.learning.network import DblurDoseNet, ModelConfig, save_model, zero_correction
 
     tmp, paths, ct, _ = case
     model = save_model(zero_correction(DblurDoseNet(ModelConfig(spacing=ct.spacing))), tmp / "fresh.pt")

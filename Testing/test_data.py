@@ -70,7 +70,7 @@ def test_dask_runs_each_phantom_once_and_writes_manifest(tmp_path, monkeypatch):
 def test_small_end_to_end_and_resume(tmp_path):
     pytest.importorskip("pytomography")
     pytest.importorskip("ompmc")
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib.io.volume import read_volume
 
     settings = data.DataSettings(phantoms=[0], realisations=2, decays=1e5, test_decays=1e5, spect_mc_decays=1e5,
                                  **data.SMALL)
@@ -144,7 +144,7 @@ def test_mix_draws_only_valid_acquisitions():
     """Subsets divide the views, OSEM stays within 4x8..16x8 updates, every drawn acquisition validates."""
     if not _has_pytomography():
         pytest.skip("the collimator table ships with pytomography")
-    from DblurDoseLib import spect
+    from DblurDoseLib.simulation import spect
 
     settings = data.DataSettings(mix=True, **data.CPU)
     for name, cam in spect.CAMERAS.items():
@@ -170,7 +170,7 @@ def test_mix_draws_only_valid_acquisitions():
 
 
 def test_held_out_vendor_never_in_training_draws():
-    from DblurDoseLib import spect
+    from DblurDoseLib.simulation import spect
 
     held_out = spect.CAMERAS[data.OUT_OF_MIX["camera"]]
     training = [spect.CAMERAS[name] for name in data.TRAINING_MIX["camera"]]
@@ -240,7 +240,7 @@ def test_mix_and_out_of_mix_end_to_end(tmp_path, monkeypatch):
     """A training phantom reconstructed per its plan, and a test phantom with its out-of-mix twin."""
     pytest.importorskip("pytomography")
     pytest.importorskip("ompmc")
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib.io.volume import read_volume
 
     small = {**data.SMALL, "spect_matrix": (16, 16, 13), "spect_voxel_mm": 31.2}
     settings = data.DataSettings(phantoms=[0, 1], realisations=2, decays=1e5, test_decays=1e5, spect_mc_decays=1e5,
@@ -286,8 +286,11 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
     """make_truth: partial means mc_truth_d{N} over the first 1/8, 1/4 and 1/2 of the decays beside the full
     label (same names as before); stand-in SPECT/DVK and a seeded stand-in Monte Carlo, to stay quick."""
-    from DblurDoseLib import dose, montecarlo, resample, spect
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib import dose
+    from DblurDoseLib.geometry import resample
+    from DblurDoseLib.io.volume import read_volume
+    from DblurDoseLib.physics import montecarlo
+    from DblurDoseLib.simulation import spect
 
     def fake_mc(activity_bq, density, n_decays, seed=1, **_):  # unbiased, noise ~ 1/sqrt(decays), one stream per seed
         rel = np.float32(1 / np.sqrt(n_decays))
@@ -325,7 +328,7 @@ def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
 
 
 def test_validation_phantoms_get_the_mix_and_a_test_grade_truth():
-    from DblurDoseLib.training import split_phantoms
+    from DblurDoseLib.learning.training import split_phantoms
 
     settings = data.DataSettings(phantoms=list(range(10)), n_test=3, n_val=2, mix=True, held_out=[10])
     split = settings.split()
@@ -366,7 +369,7 @@ def test_sigterm_stops_generation_within_seconds_and_it_resumes(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143 and time.time() - t0 < 30
     assert "run the same command to resume" in err
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib.io.volume import read_volume
 
     assert (out / "p00" / "activity.nrrd").exists()  # the finished phantom part is kept
     for path in out.rglob("*.nrrd"):  # a file under its final name is whole (parts are written, then renamed)

@@ -13,7 +13,7 @@ from DblurDoseLib import demo
 from DblurDoseLib.cli import main
 from DblurDoseLib.demo_timepoints import DEMO_TIMES_H, run_timepoints_demo
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import read_volume
+from DblurDoseLib.io.volume import read_volume
 
 SMALL = (33, 64, 64)
 SMALL_SPACING = (7.84, 7.84, 11.8)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from DblurDoseLib.density import DEFAULT_CALIBRATION, check_ct_is_hu, hu_to_density, load_calibration
 from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.physics.density import DEFAULT_CALIBRATION, check_ct_is_hu, hu_to_density, load_calibration
 
 
 def test_default_curve_points():
@@ -61,7 +61,7 @@ def test_integer_ct_table_equals_interpolation(dtype, tmp_path):
 def test_float_ct_table_is_within_its_stated_tolerance_of_interpolation(table_csv, tmp_path):
     """float32 CTs go through a table: within float_table_tolerance of per-voxel np.interp, whole
     HU exactly as a 16-bit CT, clamped outside the curve, and ``exact`` is np.interp itself."""
-    from DblurDoseLib.density import float_table_tolerance
+    from DblurDoseLib.physics.density import float_table_tolerance
 
     calibration = None
     if table_csv:

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from DblurDoseLib.cli import main
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
 
 NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"

@@ -15,9 +15,9 @@ import pytest
 from conftest import uniform_spect_like, water_phantom_ct
 from test_dicom import FRAME_OF_REFERENCE, STUDY, _rotation, ct_series
 
-from DblurDoseLib import dicom_export
 from DblurDoseLib.cli import main
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io import dicom_export
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
 
 UNLINKED = "not linked to a study"
 
@@ -294,7 +294,7 @@ def test_rt_struct_without_a_dicom_ct_shares_the_new_frame_of_reference(oblique,
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
 def test_rt_struct_is_a_valid_rt_structure_set_for_dciodvfy(oblique, tmp_path):
-    from DblurDoseLib.segments import Segment
+    from DblurDoseLib.geometry.segments import Segment
 
     ct, spect = oblique
     cube = spect.array > 5e5

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from DblurDoseLib.cli import main
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -94,7 +94,7 @@ def test_rt_dose_reads_on_its_grid_frame_offsets_with_its_scaling():
 
 def test_our_rt_dose_reads_back_where_it_was_written(tmp_path):
     """dblurdose's own RT Dose (oblique, a hot spot off centre) read back: same grid, values within the step."""
-    from DblurDoseLib import dicom_export
+    from DblurDoseLib.io import dicom_export
 
     a = np.deg2rad(20.0)
     direction = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])

@@ -18,7 +18,7 @@ from test_dicom import CT_STORAGE, NM_STORAGE, _dataset, _item, _rotation, _save
 
 from DblurDoseLib.cli import main
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import Volume, read_volume
+from DblurDoseLib.io.volume import Volume, read_volume
 
 #: the sphere: centre (mm, LPS), radius (mm), concentration inside and around (Bq/mL)
 CENTRE, RADIUS, HOT, BACKGROUND = np.array([23.0, -41.5, -612.0]), 13.0, 1.0e6, 5.0e4

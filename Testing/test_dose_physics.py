@@ -36,7 +36,7 @@ def test_half_density_roughly_doubles_and_air_is_zero():
     ct, spect = _block_with_density(0.0)
     water = compute_dose_rate_maps(spect, ct, device="cpu")["dvk"].array
     ct_lung, _ = _block_with_density(-500.0)  # 0.5 g/cm3 on the default curve? check below
-    from DblurDoseLib.density import hu_to_density
+    from DblurDoseLib.physics.density import hu_to_density
 
     rho = float(hu_to_density(np.array([-500.0]))[0])
     lung = compute_dose_rate_maps(spect, ct_lung, device="cpu")["dvk"].array

@@ -19,8 +19,8 @@ from DblurDoseLib import dosimetry
 from DblurDoseLib.cli import main
 from DblurDoseLib.dose import compute_dose_rate_maps
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.segments import Segment
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.geometry.segments import Segment
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
 
 T_EFF_H = 60.0
 TIMES_H = (4.0, 24.0, 72.0, 168.0)
@@ -202,8 +202,8 @@ def _points(ct: Volume, mask: np.ndarray, times=(24.0, 96.0, 168.0)) -> list:
 
 
 def test_bed_for_kidney_names_and_fallback_when_fits_fail(phantom, monkeypatch):
-    from DblurDoseLib import time_integration
-    from DblurDoseLib.radiobiology import bed
+    from DblurDoseLib.physics import time_integration
+    from DblurDoseLib.physics.radiobiology import bed
 
     ct, mask, _ = phantom
     points = _points(ct, mask)
@@ -228,7 +228,7 @@ def test_bed_for_kidney_names_and_fallback_when_fits_fail(phantom, monkeypatch):
 
 
 def test_madsen_uses_the_population_half_life_of_the_voi(phantom):
-    from DblurDoseLib.time_integration import population_half_life
+    from DblurDoseLib.physics.time_integration import population_half_life
 
     ct, mask, rate0 = phantom
     t_kidney = population_half_life("kidneys")
@@ -258,7 +258,7 @@ def test_trapezoid_fit_for_voi_and_voxels(four_points, tmp_path):
 
 
 def test_fit_failure_is_reported_and_written(phantom, tmp_path, monkeypatch, capsys):
-    from DblurDoseLib import time_integration
+    from DblurDoseLib.physics import time_integration
 
     ct, mask, _ = phantom
     paths = _files(tmp_path / "in", ct, mask, (24.0, 96.0, 168.0))
@@ -404,7 +404,7 @@ def test_date_times_need_the_administration_time(four_points, tmp_path, capsys):
 def test_dicom_acquisition_time_read_from_the_tags():
     from types import SimpleNamespace
 
-    from DblurDoseLib.dicom import acquisition_datetime
+    from DblurDoseLib.io.dicom import acquisition_datetime
 
     when, source = acquisition_datetime(SimpleNamespace(AcquisitionDateTime="20261202093015.25"))
     assert when.isoformat() == "2026-12-02T09:30:15.250000" and source == "AcquisitionDateTime"

@@ -13,8 +13,8 @@ import pytest
 
 from DblurDoseLib import dosimetry
 from DblurDoseLib.dose import compute_dose_rate_maps
-from DblurDoseLib.phantom import make_time_series
-from DblurDoseLib.segments import Segment
+from DblurDoseLib.geometry.segments import Segment
+from DblurDoseLib.simulation.phantom import make_time_series
 
 TIMES_H = (4.0, 24.0, 96.0, 168.0)
 SHAPE = (48, 80, 80)  # the standard 50 x 50 x 39 cm field at 6.3 x 6.3 x 8.1 mm
@@ -74,8 +74,8 @@ def test_four_time_points_give_voi_doses_within_10_percent_of_truth_with_the_dvk
 
 def test_monte_carlo_truth_agrees_with_the_dvk_truth_in_soft_tissue(series):
     pytest.importorskip("ompmc")
-    from DblurDoseLib.density import hu_to_density
-    from DblurDoseLib.montecarlo import monte_carlo_absorbed_dose
+    from DblurDoseLib.physics.density import hu_to_density
+    from DblurDoseLib.physics.montecarlo import monte_carlo_absorbed_dose
 
     phantoms, integral = series
     ct = phantoms[0].hu

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import convolve
 
-from DblurDoseLib.dvk import dvk_dose_rate, fft_convolve, total_kernel
 from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.physics.dvk import dvk_dose_rate, fft_convolve, total_kernel
 
 
 def _direct(volume, kernel):
@@ -111,7 +111,7 @@ def test_kernel_spectrum_equals_padded_rfftn(symmetric):
     """The kernel spectrum (cosine sums when symmetric) equals the rFFT of the kernel wrapped into the grid."""
     import torch
 
-    from DblurDoseLib.dvk import _kernel_spectrum
+    from DblurDoseLib.physics.dvk import _kernel_spectrum
 
     rng = np.random.default_rng(3)
     k = rng.random((5, 7, 3)).astype(np.float32)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_network import random_model
 
-from DblurDoseLib import inference
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.inference import cnn_dose_rate, load_model, predict_scaled, working_grid
-from DblurDoseLib.network import VARIANTS, ModelConfig
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.learning import inference
+from DblurDoseLib.learning.inference import cnn_dose_rate, load_model, predict_scaled, working_grid
+from DblurDoseLib.learning.network import VARIANTS, ModelConfig
 
 
 def scaled_inputs(shape, seed=0):
@@ -94,7 +94,7 @@ def test_air_is_zero_and_nothing_negative():
 
 
 def test_same_grid_needs_no_resampling(monkeypatch):
-    from DblurDoseLib import resample
+    from DblurDoseLib.geometry import resample
 
     def refuse(*args, **kwargs):
         raise AssertionError("resampled although the CT grid is the working grid")
@@ -129,7 +129,7 @@ def test_other_voxel_size_goes_through_the_working_grid(monkeypatch):
 
 def test_working_grid_moves_only_the_correction():
     """A residual network that corrects nothing returns the CT-grid DVK itself, detail kept."""
-    from DblurDoseLib.network import DblurDoseNet, zero_correction
+    from DblurDoseLib.learning.network import DblurDoseNet, zero_correction
 
     model = zero_correction(DblurDoseNet(ModelConfig(spacing=(8.0, 8.0, 12.0)))).eval()
     ct, act, density, dvk = ct_case()

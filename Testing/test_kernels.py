@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from DblurDoseLib import kernels as K
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import read_volume
+from DblurDoseLib.io.volume import read_volume
+from DblurDoseLib.physics import kernels as K
 
 SHIPPED = [(0.98, 0.98, 3.0), (4.7952, 4.7952, 4.7952), (4.8, 4.8, 4.8)]
 #: plausible photon absorbed fraction of 35.1 keV within each shipped kernel (see docstring)

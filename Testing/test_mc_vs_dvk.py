@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from DblurDoseLib.dvk import dvk_dose_rate
-from DblurDoseLib.kernels import get_kernel
+from DblurDoseLib.physics.dvk import dvk_dose_rate
+from DblurDoseLib.physics.kernels import get_kernel
 
 
 @pytest.mark.slow
 def test_monte_carlo_matches_dvk_in_soft_tissue_of_a_phantom():
     pytest.importorskip("ompmc")
-    from DblurDoseLib.montecarlo import monte_carlo_dose_rate
-    from DblurDoseLib.phantom import make_phantom
+    from DblurDoseLib.physics.montecarlo import monte_carlo_dose_rate
+    from DblurDoseLib.simulation.phantom import make_phantom
 
     ph = make_phantom(5, shape=(48, 96, 96), spacing=(5.2, 5.2, 8.125))
     bq = ph.activity.with_array(ph.activity.array * np.float32(ph.activity.voxel_volume_ml))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import OutOfMemoryError
-from DblurDoseLib.inference import weights_installed
+from DblurDoseLib.learning.inference import weights_installed
 from DblurDoseLib.memory import check_memory, plan_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ TOLERANCE = 0.35
 _CHILD = r"""
 import json, sys
 import numpy as np
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
 from DblurDoseLib.dose import compute_dose_rate_maps
 from DblurDoseLib.memory import peak_resident_bytes, resident_bytes
 
@@ -42,7 +42,7 @@ act[c[0] - 2:c[0] + 2, c[1] - 3:c[1] + 3, c[2] - 3:c[2] + 3] = 2e5
 spect = Volume(act, (4.8,) * 3, sp_origin)
 import torch  # noqa: F401  (imported before the baseline is taken, as the CLI has)
 if method == "cnn":
-    from DblurDoseLib.inference import load_model
+    from DblurDoseLib.learning.inference import load_model
     load_model(device="cpu")
 with open("/proc/self/clear_refs", "w") as f:  # peak RSS (VmHWM) reset to the resident size now
     f.write("5")
@@ -87,7 +87,7 @@ def test_estimate_matches_measured_peak(shape, method):
 
 def test_issue_size_fits_8_gb_and_is_refused_at_half_a_gb():
     """512x512x600 CT (0.98x0.98x3 mm, 16-bit HU) with the CNN: planned from shapes only, nothing allocated."""
-    from DblurDoseLib.inference import working_shape
+    from DblurDoseLib.learning.inference import working_shape
 
     ct_shape, spect_shape, kernel = (600, 512, 512), (81, 128, 128), [(99, 99, 99)]
     work = working_shape(ct_shape, (0.98, 0.98, 3.0), (1.96, 1.96, 3.0))
@@ -105,7 +105,7 @@ def test_issue_size_fits_8_gb_and_is_refused_at_half_a_gb():
 def test_refused_before_any_work(monkeypatch):
     """compute_dose_rate_maps refuses before the resampling when the budget is too small."""
     from DblurDoseLib import dose
-    from DblurDoseLib.volume import Volume
+    from DblurDoseLib.io.volume import Volume
 
     def no_resampling(*args, **kwargs):
         raise AssertionError("the run was not refused up front")
@@ -132,8 +132,8 @@ def test_smaller_budget_smaller_chunk_same_map():
     """The CNN's chunk follows the budget, and chunking changes the map only by float rounding."""
     if not weights_installed():
         pytest.skip("no shipped weights")
-    from DblurDoseLib.inference import cnn_dose_rate, load_model, working_shape
-    from DblurDoseLib.volume import Volume
+    from DblurDoseLib.io.volume import Volume
+    from DblurDoseLib.learning.inference import cnn_dose_rate, load_model, working_shape
 
     model = load_model(device="cpu")
     shape, spacing = (24, 64, 64), (0.98, 0.98, 3.0)
@@ -152,7 +152,7 @@ def test_smaller_budget_smaller_chunk_same_map():
 
 def test_cli_memory_gb_refuses_with_exit_code_3(tmp_path, capsys):
     from DblurDoseLib.cli import main
-    from DblurDoseLib.volume import Volume, write_volume
+    from DblurDoseLib.io.volume import Volume, write_volume
 
     hu = np.full((20, 40, 40), -1000, np.int16)
     hu[2:-2, 5:-5, 5:-5] = 40

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.metrics import (
+from DblurDoseLib.evaluation.metrics import (
     dr_x,
     drvh,
     drvh_bin_edges,
@@ -17,7 +17,7 @@ from DblurDoseLib.metrics import (
     statistics_table,
     unit_suffix,
 )
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
 
 
 def test_dr_levels_on_a_ramp():
@@ -31,7 +31,7 @@ def test_dr_levels_on_a_ramp():
 
 
 def test_table_columns_carry_the_unit():
-    from DblurDoseLib.segments import Segment
+    from DblurDoseLib.geometry.segments import Segment
 
     assert unit_suffix("mGy/h") == "mGy_per_h" and unit_suffix("nGy/(MBq s)") == "nGy_per_MBq_s"
     dose = np.arange(1, 101, dtype=np.float32).reshape(1, 10, 10)

@@ -4,9 +4,9 @@ with the dose-voxel kernel in water, reproducibility. Transport tests need the o
 import numpy as np
 import pytest
 
-from DblurDoseLib import montecarlo as mc
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.physics import montecarlo as mc
 
 needs_ompmc = pytest.mark.skipif(not mc.ompmc_available(), reason="needs the optional ompmc package")
 
@@ -134,7 +134,7 @@ def test_agrees_with_the_dose_voxel_kernel_in_water():
     few % of the dose) differs only by water vs tissue and the finite cube."""
     from scipy.signal import fftconvolve
 
-    from DblurDoseLib.kernels import get_kernel
+    from DblurDoseLib.physics.kernels import get_kernel
 
     n, spacing = 31, (4.8, 4.8, 4.8)
     act, rho = _cube(n=n, spacing=spacing, active=slice(11, 20), bq=1e6 * 0.110592)  # 1 MBq/mL

@@ -17,8 +17,8 @@ from slicer_helpers import SlicerScene, rotation, small_case  # noqa: E402
 import DblurDoseLib.dose as dose  # noqa: E402
 from DblurDoseLib import mrml  # noqa: E402
 from DblurDoseLib.errors import DblurDoseError  # noqa: E402
-from DblurDoseLib.metrics import drvh_table, line_profile, statistics_table  # noqa: E402
-from DblurDoseLib.segments import segments_from_labelmap  # noqa: E402
+from DblurDoseLib.evaluation.metrics import drvh_table, line_profile, statistics_table  # noqa: E402
+from DblurDoseLib.geometry.segments import segments_from_labelmap  # noqa: E402
 
 OBLIQUE = rotation("z", 20.0) @ rotation("x", 10.0)
 

@@ -17,7 +17,7 @@ from slicer_helpers import SlicerScene, small_case  # noqa: E402
 
 from DblurDoseLib import dosimetry, mrml  # noqa: E402
 from DblurDoseLib.errors import DblurDoseError  # noqa: E402
-from DblurDoseLib.segments import segments_from_labelmap  # noqa: E402
+from DblurDoseLib.geometry.segments import segments_from_labelmap  # noqa: E402
 
 T_EFF_H = 50.0
 TIMES_H = (96.0, 4.0, 24.0, 168.0)  # given out of order on purpose: the function sorts them

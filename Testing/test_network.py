@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.network import (
+from DblurDoseLib.learning.network import (
     PACK,
     VARIANTS,
     DblurDoseNet,
@@ -152,7 +152,7 @@ def test_slab_training_step_equals_per_pack_batch():
 def test_tap_sum_node_equals_autograd_of_slices(monkeypatch):
     """The training step's fast path (the extractor's tap sums as one autograd node) is the same
     function as plain autograd of the slices: outputs and every gradient, float64."""
-    from DblurDoseLib import network
+    from DblurDoseLib.learning import network
 
     x = torch.randn(2, 2, 6 + PACK - 1, 16, 16, dtype=torch.float64)
     dvk = torch.randn(2, 1, 6, 16, 16, dtype=torch.float64)
@@ -187,7 +187,7 @@ def test_v02_config_maps_to_the_v02_network():
 def test_shipped_v02_file_gives_the_v02_computation():
     """The shipped v0.2 weights load as v0.2's network and its output is, bit for bit, the U-Net's
     output on the extractor's features plus the DVK (v0.2's formula); inference takes the same path."""
-    from DblurDoseLib.inference import DEFAULT_MODEL_PATH, predict_scaled
+    from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH, predict_scaled
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped weights in this installation")
@@ -235,8 +235,8 @@ def test_new_decoder_has_no_dead_features_and_corrects_both_ways():
 def test_ratio_correction_stays_within_its_bounds_above_the_tissue_floor():
     """Whatever the U-Net outputs, the "ratio" correction keeps the dose within (1/20, 20) x the DVK,
     so tissue never falls to inference.TISSUE_FLOOR by construction; it is smooth and the identity at 0."""
-    from DblurDoseLib.inference import TISSUE_FLOOR
-    from DblurDoseLib.network import RATIO_LIMIT
+    from DblurDoseLib.learning.inference import TISSUE_FLOOR
+    from DblurDoseLib.learning.network import RATIO_LIMIT
 
     model = DblurDoseNet()
     dvk = torch.rand(1, 1, 8, 8, dtype=torch.float64) + 0.1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.nuclides import (
+from DblurDoseLib.physics.nuclides import (
     ELECTRON,
     PHOTON,
     SUPPORTED,

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.phantom import (
+from DblurDoseLib.simulation.phantom import (
     BONE_LESION_HU,
     LABELS,
     LESION_CONTRAST,

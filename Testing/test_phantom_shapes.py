@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from DblurDoseLib import data, evaluate
-from DblurDoseLib.density import hu_to_density
+from DblurDoseLib import data
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.phantom import LABELS, LUMBAR_L2_L5, TISSUES, voi_masks
-from DblurDoseLib.phantom_shapes import LESION_LARGE_ML, LESION_SMALL_ML, make_shapes_phantom
+from DblurDoseLib.evaluation import evaluate
+from DblurDoseLib.physics.density import hu_to_density
+from DblurDoseLib.simulation.phantom import LABELS, LUMBAR_L2_L5, TISSUES, voi_masks
+from DblurDoseLib.simulation.phantom_shapes import LESION_LARGE_ML, LESION_SMALL_ML, make_shapes_phantom
 
 SMALL = (40, 64, 64)  # standard field at 7.8 x 7.8 x 9.75 mm
 FINE = (78, 100, 100)  # standard field at 5 x 5 x 5 mm, for volumes of 1-mL lesions
@@ -164,13 +165,13 @@ def test_cli_held_out_reaches_the_settings(monkeypatch, tmp_path):
 def _fake_physics(monkeypatch):
     """SPECT, DVK and Monte Carlo stand-ins: the phantom part of a data set alone, in seconds."""
     import DblurDoseLib.dose  # noqa: F401  imported before patching, so that it keeps the real resample_activity
-    monkeypatch.setattr("DblurDoseLib.spect.simulate_spect",
+    monkeypatch.setattr("DblurDoseLib.simulation.spect.simulate_spect",
                         lambda activity, *a, realisations=1, **k: [activity] * realisations)
-    monkeypatch.setattr("DblurDoseLib.resample.resample_activity", lambda recon, hu: recon)
+    monkeypatch.setattr("DblurDoseLib.geometry.resample.resample_activity", lambda recon, hu: recon)
     monkeypatch.setattr("DblurDoseLib.dose.compute_dose_rate_maps", lambda spect, hu, methods: {"dvk": spect})
-    from DblurDoseLib.montecarlo import MonteCarloResult
+    from DblurDoseLib.physics.montecarlo import MonteCarloResult
 
-    monkeypatch.setattr("DblurDoseLib.montecarlo.monte_carlo_dose_rate",
+    monkeypatch.setattr("DblurDoseLib.physics.montecarlo.monte_carlo_dose_rate",
                         lambda bq, density, n, *a, **k: MonteCarloResult(bq, bq.with_array(bq.array * 0 + 0.1), n,
                                                                          0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
 

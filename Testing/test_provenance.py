@@ -9,12 +9,12 @@ import pytest
 from conftest import run_dose
 
 from DblurDoseLib import __version__
-from DblurDoseLib.outputs import input_checksum
-from DblurDoseLib.volume import read_volume
+from DblurDoseLib.io.outputs import input_checksum
+from DblurDoseLib.io.volume import read_volume
 
 
 def _zero_model(tmp, ct):
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model, zero_correction
+    from DblurDoseLib.learning.network import DblurDoseNet, ModelConfig, save_model, zero_correction
 
     return save_model(zero_correction(DblurDoseNet(ModelConfig(spacing=ct.spacing))), tmp / "zero.pt")
 
@@ -65,7 +65,7 @@ def test_checksum_of_a_folder_changes_with_any_file(tmp_path):
 
 def test_same_inputs_give_bit_identical_maps_on_the_cpu(case):
     """DVK and CNN, twice: the maps and the files are the same to the last bit."""
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model
+    from DblurDoseLib.learning.network import DblurDoseNet, ModelConfig, save_model
 
     tmp, paths, ct, _ = case
     torch = pytest.importorskip("torch")
@@ -94,7 +94,7 @@ def test_gpu_maps_agree_with_the_cpu_within_the_stated_tolerances(case):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig, save_model
+    from DblurDoseLib.learning.network import DblurDoseNet, ModelConfig, save_model
 
     tmp, paths, ct, _ = case
     torch.manual_seed(1)

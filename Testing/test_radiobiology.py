@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from DblurDoseLib import radiobiology as rb
-from DblurDoseLib import time_integration as ti
 from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.physics import radiobiology as rb
+from DblurDoseLib.physics import time_integration as ti
 
 LN2 = math.log(2.0)
 

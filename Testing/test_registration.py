@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.registration import (
+from DblurDoseLib.geometry.registration import (
     MIN_BODY_DICE,
     apply_to_activity,
     apply_to_volume,
@@ -21,7 +21,7 @@ from DblurDoseLib.registration import (
     dice,
     register_ct,
 )
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
 
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 

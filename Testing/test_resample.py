@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.resample import resample_activity, resample_labels
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.geometry.resample import resample_activity, resample_labels
+from DblurDoseLib.io.volume import Volume
 
 
 def _grid(shape, spacing, direction=None, centre=(0.0, 0.0, 0.0)):
@@ -72,7 +72,7 @@ def test_labels_keep_values():
 
 
 def test_centres_inside_shortcut_equals_point_by_point():
-    from DblurDoseLib.resample import _centres_inside_any, centres_inside
+    from DblurDoseLib.geometry.resample import _centres_inside_any, centres_inside
 
     source = Volume(np.zeros((9, 11, 13), np.float32), (4.8, 4.8, 4.8), (-30.0, -20.0, -25.0))
     for origin, spacing in [((-12.0, -9.5, -7.0), (0.98, 0.98, 3.0)), ((0.0, 2.4, -40.0), (4.0, 3.0, 5.0))]:

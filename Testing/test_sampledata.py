@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from DblurDoseLib import sampledata
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.segments import read_segments
-from DblurDoseLib.volume import Volume, read_volume
+from DblurDoseLib.geometry.segments import read_segments
+from DblurDoseLib.io.volume import Volume, read_volume
+from DblurDoseLib.mrml import sampledata
 
 SMALL = (33, 64, 64)
 
@@ -58,13 +58,13 @@ def test_demo_files_are_written_once_and_never_half(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    import DblurDoseLib.phantom
+    import DblurDoseLib.simulation.phantom
 
     labels, names = labels_case()  # a tiny stand-in patient: only the file handling is under test
     tiny = SimpleNamespace(hu=labels.with_array(np.where(labels.array > 0, 40.0, -1000.0).astype(np.float32)),
                            activity=labels.with_array((labels.array > 0).astype(np.float32) * 1e5),
                            labels=labels, label_names=names)
-    monkeypatch.setattr(DblurDoseLib.phantom, "make_phantom", lambda *a, **k: tiny)
+    monkeypatch.setattr(DblurDoseLib.simulation.phantom, "make_phantom", lambda *a, **k: tiny)
     monkeypatch.setattr(sampledata, "write_line_json", broken)
     with pytest.raises(OSError):
         sampledata.write_demo_case(tmp_path / "again", shape=SMALL)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from DblurDoseLib.dvk import dvk_dose_rate
-from DblurDoseLib.inference import DEFAULT_MODEL_PATH, cnn_dose_rate, load_model, weights_installed
-from DblurDoseLib.kernels import get_kernel
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH, cnn_dose_rate, load_model, weights_installed
+from DblurDoseLib.physics.dvk import dvk_dose_rate
+from DblurDoseLib.physics.kernels import get_kernel
 
 CARD = DEFAULT_MODEL_PATH.parent / "MODEL_CARD.md"
 
@@ -71,7 +71,7 @@ def test_shipped_correction_is_not_capped_and_never_zeroes_tissue():
     could never exceed the output bias (+1.038 mGy/h on the demo, a plateau over whole lesions) and
     pushed some soft tissue to zero. The shipped correction must be free in both directions and vary
     inside a hot sphere, and no tissue voxel that the DVK doses may come out at zero."""
-    from DblurDoseLib.network import correction_bound
+    from DblurDoseLib.learning.network import correction_bound
 
     model = load_model()
     assert correction_bound(model) == (float("-inf"), float("inf")), "output weights all of one sign"
@@ -97,7 +97,7 @@ def test_small_evaluation_cnn_no_worse_than_dvk_in_the_kidneys(tmp_path):
     import json
 
     from DblurDoseLib import data
-    from DblurDoseLib.evaluate import evaluate
+    from DblurDoseLib.evaluation.evaluate import evaluate
 
     small = {**data.SMALL, "spect_matrix": (104, 104, 81), "spect_voxel_mm": 4.8, "n_views": 64, "iterations": 8,
              "subsets": 4, "projection_oversampling": 1}

@@ -104,7 +104,7 @@ def test_requirements_are_readable_and_unpinned(module):
 
 
 def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
-    from DblurDoseLib import sampledata
+    from DblurDoseLib.mrml import sampledata
 
     monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
     nodes = module.loadDemoCase(small=True)
@@ -143,7 +143,7 @@ def test_readme_console_example_gives_the_numbers_it_states(module, monkeypatch,
     does, prints the numbers its comments state; the library call in it and ``dblurdose dose`` on the
     demo's files give the same map."""
     from DblurDoseLib.cli import main
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib.io.volume import read_volume
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     (block,) = blocks  # the README's only Python example (one added later needs its own test here)
@@ -245,7 +245,7 @@ def _absorbed_dose_parameters(module, nodes, times, **changes):
 
 
 def test_absorbed_dose_panel_logic_sorts_checks_and_computes(module, monkeypatch):
-    from DblurDoseLib import sampledata
+    from DblurDoseLib.mrml import sampledata
 
     monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
     nodes = module.loadDemoCase(small=True)

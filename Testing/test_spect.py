@@ -1,4 +1,4 @@
-"""Simulated Lu-177 SPECT (DblurDoseLib.spect): geometry, calibration, noise, orientation, errors.
+"""Simulated Lu-177 SPECT (DblurDoseLib.simulation.spect): geometry, calibration, noise, orientation, errors.
 
 Everything runs on tiny problems (32 x 32 x 20 SPECT grid of 8 mm, 32 views, few iterations) in a
 few seconds; the paper-size run is marked slow.
@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("pytomography")
 
-from DblurDoseLib import spect as S  # noqa: E402
 from DblurDoseLib.errors import DblurDoseError  # noqa: E402
-from DblurDoseLib.volume import Volume  # noqa: E402
+from DblurDoseLib.io.volume import Volume  # noqa: E402
+from DblurDoseLib.simulation import spect as S  # noqa: E402
 
 SMALL = S.SpectAcquisition(n_views=32, matrix=(32, 32, 20), voxel_mm=8.0, iterations=6, subsets=4)
 
@@ -472,7 +472,7 @@ def test_demo_acquisition_is_in_the_training_mix_and_holds_the_patient():
     its smaller matrix still holds the demo's virtual patient with room for the scatter tails."""
     from DblurDoseLib import data
     from DblurDoseLib.demo import DEMO_SHAPE, DEMO_SPACING, demo_acquisition
-    from DblurDoseLib.phantom import make_phantom
+    from DblurDoseLib.simulation.phantom import make_phantom
 
     acq = demo_acquisition()
     acq.validate()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from DblurDoseLib import time_integration as ti
 from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.physics import time_integration as ti
 
 LN2 = math.log(2.0)
 LAM_PHYS = ti.physical_decay_constant_per_h("Lu-177")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from DblurDoseLib import training
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.inference import cnn_dose_rate, load_model
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
+from DblurDoseLib.learning import training
+from DblurDoseLib.learning.inference import cnn_dose_rate, load_model
 
 SPACING = (10.0, 10.0, 15.0)  # coarse voxels: a patient-sized body in a tiny grid
 FAST = dict(epochs=2, batch_size=8, patch=32, slab=4, steps_per_epoch=10, lr=2e-3, seed=3, device="cpu")
@@ -136,7 +136,7 @@ def test_validation_is_held_out_by_phantom(dataset):
 
 
 def test_batches_come_from_training_phantoms_only(dataset, tmp_path):
-    from DblurDoseLib.network import ModelConfig
+    from DblurDoseLib.learning.network import ModelConfig
 
     manifest = training.read_manifest(dataset)
     train_names, val_names = training.split_phantoms(manifest, seed=3)
@@ -207,7 +207,7 @@ def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
     script = tmp_path / "run.py"
     out = tmp_path / "ddp" / "model.pt"
     script.write_text(
-        "from DblurDoseLib.training import train\n"
+        "from DblurDoseLib.learning.training import train\n"
         f"train({str(dataset)!r}, {str(out)!r}, epochs=1, batch_size=8, patch=32, slab=4, steps_per_epoch=2, "
         "device='cpu')\n"
     )
@@ -239,7 +239,7 @@ def test_one_cycle_schedule_warms_up_and_decays_and_its_length_is_fixed(trained,
 
 def test_hot_patches_centre_on_the_hottest_voxels(dataset, tmp_path):
     """--hot-fraction 0.9: 9 patches in 10 centred on the top 2% of the body's true dose rate."""
-    from DblurDoseLib.network import ModelConfig
+    from DblurDoseLib.learning.network import ModelConfig
 
     manifest = training.read_manifest(dataset)
     train_names, _ = training.split_phantoms(manifest, seed=3)
@@ -319,7 +319,7 @@ def test_sigterm_stops_training_within_seconds_and_it_resumes(dataset, tmp_path)
 
 
 def test_atomic_file_leaves_the_old_file_and_no_part_when_interrupted(tmp_path):
-    from DblurDoseLib.outputs import atomic_file
+    from DblurDoseLib.io.outputs import atomic_file
 
     path = tmp_path / "model.pt"
     path.write_text("old")

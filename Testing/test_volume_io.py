@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io.volume import Volume, read_volume, write_volume
 
 
 def _oblique_direction(angle_deg: float = 20.0) -> np.ndarray:

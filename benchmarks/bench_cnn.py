@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_case(small: bool):
-    from DblurDoseLib.volume import Volume
+    from DblurDoseLib.io.volume import Volume
 
     shape, spacing = ((65, 256, 256), (1.96, 1.96, 6.0)) if small else ((130, 512, 512), (0.98, 0.98, 3.0))
     origin = tuple(-(n - 1) / 2 * s for n, s in zip(shape[::-1], spacing))
@@ -63,8 +63,8 @@ def timed(fn, sync=lambda: None) -> tuple[float, float, object]:
 def bench_device(dev: str, model, ct, activity, density, kernel, args) -> None:
     import torch
 
-    from DblurDoseLib.dvk import dvk_dose_rate
-    from DblurDoseLib.inference import cnn_dose_rate, predict_scaled
+    from DblurDoseLib.learning.inference import cnn_dose_rate, predict_scaled
+    from DblurDoseLib.physics.dvk import dvk_dose_rate
 
     nz = ct.shape[0]
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -115,8 +115,8 @@ def main() -> None:
 
     import torch
 
-    from DblurDoseLib.kernels import get_kernel
-    from DblurDoseLib.network import DblurDoseNet, ModelConfig
+    from DblurDoseLib.learning.network import DblurDoseNet, ModelConfig
+    from DblurDoseLib.physics.kernels import get_kernel
 
     print(f"cores: {os.cpu_count()}, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
           f"cuda: {torch.cuda.is_available()}", flush=True)

@@ -30,10 +30,10 @@ def main() -> None:
 
     from DblurDoseLib.data import SMALL
     from DblurDoseLib.dose import compute_dose_rate_maps
-    from DblurDoseLib.montecarlo import monte_carlo_dose_rate
-    from DblurDoseLib.phantom import make_phantom
-    from DblurDoseLib.resample import resample_activity
-    from DblurDoseLib.spect import SpectAcquisition, simulate_spect
+    from DblurDoseLib.geometry.resample import resample_activity
+    from DblurDoseLib.physics.montecarlo import monte_carlo_dose_rate
+    from DblurDoseLib.simulation.phantom import make_phantom
+    from DblurDoseLib.simulation.spect import SpectAcquisition, simulate_spect
 
     print(f"torch threads {torch.get_num_threads()}, {'small' if args.small else 'paper'} size")
     timings: dict[str, float] = {}

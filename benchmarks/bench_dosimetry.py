@@ -39,8 +39,8 @@ VOIS = ("kidney_left", "kidney_right", "liver", "spleen")
 def make_inputs(folder: Path, grid: str) -> dict:
     from DblurDoseLib.demo import spect_like
     from DblurDoseLib.dose import compute_dose_rate_maps
-    from DblurDoseLib.phantom import make_time_series
-    from DblurDoseLib.volume import Volume, write_volume
+    from DblurDoseLib.io.volume import Volume, write_volume
+    from DblurDoseLib.simulation.phantom import make_time_series
 
     shape, spacing = GRIDS[grid]
     phantoms, integral = make_time_series(7, TIMES_H, shape=shape, spacing=spacing)

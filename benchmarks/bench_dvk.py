@@ -43,7 +43,7 @@ def make_case(folder: Path, small: bool, slices: int = 130, case: str = "int16")
     ``slices``: CT slices of the full-size case (3 mm each; the small case has half as many at 6 mm).
     ``case``: a key of :data:`CASES` (CT pixel size and HU type).
     """
-    from DblurDoseLib.volume import Volume, write_volume
+    from DblurDoseLib.io.volume import Volume, write_volume
 
     pixel, hu_type = CASES[case]
     ct_shape, ct_sp = (((slices // 2, 256, 256), (2 * pixel, 2 * pixel, 6.0)) if small
@@ -88,9 +88,9 @@ def child_baseline(ct: Path, spect: Path, out: Path) -> None:
     import SimpleITK as sitk
     from scipy.signal import fftconvolve
 
-    from DblurDoseLib.density import DEFAULT_CALIBRATION
-    from DblurDoseLib.dvk import total_kernel
-    from DblurDoseLib.kernels import get_kernel
+    from DblurDoseLib.physics.density import DEFAULT_CALIBRATION
+    from DblurDoseLib.physics.dvk import total_kernel
+    from DblurDoseLib.physics.kernels import get_kernel
 
     ct_img = sitk.ReadImage(str(ct))
     sp_img = sitk.ReadImage(str(spect), sitk.sitkFloat32)
@@ -126,11 +126,11 @@ def compute_alone(ct: Path, spect: Path, repeats: int) -> dict[str, float]:
     """Median time of the convolution + scaling alone, on the CPU and (if present) CUDA."""
     import torch
 
-    from DblurDoseLib.density import hu_to_density
-    from DblurDoseLib.dvk import dvk_dose_rate
-    from DblurDoseLib.kernels import get_kernel
-    from DblurDoseLib.resample import resample_activity
-    from DblurDoseLib.volume import read_volume
+    from DblurDoseLib.geometry.resample import resample_activity
+    from DblurDoseLib.io.volume import read_volume
+    from DblurDoseLib.physics.density import hu_to_density
+    from DblurDoseLib.physics.dvk import dvk_dose_rate
+    from DblurDoseLib.physics.kernels import get_kernel
 
     ct_v, sp_v = read_volume(ct), read_volume(spect)
     act = resample_activity(sp_v, ct_v).array * np.float32(ct_v.voxel_volume_ml)

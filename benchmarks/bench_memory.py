@@ -32,7 +32,7 @@ def child(ct: Path, spect: Path, out: Path, memory_gb: float) -> None:
     import torch  # noqa: F401  (the CLI imports it too: part of the base)
 
     from DblurDoseLib.cli import main
-    from DblurDoseLib.inference import load_model
+    from DblurDoseLib.learning.inference import load_model
     from DblurDoseLib.memory import resident_bytes
 
     load_model(device="cpu")  # the model, as in the run (part of the base)
@@ -54,9 +54,9 @@ def main() -> None:
 
     from bench_dvk import make_case
 
-    from DblurDoseLib.inference import load_model, working_shape
-    from DblurDoseLib.kernels import get_kernel
+    from DblurDoseLib.learning.inference import load_model, working_shape
     from DblurDoseLib.memory import plan_memory
+    from DblurDoseLib.physics.kernels import get_kernel
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def phantom(grid: str):
-    from DblurDoseLib.volume import Volume
+    from DblurDoseLib.io.volume import Volume
 
     shape, spacing = ((81, 128, 128), (4.8, 4.8, 4.8)) if grid == "spect" else ((130, 512, 512), (0.98, 0.98, 3.0))
     z, y, x = (((np.arange(n) - (n - 1) / 2) * s) for n, s in zip(shape, spacing[::-1]))
@@ -43,7 +43,7 @@ def phantom(grid: str):
 
 
 def main(argv=None) -> int:
-    from DblurDoseLib.montecarlo import monte_carlo_dose_rate, ompmc_version
+    from DblurDoseLib.physics.montecarlo import monte_carlo_dose_rate, ompmc_version
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=("spect", "ct"), default="spect")

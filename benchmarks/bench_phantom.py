@@ -30,7 +30,7 @@ SIZES = {
 def child(name: str, seed: int) -> None:
     import resource
 
-    from DblurDoseLib.phantom import make_phantom
+    from DblurDoseLib.simulation.phantom import make_phantom
 
     shape, spacing = SIZES[name]
     t0 = time.perf_counter()

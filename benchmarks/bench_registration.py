@@ -35,7 +35,7 @@ def moved_ct(reference, truth):
     """The reference CT as the moving time point sees it (linear interpolation, air outside)."""
     import SimpleITK as sitk
 
-    from DblurDoseLib.volume import Volume
+    from DblurDoseLib.io.volume import Volume
 
     extent = np.asarray(reference.shape[::-1]) * np.asarray(reference.spacing)
     spacing = (2.5, 2.5, 2.5)
@@ -58,8 +58,8 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from DblurDoseLib.phantom import make_phantom
-    from DblurDoseLib.registration import register_ct
+    from DblurDoseLib.geometry.registration import register_ct
+    from DblurDoseLib.simulation.phantom import make_phantom
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     reference = make_phantom(0, *SIZES[args.grid]).hu

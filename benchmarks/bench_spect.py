@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from DblurDoseLib import spect as S
-from DblurDoseLib.volume import Volume
+from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.simulation import spect as S
 
 #: name: (centre x, y, z mm; semi-axes mm; Bq/mL), roughly a day after 7.4 GBq Lu-177 DOTATATE
 ORGANS = {

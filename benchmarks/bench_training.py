@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from DblurDoseLib import network
-from DblurDoseLib.network import DblurDoseNet
+from DblurDoseLib.learning import network
+from DblurDoseLib.learning.network import DblurDoseNet
 
 
 def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True):

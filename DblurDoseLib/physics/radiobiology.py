@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 from .time_integration import TimeIntegral, load_table, table_entry
 
 

@@ -1,11 +1,11 @@
 """A second, differently made family of virtual patients ("shapes"), held out to test generalisation.
 
-:func:`make_shapes_phantom` returns the same :class:`~DblurDoseLib.phantom.Phantom` as
-:func:`DblurDoseLib.phantom.make_phantom`, with the same labels (:data:`~DblurDoseLib.phantom.LABELS`,
-vertebrae and lesions), tissue classes (:data:`~DblurDoseLib.phantom.TISSUES`), uptake tables
-(:data:`~DblurDoseLib.phantom.UPTAKE_DAY1`, :data:`~DblurDoseLib.phantom.EFFECTIVE_HALF_LIFE_H`)
+:func:`make_shapes_phantom` returns the same :class:`~DblurDoseLib.simulation.phantom.Phantom` as
+:func:`DblurDoseLib.simulation.phantom.make_phantom`, with the same labels (:data:`~DblurDoseLib.simulation.phantom.LABELS`,
+vertebrae and lesions), tissue classes (:data:`~DblurDoseLib.simulation.phantom.TISSUES`), uptake tables
+(:data:`~DblurDoseLib.simulation.phantom.UPTAKE_DAY1`, :data:`~DblurDoseLib.simulation.phantom.EFFECTIVE_HALF_LIFE_H`)
 and grid conventions (arrays ``[z, y, x]``, spacing ``(x, y, z)`` mm, LPS, grid centred on the
-body), so :func:`~DblurDoseLib.phantom.voi_masks` and :mod:`DblurDoseLib.evaluate` read it
+body), so :func:`~DblurDoseLib.simulation.phantom.voi_masks` and :mod:`DblurDoseLib.evaluation.evaluate` read it
 unchanged. The way it is made shares nothing else with the anatomical family:
 
 * **Shapes**: every organ and lesion is a *star-shaped implicit surface*: an ellipsoid whose
@@ -29,7 +29,7 @@ unchanged. The way it is made shares nothing else with the anatomical family:
 * **Uptake**: organ concentrations from the shared day-1 tables with mono-exponential clearance,
   times a smooth multiplicative field bounded to +-20 % (``1 + 0.2 tanh(f)``).
 * **CT**: HU drawn per patient and tissue from physical ranges (:data:`HU_RANGES`), smooth texture
-  and white noise; density from :func:`DblurDoseLib.density.hu_to_density`, so density and HU are
+  and white noise; density from :func:`DblurDoseLib.physics.density.hu_to_density`, so density and HU are
   consistent by construction.
 
 Everything depends on the seed only (in physical millimetres), so grids of different resolution
@@ -44,8 +44,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from .density import hu_to_density
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
+from ..io.volume import Volume
+from ..physics.density import hu_to_density
 from .phantom import (
     EFFECTIVE_HALF_LIFE_H,
     INJECTED_ACTIVITY_MBQ,
@@ -62,7 +63,6 @@ from .phantom import (
     Phantom,
     standard_spacing,
 )
-from .volume import Volume
 
 F32 = np.float32
 #: The family name recorded in ``Phantom.info["family"]`` and in data-set manifests.
@@ -849,7 +849,7 @@ def make_shapes_phantom(seed: int, shape=STANDARD_SHAPE, spacing=STANDARD_SPACIN
     label_names = _label_names(an, len(lesions))
     counts = np.bincount(cv.labels.ravel(), minlength=max(label_names) + 1)
     info = {
-        "family": FAMILY, "generator": "DblurDoseLib.phantom_shapes.make_shapes_phantom", "seed": seed,
+        "family": FAMILY, "generator": "DblurDoseLib.simulation.phantom_shapes.make_shapes_phantom", "seed": seed,
         "time_days": time_days, "injected_activity_MBq": INJECTED_ACTIVITY_MBQ, "total_activity_MBq": total_mbq,
         "fraction_of_injected_in_field": total_mbq / INJECTED_ACTIVITY_MBQ * 2.0 ** (time_days * 24 / LU177_HALF_LIFE_H),
         "body_width_mm": round(2 * float(an.body.half_width.mean()), 1), "z_diaphragm_mm": round(an.z_diaphragm, 1),

@@ -10,7 +10,7 @@ Those images are not ours to ship, so :func:`make_phantom` draws a comparable pa
   physical millimetres (LPS: +x patient left, +y posterior, +z superior; arrays ``[z, y, x]``
   with identity direction and the grid centred on the body), so any grid gives the same patient;
 * a CT in HU with realistic tissue values, smooth texture and white noise, and its density via
-  :func:`DblurDoseLib.density.hu_to_density`;
+  :func:`DblurDoseLib.physics.density.hu_to_density`;
 * the true activity (Bq/mL) of a 7.4 GBq Lu-177 DOTATATE cycle at ``time_days`` after
   injection: per-tissue concentrations at day 1 drawn from the ranges in :data:`UPTAKE_DAY1`,
   mono-exponential effective clearance (:data:`EFFECTIVE_HALF_LIFE_H`), low-frequency
@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .density import hu_to_density
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
+from ..physics.density import hu_to_density
 
 # --------------------------------------------------------------------------------------------
 # Public constants

@@ -1,6 +1,6 @@
 """The demo case as files Slicer's Sample Data module can load: CT, SPECT, organs, a profile line.
 
-Everything is generated locally (a virtual patient from :mod:`DblurDoseLib.phantom` and a
+Everything is generated locally (a virtual patient from :mod:`DblurDoseLib.simulation.phantom` and a
 SPECT-like blurred image of its activity, :func:`DblurDoseLib.demo.spect_like`); nothing is
 downloaded. Files:
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 
 #: Bump when the generated data change, so that stale cached files are not reused.
 DEMO_DATA_VERSION = 1
@@ -141,9 +141,9 @@ def write_demo_case(
     Existing complete sets are reused unless ``overwrite``. Files appear only when all are
     written (temporary names first), so an interrupted run never leaves a half set behind.
     """
-    from .demo import DEMO_SHAPE, DEMO_SPACING, spect_like
-    from .phantom import make_phantom
-    from .volume import write_volume
+    from ..demo import DEMO_SHAPE, DEMO_SPACING, spect_like
+    from ..io.volume import write_volume
+    from ..simulation.phantom import make_phantom
 
     folder = Path(folder)
     paths = {role: folder / file_name for role, file_name in demo_file_names(name).items()}

@@ -34,7 +34,7 @@ reference body is below ``MIN_HU_CORRELATION``; in every mode ("none" too: then 
 
 Moving images (:func:`apply_to_activity`, :func:`apply_to_volume`): the rigid part is composed into
 the image geometry (new origin and direction, the same array: exact, no interpolation), and the
-image is then resampled once onto the reference grid by :mod:`DblurDoseLib.resample`
+image is then resampled once onto the reference grid by :mod:`DblurDoseLib.geometry.resample`
 (activity: conserving the total activity inside the field). A deformable residual is applied in
 that one resampling; the activity is then multiplied by the deformation's Jacobian determinant
 and renormalised to the total inside the field (see :func:`resample.resample_activity`).
@@ -47,9 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 from .resample import resample_activity, resample_labels, resample_linear
-from .volume import Volume
 
 MODES = ("rigid", "deformable", "none")
 

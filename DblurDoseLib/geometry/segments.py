@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 from .resample import resample_labels
-from .volume import Volume
 
 #: most VOIs a labelmap may hold; each becomes a full-size mask (a label per voxel would take GBs)
 MAX_LABELS = 500
@@ -70,7 +70,7 @@ def _seg_nrrd_segments(path: Path, target: Volume) -> list[Segment]:
 
 def read_segments(path: str | os.PathLike, target: Volume) -> list[Segment]:
     """Segments from a labelmap file (NRRD/NIfTI/MHA) or a Slicer .seg.nrrd, on ``target``'s grid."""
-    from .volume import read_volume
+    from ..io.volume import read_volume
 
     path = Path(path)
     if not path.exists():

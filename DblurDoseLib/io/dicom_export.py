@@ -6,7 +6,7 @@ express a dose rate, so dose-rate maps (mGy/h) are written as a Parametric Map (
 Real World Value Mapping in UCUM ``mGy/h``) with highdicom.
 
 Both lie on the CT's grid: Image Position (Patient) per frame, Image Orientation (Patient) and
-Pixel Spacing come from the :class:`~DblurDoseLib.volume.Volume` (LPS mm, direction columns are
+Pixel Spacing come from the :class:`~DblurDoseLib.io.volume.Volume` (LPS mm, direction columns are
 the x, y, z axes, array [z, y, x]). When the CT was read from DICOM the objects join its study:
 Study Instance UID, Frame of Reference UID and the patient module are the CT's and the CT series
 is referenced; otherwise new UIDs are made and :attr:`StudyLink.linked` is False.
@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
-from .errors import DblurDoseError
+from .. import __version__
+from ..errors import DblurDoseError
 from .volume import Volume
 
 if TYPE_CHECKING:
-    from .segments import Segment
+    from ..geometry.segments import Segment
 
 #: RT Dose SOP Class UID
 RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -445,7 +445,7 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
     ----------
     folder : str or Path
         Where the files go (``<stem>.dcm`` each), normally ``stage / FOLDER`` of an
-        :class:`~DblurDoseLib.outputs.OutputFolder`, so that they appear with the NRRD files or not at all.
+        :class:`~DblurDoseLib.io.outputs.OutputFolder`, so that they appear with the NRRD files or not at all.
     link : StudyLink
         The study and frame of reference the objects join (see :func:`study_link`).
     rates : dict of str to Volume, optional

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 from .volume import READABLE_SUFFIXES, Volume
 
 #: modalities each input is chosen by; other names (``what``) take any image series

@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from .. import DATA_DIR
+from ..errors import DblurDoseError
 from .nuclides import canonical_name, get_nuclide, sample_decay_particles
 
-KERNEL_DIR = Path(__file__).resolve().parent / "data" / "kernels"
+KERNEL_DIR = DATA_DIR / "kernels"
 MEDIUM_DENSITY = 1.04  # g/cm3, ICRU soft tissue as in the paper
 SPACING_TOL_MM = 1e-3
 #: dose (mGy) from 1 keV absorbed in 1 g
@@ -157,7 +158,7 @@ def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
         **{k: v for k, v in kernel.info.items() if k != "sha256"},
         "sha256": {name: _checksum(a) for name, a in octant.items()},
     }
-    from .outputs import atomic_file
+    from ..io.outputs import atomic_file
 
     with atomic_file(path, f".{os.getpid()}.partial.npz") as partial:  # ends in .npz: savez adds none
         np.savez_compressed(partial, electron_octant=octant["electron"], photon_octant=octant["photon"],
@@ -285,7 +286,7 @@ def write_kernel_nrrd(kernel: Kernel, path, part: str = "all", size: int | None 
 
     The centre voxel sits at the origin; spacing in the header; units mGy/decay in the metadata.
     """
-    from .volume import Volume, write_volume
+    from ..io.volume import Volume, write_volume
 
     array = kernel.part(part)
     if size is not None:
@@ -718,7 +719,7 @@ def derived_cache_path(name: str, spacing, electron_size: int, photon_size: int)
     The key hashes the nuclide, spacing (mm), part sizes, the shipped dose-point kernel file's
     bytes and the package version, so a new dose-point kernel or release never reads an old file.
     """
-    from . import __version__
+    from .. import __version__
 
     dpk_file = KERNEL_DIR / f"{name}_dpk.npz"  # missing: derive_kernel says so
     dpk = hashlib.sha256(dpk_file.read_bytes() if dpk_file.exists() else b"").hexdigest()

@@ -8,7 +8,7 @@ pairs: ``beta-`` (branch mean energies), ``IE`` (internal-conversion electrons),
 Only the nuclides in :data:`SUPPORTED` are accepted: each needs validated dose kernels too.
 Another pure beta-minus/gamma emitter can be added by putting its name in :data:`SUPPORTED`
 (its data come from the same ICRP-107 files) and building its kernels
-(:func:`DblurDoseLib.kernels.build_kernel`).
+(:func:`DblurDoseLib.physics.kernels.build_kernel`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import cache
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 
 #: Nuclides with validated data and kernels, in ICRP-107 spelling.
 SUPPORTED: tuple[str, ...] = ("Lu-177",)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 
 #: Default calibration points (HU, g/cm3). Air -1000 HU -> 0.0012 g/cm3, water 0 HU -> 1.0,
 #: soft tissue 40-60 HU -> 1.04-1.06, cortical bone ~1500 HU -> 1.92 (ICRU 44 / Schneider-like).

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 from .metrics import (
     DR_LEVELS,
     drvh,
@@ -124,8 +124,8 @@ def evaluate(
     ``family``: only the test phantoms of this virtual-patient family ("anatomical", or "shapes":
     ``data generate --held-out``); ``None``: all, with the summary also given per family.
     """
-    from .inference import cnn_dose_rate, load_model
-    from .volume import read_volume
+    from ..io.volume import read_volume
+    from ..learning.inference import cnn_dose_rate, load_model
 
     data_dir = Path(data_dir)
     manifest_path = data_dir / "manifest.json"

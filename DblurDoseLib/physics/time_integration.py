@@ -19,7 +19,7 @@ analytically from 0 to infinity: ``sum_j c_j / lambda_j``. The fitted parameters
 * ``tri-uptake``: ``A1 exp(-l1 t) + A2 exp(-l2 t) - (A1 + A2) exp(-lu t)``, ``lu > l1, l2``
 
 Every rate constant is bounded below by the physical decay constant of the nuclide
-(:mod:`DblurDoseLib.nuclides`): biological clearance cannot be negative.
+(:mod:`DblurDoseLib.physics.nuclides`): biological clearance cannot be negative.
 
 Model choice: the corrected Akaike information criterion,
 ``AICc = n ln(RSS/n) + 2k + 2k(k+1)/(n-k-1)`` (``k`` model parameters, ``RSS`` weighted by
@@ -76,12 +76,12 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import combinations, permutations
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from .errors import DblurDoseError
+from .. import DATA_DIR
+from ..errors import DblurDoseError
 from .nuclides import get_nuclide
 
 LN2 = math.log(2.0)
@@ -632,7 +632,7 @@ def prior_half_life_integral(time_h: float, value: float, *, effective_half_life
 @cache
 def load_table(name: str) -> dict:
     """A JSON table shipped in ``DblurDoseLib/data`` (``population_half_lives``, ``radiobiology``)."""
-    return json.loads((Path(__file__).parent / "data" / f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads((DATA_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def table_entry(table: dict, entries: dict, name: str, what: str) -> dict:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 
 DR_LEVELS: tuple[int, ...] = (10, 30, 70, 90)
 

@@ -40,7 +40,7 @@ What is simulated (the paper's SIMIND + in-house OSEM pipeline, replaced by an a
   model produces ``S * A * t_view`` counts per view for activity ``A`` in air, so the reconstruction
   divided by ``S * t_view`` (and the voxel volume) is in Bq/mL.
 
-Conventions: :class:`~DblurDoseLib.volume.Volume` arrays are [z, y, x]; pytomography objects are
+Conventions: :class:`~DblurDoseLib.io.volume.Volume` arrays are [z, y, x]; pytomography objects are
 [x, y, z] tensors (the transpose), projections are [view, r, z]. In grid index axes the detector
 faces the object from -y at view 0 (``r`` then runs along +x), from -x at 90 degrees, +y at 180 and
 +x at 270. Simulation and reconstruction use the same mapping, so the orientation of the input is
@@ -64,9 +64,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .density import AIR_DENSITY_THRESHOLD
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
+from ..physics.density import AIR_DENSITY_THRESHOLD
 
 Progress = Callable[[float, str], object]  # progress(fraction in [0, 1], message), as elsewhere in the library
 

@@ -4,22 +4,22 @@
 
 1. The inputs (activity Bq/mL, density g/cm3, DVK mGy/h, all on the CT grid) move to the
    model's working grid, the voxel size it was trained on (activity conserved:
-   :func:`~DblurDoseLib.resample.resample_activity`; density and DVK trilinear). When the CT
+   :func:`~DblurDoseLib.geometry.resample.resample_activity`; density and DVK trilinear). When the CT
    voxel size is within 2% of the working one on every axis the CT grid is used as it is.
-2. Scaling (:class:`~DblurDoseLib.network.ModelConfig`): with ``A`` the total activity in the
+2. Scaling (:class:`~DblurDoseLib.learning.network.ModelConfig`): with ``A`` the total activity in the
    field (Bq), SPECT x ``spect_scale_ml / A``, DVK x ``dose_scale / A``; the output is scaled
    back by ``A / dose_scale``. So the result is proportional to the activity (10x the SPECT
    gives exactly 10x the dose rate) and an all-zero SPECT gives an all-zero map.
 3. The 11-slice window slides along z with the first and last slices replicated at the ends
    (also for volumes of fewer than 11 slices). The depth extractor's work is shared between
-   overlapping packs (:meth:`~DblurDoseLib.network.DblurDoseNet.forward_slab`), on an eval
+   overlapping packs (:meth:`~DblurDoseLib.learning.network.DblurDoseNet.forward_slab`), on an eval
    copy with batch norms folded into the convolutions, in z-chunks sized to the memory
    budget; the U-Net runs batched over the slices of a chunk. The result equals the naive
    per-pack evaluation (``naive=True``) to float rounding.
 4. Test-time step (paper): clamp at 0 and zero where the centre-slice density < 0.1 g/cm3; and
    a safeguard of ours: in tissue the map is at least ``TISSUE_FLOOR`` (5%) of the DVK, so that
    an overshooting negative correction never zeroes a tissue voxel (models with the "ratio"
-   correction, :meth:`~DblurDoseLib.network.DblurDoseNet.correct`, stay above it by construction).
+   correction, :meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`, stay above it by construction).
    When the working grid is not the CT grid, what moves back is the network's correction
    (output minus the working-grid DVK, trilinear), added to the CT-grid DVK, so that the map
    keeps the CT grid's detail (the no-residual ablation moves its whole output); then the
@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
-from .resample import GRID_TOLERANCE, working_grid, working_shape  # noqa: F401  (re-exported: the CNN's working grid)
-from .volume import Volume
+from .. import DATA_DIR
+from ..errors import DblurDoseError
+from ..geometry.resample import GRID_TOLERANCE, working_grid, working_shape  # noqa: F401  (re-exported: the CNN's working grid)
+from ..io.volume import Volume
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "models" / "dblurdosenet.pt"
+DEFAULT_MODEL_PATH = DATA_DIR / "models" / "dblurdosenet.pt"
 PRECISIONS = ("float32", "bf16", "fp16")
 #: relative voxel-size difference under which the CT grid is used as the working grid
 #: working memory per output slice and in-plane voxel of the shared extractor (bytes, float32):
@@ -76,7 +76,7 @@ def weights_installed() -> bool:
 
 def load_model(path=None, device="auto"):
     """The DblurDoseNet in ``path`` (default: the shipped weights), checksum verified, in eval mode."""
-    from .devices import resolve_device
+    from ..devices import resolve_device
     from .network import load_model_file
 
     if path is None:
@@ -92,7 +92,7 @@ def load_model(path=None, device="auto"):
 
 
 def _postprocess(dose: np.ndarray, density: np.ndarray) -> np.ndarray:
-    from .density import AIR_DENSITY_THRESHOLD
+    from ..physics.density import AIR_DENSITY_THRESHOLD
 
     return np.where(density < AIR_DENSITY_THRESHOLD, np.float32(0), np.maximum(dose, np.float32(0)))
 
@@ -130,7 +130,7 @@ def predict_scaled(
     """
     import torch
 
-    from .devices import full_float32, memory_budget_bytes, resolve_device
+    from ..devices import full_float32, memory_budget_bytes, resolve_device
     from .network import HALF, postprocess
 
     dev = resolve_device(device)
@@ -197,12 +197,12 @@ def cnn_dose_rate(
     """The DblurDoseNet dose rate (mGy/h) on the CT grid.
 
     ``activity``: Bq/mL on the CT grid; ``density`` (g/cm3) and ``dvk`` (mGy/h): arrays on the
-    CT grid. ``model``: a :class:`~DblurDoseLib.network.DblurDoseNet` (its ``config`` gives the
+    CT grid. ``model``: a :class:`~DblurDoseLib.learning.network.DblurDoseNet` (its ``config`` gives the
     working grid and scaling); None loads the shipped weights. ``max_bytes``: working memory
     for the network's chunks (bytes; default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
     """
-    from .devices import resolve_device
-    from .resample import resample_activity, resample_linear
+    from ..devices import resolve_device
+    from ..geometry.resample import resample_activity, resample_linear
 
     dev = resolve_device(device)
     if model is None:

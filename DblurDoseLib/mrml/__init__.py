@@ -31,8 +31,8 @@ import slicer
 import vtk
 import vtk.util.numpy_support as vtk_np
 
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 
 #: RAS <-> LPS: flip the first two axes.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -417,8 +417,8 @@ def _crop_around(volume: Volume, p0: np.ndarray, p1: np.ndarray, margin: int = 2
 
 
 def sampleAlongLine(volume: Volume, p0, p1, n_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`DblurDoseLib.metrics.line_profile` on the part of the volume the line crosses."""
-    from .metrics import line_profile
+    """:func:`DblurDoseLib.evaluation.metrics.line_profile` on the part of the volume the line crosses."""
+    from ..evaluation.metrics import line_profile
 
     p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
     if n_points is None:
@@ -538,14 +538,14 @@ class DoseRateResult:
 def resolveDevice(device: str | None) -> str:
     """The device name for a user choice ('Auto', 'CPU', 'GPU', 'cuda', ...), resolved by the library's
     :func:`DblurDoseLib.devices.resolve_device` ('auto' stays 'auto' so that each step picks its device)."""
-    from .devices import resolve_device
+    from ..devices import resolve_device
 
     name = (device or "auto").strip().lower()
     return name if name == "auto" else str(resolve_device(name))
 
 
 def _library_options(options: dict) -> dict:
-    from .dose import compute_dose_rate_maps
+    from ..dose import compute_dose_rate_maps
 
     accepted = set(inspect.signature(compute_dose_rate_maps).parameters) - {"spect", "ct", "methods", "device", "progress"}
     unknown = sorted(set(options) - accepted)
@@ -557,7 +557,7 @@ def _library_options(options: dict) -> dict:
 
 
 def _check_methods(methods: Sequence[str], warnings: list[str]) -> tuple[str, ...]:
-    from .dose import METHODS, available_methods
+    from ..dose import METHODS, available_methods
 
     if isinstance(methods, str):
         methods = (methods,)
@@ -619,9 +619,9 @@ def computeDoseRateMaps(spectNode, ctNode, segmentationNode=None, lineNode=None,
     :returns: a :class:`DoseRateResult`. Empty segments are listed in ``warnings`` and in the
         statistics table's Note column, not fatal.
     """
-    from .dose import compute_dose_rate_maps
-    from .metrics import drvh_table, statistics_table
-    from .segments import Segment
+    from ..dose import compute_dose_rate_maps
+    from ..evaluation.metrics import drvh_table, statistics_table
+    from ..geometry.segments import Segment
 
     own = {k: options.pop(k, v) for k, v in _OWN_OPTIONS.items()}
     library_options = _library_options(options)
@@ -723,7 +723,7 @@ _STAT_COLUMNS = (("volume_ml", "Volume", "mL", "segment volume on the CT grid"),
 
 
 def _add_statistics(result: DoseRateResult, scene, parent: int, base: str, rows: list[dict]) -> None:
-    from .metrics import statistics_columns
+    from ..evaluation.metrics import statistics_columns
 
     column_of = statistics_columns(result.units)  # the rows' column names carry the unit
     methods = list(result.doseNodes)
@@ -748,7 +748,7 @@ def _add_statistics(result: DoseRateResult, scene, parent: int, base: str, rows:
 
 
 def _add_drvh(result: DoseRateResult, scene, parent: int, base: str, rows: list[dict]) -> None:
-    from .metrics import unit_suffix
+    from ..evaluation.metrics import unit_suffix
 
     if not rows:
         return
@@ -837,8 +837,8 @@ def computeAbsorbedDose(timePoints: Sequence[tuple], segmentationNode=None, meth
         SlicerRT), the per-VOI dose table, the time-activity table and chart (measured points and
         the fitted curve per VOI) and the DVH table and chart.
     """
-    from . import dosimetry
-    from .segments import Segment
+    from .. import dosimetry
+    from ..geometry.segments import Segment
 
     dvh_bins = int(options.pop("dvhBins", 200))
     library_options = _library_options(options)
@@ -916,7 +916,7 @@ def computeAbsorbedDose(timePoints: Sequence[tuple], segmentationNode=None, meth
 
 def _add_absorbed_dose_tables(out: AbsorbedDoseResult, scene, parent: int, base: str, result, segments,
                               colors: dict[str, tuple], dvh_bins: int) -> None:
-    from .dosimetry import dose_rows, dvh_rows, fitted_curves
+    from ..dosimetry import dose_rows, dvh_rows, fitted_curves
 
     rows = dose_rows(result)
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} absorbed doses"))

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
 
 LOCK_NAME = ".dblurdose.lock"
 #: first characters that make spreadsheet programs read a cell as a formula (CSV injection)

@@ -6,7 +6,7 @@ start inside the phantom are transported from where they start. So:
 
 1. decays are drawn from the activity map (Bq per voxel): stratified per-voxel counts (the
    expected count's floor plus a Bernoulli remainder), positions uniform within the voxel;
-2. each decay's particles come from :func:`DblurDoseLib.nuclides.sample_decay_particles`
+2. each decay's particles come from :func:`DblurDoseLib.physics.nuclides.sample_decay_particles`
    (energy below the 10 keV cut-off is deposited in the decay's voxel, here, not transported);
 3. the particles, with isotropic directions, are written as an IAEA phase-space file (29-byte
    records) and transported by ``ompmc.calc_forward_phsp``, one particle per history, in a child
@@ -47,9 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 from .nuclides import DEFAULT_CUTOFF_KEV, ELECTRON, PHOTON, get_nuclide, sample_decay_particles
-from .volume import Volume
 
 MEV_TO_J = 1.602176634e-13
 ELECTRON_REST_MEV = 0.51099895
@@ -383,10 +383,10 @@ def transport(
 def _run_child(tmp: Path, job: dict, threads: int, report: Callable[[float], bool]) -> dict:
     (tmp / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "DblurDoseLib.montecarlo", str(tmp / "job.json")],
+        [sys.executable, "-m", "DblurDoseLib.physics.montecarlo", str(tmp / "job.json")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
     other: list[str] = []
@@ -629,7 +629,7 @@ def monte_carlo_absorbed_dose(time_integrated_activity: Volume, density: Volume,
     activity gives mGy where an activity gives mGy/h (the spatial distribution of the decays is
     the same; how many happen is the integral). This is the reference that a multi-time-point
     dosimetry (:mod:`DblurDoseLib.dosimetry`) is checked against, e.g. with
-    :func:`DblurDoseLib.phantom.make_time_series`.
+    :func:`DblurDoseLib.simulation.phantom.make_time_series`.
 
     Parameters
     ----------

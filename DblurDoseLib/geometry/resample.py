@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DblurDoseError
-from .volume import Volume
+from ..errors import DblurDoseError
+from ..io.volume import Volume
 
 
 @dataclass

@@ -12,12 +12,12 @@ two or more; chosen by the seed), so no slice of a validation phantom is ever tr
 A training sample is a *slab*: ``slab`` consecutive output slices of a ``patch`` x ``patch``
 in-plane patch, read as ``slab + 10`` input slices (volume ends replicated, as at inference)
 and evaluated with the shared-extractor forward
-(:meth:`~DblurDoseLib.network.DblurDoseNet.forward_slab`, same result and the same batch-norm
+(:meth:`~DblurDoseLib.learning.network.DblurDoseNet.forward_slab`, same result and the same batch-norm
 statistics as the per-pack forward). A batch is ``batch_size`` output slices
 (``batch_size // slab`` slabs). Patch centres are drawn from the hottest body voxels (top 2% of
 the true dose rate: kidneys, lesions, spleen) 3 times in 10, from other tissue (density
 >= 0.1 g/cm3) 6 times in 10, anywhere otherwise; random in-plane flips/transposition and z flips.
-Inputs and label are scaled per volume as in :mod:`DblurDoseLib.network`.
+Inputs and label are scaled per volume as in :mod:`DblurDoseLib.learning.network`.
 
 Loss (:func:`training_loss`): mean squared error with voxel weights 0.7 inside the body
 (centre-slice density >= 0.1 g/cm3) and 0.3 outside, as the public reference code, plus
@@ -55,8 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DblurDoseError
-from .outputs import atomic_file
+from ..errors import DblurDoseError
+from ..io.outputs import atomic_file
 
 Progress = Callable[[float, str], object]
 BODY_WEIGHT, OUTSIDE_WEIGHT = 0.7, 0.3
@@ -135,7 +135,7 @@ def _cache_dir(data_dir: Path, out_path: Path) -> Path:
 
 def _array(path: Path, cache: Path) -> np.ndarray:
     """The volume in ``path`` (NRRD) as a read-only memory map of a cached .npy copy."""
-    from .volume import read_volume
+    from ..io.volume import read_volume
 
     if not path.is_file():
         raise DblurDoseError(f"the data set is incomplete: {path} is missing; resume `dblurdose data generate`")
@@ -150,7 +150,7 @@ def _array(path: Path, cache: Path) -> np.ndarray:
 def label_file(data_dir: Path, phantoms: list[str], label_decays: int | None = None) -> str:
     """The label file to read: ``mc_truth.nrrd``, or with ``label_decays`` the nested partial label
     ``mc_truth_d{N}.nrrd`` of that many decays, which every phantom in ``phantoms`` must hold."""
-    from .data import label_decays_available, truth_file
+    from ..data import label_decays_available, truth_file
 
     if label_decays is None:
         return truth_file()
@@ -352,14 +352,14 @@ def train(
     (``mc_truth_d{N}.nrrd``, noisier) instead of the full one; validation stays on the full label.
     ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
     ``decoder_activation``, ``correction``: the architecture options of
-    :class:`~DblurDoseLib.network.ModelConfig` ("relu", "additive": v0.2's network).
+    :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network).
     See the module docstring.
     """
     import torch
     import torch.distributed as dist
     from torch import nn
 
-    from .devices import resolve_device
+    from ..devices import resolve_device
     from .network import DblurDoseNet, ModelConfig, save_model
 
     data_dir, out_path = Path(data_dir), Path(out_path)

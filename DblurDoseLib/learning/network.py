@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DblurDoseError
-from .outputs import atomic_file
+from ..errors import DblurDoseError
+from ..io.outputs import atomic_file
 
 PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..devices import memory_budget_bytes, resolve_device
+from ..errors import DblurDoseError
 from .density import AIR_DENSITY_THRESHOLD
-from .devices import memory_budget_bytes, resolve_device
-from .errors import DblurDoseError
 
 SCALING_CHOICES = ("all", "electron", "none")
 SECONDS_PER_HOUR = 3600.0
