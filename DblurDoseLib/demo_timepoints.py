@@ -71,7 +71,7 @@ def run_timepoints_demo(
     from .simulation.phantom import make_time_series
 
     if not 1 <= int(n_timepoints) <= len(DEMO_TIMES_H):
-        raise DblurDoseError(f"--timepoints must be 1 to {len(DEMO_TIMES_H)}, got {n_timepoints}")
+        raise DblurDoseError(f"the demo's number of time points must be 1 to {len(DEMO_TIMES_H)}, got {n_timepoints}")
     times = DEMO_TIMES_H[: int(n_timepoints)]
     shape, spacing = shape or DEMO_SHAPE, spacing or DEMO_SPACING
     decays = int(decays or DEMO_DECAYS)

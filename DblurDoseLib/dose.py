@@ -15,14 +15,13 @@ from .geometry.resample import ResampleReport, resample_activity
 from .io.volume import Volume, check_orthogonal
 from .memory import DEFAULT_MEMORY_GB, check_memory, plan_memory, resident_bytes
 from .physics.density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
+from .units import SPECT_UNITS, spect_unit_key, spect_unit_label
 
-SPECT_UNITS = ("bqml", "kbqml", "mbqml", "counts")
 #: default plausible total activity: the nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`);
-#: a (lowest, highest) tuple in MBq sets one, ``None`` disables the check (``--any-activity``).
+#: a (lowest, highest) tuple in MBq sets one, ``None`` disables the check (setting ``any_activity``).
 ACTIVITY_RANGE_MBQ = "nuclide"
 #: least share of the SPECT activity that must fall on CT tissue (else: misaligned, or a CT of air)
 MIN_ACTIVITY_IN_TISSUE = 0.5
-_UNIT_FACTORS = {"bqml": 1.0, "kbqml": 1e3, "mbqml": 1e6}
 METHODS = ("dvk", "cnn")
 #: nGy/(MBq s) per (mGy/h per MBq): the paper's normalisation for 1 MBq in the field.
 NGY_PER_MBQ_S = 1e6 / 3600.0
@@ -37,14 +36,19 @@ def available_methods() -> tuple[str, ...]:
     return METHODS if weights_installed() else ("dvk",)
 
 
-def check_positive(value: float, name: str) -> float:
-    """Refuse a setting that is not a finite positive number; ``name`` says which one."""
+def check_positive(value: float, name: str, setting: str | None = None) -> float:
+    """Refuse a setting that is not a finite positive number.
+
+    ``name`` says which one in words ("the memory budget (GB)"); ``setting`` is its key in
+    :data:`~DblurDoseLib.errors.SETTINGS`, for the front end to name.
+    """
+    settings = (setting,) if setting else ()
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise DblurDoseError(f"{name} must be a number, got {value!r}") from None
+        raise DblurDoseError(f"{name} must be a number, got {value!r}", settings=settings) from None
     if not np.isfinite(number) or number <= 0:
-        raise DblurDoseError(f"{name} must be a finite positive number, got {value!r}")
+        raise DblurDoseError(f"{name} must be a finite positive number, got {value!r}", settings=settings)
     return number
 
 
@@ -52,25 +56,28 @@ def spect_to_bqml(
     spect: Volume, units: str = "bqml", calibration_cps_per_mbq: float | None = None, duration_s: float | None = None
 ) -> Volume:
     """The SPECT as activity concentration (Bq/mL), from Bq/mL, kBq/mL, MBq/mL or counts per voxel."""
-    units = (units or "bqml").lower().replace("/", "").replace("_", "")
-    if units not in SPECT_UNITS:
-        raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of {', '.join(SPECT_UNITS)}")
+    key = spect_unit_key(units or "bqml")
+    if key is None:
+        raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of "
+                             f"{', '.join(u.label for u in SPECT_UNITS.values())}", settings=("spect_units",))
+    units = key
     values = np.asarray(spect.array, dtype=np.float32)
     if units == "counts":
         if calibration_cps_per_mbq is None or duration_s is None:
             raise DblurDoseError(
                 "SPECT in counts needs the camera calibration and the acquisition duration: "
-                "pass --calibration CPS_PER_MBQ and --duration SECONDS"
+                "give the camera sensitivity (cps/MBq) and the acquisition duration (s)",
+                settings=("calibration", "duration"),
             )
-        check_positive(calibration_cps_per_mbq, "--calibration (camera sensitivity, cps/MBq)")
-        check_positive(duration_s, "--duration (acquisition duration, s)")
+        check_positive(calibration_cps_per_mbq, "the camera calibration (sensitivity, cps/MBq)", "calibration")
+        check_positive(duration_s, "the acquisition duration (s)", "duration")
         bq = values / np.float32(calibration_cps_per_mbq * duration_s) * np.float32(1e6)
         return spect.with_array((bq / np.float32(spect.voxel_volume_ml)).astype(np.float32))
-    return spect.with_array(values * np.float32(_UNIT_FACTORS[units]))
+    return spect.with_array(values * np.float32(SPECT_UNITS[units].bq_per_ml))
 
 
 def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str]]:
-    """The SPECT's units, where they came from, and warnings, from ``--spect-units`` or the file's tags.
+    """The SPECT's units, where they came from, and warnings, from the user's choice or the file's tags.
 
     ``spect.metadata`` holds ``spect_units`` and ``units_from`` when the file records its units (DICOM);
     an explicit ``given`` overrides them, with a warning when they disagree.
@@ -79,13 +86,13 @@ def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str
     tagged = spect.metadata.get("spect_units") if source else None
     if given:
         disagree = tagged and tagged != given
-        return given, "--spect-units", [f"--spect-units {given} overrides the SPECT's {source} ({tagged})"] \
+        return given, "given by the user", [f"the SPECT units given ({given}) override the SPECT's {source} ({tagged})"] \
             if disagree else []
     if tagged:
         return tagged, source, []
     if source:
         raise DblurDoseError(f"the SPECT series {spect.metadata.get('series_uid', '')} gives {source}, not activity "
-                             "(Bq/mL) or counts: export it in Bq/mL, or give its units with --spect-units")
+                             "(Bq/mL) or counts: export it in Bq/mL, or give its units", settings=("spect_units",))
     return "bqml", "assumed (the default; the file records no units)", []
 
 
@@ -105,15 +112,19 @@ def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple
         return
     side = "below" if total_mbq < lo else "above"
     if units == "counts":
-        hint = "check --calibration (cps/MBq) and --duration (s), or give the SPECT's units with --spect-units"
+        hint = "check the camera calibration (cps/MBq) and the acquisition duration (s), or give the SPECT's units"
+        settings = ("calibration", "duration", "spect_units", "any_activity")
     elif total_mbq < lo:
-        hint = "if the image is in kBq/mL or MBq/mL, say so with --spect-units kbqml or mbqml"
+        hint = "if the image is in kBq/mL or MBq/mL, give those SPECT units"
+        settings = ("spect_units", "any_activity")
     else:
-        hint = "if the image is in Bq/mL but was given as kBq/mL or MBq/mL, use --spect-units bqml"
+        hint = "if the image is in Bq/mL but was given as kBq/mL or MBq/mL, give the SPECT units as Bq/mL"
+        settings = ("spect_units", "any_activity")
     raise DblurDoseError(
-        f"the SPECT holds {total_mbq:.4g} MBq in total with --spect-units {units}, {side} the {lo:g}-{hi:g} MBq of a "
-        f"{canonical_name(nuclide)} patient scan: the units are probably wrong; {hint}. For phantoms or pre-clinical scans "
-        "outside that range pass --any-activity"
+        f"the SPECT holds {total_mbq:.4g} MBq in total read as {spect_unit_label(units)}, {side} the {lo:g}-{hi:g} MBq "
+        f"of a {canonical_name(nuclide)} patient scan: the units are probably wrong; {hint}. For phantoms or "
+        "pre-clinical scans outside that range, accept any total activity",
+        settings=settings,
     )
 
 
@@ -127,8 +138,9 @@ def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
             share = float(-bqml[negative].sum() / max(np.abs(bqml).sum(), 1e-30) * 100)
             raise DblurDoseError(
                 f"the SPECT holds negative activity ({int(negative.sum())} voxels, down to {float(bqml.min()):.3g}; "
-                f"{share:.2f}% of the total magnitude). Negative activity is unphysical: pass --clip-negative to set "
-                "those voxels to zero, or check the reconstruction (scatter subtraction)"
+                f"{share:.2f}% of the total magnitude). Negative activity is unphysical: choose to clip negative "
+                "values to zero, or check the reconstruction (scatter subtraction)",
+                settings=("clip_negative",),
             )
         bqml = np.where(negative, np.float32(0), bqml)
     return bqml
@@ -153,9 +165,10 @@ def check_not_swapped(spect_values: np.ndarray, hu: np.ndarray) -> None:
     air = np.count_nonzero(np.asarray(spect_values) <= AIR_HU) / max(np.asarray(spect_values).size, 1)
     if air >= SWAPPED_AIR_SHARE:
         raise DblurDoseError(
-            f"the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect (the image given as the "
+            f"the SPECT and CT look swapped: exchange the two inputs (the image given as the "
             f"SPECT has {air:.0%} of its voxels at {AIR_HU:g} or below, like a CT's air; the image given as the CT "
-            f"has no value below {hu_min:.3g}, like activity)"
+            f"has no value below {hu_min:.3g}, like activity)",
+            settings=("spect", "ct"),
         )
 
 
@@ -179,12 +192,12 @@ def unused_option_warnings(methods, spect_units: str, calibration_cps_per_mbq, d
     """Options given that this run does not use (so the user knows they had no effect)."""
     warnings = []
     counts = (spect_units or "").lower() == "counts"
-    for value, name in ((calibration_cps_per_mbq, "--calibration"), (duration_s, "--duration")):
+    for value, name in ((calibration_cps_per_mbq, "the camera calibration"), (duration_s, "the acquisition duration")):
         if value is not None and not counts:
-            warnings.append(f"{name} is ignored: it applies only with --spect-units counts (the SPECT is read as "
-                            f"{spect_units})")
+            warnings.append(f"{name} is ignored: it applies only to a SPECT in counts (the SPECT is read as "
+                            f"{spect_unit_label(spect_units)})")
     if model is not None and "cnn" not in methods:
-        warnings.append("--model is ignored: it applies only with --method cnn or all")
+        warnings.append("the model file is ignored: it applies only with the CNN method")
     return warnings
 
 
@@ -244,9 +257,10 @@ def compute_dose_rate_maps(
     methods = tuple(dict.fromkeys(m.lower() for m in methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')")
+        raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')",
+                             settings=("method",))
     warnings = unused_option_warnings(methods, spect_units, calibration_cps_per_mbq, duration_s, model)
-    memory_gb = check_positive(memory_gb, "--memory-gb (memory budget, GB)")
+    memory_gb = check_positive(memory_gb, "the memory budget (GB)", "memory_gb")
     network = None
     if "cnn" in methods:  # read and verified before any work; None: the shipped weights
         from .learning.inference import load_model
@@ -272,7 +286,7 @@ def compute_dose_rate_maps(
     if peak < 1.0:
         raise DblurDoseError(
             f"the SPECT's highest concentration is {peak:.3g} Bq/mL, far below any Lu-177 scan: the image is "
-            "probably in kBq/mL or MBq/mL. Give its units with --spect-units kbqml or mbqml"
+            "probably in kBq/mL or MBq/mL: give those SPECT units", settings=("spect_units",)
         )
     check_total_activity(float(bqml.array.sum(dtype=np.float64)) * bqml.voxel_volume_ml / 1e6, spect_units,
                          activity_range_mbq, nuclide)
@@ -309,9 +323,9 @@ def compute_dose_rate_maps(
     from .physics.dvk import dvk_dose_rate
 
     results: dict[str, Volume] = {}
-    fix = ("use --device cpu (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
+    fix = ("run on the CPU (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
            if device != "cpu" else "close other programs or crop the CT to the SPECT field")
-    with memory_errors_as_dblurdose("the DVK convolution", fix):
+    with memory_errors_as_dblurdose("the DVK convolution", fix, settings=("device",) if device != "cpu" else ()):
         dvk = dvk_dose_rate(
             activity_bq,
             density,
@@ -329,7 +343,7 @@ def compute_dose_rate_maps(
         from .learning.inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
-        with memory_errors_as_dblurdose("the CNN correction", fix):
+        with memory_errors_as_dblurdose("the CNN correction", fix, settings=("device",) if device != "cpu" else ()):
             results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network,
                                            max_bytes=plan.cnn_bytes if plan.on_host else None)
     if per_mbq:

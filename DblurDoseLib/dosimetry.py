@@ -174,23 +174,24 @@ def check_time_points(times_h: Sequence[float], single_time_point: str | None) -
     """
     t = np.asarray(times_h, dtype=np.float64)
     if t.size == 0:
-        raise DblurDoseError("no time point given; give at least one --timepoint SPECT CT HOURS")
+        raise DblurDoseError("no time point given; give at least one time point (SPECT, CT, hours)", settings=("timepoints",))
     if not np.all(np.isfinite(t)) or np.any(t <= 0):
         bad = t[~(np.isfinite(t) & (t > 0))][0]
-        raise DblurDoseError(f"time point at {bad:g} h is not after administration; give every --timepoint's HOURS "
-                             "as hours after administration (> 0)")
+        raise DblurDoseError(f"time point at {bad:g} h is not after administration; give every time point's time "
+                             "in hours after administration (> 0)", settings=("timepoints",))
     if np.any(np.diff(t) == 0):
         raise DblurDoseError(f"time points {t.tolist()} h hold a duplicate time; give each acquisition once, "
-                             "with its own time")
+                             "with its own time", settings=("timepoints",))
     if np.any(np.diff(t) < 0):
-        raise DblurDoseError(f"time points {t.tolist()} h are not in increasing order; give the --timepoint "
-                             "options in the order of acquisition (the first is the reference)")
+        raise DblurDoseError(f"time points {t.tolist()} h are not in increasing order; give the time points "
+                             "in the order of acquisition (the first is the reference)", settings=("timepoints",))
     if single_time_point is not None and single_time_point not in SINGLE_TIME_POINT:
         raise DblurDoseError(f"unknown single-time-point method {single_time_point!r}; choose one of "
-                             f"{', '.join(SINGLE_TIME_POINT)}")
+                             f"{', '.join(SINGLE_TIME_POINT)}", settings=("single_time_point",))
     if t.size == 1 and single_time_point is None:
-        raise DblurDoseError("one time point cannot be fitted: pass --single-time-point haenscheid (or madsen, "
-                             "with population half-lives) or give more --timepoint options")
+        raise DblurDoseError("one time point cannot be fitted: choose a single-time-point method, haenscheid (or "
+                             "madsen, with population half-lives), or give more time points",
+                             settings=("single_time_point", "timepoints"))
     return t
 
 
@@ -199,7 +200,8 @@ def check_calibration_uncertainty(relative: float) -> float:
     relative = float(relative)
     if not (math.isfinite(relative) and 0.0 <= relative < 1.0):
         raise DblurDoseError(f"the calibration's relative uncertainty must be a fraction in [0, 1) (0.05 for 5%), got "
-                             f"{relative:g}; give --calibration-uncertainty in percent, from 0 to under 100")
+                             f"{relative:g}; give the calibration uncertainty in percent, from 0 to under 100",
+                             settings=("calibration_uncertainty",))
     return relative
 
 
@@ -246,7 +248,7 @@ def _administered_warning(point: TimePoint, total_mbq: float, administered_mbq: 
     if total_mbq <= 1.1 * expected:
         return []
     return [f"{point.label}: {total_mbq:.4g} MBq in the field, more than the {administered_mbq:g} MBq administered "
-            f"(decayed: {expected:.4g} MBq); check the SPECT units, the calibration and --administered-mbq"]
+            f"(decayed: {expected:.4g} MBq); check the SPECT units, the calibration and the administered activity"]
 
 
 # --- per VOI --------------------------------------------------------------------------------------
@@ -290,13 +292,13 @@ def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple
     for folder in folders:
         path = Path(folder) / "doses.csv"
         if not path.is_file():
-            raise DblurDoseError(f"--earlier-cycles {folder}: no doses.csv there; give the output folder of an "
-                                 "earlier `dblurdose dosimetry` run of this patient")
+            raise DblurDoseError(f"earlier cycle {folder}: no doses.csv there; give the output folder of an "
+                                 "earlier absorbed-dose run of this patient", settings=("earlier_cycles",))
         with path.open(newline="") as f:
             table = {r["segment"]: r for r in csv.DictReader(line for line in f if not line.startswith("#"))}
         if table and not {"mean_dose_gy", "bed_gy"} <= set(next(iter(table.values()))):
-            raise DblurDoseError(f"--earlier-cycles {folder}: its doses.csv lacks mean_dose_gy/bed_gy; give the output "
-                                 "folder of a `dblurdose dosimetry` run")
+            raise DblurDoseError(f"earlier cycle {folder}: its doses.csv lacks mean_dose_gy/bed_gy; give the output "
+                                 "folder of an absorbed-dose run", settings=("earlier_cycles",))
         earlier.append((str(folder), table))
     warnings, out = [], []
     for row in rows:
@@ -450,7 +452,8 @@ def absorbed_dose(
     reference_ct = timepoints[0].ct
     warnings: list[str] = []
     if times.size > 1 and single_time_point is not None:
-        warnings.append(f"--single-time-point {single_time_point} is ignored: {times.size} time points are fitted")
+        warnings.append(f"the single-time-point method {single_time_point} is ignored: {times.size} time points are "
+                        "fitted")
     if registrations is not None and len(registrations) != len(timepoints):
         raise DblurDoseError(f"{len(registrations)} registrations were given for {len(timepoints)} time points; give "
                              "the registrations of a result on the same time points, or none")

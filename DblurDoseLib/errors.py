@@ -67,10 +67,11 @@ def is_allocation_failure(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def memory_errors_as_dblurdose(what: str, fix: str):
+def memory_errors_as_dblurdose(what: str, fix: str, settings: Sequence[str] = ()):
     """Re-raise allocation failures inside the block as :class:`OutOfMemoryError`.
 
-    ``what`` names the step ("the DVK convolution"), ``fix`` what the user can do about it.
+    ``what`` names the step ("the DVK convolution"), ``fix`` what the user can do about it,
+    ``settings`` the keys of :data:`SETTINGS` the fix refers to.
     """
     try:
         yield
@@ -79,7 +80,7 @@ def memory_errors_as_dblurdose(what: str, fix: str):
     except (MemoryError, RuntimeError) as exc:
         if not is_allocation_failure(exc):
             raise
-        raise OutOfMemoryError(f"out of memory during {what}; {fix}. Nothing was written") from None
+        raise OutOfMemoryError(f"out of memory during {what}; {fix}. Nothing was written", settings=settings) from None
 
 
 def _raise_terminated(signum, frame):

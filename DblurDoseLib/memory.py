@@ -46,7 +46,7 @@ from pathlib import Path
 
 from .errors import OutOfMemoryError
 
-#: default budget for the whole process (GB, 1e9 bytes): ``--memory-gb``
+#: default budget for the whole process (GB, 1e9 bytes): setting ``memory_gb``
 DEFAULT_MEMORY_GB = 8.0
 #: multiplies the counted arrays (allocator slack, small temporaries); see the module's calibration
 SAFETY_FACTOR = 1.1
@@ -188,12 +188,13 @@ def check_memory(plan: MemoryPlan) -> None:
     Raises :class:`~DblurDoseLib.errors.OutOfMemoryError` (exit code 3) with a one-line message.
     """
     if plan.estimate > plan.budget:
-        raise OutOfMemoryError(f"not enough memory for this run: {plan.describe()} (--memory-gb), even in the "
-                             "smallest chunks; raise --memory-gb, crop the CT to the SPECT field, or resample the CT "
-                             "to a coarser grid. Nothing was computed")
+        raise OutOfMemoryError(f"not enough memory for this run: {plan.describe()} (the memory budget), even in "
+                               "the smallest chunks; raise the memory budget, crop the CT to the SPECT field, or "
+                               "resample the CT to a coarser grid. Nothing was computed", settings=("memory_gb",))
     available = available_bytes()
     if available is not None and plan.estimate - plan.base > available:
         raise OutOfMemoryError(
             f"not enough memory on this machine: the run needs {(plan.estimate - plan.base) / 1e9:.1f} GB more "
-            f"({plan.describe()}) but {available / 1e9:.1f} GB is available; close other programs, lower --memory-gb, "
-            "crop the CT to the SPECT field, or resample the CT to a coarser grid. Nothing was computed")
+            f"({plan.describe()}) but {available / 1e9:.1f} GB is available; close other programs, lower the memory "
+            "budget, crop the CT to the SPECT field, or resample the CT to a coarser grid. Nothing was computed",
+            settings=("memory_gb",))

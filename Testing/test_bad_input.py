@@ -80,8 +80,8 @@ def test_degenerate_direction_matrix_is_refused(case):
 #: issue 22's two cases: a SPECT in kBq/mL read as Bq/mL (the image divided by 1000) and
 #: ``--spect-units mbqml`` on Bq/mL data (1e6 too high): (SPECT factor, options, dose factor, hint)
 WRONG_UNITS = {
-    "kbqml_read_as_bqml": (1e-3, (), 1e-3, "--spect-units kbqml"),
-    "bqml_given_as_mbqml": (1.0, ("--spect-units", "mbqml"), 1e6, "--spect-units bqml"),
+    "kbqml_read_as_bqml": (1e-3, (), 1e-3, "if the image is in kBq/mL or MBq/mL, give those SPECT units"),
+    "bqml_given_as_mbqml": (1.0, ("--spect-units", "mbqml"), 1e6, "give the SPECT units as Bq/mL"),
 }
 
 
@@ -155,7 +155,7 @@ def test_options_that_do_not_apply_are_warned_about(case, capsys):
     tmp, paths, *_ = case
     assert run_dose(paths, tmp / "out", "--calibration", "12", "--model", str(tmp / "mine.pt")) == 0
     err = capsys.readouterr().err
-    assert "--calibration is ignored" in err and "--model is ignored" in err
+    assert "the camera calibration is ignored" in err and "the model file is ignored" in err
     assert (tmp / "out" / "dose_rate_dvk.nrrd").exists()
 
 
@@ -457,7 +457,7 @@ MATRIX = {
                                 "Hounsfield"),
     "SPECT and CT swapped": (lambda tmp, ct, spect: ({"spect": _with(ct, tmp, "ct_as_spect.nrrd"),
                                                       "ct": _with(spect, tmp, "spect_as_ct.nrrd")}, []),
-                             "the SPECT and CT look swapped: pass the CT as --ct and the SPECT as --spect"),
+                             "the SPECT and CT look swapped: exchange the two inputs"),
     "CT as a density map": (lambda tmp, ct, spect: ({"ct": _with(ct, tmp, "dens.nrrd", (ct.array + 1000) / 1000)}, []),
                             "density map"),
     "segmentation outside the CT": (lambda tmp, ct, spect: ({}, ["--seg", str(write_volume(

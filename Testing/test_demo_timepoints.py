@@ -67,7 +67,7 @@ def test_voi_table_compares_the_dvk_with_the_truth(small_demo):
 
 def test_the_command_line_runs_it_and_refuses_a_bad_count(tmp_path, capsys):
     assert main(["demo", "--timepoints", "7", "--out", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "--timepoints must be 1 to 4" in capsys.readouterr().err
+    assert "number of time points must be 1 to 4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     with pytest.raises(DblurDoseError, match="1 to 4"):
         run_timepoints_demo(tmp_path / "y", n_timepoints=0)

@@ -321,8 +321,8 @@ def test_explicit_units_that_disagree_with_the_tags_warn(study, tmp_path, capsys
     folder, nm, _ = study
     assert main(["dose", "--spect", str(nm), "--ct", str(folder), "--out", str(tmp_path / "out"),
                  "--spect-units", "kbqml", "--any-activity", "--quiet"]) == 0
-    assert "--spect-units kbqml overrides the SPECT's Units=BQML (bqml)" in capsys.readouterr().err
-    assert read_volume(tmp_path / "out" / "dose_rate_dvk.nrrd").metadata["spect_units_from"] == "--spect-units"
+    assert "the SPECT units given (kbqml) override the SPECT's Units=BQML (bqml)" in capsys.readouterr().err
+    assert read_volume(tmp_path / "out" / "dose_rate_dvk.nrrd").metadata["spect_units_from"] == "given by the user"
 
 
 def test_non_activity_units_are_refused_with_nothing_written(tmp_path, pair, capsys):

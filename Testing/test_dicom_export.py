@@ -152,7 +152,7 @@ def test_headers_highdicom_refuses_end_in_one_line_with_nothing_written(oblique,
     assert _dose(tmp_path / "ct", write_volume(spect, tmp_path / "spect.nrrd"), tmp_path / "out", "--dicom-out") == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "dblurdose: error: could not write the DICOM output (Source images have no Frame Of Reference UID, but it is "
-        "required by the IOD.); run without --dicom-out. Nothing was written")
+        "required by the IOD.); run without DICOM output. Nothing was written [--dicom-out]")
     assert not (tmp_path / "out").exists()
 
 

@@ -309,7 +309,7 @@ def test_bad_times_refused(three_points, tmp_path, capsys, times, match):
 def test_single_time_point_needs_a_method(phantom, tmp_path, capsys):
     ct, mask, _ = phantom
     paths = _files(tmp_path / "in", ct, mask, (24.0,))
-    refused(capsys, paths, tmp_path / "out", "--register", "none", match="--single-time-point haenscheid")
+    refused(capsys, paths, tmp_path / "out", "--register", "none", match="choose a single-time-point method, haenscheid")
 
 
 def test_time_point_outside_the_reference_refused(phantom, tmp_path, capsys):
@@ -453,7 +453,7 @@ def test_bad_calibration_uncertainty_refused_before_any_work(four_points, tmp_pa
     _, paths = four_points
     assert _run(paths, tmp_path / "z", "--calibration-uncertainty", percent) == 2
     err = capsys.readouterr().err
-    assert "give --calibration-uncertainty in percent" in err and len(err.strip().splitlines()) == 1
+    assert "give the calibration uncertainty in percent" in err and err.strip().endswith("[--calibration-uncertainty]") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "z").exists()
 
 

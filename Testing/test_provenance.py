@@ -50,7 +50,7 @@ def test_units_given_on_the_command_line_are_recorded_as_given(case):
     tmp, paths, *_ = case
     assert run_dose(paths, tmp / "out", "--spect-units", "bqml") == 0
     meta = read_volume(tmp / "out" / "dose_rate_dvk.nrrd").metadata
-    assert meta["spect_units_from"] == "--spect-units"
+    assert meta["spect_units_from"] == "given by the user"
 
 
 def test_checksum_of_a_folder_changes_with_any_file(tmp_path):

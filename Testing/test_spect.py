@@ -431,7 +431,7 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
         "import warnings, numpy as np\n"
         "warnings.simplefilter('default')\n"
         "before, err = list(warnings.filters), np.geterr()\n"
-        "from DblurDoseLib import spect\n"
+        "from DblurDoseLib.simulation import spect\n"
         "spect._pytomography()\n"
         "assert warnings.filters == before, warnings.filters[:3]\n"
         "assert np.geterr() == err, np.geterr()\n"

@@ -35,8 +35,8 @@ def segments_from_labelmap(labels: Volume, target: Volume, names: dict[int, str]
     if len(values) > MAX_LABELS:
         raise DblurDoseError(
             f"the segmentation holds {len(values)} different label values (at most {MAX_LABELS} are taken): it looks "
-            "like an image rather than a labelmap (a SPECT or CT given as --seg?). Give a labelmap with one value "
-            "per VOI"
+            "like an image rather than a labelmap (a SPECT or CT given as the segmentation?). Give a labelmap with "
+            "one value per VOI", settings=("segments",)
         )
     on_grid = np.asarray(resample_labels(labels, target).array)
     names = names or {}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..units import spect_unit_key
 from .volume import READABLE_SUFFIXES, Volume
 
 #: modalities each input is chosen by; other names (``what``) take any image series
@@ -37,11 +38,6 @@ MODALITIES = {"SPECT": ("NM", "PT"), "CT": ("CT",)}
 SERIES_FLAGS = {"SPECT": "--spect-series", "CT": "--ct-series"}
 #: slice gaps that differ by less than this share of their mean are resampled onto a regular grid
 GAP_TOLERANCE = 0.01
-#: UCUM codes of the Real World Value Mapping's units (lower case) -> SPECT units
-UCUM_UNITS = {"bq/ml": "bqml", "kbq/ml": "kbqml", "mbq/ml": "mbqml", "{counts}": "counts", "counts": "counts",
-              "{cnts}": "counts", "cnts": "counts"}
-#: Units (0054,1001) -> SPECT units
-UNITS_TAG = {"BQML": "bqml", "CNTS": "counts"}
 
 
 @dataclass
@@ -170,9 +166,10 @@ def _activity_mapping(holders) -> tuple[float, float, str, str] | None:
         for item in holder.get("RealWorldValueMappingSequence") or []:
             codes = item.get("MeasurementUnitsCodeSequence") or []
             code = str(codes[0].get("CodeValue", "")) if codes else ""
-            if code.strip().lower() in UCUM_UNITS and "RealWorldValueSlope" in item:
+            units = spect_unit_key(code)  # UCUM Bq/mL, kBq/mL, MBq/mL, {counts}...
+            if units is not None and "RealWorldValueSlope" in item:
                 return (float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept") or 0.0),
-                        UCUM_UNITS[code.strip().lower()], f"RealWorldValueMappingSequence (UCUM {code})")
+                        units, f"RealWorldValueMappingSequence (UCUM {code})")
     return None
 
 
@@ -205,7 +202,7 @@ def _units_tag(ds) -> tuple[str | None, str]:
     units = str(ds.get("Units") or "").strip().upper()
     if not units:
         return "counts", "no Units tag (read as counts)"
-    return UNITS_TAG.get(units), f"Units={units}"
+    return spect_unit_key(units), f"Units={units}"  # BQML, CNTS
 
 
 def acquisition_duration(ds) -> tuple[float | None, str]:

@@ -476,5 +476,5 @@ def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | 
         # UID, a Decimal String too long, a file meta they cannot write); AttributeError, KeyError and
         # TypeError are bugs of ours and propagate with their traceback
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DblurDoseError(f"could not write the DICOM output ({reason}); run without --dicom-out. "
-                             "Nothing was written") from None
+        raise DblurDoseError(f"could not write the DICOM output ({reason}); run without DICOM output. "
+                             "Nothing was written", settings=("dicom_out",)) from None

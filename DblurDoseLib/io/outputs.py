@@ -64,17 +64,19 @@ class OutputFolder:
         self.stale = [n for n in stale if n not in self.names]
         self.removed: list[str] = []
         if self.folder.exists() and not self.folder.is_dir():
-            raise DblurDoseError(f"--out {self.folder} is a file, not a folder; choose a folder path")
+            raise DblurDoseError(f"the output folder {self.folder} is a file, not a folder; choose a folder path",
+                                 settings=("out",))
         self._refuse_existing()
         base = _nearest_existing(self.folder)
         if not base.is_dir():
-            raise DblurDoseError(f"--out {self.folder} cannot be made: {base} is a file, not a folder; choose another path")
+            raise DblurDoseError(f"the output folder {self.folder} cannot be made: {base} is a file, not a folder; "
+                                 "choose another path", settings=("out",))
         try:  # a real write, not os.access: read-only mounts and root
             with tempfile.TemporaryFile(dir=base, prefix=".dblurdose-probe-"):
                 pass
         except OSError as exc:
             raise DblurDoseError(
-                f"cannot write into {base} ({exc.strerror or exc}); choose an --out folder you can write to"
+                f"cannot write into {base} ({exc.strerror or exc}); choose an output folder you can write to", settings=("out",)
             ) from None
         self._refuse_live_lock()  # before any work; the lock is taken on entry
         self._created = not self.folder.exists()
@@ -86,7 +88,8 @@ class OutputFolder:
         existing = [n for n in self.names if (self.folder / n).exists()]
         if existing and not self.overwrite:
             raise DblurDoseError(
-                f"{self.folder} already holds {', '.join(existing)}; choose another --out folder or pass --overwrite"
+                f"{self.folder} already holds {', '.join(existing)}; choose another output folder or allow overwriting",
+                settings=("out", "overwrite"),
             )
 
     def require_space(self, nbytes: float) -> None:
@@ -95,7 +98,7 @@ class OutputFolder:
         if free < nbytes:
             raise DblurDoseError(
                 f"not enough free disk space for the results in {self.folder}: about {nbytes / 1e6:.0f} MB needed, "
-                f"{free / 1e6:.0f} MB free; free some space or choose another --out folder"
+                f"{free / 1e6:.0f} MB free; free some space or choose another output folder", settings=("out",)
             )
 
     def _refuse_live_lock(self) -> None:
@@ -115,8 +118,8 @@ class OutputFolder:
             return
         raise DblurDoseError(
             f"another dblurdose run (process {pid} on {host or 'an unknown machine'}) is writing into "
-            f"{self.folder}; wait for it to finish or choose another --out folder (if no run is active, "
-            f"delete {lock})"
+            f"{self.folder}; wait for it to finish or choose another output folder (if no run is active, "
+            f"delete {lock})", settings=("out",)
         )
 
     def _take_lock(self) -> None:
@@ -141,7 +144,8 @@ class OutputFolder:
             self.stage = Path(tempfile.mkdtemp(prefix=".dblurdose-", dir=self.folder))
         except OSError as exc:
             self._cleanup(failed=True)
-            raise DblurDoseError(f"cannot write into {self.folder} ({exc.strerror or exc}); choose another --out folder") from None
+            raise DblurDoseError(f"cannot write into {self.folder} ({exc.strerror or exc}); choose another output folder",
+                                 settings=("out",)) from None
         except BaseException:
             self._cleanup(failed=True)
             raise
@@ -194,14 +198,14 @@ class OutputFolder:
             failed = True
             raise DblurDoseError(
                 f"could not write the results into {self.folder} ({e.strerror or e}); free disk space or choose "
-                "another --out folder. Nothing was written"
+                "another output folder. Nothing was written", settings=("out",)
             ) from None
         finally:
             self._cleanup(failed)
         if failed and isinstance(exc, (OSError, RuntimeError)) and _looks_like_write_failure(exc):
             raise DblurDoseError(
                 f"could not write the results into {self.folder} ({_reason(exc)}); free disk space or choose another "
-                "--out folder. Nothing was written"
+                "output folder. Nothing was written", settings=("out",)
             ) from None
         return False
 

@@ -148,7 +148,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise DblurDoseError(f"{path} already exists; choose another output or pass --overwrite")
+        raise DblurDoseError(f"{path} already exists; choose another output or allow overwriting",
+                             settings=("out", "overwrite"))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(volume.to_sitk(), str(path), compress)
     return path

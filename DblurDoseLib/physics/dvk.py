@@ -136,7 +136,8 @@ def fft_convolve(
     if max_lz < 2 * hz + 1 and max_lz < nz + hz:
         raise DblurDoseError(
             f"not enough memory for the DVK convolution ({budget / 1e9:.1f} GB budget for a "
-            f"{nz}x{ny}x{nx} grid); free memory, use --device cpu, or crop the CT to the SPECT field"
+            f"{nz}x{ny}x{nx} grid); free memory, run on the CPU, or crop the CT to the SPECT field",
+            settings=("device",),
         )
     if nz + hz <= max_lz:
         slabs = [(0, nz)]

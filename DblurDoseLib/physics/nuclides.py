@@ -107,7 +107,7 @@ def canonical_name(name: str) -> str:
     what = "is not supported yet" if known else "is not a nuclide name this library knows"
     raise DblurDoseError(
         f"nuclide {name!r} {what}; supported: {', '.join(SUPPORTED)}. "
-        "Give one of these (e.g. --nuclide Lu-177)."
+        "Give one of these (e.g. Lu-177).", settings=("nuclide",)
     )
 
 
