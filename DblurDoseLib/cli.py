@@ -286,7 +286,8 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
-    from .physics.kernels import build_kernel, get_kernel, write_kernel_nrrd
+    from .physics.kernel_building import build_kernel
+    from .physics.kernels import get_kernel, write_kernel_nrrd
 
     spacing = tuple(args.spacing)
     if args.build:

@@ -18,6 +18,7 @@ import pytest
 
 from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.io.volume import read_volume
+from DblurDoseLib.physics import kernel_building as KB
 from DblurDoseLib.physics import kernels as K
 
 SHIPPED = [(0.98, 0.98, 3.0), (4.7952, 4.7952, 4.7952), (4.8, 4.8, 4.8)]
@@ -101,7 +102,7 @@ def test_derived_kernel_matches_the_monte_carlo_one(spacing):
     t_der, t_ship = der.total(), ship.total()
     assert t_der[c, c, c] == pytest.approx(t_ship[c, c, c], rel=0.01)
     # the photon kernels agree shell by shell, near (MC voxels) and far (fitted model)
-    r = K._voxel_radii(ship.photon.shape[0], spacing)
+    r = KB._voxel_radii(ship.photon.shape[0], spacing)
     for lo, hi in ((3.0, 10.0), (10.0, 20.0), (20.0, 50.0), (50.0, 100.0), (100.0, 300.0)):
         shell = (r >= lo) & (r < hi)
         assert der.photon[shell].sum() == pytest.approx(ship.photon[shell].sum(), rel=0.03), (lo, hi)

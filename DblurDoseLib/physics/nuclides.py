@@ -8,7 +8,7 @@ pairs: ``beta-`` (branch mean energies), ``IE`` (internal-conversion electrons),
 Only the nuclides in :data:`SUPPORTED` are accepted: each needs validated dose kernels too.
 Another pure beta-minus/gamma emitter can be added by putting its name in :data:`SUPPORTED`
 (its data come from the same ICRP-107 files) and building its kernels
-(:func:`DblurDoseLib.physics.kernels.build_kernel`).
+(:func:`DblurDoseLib.physics.kernel_building.build_kernel`).
 """
 
 from __future__ import annotations
