@@ -254,11 +254,7 @@ def compute_dose_rate_maps(
     """
     from .physics.kernels import get_kernel
 
-    methods = tuple(dict.fromkeys(m.lower() for m in methods))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')",
-                             settings=("method",))
+    methods = checked_methods(methods)
     warnings = unused_option_warnings(methods, spect_units, calibration_cps_per_mbq, duration_s, model)
     memory_gb = check_positive(memory_gb, "the memory budget (GB)", "memory_gb")
     network = None
@@ -275,6 +271,58 @@ def compute_dose_rate_maps(
     hu = np.asarray(ct.array)
     if hu.dtype.kind not in "iuf":
         hu = hu.astype(np.float32)
+    bqml = checked_activity(spect, ct, hu, spect_units, calibration_cps_per_mbq, duration_s, clip_negative,
+                            activity_range_mbq, nuclide)
+    kernel = get_kernel(nuclide, ct.spacing)
+    plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb)
+    check_memory(plan)  # before any large array is made
+
+    step(0.1, "resampling the SPECT onto the CT grid")
+    activity, resampled, density = activity_on_ct(bqml, ct, hu, hu_calibration, warnings)
+    total_mbq = resampled.inside_target_bq / 1e6
+
+    step(0.2, "DVK convolution")
+    results = _dose_rates(activity, ct, density, methods, kernel, network, plan, scale_electron_only, device, step)
+    if per_mbq:
+        factor = np.float32(NGY_PER_MBQ_S / total_mbq)
+        results = {m: v.with_array(v.array * factor) for m, v in results.items()}
+    results = {m: v for m, v in results.items() if m in methods}
+    _check_finite(results)
+    _record_provenance(results, per_mbq, nuclide, spect_units, kernel, scale_electron_only, hu_calibration, network)
+    if report is not None:
+        report.update(
+            total_activity_mbq=total_mbq,
+            spect_total_mbq=resampled.source_total_bq / 1e6,
+            fraction_inside_ct=resampled.fraction_inside,
+            resample_factor=resampled.rescale_factor,
+            kernel_source=kernel.source,
+            memory={"estimate_gb": plan.estimate / 1e9, "base_gb": plan.base / 1e9, "budget_gb": plan.budget / 1e9,
+                    "cnn_chunk": plan.chunk},
+            units="nGy/(MBq s)" if per_mbq else "mGy/h",
+            warnings=warnings,
+        )
+    step(1.0, "done")
+    return results
+
+
+def checked_methods(methods) -> tuple[str, ...]:
+    """The methods asked for, lower case, each once; refuses unknown ones and an empty choice."""
+    methods = tuple(dict.fromkeys(m.lower() for m in methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise DblurDoseError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (or 'all')",
+                             settings=("method",))
+    return methods
+
+
+def checked_activity(spect: Volume, ct: Volume, hu: np.ndarray, spect_units: str,
+                     calibration_cps_per_mbq: float | None, duration_s: float | None, clip_negative: bool,
+                     activity_range_mbq: tuple[float, float] | str | None, nuclide: str) -> Volume:
+    """The SPECT as activity concentration (Bq/mL) on its own grid, after every input check.
+
+    Refuses swapped inputs, a CT not in HU, grids that do not overlap, NaN/negative/empty activity,
+    concentrations and totals that betray wrong units (see :func:`check_total_activity`).
+    """
     check_not_swapped(np.asarray(spect.array), hu)
     check_ct_is_hu(hu)
     check_geometry(spect, ct)
@@ -290,42 +338,53 @@ def compute_dose_rate_maps(
         )
     check_total_activity(float(bqml.array.sum(dtype=np.float64)) * bqml.voxel_volume_ml / 1e6, spect_units,
                          activity_range_mbq, nuclide)
-    kernel = get_kernel(nuclide, ct.spacing)
-    plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb)
-    check_memory(plan)  # before any large array is made
+    return bqml
 
-    step(0.1, "resampling the SPECT onto the CT grid")
+
+def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.ndarray | None,
+                   warnings: list[str]) -> tuple[Volume, ResampleReport, np.ndarray]:
+    """Activity concentration (Bq/mL) resampled onto the CT grid, its resampling report, and density (g/cm3).
+
+    Refuses activity mostly outside the CT field or off tissue (misaligned images, a CT of another
+    patient or of air); warns (appended to ``warnings``) when more than 1% lies outside the field.
+    """
     resampling: list[ResampleReport] = []
     activity = resample_activity(bqml, ct, resampling)
-    total_mbq = resampling[0].inside_target_bq / 1e6
-    if resampling[0].fraction_inside < 0.5:
+    resampled = resampling[0]
+    if resampled.fraction_inside < 0.5:
         raise DblurDoseError(
-            f"only {resampling[0].fraction_inside:.0%} of the SPECT activity lies inside the CT field; "
+            f"only {resampled.fraction_inside:.0%} of the SPECT activity lies inside the CT field; "
             "the images look misaligned. Check the SPECT and CT positions or register them first."
         )
-    if resampling[0].fraction_inside < 0.99:
-        warnings.append(f"{1 - resampling[0].fraction_inside:.0%} of the SPECT activity lies outside the CT field and "
+    if resampled.fraction_inside < 0.99:
+        warnings.append(f"{1 - resampled.fraction_inside:.0%} of the SPECT activity lies outside the CT field and "
                         "is not counted; extend the CT if that activity matters")
     activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
     density = hu_to_density(hu, hu_calibration)
-    in_tissue = float(activity_bq[density >= AIR_DENSITY_THRESHOLD].sum(dtype=np.float64)) / max(
-        float(activity_bq.sum(dtype=np.float64)), 1e-30)
+    tissue = density >= AIR_DENSITY_THRESHOLD
+    in_tissue = float(activity_bq[tissue].sum(dtype=np.float64)) / max(float(activity_bq.sum(dtype=np.float64)), 1e-30)
     if in_tissue < MIN_ACTIVITY_IN_TISSUE:
         raise DblurDoseError(
             f"only {in_tissue:.0%} of the SPECT activity lies on tissue in the CT (density >= {AIR_DENSITY_THRESHOLD} g/cm3); "
             + ("the CT holds no tissue at all (all air): give the CT of the patient"
-               if not (density >= AIR_DENSITY_THRESHOLD).any() else
+               if not tissue.any() else
                "the SPECT and CT look misaligned, or the CT is of another patient: check their positions or register "
                "them first")
         )
+    return activity, resampled, density
 
-    step(0.2, "DVK convolution")
+
+def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tuple[str, ...], kernel, network,
+                plan, scale_electron_only: bool, device: str, step: Callable[[float, str], None]) -> dict[str, Volume]:
+    """The DVK map (mGy/h), and the CNN's when asked, on the CT grid; allocation failures become user errors."""
     from .physics.dvk import dvk_dose_rate
 
+    activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
     results: dict[str, Volume] = {}
     fix = ("run on the CPU (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
            if device != "cpu" else "close other programs or crop the CT to the SPECT field")
-    with memory_errors_as_dblurdose("the DVK convolution", fix, settings=("device",) if device != "cpu" else ()):
+    settings = ("device",) if device != "cpu" else ()
+    with memory_errors_as_dblurdose("the DVK convolution", fix, settings=settings):
         dvk = dvk_dose_rate(
             activity_bq,
             density,
@@ -343,19 +402,25 @@ def compute_dose_rate_maps(
         from .learning.inference import cnn_dose_rate
 
         step(0.8, "CNN correction")
-        with memory_errors_as_dblurdose("the CNN correction", fix, settings=("device",) if device != "cpu" else ()):
+        with memory_errors_as_dblurdose("the CNN correction", fix, settings=settings):
             results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network,
                                            max_bytes=plan.cnn_bytes if plan.on_host else None)
-    if per_mbq:
-        factor = np.float32(NGY_PER_MBQ_S / total_mbq)
-        results = {m: v.with_array(v.array * factor) for m, v in results.items()}
-    results = {m: v for m, v in results.items() if m in methods}
-    for method, volume in results.items():  # a NaN or infinite map is never handed out as a result
+    return results
+
+
+def _check_finite(results: dict[str, Volume]) -> None:
+    """A NaN or infinite map is never handed out as a result."""
+    for method, volume in results.items():
         if not np.all(np.isfinite(volume.array)):
             raise DblurDoseError(
                 f"the {method.upper()} dose-rate map holds NaN or infinite values (the SPECT values may be far too "
                 "large for their units, or the HU calibration or model file is damaged); check the SPECT units "
                 "and values, the HU calibration and the model, nothing was written")
+
+
+def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, spect_units: str, kernel,
+                       scale_electron_only: bool, hu_calibration: np.ndarray | None, network) -> None:
+    """What made each map, in its metadata (written into the output files' headers)."""
     from . import __version__
 
     made_by = {
@@ -371,17 +436,3 @@ def compute_dose_rate_maps(
         volume.metadata.update({**made_by, "method": method})
         if method == "cnn":
             volume.metadata["model_sha256"] = getattr(network, "sha256", "unknown")
-    if report is not None:
-        report.update(
-            total_activity_mbq=total_mbq,
-            spect_total_mbq=resampling[0].source_total_bq / 1e6,
-            fraction_inside_ct=resampling[0].fraction_inside,
-            resample_factor=resampling[0].rescale_factor,
-            kernel_source=kernel.source,
-            memory={"estimate_gb": plan.estimate / 1e9, "base_gb": plan.base / 1e9, "budget_gb": plan.budget / 1e9,
-                    "cnn_chunk": plan.chunk},
-            units="nGy/(MBq s)" if per_mbq else "mGy/h",
-            warnings=warnings,
-        )
-    step(1.0, "done")
-    return results

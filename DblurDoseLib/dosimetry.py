@@ -454,9 +454,37 @@ def absorbed_dose(
     if times.size > 1 and single_time_point is not None:
         warnings.append(f"the single-time-point method {single_time_point} is ignored: {times.size} time points are "
                         "fitted")
+    rates, activities, registered = _rates_at_time_points(timepoints, registrations, register, method, options,
+                                                          administered_mbq, warnings, progress)
+    if progress is not None:
+        progress(0.9, "time integration")
+    dose_gy, vois, n_fallback = _integrate(times, rates, activities, segments, models, single_time_point,
+                                           radiopharmaceutical, calibration_rel_uncertainty, reference_ct, warnings)
+    dose = reference_ct.with_array(dose_gy)
+    provenance = _provenance(rates[0].metadata, times, registered, vois, fit, single_time_point,
+                             register, n_fallback)
+    if administered_mbq is not None:
+        provenance["administered_mbq"] = f"{administered_mbq:g}"
+    dose.metadata.update(provenance)
+    if progress is not None:
+        progress(1.0, "done")
+    return DosimetryResult(dose=dose, dose_rates=rates, times_h=times, registrations=registered, vois=vois,
+                           n_voxel_fallback=n_fallback, warnings=warnings, provenance=provenance)
+
+
+def _rates_at_time_points(timepoints: Sequence[TimePoint], registrations: Sequence[Registration | None] | None,
+                          register: str, method: str, options: dict, administered_mbq: float | None,
+                          warnings: list[str], progress: Progress | None,
+                          ) -> tuple[list[Volume], list[np.ndarray], list[Registration | None]]:
+    """Each time point registered to the reference CT and its dose rate (mGy/h) on the reference grid.
+
+    Returns the dose-rate volumes, the activity arrays (Bq/mL, reference grid) and the registrations
+    (None for the reference); warnings are appended to ``warnings``.
+    """
     if registrations is not None and len(registrations) != len(timepoints):
         raise DblurDoseError(f"{len(registrations)} registrations were given for {len(timepoints)} time points; give "
                              "the registrations of a result on the same time points, or none")
+    reference_ct = timepoints[0].ct
     registered = list(registrations) if registrations is not None else [None] * len(timepoints)
     target = working_ct(reference_ct) if registrations is None and len(timepoints) > 1 else reference_ct
     rates, activities = [], []
@@ -472,10 +500,20 @@ def absorbed_dose(
         activities.append(np.asarray(activity.array))
         warnings += [f"{point.label}: {w}" for w in report.get("warnings", [])]
         warnings += _administered_warning(point, report["total_activity_mbq"], administered_mbq)
+    return rates, activities, registered
+
+
+def _integrate(times: np.ndarray, rates: Sequence[Volume], activities: Sequence[np.ndarray],
+               segments: Sequence[Segment], models: tuple[str, ...], single_time_point: str | None,
+               radiopharmaceutical: str, calibration_rel_uncertainty: float, reference_ct: Volume,
+               warnings: list[str]) -> tuple[np.ndarray, list[VoiDose], int]:
+    """Absorbed dose (Gy) per voxel and per VOI from the dose rates (mGy/h) at ``times`` (h).
+
+    Returns the voxel map, the VOI results and the number of voxels that fell back to their VOI's
+    curve or the trapezoid; warnings are appended to ``warnings``.
+    """
     rate_stack = np.stack([np.asarray(r.array, dtype=np.float32) for r in rates])
     activity_stack = np.stack(activities)
-    if progress is not None:
-        progress(0.9, "time integration")
     voxel_ml = reference_ct.voxel_volume_ml
     curves = [rate_stack[:, s.mask].mean(axis=1, dtype=np.float64) for s in segments]
     integrals = [_integrate_voi(times, curve, models, single_time_point, s.name, radiopharmaceutical,
@@ -491,16 +529,7 @@ def absorbed_dose(
     if n_fallback:
         warnings.append(f"{n_fallback} voxels could not be fitted (a zero among their dose rates) and got their "
                         "VOI's curve or the trapezoid")
-    dose = reference_ct.with_array(dose_gy)
-    provenance = _provenance(rates[0].metadata, times, registered, vois, fit, single_time_point,
-                             register, n_fallback)
-    if administered_mbq is not None:
-        provenance["administered_mbq"] = f"{administered_mbq:g}"
-    dose.metadata.update(provenance)
-    if progress is not None:
-        progress(1.0, "done")
-    return DosimetryResult(dose=dose, dose_rates=rates, times_h=times, registrations=registered, vois=vois,
-                           n_voxel_fallback=n_fallback, warnings=warnings, provenance=provenance)
+    return dose_gy, vois, n_fallback
 
 
 def _provenance(made_by: dict, times: np.ndarray, registrations: Sequence[Registration | None], vois: Sequence[VoiDose], fit: str,
