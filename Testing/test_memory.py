@@ -98,7 +98,7 @@ def test_issue_size_fits_8_gb_and_is_refused_at_half_a_gb():
     with pytest.raises(OutOfMemoryError) as info:
         check_memory(small)
     message = str(info.value)
-    assert "\n" not in message and f"{small.estimate / 1e9:.1f} GB" in message and "--memory-gb" in message
+    assert "\n" not in message and f"{small.estimate / 1e9:.1f} GB" in message and info.value.settings == ("memory_gb",) and "memory budget" in message
     assert "crop the CT" in message
 
 

@@ -383,44 +383,15 @@ def write_rt_struct(segments: list[Segment], grid: Volume, path: str | Path, lin
     ds.StructureSetLabel, ds.StructureSetName = description[:16], description[:64]
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.OperatorsName = ""  # RT Series module, type 2
-    frame = Dataset()
-    frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
+    ds.ReferencedFrameOfReferenceSequence = Sequence([_referenced_frame(ds, link)])
     refs = _slice_references(link, grid)
-    if link.linked:  # the stand-in CT does not exist: reference only the frame of reference
-        series = Dataset()
-        series.SeriesInstanceUID = link.headers[0].SeriesInstanceUID
-        series.ContourImageSequence = Sequence(_image_reference(h) for h in link.headers)
-        study = Dataset()
-        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # the (retired) Detached Study Management, as usual
-        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
-        study.RTReferencedSeriesSequence = Sequence([series])
-        frame.RTReferencedStudySequence = Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
-
-    positions, orientation, pixel_spacing = frame_geometry(grid)
-    row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     rois, contours, observations = [], [], []
     for number, segment in enumerate(segments, start=1):
         roi = Dataset()
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, ds.FrameOfReferenceUID
         roi.ROIName, roi.ROIGenerationAlgorithm = segment.name[:64], ""
         rois.append(roi)
-        item = Dataset()
-        item.ReferencedROINumber = number
-        planes = []
-        for k in np.flatnonzero(np.asarray(segment.mask).any(axis=(1, 2))):
-            for outline in mask_contours(segment.mask[k]):
-                points = (positions[k] + outline[:, :1] * pixel_spacing[1] * row_dir
-                          + outline[:, 1:] * pixel_spacing[0] * col_dir)
-                contour = Dataset()
-                if k in refs:
-                    contour.ContourImageSequence = Sequence([_image_reference(refs[k])])
-                contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
-                contour.ContourData = [_ds(v) for v in points.ravel()]
-                planes.append(contour)
-        if planes:
-            item.ContourSequence = Sequence(planes)
-        contours.append(item)
+        contours.append(_roi_contours(number, segment, grid, refs))
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
         observation.RTROIInterpretedType, observation.ROIInterpreter = "", ""
@@ -433,6 +404,51 @@ def write_rt_struct(segments: list[Segment], grid: Volume, path: str | Path, lin
     ds.save_as(path, enforce_file_format=True)
     return path
 
+
+
+def _referenced_frame(ds, link: StudyLink):
+    """The structure set's Referenced Frame of Reference item; with a DICOM CT, its study and series too."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
+    if link.linked:  # the stand-in CT does not exist: reference only the frame of reference
+        series = Dataset()
+        series.SeriesInstanceUID = link.headers[0].SeriesInstanceUID
+        series.ContourImageSequence = Sequence(_image_reference(h) for h in link.headers)
+        study = Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # the (retired) Detached Study Management, as usual
+        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+        study.RTReferencedSeriesSequence = Sequence([series])
+        frame.RTReferencedStudySequence = Sequence([study])
+    return frame
+
+
+def _roi_contours(number: int, segment: Segment, grid: Volume, refs: dict):
+    """One ROI Contour item: the segment's outlines on each slice of ``grid`` as CLOSED_PLANAR
+    polygons in patient coordinates (mm), each referencing its CT slice where there is one."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    positions, orientation, pixel_spacing = frame_geometry(grid)
+    row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    item = Dataset()
+    item.ReferencedROINumber = number
+    planes = []
+    for k in np.flatnonzero(np.asarray(segment.mask).any(axis=(1, 2))):
+        for outline in mask_contours(segment.mask[k]):
+            points = (positions[k] + outline[:, :1] * pixel_spacing[1] * row_dir
+                      + outline[:, 1:] * pixel_spacing[0] * col_dir)
+            contour = Dataset()
+            if k in refs:
+                contour.ContourImageSequence = Sequence([_image_reference(refs[k])])
+            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
+            contour.ContourData = [_ds(v) for v in points.ravel()]
+            planes.append(contour)
+    if planes:
+        item.ContourSequence = Sequence(planes)
+    return item
 
 
 def write_dicom(folder: str | Path, link: StudyLink, rates: dict[str, Volume] | None = None,

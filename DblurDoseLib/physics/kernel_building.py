@@ -153,42 +153,16 @@ def build_kernel(
     photon_decays = int(photon_decays or 25 * n_decays)
     if n_decays < 1000:
         raise DblurDoseError("build a kernel from at least 1000 decays")
-    h_cm = np.array(sp) / 10.0
-    centre_box = (-h_cm / 2, h_cm / 2)
-    mass_g = MEDIUM_DENSITY * float(np.prod(h_cm))
+    mass_g = MEDIUM_DENSITY * float(np.prod(np.array(sp) / 10.0))
 
     def stage(lo, hi, label):
         if progress is None:
             return None
         return lambda f, m: progress(lo + (hi - lo) * f, f"{label}: {m}")
 
-    # electrons
-    m = electron_size + 2
-    bounds = [(np.arange(m + 1) - m / 2.0) * h for h in h_cm]
-    energy, local, res_e = _point_source_run(bounds, MEDIUM_DENSITY, centre_box, nuc, "electron", n_decays, seed,
-                                             threads, stage(0.0, 0.5, "electron kernel"))
-    energy = energy[1:-1, 1:-1, 1:-1].copy()
-    energy[(electron_size // 2,) * 3] += local
-    electron = symmetrise(energy, sp) * 1000.0 / n_decays / mass_g * MGY_PER_KEV_PER_G
-
-    # photons
-    bounds = [_padded_bounds(photon_size, h, max(WORLD_HALF_CM, photon_size * h / 2 + 10.0)) for h in h_cm]
-    energy, local, res_p = _point_source_run(bounds, MEDIUM_DENSITY, centre_box, nuc, "photon", photon_decays, seed,
-                                             threads, stage(0.5, 1.0, "photon kernel"))
-    cut = [int(np.searchsorted(b, -photon_size * h / 2 - 1e-9)) for b, h in zip(bounds[::-1], h_cm[::-1])]
-    energy = energy[cut[0]:cut[0] + photon_size, cut[1]:cut[1] + photon_size, cut[2]:cut[2] + photon_size].copy()
-    energy[(photon_size // 2,) * 3] += local
-    photon_absorbed_kev = float(energy.sum()) * 1000.0 / photon_decays
-    raw = symmetrise(energy, sp) * 1000.0 / photon_decays / mass_g * MGY_PER_KEV_PER_G
-    r = _voxel_radii(photon_size, sp)
-    r0 = max(FAR_FIELD_MM, 4.0 * max(sp))
-    photon = raw
-    if r.max() > r0 + 10.0:
-        model = _radial_fit(raw, r, r0)
-        blend = np.clip((r - r0) / 5.0, 0.0, 1.0)  # 5 mm ramp from MC to model
-        with np.errstate(divide="ignore", invalid="ignore"):
-            photon = np.where(r > r0, (1 - blend) * raw + blend * model(np.maximum(r, 1e-9)), raw)
-
+    electron, res_e = _electron_part(nuc, sp, electron_size, n_decays, seed, threads, stage(0.0, 0.5, "electron kernel"))
+    photon, photon_absorbed_kev, r0, res_p = _photon_part(nuc, sp, photon_size, photon_decays, seed, threads,
+                                                          stage(0.5, 1.0, "photon kernel"))
     kernel = Kernel(
         nuclide=name, spacing=sp, electron=electron.astype(np.float32), photon=photon.astype(np.float32),
         medium_density=MEDIUM_DENSITY, photon_absorbed_kev=photon_absorbed_kev, source="built",
@@ -208,6 +182,50 @@ def build_kernel(
         save_kernel(kernel, path)
         kernel.info["cache_path"] = str(path)
     return kernel
+
+
+def _electron_part(nuc, sp: tuple[float, float, float], size: int, n_decays: int, seed: int, threads: int | None,
+                   progress) -> tuple[np.ndarray, object]:
+    """Electron kernel (mGy per decay, ``size``^3, symmetrised) from a centre-voxel source in a tissue
+    block one voxel wider on each side; returns it and the transport result."""
+    h_cm = np.array(sp) / 10.0
+    mass_g = MEDIUM_DENSITY * float(np.prod(h_cm))
+    m = size + 2
+    bounds = [(np.arange(m + 1) - m / 2.0) * h for h in h_cm]
+    energy, local, res = _point_source_run(bounds, MEDIUM_DENSITY, (-h_cm / 2, h_cm / 2), nuc, "electron", n_decays,
+                                           seed, threads, progress)
+    energy = energy[1:-1, 1:-1, 1:-1].copy()
+    energy[(size // 2,) * 3] += local
+    return symmetrise(energy, sp) * 1000.0 / n_decays / mass_g * MGY_PER_KEV_PER_G, res
+
+
+def _photon_part(nuc, sp: tuple[float, float, float], size: int, n_decays: int, seed: int, threads: int | None,
+                 progress) -> tuple[np.ndarray, float, float, object]:
+    """Photon kernel (mGy per decay, ``size``^3) in a tissue block reaching 30 cm from the source.
+
+    Symmetrised; beyond ``r0`` (mm) blended over 5 mm into a radial model fitted to the same run.
+    Returns the kernel, the photon energy absorbed within it (keV per decay), ``r0`` and the
+    transport result.
+    """
+    h_cm = np.array(sp) / 10.0
+    mass_g = MEDIUM_DENSITY * float(np.prod(h_cm))
+    bounds = [_padded_bounds(size, h, max(WORLD_HALF_CM, size * h / 2 + 10.0)) for h in h_cm]
+    energy, local, res = _point_source_run(bounds, MEDIUM_DENSITY, (-h_cm / 2, h_cm / 2), nuc, "photon", n_decays,
+                                           seed, threads, progress)
+    cut = [int(np.searchsorted(b, -size * h / 2 - 1e-9)) for b, h in zip(bounds[::-1], h_cm[::-1])]
+    energy = energy[cut[0]:cut[0] + size, cut[1]:cut[1] + size, cut[2]:cut[2] + size].copy()
+    energy[(size // 2,) * 3] += local
+    absorbed_kev = float(energy.sum()) * 1000.0 / n_decays
+    raw = symmetrise(energy, sp) * 1000.0 / n_decays / mass_g * MGY_PER_KEV_PER_G
+    r = _voxel_radii(size, sp)
+    r0 = max(FAR_FIELD_MM, 4.0 * max(sp))
+    photon = raw
+    if r.max() > r0 + 10.0:
+        model = _radial_fit(raw, r, r0)
+        blend = np.clip((r - r0) / 5.0, 0.0, 1.0)  # 5 mm ramp from MC to model
+        with np.errstate(divide="ignore", invalid="ignore"):
+            photon = np.where(r > r0, (1 - blend) * raw + blend * model(np.maximum(r, 1e-9)), raw)
+    return photon, absorbed_kev, r0, res
 
 
 # --- radial dose-point kernels and kernels derived from them ---------------------------------------

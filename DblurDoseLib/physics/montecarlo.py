@@ -538,20 +538,7 @@ def monte_carlo_dose_rate(
     """
     require_ompmc()
     nuc = get_nuclide(nuclide)
-    if not activity_bq.same_grid(density):
-        raise DblurDoseError(
-            "the activity and density maps must share one grid (shape, spacing, origin, direction); "
-            "resample the activity onto the CT grid first"
-        )
-    act = np.asarray(activity_bq.array, dtype=np.float64)
-    if not np.all(np.isfinite(act)) or act.min() < 0:
-        raise DblurDoseError("the activity map must be finite and non-negative")
-    total_bq = float(act.sum())
-    if total_bq <= 0:
-        raise DblurDoseError("the activity map is all zero: there is nothing to simulate")
-    n_decays = int(n_decays)
-    if n_decays < 1:
-        raise DblurDoseError(f"n_decays must be at least 1, got {n_decays}")
+    act, total_bq, n_decays = _checked_source(activity_bq, density, n_decays)
     t0 = time.perf_counter()
     geometry = geometry_from_density(density)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 177]))
@@ -563,42 +550,17 @@ def monte_carlo_dose_rate(
     n_simulated = int(counts.sum())
     per_chunk = max(1, int(max_particles / 1.4))  # ~1.34 particles per Lu-177 decay
     n_chunks = max(1, -(-n_simulated // per_chunk))
-
-    nz, ny, nx = geometry.shape
-    step = np.array([geometry.x_bounds[1] - geometry.x_bounds[0], geometry.y_bounds[1] - geometry.y_bounds[0],
-                     geometry.z_bounds[1] - geometry.z_bounds[0]])
-    local = np.zeros(nz * ny * nx, dtype=np.float64)
+    local = np.zeros(int(np.prod(geometry.shape)), dtype=np.float64)
     emitted = [0.0]
-
-    def batches() -> Iterator[ParticleBatch]:
-        for decay_voxel in _decay_chunks(voxels, counts, per_chunk):
-            # ompmc's batches are consecutive stretches of the file, and each must sample the whole
-            # map for the batch uncertainty to mean anything: deal the decays (in voxel order) out
-            # to the batches like cards, so each batch is still in voxel order (memory locality)
-            decay_voxel = np.concatenate([decay_voxel[k::settings.n_batches] for k in range(settings.n_batches)])
-            parts = sample_decay_particles(nuc, decay_voxel.size, rng)
-            local[:] += np.bincount(decay_voxel, weights=parts.local_mev, minlength=local.size)
-            iz, rem = np.divmod(decay_voxel, ny * nx)
-            iy, ix = np.divmod(rem, nx)
-            corner = np.column_stack([ix, iy, iz]).astype(np.float64)
-            pos = ((corner + rng.random((decay_voxel.size, 3))) * step).astype(np.float32)
-            energy = parts.energy_mev.astype(np.float32)
-            emitted[0] += float(parts.local_mev.sum()) + float(energy.sum(dtype=np.float64))
-            new = np.ones(parts.decay.size, bool)
-            new[1:] = parts.decay[1:] != parts.decay[:-1]
-            yield ParticleBatch(parts.kind, energy, pos[parts.decay], isotropic_directions(parts.decay.size, rng),
-                                new)
-
-    result = transport(geometry, batches(), seed=seed, n_chunks=n_chunks, threads=threads, settings=settings,
+    batches = _decay_batches(nuc, geometry, voxels, counts, per_chunk, settings.n_batches, rng, local, emitted)
+    result = transport(geometry, batches, seed=seed, n_chunks=n_chunks, threads=threads, settings=settings,
                        progress=progress, workdir=workdir)
     air = geometry.density < OMPMC_AIR_DENSITY
-    local_e = local.reshape(geometry.shape)
-    deposited = result.energy_mev + local_e
+    deposited = result.energy_mev + local.reshape(geometry.shape)
     air_mev = result.unscored_mev + float(deposited[air].sum())
     deposited[air] = 0.0
-    mass = geometry.voxel_masses_kg()
     to_mgy_h = MEV_TO_J * (total_bq / n_decays) * 3.6e6
-    dose = (deposited / mass * to_mgy_h).astype(np.float32)
+    dose = (deposited / geometry.voxel_masses_kg() * to_mgy_h).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.where(deposited > 0, np.sqrt(result.variance_mev2) / deposited, 0.0).astype(np.float32)
     dose_v = density.with_array(dose)
@@ -619,6 +581,54 @@ def monte_carlo_dose_rate(
         info={"particles": result.n_particles, "transport_seconds": result.seconds, "chunks": n_chunks,
               "media": geometry.media, "ompmc": ompmc_version(), "total_bq": total_bq},
     )
+
+
+def _checked_source(activity_bq: Volume, density: Volume, n_decays: int) -> tuple[np.ndarray, float, int]:
+    """The activity (Bq per voxel, float64), its total (Bq) and the decay count, after the checks."""
+    if not activity_bq.same_grid(density):
+        raise DblurDoseError(
+            "the activity and density maps must share one grid (shape, spacing, origin, direction); "
+            "resample the activity onto the CT grid first"
+        )
+    act = np.asarray(activity_bq.array, dtype=np.float64)
+    if not np.all(np.isfinite(act)) or act.min() < 0:
+        raise DblurDoseError("the activity map must be finite and non-negative")
+    total_bq = float(act.sum())
+    if total_bq <= 0:
+        raise DblurDoseError("the activity map is all zero: there is nothing to simulate")
+    n_decays = int(n_decays)
+    if n_decays < 1:
+        raise DblurDoseError(f"n_decays must be at least 1, got {n_decays}")
+    return act, total_bq, n_decays
+
+
+def _decay_batches(nuc, geometry: TransportGeometry, voxels: np.ndarray, counts: np.ndarray, per_chunk: int,
+                   n_batches: int, rng: np.random.Generator, local: np.ndarray,
+                   emitted: list[float]) -> Iterator[ParticleBatch]:
+    """The decays as particle batches for ompmc, ``counts[i]`` in voxel ``voxels[i]`` (flat index).
+
+    Energy below the cut-off is added to ``local`` (MeV per voxel, flat) and all emitted energy to
+    ``emitted[0]`` (MeV) as the batches are drawn.
+    """
+    ny, nx = geometry.shape[1:]
+    step = np.array([geometry.x_bounds[1] - geometry.x_bounds[0], geometry.y_bounds[1] - geometry.y_bounds[0],
+                     geometry.z_bounds[1] - geometry.z_bounds[0]])
+    for decay_voxel in _decay_chunks(voxels, counts, per_chunk):
+        # ompmc's batches are consecutive stretches of the file, and each must sample the whole
+        # map for the batch uncertainty to mean anything: deal the decays (in voxel order) out
+        # to the batches like cards, so each batch is still in voxel order (memory locality)
+        decay_voxel = np.concatenate([decay_voxel[k::n_batches] for k in range(n_batches)])
+        parts = sample_decay_particles(nuc, decay_voxel.size, rng)
+        local[:] += np.bincount(decay_voxel, weights=parts.local_mev, minlength=local.size)
+        iz, rem = np.divmod(decay_voxel, ny * nx)
+        iy, ix = np.divmod(rem, nx)
+        corner = np.column_stack([ix, iy, iz]).astype(np.float64)
+        pos = ((corner + rng.random((decay_voxel.size, 3))) * step).astype(np.float32)
+        energy = parts.energy_mev.astype(np.float32)
+        emitted[0] += float(parts.local_mev.sum()) + float(energy.sum(dtype=np.float64))
+        new = np.ones(parts.decay.size, bool)
+        new[1:] = parts.decay[1:] != parts.decay[:-1]
+        yield ParticleBatch(parts.kind, energy, pos[parts.decay], isotropic_directions(parts.decay.size, rng), new)
 
 
 def monte_carlo_absorbed_dose(time_integrated_activity: Volume, density: Volume, n_decays: int, seed: int = 1,
