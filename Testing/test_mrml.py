@@ -344,12 +344,15 @@ def test_spect_units_are_read_from_the_node_or_assumed_with_a_warning():
 
 
 def test_device_names():
+    """The module's device names go through devices.resolve_device, the one place a device is chosen."""
+    from DblurDoseLib.devices import resolve_device
+
     assert mrml.resolveDevice("Auto") == "auto" and mrml.resolveDevice("CPU") == "cpu"
-    import torch
-
-    if not torch.cuda.is_available() and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    try:
+        expected = str(resolve_device("gpu"))
+    except DblurDoseError as exc:
         with pytest.raises(DblurDoseError, match="no CUDA or Apple MPS device; choose the device auto or cpu"):
-            mrml.resolveDevice("gpu")
+            mrml.resolveDevice("GPU")
+        assert "auto or cpu" in str(exc)
     else:
-        assert mrml.resolveDevice("gpu") in ("cuda", "mps")
-
+        assert mrml.resolveDevice("GPU") == expected
