@@ -18,7 +18,7 @@ from typing import Annotated
 
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsLineNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsLineNode, vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -363,6 +363,9 @@ class DblurDoseParameterNode:
     fitModel, singleTimePoint, registration - time integration, the method for one time point,
         how each CT is registered to the earliest (reference) one.
     administeredMBq - administered activity (MBq; 0: not given).
+    doseRateOutputs / absorbedDoseOutputs - the nodes the last Apply / absorbed-dose run made (each
+        tagged with its role): the next run fills them again instead of adding new ones, and after a
+        saved scene is loaded the profile follows its line again (``DblurDoseLogic.restoreResult``).
     """
 
     spectVolume: vtkMRMLScalarVolumeNode
@@ -386,6 +389,8 @@ class DblurDoseParameterNode:
     singleTimePoint: Annotated[str, Choice(list(SINGLE_TIME_POINT_CHOICES))] = "Hänscheid"
     registration: Annotated[str, Choice(list(REGISTRATION_CHOICES))] = "Rigid"
     administeredMBq: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
+    doseRateOutputs: list[vtkMRMLNode]
+    absorbedDoseOutputs: list[vtkMRMLNode]
 
 
 #
@@ -417,6 +422,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         # Widgets without a parameter-node connector, wired by hand
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
@@ -460,6 +466,12 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        """A saved scene was loaded: its parameter node's outputs are the last result (profile followed again)."""
+        if self._parameterNode:
+            self.logic.restoreResult(self._parameterNode)
+            self.onParameterNodeModified()
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
@@ -474,6 +486,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # .ui widgets with a "SlicerParameterName" property are connected here
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.logic.restoreResult(self._parameterNode)
             self.onParameterNodeModified()
 
     # -- parameter node -> hand-wired widgets ---------------------------------------------------
@@ -685,7 +698,8 @@ def timePointsProblem(pn):
 
 class DblurDoseLogic(ScriptedLoadableModuleLogic):
     """Computation without GUI: wraps ``DblurDoseLib.mrml.computeDoseRateMaps`` and keeps the
-    line-profile observation of the last result (as LineProfile's logic does)."""
+    line-profile observation of the last result (as LineProfile's logic does). The outputs are kept
+    in the parameter node and refilled by the next run (as LineProfile's output table and chart)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -723,8 +737,10 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
     def process(self, spectNode, ctNode, segmentationNode=None, segmentIds=None, lineNode=None,
                 methods=("dvk",), device="auto", spectUnits=None, calibrationCpsPerMBq=None,
                 acquisitionDurationS=None, electronOnlyScaling=False, huCalibrationFile=None,
-                drvhBins=200, differenceMap=True, show=True, progress=None):
+                drvhBins=200, differenceMap=True, show=True, progress=None, reuse=()):
         """Compute and add the outputs to the scene; returns ``DblurDoseLib.mrml.DoseRateResult``.
+
+        ``reuse``: a previous result's ``nodes()``, refilled instead of new nodes being added.
 
         ``spectUnits``: 'bqml', 'kbqml', 'mbqml' or 'counts' (then calibration and duration are
         needed); None reads them from the image (assumes Bq/mL with a warning when it cannot).
@@ -746,17 +762,39 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
         self.stopObservingLine()
         self.result = mrml.computeDoseRateMaps(
             spectNode, ctNode, segmentationNode, lineNode, methods=tuple(methods), device=device,
-            segmentIds=list(segmentIds) if segmentIds else None, progress=progress, **options)
+            segmentIds=list(segmentIds) if segmentIds else None, progress=progress, reuse=reuse or (), **options)
         return self.result
 
     def processParameterNode(self, pn, progress=None):
+        """Apply: :meth:`process` with the parameter node's choices, refilling its outputs (kept there)."""
         methods = [m for m, on in (("dvk", pn.methodDvk), ("cnn", pn.methodCnn)) if on]
-        return self.process(
+        result = self.process(
             pn.spectVolume, pn.ctVolume, pn.segmentation, list(pn.segmentIds) or None, pn.profileLine,
             methods=methods, device=DEVICE_CHOICES[pn.device], spectUnits=SPECT_UNIT_CHOICES[pn.spectUnits],
             calibrationCpsPerMBq=pn.calibrationCpsPerMBq, acquisitionDurationS=pn.acquisitionDurationS,
             electronOnlyScaling=pn.electronOnlyScaling, huCalibrationFile=pn.huCalibrationFile or None,
-            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress)
+            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress, reuse=list(pn.doseRateOutputs))
+        pn.doseRateOutputs = result.nodes()
+        return result
+
+    def restoreResult(self, pn) -> None:
+        """Make the parameter node's outputs the last result again and follow its profile line (after a
+        saved scene is loaded, or when the parameter node is set again); never raises."""
+        self.stopObservingLine()
+        self.result = None
+        outputs = list(pn.doseRateOutputs) if pn is not None else []
+        if not outputs:  # nothing computed yet: nothing to import either
+            return
+        try:
+            ensureLibraryImportable()
+            from DblurDoseLib.mrml import DoseRateResult
+
+            self.result = DoseRateResult.fromNodes(outputs)
+            if self.result is not None and self.result.profileTable is not None and pn.profileLine is not None:
+                self.result.setLine(pn.profileLine)
+        except Exception:  # a panel that cannot restore the profile must still open
+            logging.exception("DblurDose: the last result's line profile could not be restored")
+            self.result = None
 
     def processAbsorbedDose(self, pn, progress=None):
         """Absorbed dose from the parameter node's time points; returns ``DblurDoseLib.mrml.AbsorbedDoseResult``.
@@ -776,12 +814,15 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
 
             options["hu_calibration"] = load_calibration(pn.huCalibrationFile)
         rows = timePointRows(pn)
-        return mrml.computeAbsorbedDose(
+        result = mrml.computeAbsorbedDose(
             [(spect, ct, hours) for hours, spect, ct in rows], pn.segmentation,
             method="cnn" if pn.methodCnn else "dvk", fit=FIT_CHOICES[pn.fitModel],
             singleTimePoint=SINGLE_TIME_POINT_CHOICES[pn.singleTimePoint] if len(rows) == 1 else None,
             register=REGISTRATION_CHOICES[pn.registration], administeredMBq=pn.administeredMBq or None,
-            device=DEVICE_CHOICES[pn.device], segmentIds=list(pn.segmentIds) or None, progress=progress, **options)
+            device=DEVICE_CHOICES[pn.device], segmentIds=list(pn.segmentIds) or None, progress=progress,
+            reuse=list(pn.absorbedDoseOutputs), **options)
+        pn.absorbedDoseOutputs = result.nodes()
+        return result
 
     def setProfileLine(self, lineNode) -> None:
         """Profile of the last result along another line (followed while it moves)."""

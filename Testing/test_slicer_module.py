@@ -240,7 +240,7 @@ def _absorbed_dose_parameters(module, nodes, times, **changes):
                     segmentIds=["kidney_left", "liver"], fitModel="Auto (AICc)", singleTimePoint="Hänscheid",
                     registration="None", administeredMBq=0.0, methodDvk=True, methodCnn=False, device="CPU",
                     spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
-                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50)
+                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, absorbedDoseOutputs=[])
     return types.SimpleNamespace(**{**defaults, **changes})
 
 
@@ -267,3 +267,59 @@ def test_absorbed_dose_panel_logic_sorts_checks_and_computes(module, monkeypatch
     for voi in result.dosimetry.vois:
         assert voi.integral.effective_half_life_h == pytest.approx(48.0, rel=1e-3)
     assert result.tacChart.GetNumberOfPlotSeriesNodes() == 4
+
+
+def _dose_rate_parameters(nodes, **changes):
+    """The parameter node's fields Apply uses (the wrapper is a stand-in here)."""
+    defaults = dict(spectVolume=nodes["spect"], ctVolume=nodes["ct"], segmentation=nodes["segmentation"],
+                    segmentIds=["kidney_left", "liver"], profileLine=nodes["line"], methodDvk=True, methodCnn=False,
+                    device="CPU", spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
+                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, differenceMap=True,
+                    doseRateOutputs=[])
+    return types.SimpleNamespace(**{**defaults, **changes})
+
+
+def _ids(scene) -> list:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def test_apply_twice_refills_the_outputs_and_a_loaded_scene_follows_the_line_again(module, monkeypatch, tmp_path):
+    """Apply twice adds no node (the outputs are kept in the parameter node, as LineProfile's); after
+    the scene is saved and loaded, setting the parameter node again makes the profile follow its line."""
+    from DblurDoseLib.mrml import sampledata
+
+    monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
+    nodes = module.loadDemoCase(small=True)
+    pn = _dose_rate_parameters(nodes)
+    logic = module.DblurDoseLogic()
+    first = logic.processParameterNode(pn)
+    outputs = [n.GetID() for n in pn.doseRateOutputs]
+    ids = _ids(slicer.mrmlScene)
+    assert first.doseNodes["dvk"].GetID() in outputs and first.profileTable.GetID() in outputs
+    second = logic.processParameterNode(pn)
+    assert _ids(slicer.mrmlScene) == ids and [n.GetID() for n in pn.doseRateOutputs] == outputs
+    assert second.doseNodes["dvk"] is first.doseNodes["dvk"] and not first.observingLine and second.observingLine
+    logic.stopObservingLine()
+
+    loaded = module.test_scene.save_mrb(tmp_path / "saved.mrb")
+    scene = type(module.test_scene).load_mrb(loaded).scene
+    monkeypatch.setattr(slicer, "mrmlScene", scene)
+    back = {role: scene.GetNodeByID(node.GetID()) for role, node in nodes.items()}
+    line = back["line"]
+    saved = _dose_rate_parameters(back, doseRateOutputs=[scene.GetNodeByID(i) for i in outputs])
+    fresh = module.DblurDoseLogic()  # as after Slicer restarts
+    fresh.restoreResult(saved)
+    assert fresh.result is not None and fresh.result.observingLine
+    assert fresh.result.doseNodes["dvk"].GetScene() is scene and fresh.result.profileTable.GetScene() is scene
+    rows = fresh.result.profileTable.GetNumberOfRows()
+    p = [0.0, 0.0, 0.0]
+    line.GetNthControlPointPositionWorld(1, p)
+    line.SetNthControlPointPositionWorld(1, p[0] / 2, p[1], p[2])
+    assert fresh.result.profileTable.GetNumberOfRows() < rows
+    fresh.restoreResult(saved)  # the parameter node set again: one observation, not two
+    assert fresh.result.observingLine and len(fresh.result._observations) == 4
+    fresh.restoreResult(_dose_rate_parameters(back))  # nothing computed yet: nothing restored
+    assert fresh.result is None
+    again = fresh.processParameterNode(saved)  # Apply in the loaded scene refills its outputs
+    assert [n.GetID() for n in saved.doseRateOutputs] == outputs and again.profileTable.GetScene() is scene
+    fresh.stopObservingLine()
