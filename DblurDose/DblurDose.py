@@ -41,8 +41,6 @@ except ImportError:  # Slicer before 5.4
 
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-#: torch version the library needs (installed through the PyTorch extension when present).
-TORCH_REQUIREMENT = ">=2.1"
 #: What the panel shows -> the library's keywords.
 SPECT_UNIT_CHOICES = {"Bq/mL": "bqml", "kBq/mL": "kbqml", "MBq/mL": "mbqml", "counts": "counts"}
 DEVICE_CHOICES = {"Auto": "auto", "CPU": "cpu", "GPU": "gpu"}
@@ -54,14 +52,15 @@ DEMO_SAMPLE_NAME = "DblurDoseDemo"
 
 
 def ensureLibraryImportable() -> None:
-    """Make ``DblurDoseLib`` importable: a built extension installs it beside this module; a clone
-    keeps it at the repository top level, one folder up."""
-    if importlib.util.find_spec("DblurDoseLib") is not None:
-        return
-    for candidate in (MODULE_DIR, os.path.dirname(MODULE_DIR)):
-        if os.path.isdir(os.path.join(candidate, "DblurDoseLib")) and candidate not in sys.path:
-            sys.path.insert(0, candidate)
-            return
+    """Make ``DblurDoseLib`` importable (a built extension installs it beside this module; a clone keeps
+    it one folder up) and the module's helpers, ``DblurDoseModuleLib`` beside this file."""
+    for package, candidates in (("DblurDoseModuleLib", (MODULE_DIR,)),
+                                ("DblurDoseLib", (MODULE_DIR, os.path.dirname(MODULE_DIR)))):
+        if importlib.util.find_spec(package) is not None:
+            continue
+        folder = next((c for c in candidates if os.path.isdir(os.path.join(c, package))), None)
+        if folder is not None and folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 ensureLibraryImportable()
@@ -243,79 +242,20 @@ def _demoVersion() -> int:
 
 
 #
-# Dependencies (installed on first Apply, never at start-up)
+# Dependencies (installed on first Apply, never at start-up): DblurDoseModuleLib/dependencies.py
 #
 
 
-def ensureDependencies(requester: str = "DblurDose") -> bool:
-    """Install the Python packages DblurDose needs; False when the user declines or installing fails.
+def ensureDependencies() -> bool:
+    """Install the Python packages DblurDose needs (asking first); False when the user declines or
+    installing fails (then the failure was reported)."""
+    from DblurDoseModuleLib.dependencies import ensureDependencies as ensure
 
-    ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.11+) or
-    ``slicer.util.pip_install`` (older); PyTorch through the PyTorch extension when installed.
-    """
-    requirements = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
     try:
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            try:
-                packaging.pip_ensure(packaging.load_requirements(requirements), requester=requester)
-            except RuntimeError:  # the user declined
-                return False
-        else:
-            missing = [r for r in _readRequirements(requirements) if not _distributionInstalled(r)]
-            if missing:
-                if not slicer.util.confirmOkCancelDisplay(
-                    _("DblurDose needs these Python packages: {packages}. Install them now?").format(
-                        packages=", ".join(missing)), windowTitle=requester):
-                    return False
-                slicer.util.pip_install(missing)
-        return ensureTorch()
+        return ensure(os.path.join(MODULE_DIR, "Resources", "requirements.txt"), requester="DblurDose")
     except Exception as exc:  # pip failed (offline, no permission...): say so, do not leave a traceback
         reportError(exc, _("Installing the Python packages DblurDose needs failed"))
         return False
-
-
-def _readRequirements(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        lines = [line.split("#", 1)[0].strip() for line in f]
-    return [line for line in lines if line]
-
-
-def _distributionInstalled(requirement: str) -> bool:
-    import importlib.metadata
-    import re
-
-    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
-    try:
-        importlib.metadata.version(name)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-def ensureTorch() -> bool:
-    """PyTorch, through the PyTorch extension (it picks the build that fits the GPU) when present."""
-    if importlib.util.find_spec("torch") is not None:
-        return True
-    try:
-        import PyTorchUtils
-    except ImportError:
-        PyTorchUtils = None
-    if PyTorchUtils is not None:
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
-                                                              torchVersionRequirement=TORCH_REQUIREMENT)
-        return torch is not None
-    if not slicer.util.confirmOkCancelDisplay(
-        _("DblurDose needs PyTorch. Recommended: install the 'PyTorch' extension from the Extensions Manager, "
-          "restart Slicer and click Apply again; it picks the PyTorch build that fits your GPU.\n\n"
-          "Click OK to install PyTorch's default build with pip instead (a large download)."),
-        windowTitle="DblurDose"):
-        return False
-    slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-    return importlib.util.find_spec("torch") is not None
 
 
 def cnnShipped() -> bool:

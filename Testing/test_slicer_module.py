@@ -94,13 +94,43 @@ def test_library_found_from_a_clone(module, monkeypatch):
                         lambda name, *a: None if name == "DblurDoseLib" and root not in sys.path else real_find_spec(name, *a))
     module.ensureLibraryImportable()
     assert sys.path[0] == root
+    assert importlib.util.find_spec("DblurDoseModuleLib") is not None  # the module's helpers, beside it
 
 
 def test_requirements_are_readable_and_unpinned(module):
-    requirements = module._readRequirements(str(ROOT / "DblurDose" / "Resources" / "requirements.txt"))
+    from DblurDoseModuleLib.dependencies import distributionInstalled, readRequirements
+
+    requirements = readRequirements(str(ROOT / "DblurDose" / "Resources" / "requirements.txt"))
     assert "scipy>=1.10" in requirements
     assert not any("==" in r for r in requirements)
-    assert module._distributionInstalled("scipy>=1.10") and not module._distributionInstalled("no-such-package-x>=1")
+    assert distributionInstalled("scipy>=1.10") and not distributionInstalled("no-such-package-x>=1")
+
+
+def test_missing_packages_are_installed_after_asking_and_a_failure_is_reported(module, monkeypatch):
+    """The helper package sits in a folder beside DblurDose.py (not a module candidate for Slicer)."""
+    from DblurDoseModuleLib import dependencies
+
+    assert Path(dependencies.__file__).parent == ROOT / "DblurDose" / "DblurDoseModuleLib"
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer before 5.11: slicer.util.pip_install
+    asked, installed, shown = [], [], []
+    monkeypatch.setattr(dependencies, "distributionInstalled", lambda requirement: requirement.startswith("scipy"))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or True,
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda packages: installed.append(packages), raising=False)
+    assert module.ensureDependencies()  # torch is there: only the missing requirement is installed
+    assert installed == [["icrp107-database>=0.0.3"]] and "icrp107-database" in asked[0]
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: False, raising=False)
+    assert not module.ensureDependencies()  # declined: nothing installed
+    assert len(installed) == 1
+
+    def offline(packages):
+        raise RuntimeError("pip: no network")
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: True, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", offline, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append(text), raising=False)
+    assert not module.ensureDependencies()
+    assert shown and "no network" in shown[0]
 
 
 def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
