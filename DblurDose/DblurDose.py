@@ -49,6 +49,41 @@ FIT_CHOICES = {"Auto (AICc)": "auto", "Mono-exponential": "mono", "Bi-exponentia
 SINGLE_TIME_POINT_CHOICES = {"Hänscheid": "haenscheid", "Prior half-life (Madsen)": "madsen"}
 REGISTRATION_CHOICES = {"Rigid": "rigid", "Deformable": "deformable", "None": "none"}
 DEMO_SAMPLE_NAME = "DblurDoseDemo"
+#: Where a user of this panel changes each setting an error names (``DblurDoseLib.errors.SETTINGS``;
+#: the command line names its flags instead, ``DblurDoseLib.cli.FLAGS``). Settings without a widget
+#: say what to do in Slicer. reportError appends them to the message.
+SETTING_LABELS = {
+    "spect": '"SPECT" selector (Inputs)',
+    "ct": '"CT" selector (Inputs)',
+    "spect_units": '"Voxel values" selector (SPECT units)',
+    "calibration": '"Calibration (cps/MBq)" (SPECT units, counts)',
+    "duration": '"Acquisition duration (s)" (SPECT units, counts)',
+    "any_activity": "no panel setting: check the SPECT's units and calibration; from the Python console, "
+                    "DblurDoseLib.mrml.computeDoseRateMaps(..., activity_range_mbq=None) accepts any activity",
+    "clip_negative": "no panel setting: negative SPECT voxels are kept; from the Python console, "
+                     "computeDoseRateMaps(..., clip_negative=True) sets them to zero",
+    "method": '"Methods" checkboxes (Computation)',
+    "model": "no panel setting: the module uses the installed DblurDoseNet weights; another model file goes "
+             "through the Python console, computeDoseRateMaps(..., model=path)",
+    "device": '"Device" selector (Computation)',
+    "memory_gb": "no panel setting: close other programs or crop the CT to the SPECT's field (Crop Volume "
+                 "module); from the Python console, computeDoseRateMaps(..., memory_gb=...)",
+    "out": "the output nodes: the module adds them to the scene (File > Save to keep them)",
+    "overwrite": "the output nodes: Apply again refills the last run's outputs",
+    "timepoints": '"Add time point" / "Remove" and the time-point table (Absorbed dose)',
+    "administration_time": '"Time after administration" (Absorbed dose): enter hours after administration',
+    "administered_mbq": '"Administered activity" (Absorbed dose)',
+    "single_time_point": '"One time point" selector (Absorbed dose)',
+    "fit": '"Time integration" selector (Absorbed dose)',
+    "calibration_uncertainty": "no panel setting: the calibration's uncertainty is added by the command "
+                               "line's dosimetry",
+    "earlier_cycles": "no panel setting: earlier cycles are summed by the command line's dosimetry",
+    "segments": '"Segments" selector (Inputs)',
+    "nuclide": "no panel setting: the module computes Lu-177 only",
+    "hu_calibration": '"HU to density table" (Advanced)',
+    "register": '"Registration" selector (Absorbed dose)',
+    "dicom_out": "DICOM export: right-click the output in the Data module > Export to DICOM",
+}
 
 
 def ensureLibraryImportable() -> None:
@@ -205,10 +240,11 @@ def reportError(exc: Exception, context: str) -> str:
     if isinstance(exc, DblurDoseError):
         if str(exc).startswith("cancelled"):
             return _("Cancelled: nothing was added to the scene.")
-        slicer.util.errorDisplay(str(exc), windowTitle=_("DblurDose"))
-    else:
-        logging.error("DblurDose: %s\n%s", context, traceback.format_exc())
-        slicer.util.errorDisplay(f"{context}: {exc}", windowTitle=_("DblurDose"), detailedText=traceback.format_exc())
+        message = exc.describe(SETTING_LABELS)  # the message, then where to change what it names
+        slicer.util.errorDisplay(message, windowTitle=_("DblurDose"))
+        return _("Failed: {message}").format(message=message)
+    logging.error("DblurDose: %s\n%s", context, traceback.format_exc())
+    slicer.util.errorDisplay(f"{context}: {exc}", windowTitle=_("DblurDose"), detailedText=traceback.format_exc())
     return _("Failed: {message}").format(message=exc)
 
 

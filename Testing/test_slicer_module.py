@@ -353,3 +353,22 @@ def test_apply_twice_refills_the_outputs_and_a_loaded_scene_follows_the_line_aga
     again = fresh.processParameterNode(saved)  # Apply in the loaded scene refills its outputs
     assert [n.GetID() for n in saved.doseRateOutputs] == outputs and again.profileTable.GetScene() is scene
     fresh.stopObservingLine()
+
+
+def test_errors_name_the_panel_setting_to_change(module, monkeypatch):
+    """reportError shows a DblurDoseError's message followed by the widget labels of its settings."""
+    from DblurDoseLib.errors import SETTINGS, DblurDoseError
+
+    assert set(module.SETTING_LABELS) == set(SETTINGS) and all(module.SETTING_LABELS.values())
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append(text), raising=False)
+    status = module.reportError(DblurDoseError("give the SPECT's units", settings=("spect_units", "spect")), "x")
+    assert shown == ["give the SPECT's units [\"Voxel values\" selector (SPECT units), \"SPECT\" selector (Inputs)]"]
+    assert shown[0] in status
+    assert module.reportError(DblurDoseError("cancelled by the user"), "x").startswith("Cancelled")
+    assert len(shown) == 1
+    # a library error reaching the panel: missing inputs name both selectors
+    logic = module.DblurDoseLogic()
+    with pytest.raises(DblurDoseError) as raised:
+        logic.process(None, None)
+    assert raised.value.describe(module.SETTING_LABELS).endswith('["SPECT" selector (Inputs), "CT" selector (Inputs)]')
