@@ -103,14 +103,7 @@ def computeAbsorbedDose(timePoints: Sequence[tuple], segmentationNode=None, meth
     outputs = OutputNodes(scene, reuse)
     parent = outputParentItem(reference_ct_node)
     base = points[0][0].GetName()
-    dose = np.asarray(result.dose.array, dtype=np.float32)
-    node = doseVolume(outputs, "absorbed-dose", f"{base} absorbed dose {method.upper()}", dose, reference_ct_node,
-                      ABSORBED_DOSE_QUANTITY, ABSORBED_DOSE_UNITS)
-    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
-    node.SetAttribute("DblurDose.Method", method)
-    node.SetAttribute("DblurDose.TimePoints", ",".join(f"{h:g}" for *_, h in points))
-    setDoseDisplay(node, dose)
-    placeInHierarchy(node, parent)
+    node = _add_dose_volume(outputs, parent, f"{base} absorbed dose {method.upper()}", result, points, method)
     out = AbsorbedDoseResult(doseNode=node, warnings=warnings, dosimetry=result, outputs=outputs)
     if segments:
         _add_dose_table(out, parent, base, result)
@@ -171,6 +164,18 @@ def _reference_segments(segmentationNode, reference_ct_node, segmentIds, warning
         else:
             warnings.append(f"segment '{s.name}' is empty on the reference CT grid; no dose for it")
     return segments, colors
+
+
+def _add_dose_volume(outputs: OutputNodes, parent: int, name: str, result, points: list[tuple], method: str):
+    """The absorbed-dose map (Gy) on the reference CT's grid, tagged as a dose volume for SlicerRT."""
+    dose = np.asarray(result.dose.array, dtype=np.float32)
+    node = doseVolume(outputs, "absorbed-dose", name, dose, points[0][1], ABSORBED_DOSE_QUANTITY, ABSORBED_DOSE_UNITS)
+    node.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
+    node.SetAttribute("DblurDose.Method", method)
+    node.SetAttribute("DblurDose.TimePoints", ",".join(f"{h:g}" for *_, h in points))
+    setDoseDisplay(node, dose)
+    placeInHierarchy(node, parent)
+    return node
 
 
 def _add_dose_table(out: AbsorbedDoseResult, parent: int, base: str, result) -> None:
