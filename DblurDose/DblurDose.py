@@ -3,7 +3,9 @@
 Module, parameter node, Widget (thin), Logic (usable without the GUI) and Test, after Slicer's
 scripted-module template and its LineProfile module. The computation and everything that
 touches MRML lives in the ``DblurDoseLib`` package (``DblurDoseLib.mrml`` is Qt-free); this file
-only wires the panel, installs missing Python packages on first use and reports progress.
+only wires the panel, reports progress and errors, and has missing Python packages installed on
+first use (``DblurDoseModuleLib/dependencies.py``, in a folder beside this file). As in LineProfile,
+the outputs are kept in the parameter node and refilled by the next run.
 
 Nothing heavy is imported at file scope (no numpy-based library code, no torch): the module
 loads in a fresh Slicer with no extra package installed.
@@ -489,7 +491,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateSpectUnitsFromImage()
             result = self.logic.result
             if result is not None and pn.profileLine is not None and pn.profileLine is not result.lineNode:
-                self.logic.setProfileLine(pn.profileLine)  # a line chosen after Apply: profile it too
+                self.logic.setProfileLine(pn.profileLine, pn)  # a line chosen after Apply: profile it too
             counts = pn.spectUnits == "counts"
             for widget in (self.ui.calibrationLabel, self.ui.calibrationSpinBox,
                            self.ui.durationLabel, self.ui.durationSpinBox):
@@ -800,10 +802,14 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
         pn.absorbedDoseOutputs = result.nodes()
         return result
 
-    def setProfileLine(self, lineNode) -> None:
-        """Profile of the last result along another line (followed while it moves)."""
-        if self.result is not None:
-            self.result.setLine(lineNode)
+    def setProfileLine(self, lineNode, pn=None) -> None:
+        """Profile of the last result along another line (followed while it moves); a profile table and
+        chart made for it join the parameter node's outputs (refilled by the next Apply)."""
+        if self.result is None:
+            return
+        self.result.setLine(lineNode)
+        if pn is not None and [n.GetID() for n in self.result.nodes()] != [n.GetID() for n in pn.doseRateOutputs if n]:
+            pn.doseRateOutputs = self.result.nodes()
 
     def stopObservingLine(self) -> None:
         if self.result is not None:

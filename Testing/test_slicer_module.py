@@ -372,3 +372,23 @@ def test_errors_name_the_panel_setting_to_change(module, monkeypatch):
     with pytest.raises(DblurDoseError) as raised:
         logic.process(None, None)
     assert raised.value.describe(module.SETTING_LABELS).endswith('["SPECT" selector (Inputs), "CT" selector (Inputs)]')
+
+
+def test_a_line_chosen_after_apply_joins_the_outputs(module, monkeypatch):
+    """Apply without a line, then choose one (the panel calls setProfileLine): its profile table and
+    chart are kept in the parameter node, so the next Apply refills them instead of adding others."""
+    from DblurDoseLib.mrml import sampledata
+
+    monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
+    nodes = module.loadDemoCase(small=True)
+    pn = _dose_rate_parameters(nodes, profileLine=None, segmentIds=["liver"])
+    logic = module.DblurDoseLogic()
+    assert logic.processParameterNode(pn).profileTable is None
+    pn.profileLine = nodes["line"]
+    logic.setProfileLine(pn.profileLine, pn)
+    table = logic.result.profileTable
+    assert table is not None and table in pn.doseRateOutputs
+    ids = _ids(slicer.mrmlScene)
+    again = logic.processParameterNode(pn)
+    assert again.profileTable is table and _ids(slicer.mrmlScene) == ids
+    logic.stopObservingLine()
