@@ -3,7 +3,9 @@
 Module, parameter node, Widget (thin), Logic (usable without the GUI) and Test, after Slicer's
 scripted-module template and its LineProfile module. The computation and everything that
 touches MRML lives in the ``DblurDoseLib`` package (``DblurDoseLib.mrml`` is Qt-free); this file
-only wires the panel, installs missing Python packages on first use and reports progress.
+only wires the panel, reports progress and errors, and has missing Python packages installed on
+first use (``DblurDoseModuleLib/dependencies.py``, in a folder beside this file). As in LineProfile,
+the outputs are kept in the parameter node and refilled by the next run.
 
 Nothing heavy is imported at file scope (no numpy-based library code, no torch): the module
 loads in a fresh Slicer with no extra package installed.
@@ -18,7 +20,7 @@ from typing import Annotated
 
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsLineNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsLineNode, vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -41,8 +43,6 @@ except ImportError:  # Slicer before 5.4
 
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-#: torch version the library needs (installed through the PyTorch extension when present).
-TORCH_REQUIREMENT = ">=2.1"
 #: What the panel shows -> the library's keywords.
 SPECT_UNIT_CHOICES = {"Bq/mL": "bqml", "kBq/mL": "kbqml", "MBq/mL": "mbqml", "counts": "counts"}
 DEVICE_CHOICES = {"Auto": "auto", "CPU": "cpu", "GPU": "gpu"}
@@ -51,17 +51,53 @@ FIT_CHOICES = {"Auto (AICc)": "auto", "Mono-exponential": "mono", "Bi-exponentia
 SINGLE_TIME_POINT_CHOICES = {"Hänscheid": "haenscheid", "Prior half-life (Madsen)": "madsen"}
 REGISTRATION_CHOICES = {"Rigid": "rigid", "Deformable": "deformable", "None": "none"}
 DEMO_SAMPLE_NAME = "DblurDoseDemo"
+#: Where a user of this panel changes each setting an error names (``DblurDoseLib.errors.SETTINGS``;
+#: the command line names its flags instead, ``DblurDoseLib.cli.FLAGS``). Settings without a widget
+#: say what to do in Slicer. reportError appends them to the message.
+SETTING_LABELS = {
+    "spect": '"SPECT" selector (Inputs)',
+    "ct": '"CT" selector (Inputs)',
+    "spect_units": '"Voxel values" selector (SPECT units)',
+    "calibration": '"Calibration (cps/MBq)" (SPECT units, counts)',
+    "duration": '"Acquisition duration (s)" (SPECT units, counts)',
+    "any_activity": "no panel setting: check the SPECT's units and calibration; from the Python console, "
+                    "DblurDoseLib.mrml.computeDoseRateMaps(..., activity_range_mbq=None) accepts any activity",
+    "clip_negative": "no panel setting: negative SPECT voxels are kept; from the Python console, "
+                     "computeDoseRateMaps(..., clip_negative=True) sets them to zero",
+    "method": '"Methods" checkboxes (Computation)',
+    "model": "no panel setting: the module uses the installed DblurDoseNet weights; another model file goes "
+             "through the Python console, computeDoseRateMaps(..., model=path)",
+    "device": '"Device" selector (Computation)',
+    "memory_gb": "no panel setting: close other programs or crop the CT to the SPECT's field (Crop Volume "
+                 "module); from the Python console, computeDoseRateMaps(..., memory_gb=...)",
+    "out": "the output nodes: the module adds them to the scene (File > Save to keep them)",
+    "overwrite": "the output nodes: Apply again refills the last run's outputs",
+    "timepoints": '"Add time point" / "Remove" and the time-point table (Absorbed dose)',
+    "administration_time": '"Time after administration" (Absorbed dose): enter hours after administration',
+    "administered_mbq": '"Administered activity" (Absorbed dose)',
+    "single_time_point": '"One time point" selector (Absorbed dose)',
+    "fit": '"Time integration" selector (Absorbed dose)',
+    "calibration_uncertainty": "no panel setting: the calibration's uncertainty is added by the command "
+                               "line's dosimetry",
+    "earlier_cycles": "no panel setting: earlier cycles are summed by the command line's dosimetry",
+    "segments": '"Segments" selector (Inputs)',
+    "nuclide": "no panel setting: the module computes Lu-177 only",
+    "hu_calibration": '"HU to density table" (Advanced)',
+    "register": '"Registration" selector (Absorbed dose)',
+    "dicom_out": "DICOM export: right-click the output in the Data module > Export to DICOM",
+}
 
 
 def ensureLibraryImportable() -> None:
-    """Make ``DblurDoseLib`` importable: a built extension installs it beside this module; a clone
-    keeps it at the repository top level, one folder up."""
-    if importlib.util.find_spec("DblurDoseLib") is not None:
-        return
-    for candidate in (MODULE_DIR, os.path.dirname(MODULE_DIR)):
-        if os.path.isdir(os.path.join(candidate, "DblurDoseLib")) and candidate not in sys.path:
-            sys.path.insert(0, candidate)
-            return
+    """Make ``DblurDoseLib`` importable (a built extension installs it beside this module; a clone keeps
+    it one folder up) and the module's helpers, ``DblurDoseModuleLib`` beside this file."""
+    for package, candidates in (("DblurDoseModuleLib", (MODULE_DIR,)),
+                                ("DblurDoseLib", (MODULE_DIR, os.path.dirname(MODULE_DIR)))):
+        if importlib.util.find_spec(package) is not None:
+            continue
+        folder = next((c for c in candidates if os.path.isdir(os.path.join(c, package))), None)
+        if folder is not None and folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 ensureLibraryImportable()
@@ -206,10 +242,11 @@ def reportError(exc: Exception, context: str) -> str:
     if isinstance(exc, DblurDoseError):
         if str(exc).startswith("cancelled"):
             return _("Cancelled: nothing was added to the scene.")
-        slicer.util.errorDisplay(str(exc), windowTitle=_("DblurDose"))
-    else:
-        logging.error("DblurDose: %s\n%s", context, traceback.format_exc())
-        slicer.util.errorDisplay(f"{context}: {exc}", windowTitle=_("DblurDose"), detailedText=traceback.format_exc())
+        message = exc.describe(SETTING_LABELS)  # the message, then where to change what it names
+        slicer.util.errorDisplay(message, windowTitle=_("DblurDose"))
+        return _("Failed: {message}").format(message=message)
+    logging.error("DblurDose: %s\n%s", context, traceback.format_exc())
+    slicer.util.errorDisplay(f"{context}: {exc}", windowTitle=_("DblurDose"), detailedText=traceback.format_exc())
     return _("Failed: {message}").format(message=exc)
 
 
@@ -243,79 +280,20 @@ def _demoVersion() -> int:
 
 
 #
-# Dependencies (installed on first Apply, never at start-up)
+# Dependencies (installed on first Apply, never at start-up): DblurDoseModuleLib/dependencies.py
 #
 
 
-def ensureDependencies(requester: str = "DblurDose") -> bool:
-    """Install the Python packages DblurDose needs; False when the user declines or installing fails.
+def ensureDependencies() -> bool:
+    """Install the Python packages DblurDose needs (asking first); False when the user declines or
+    installing fails (then the failure was reported)."""
+    from DblurDoseModuleLib.dependencies import ensureDependencies as ensure
 
-    ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.11+) or
-    ``slicer.util.pip_install`` (older); PyTorch through the PyTorch extension when installed.
-    """
-    requirements = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
     try:
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            try:
-                packaging.pip_ensure(packaging.load_requirements(requirements), requester=requester)
-            except RuntimeError:  # the user declined
-                return False
-        else:
-            missing = [r for r in _readRequirements(requirements) if not _distributionInstalled(r)]
-            if missing:
-                if not slicer.util.confirmOkCancelDisplay(
-                    _("DblurDose needs these Python packages: {packages}. Install them now?").format(
-                        packages=", ".join(missing)), windowTitle=requester):
-                    return False
-                slicer.util.pip_install(missing)
-        return ensureTorch()
+        return ensure(os.path.join(MODULE_DIR, "Resources", "requirements.txt"), requester="DblurDose")
     except Exception as exc:  # pip failed (offline, no permission...): say so, do not leave a traceback
         reportError(exc, _("Installing the Python packages DblurDose needs failed"))
         return False
-
-
-def _readRequirements(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        lines = [line.split("#", 1)[0].strip() for line in f]
-    return [line for line in lines if line]
-
-
-def _distributionInstalled(requirement: str) -> bool:
-    import importlib.metadata
-    import re
-
-    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
-    try:
-        importlib.metadata.version(name)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-def ensureTorch() -> bool:
-    """PyTorch, through the PyTorch extension (it picks the build that fits the GPU) when present."""
-    if importlib.util.find_spec("torch") is not None:
-        return True
-    try:
-        import PyTorchUtils
-    except ImportError:
-        PyTorchUtils = None
-    if PyTorchUtils is not None:
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
-                                                              torchVersionRequirement=TORCH_REQUIREMENT)
-        return torch is not None
-    if not slicer.util.confirmOkCancelDisplay(
-        _("DblurDose needs PyTorch. Recommended: install the 'PyTorch' extension from the Extensions Manager, "
-          "restart Slicer and click Apply again; it picks the PyTorch build that fits your GPU.\n\n"
-          "Click OK to install PyTorch's default build with pip instead (a large download)."),
-        windowTitle="DblurDose"):
-        return False
-    slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-    return importlib.util.find_spec("torch") is not None
 
 
 def cnnShipped() -> bool:
@@ -363,6 +341,9 @@ class DblurDoseParameterNode:
     fitModel, singleTimePoint, registration - time integration, the method for one time point,
         how each CT is registered to the earliest (reference) one.
     administeredMBq - administered activity (MBq; 0: not given).
+    doseRateOutputs / absorbedDoseOutputs - the nodes the last Apply / absorbed-dose run made (each
+        tagged with its role): the next run fills them again instead of adding new ones, and after a
+        saved scene is loaded the profile follows its line again (``DblurDoseLogic.restoreResult``).
     """
 
     spectVolume: vtkMRMLScalarVolumeNode
@@ -386,6 +367,8 @@ class DblurDoseParameterNode:
     singleTimePoint: Annotated[str, Choice(list(SINGLE_TIME_POINT_CHOICES))] = "Hänscheid"
     registration: Annotated[str, Choice(list(REGISTRATION_CHOICES))] = "Rigid"
     administeredMBq: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
+    doseRateOutputs: list[vtkMRMLNode]
+    absorbedDoseOutputs: list[vtkMRMLNode]
 
 
 #
@@ -417,6 +400,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         # Widgets without a parameter-node connector, wired by hand
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
@@ -460,6 +444,12 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        """A saved scene was loaded: its parameter node's outputs are the last result (profile followed again)."""
+        if self._parameterNode:
+            self.logic.restoreResult(self._parameterNode)
+            self.onParameterNodeModified()
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
@@ -474,6 +464,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # .ui widgets with a "SlicerParameterName" property are connected here
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.logic.restoreResult(self._parameterNode)
             self.onParameterNodeModified()
 
     # -- parameter node -> hand-wired widgets ---------------------------------------------------
@@ -500,7 +491,7 @@ class DblurDoseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateSpectUnitsFromImage()
             result = self.logic.result
             if result is not None and pn.profileLine is not None and pn.profileLine is not result.lineNode:
-                self.logic.setProfileLine(pn.profileLine)  # a line chosen after Apply: profile it too
+                self.logic.setProfileLine(pn.profileLine, pn)  # a line chosen after Apply: profile it too
             counts = pn.spectUnits == "counts"
             for widget in (self.ui.calibrationLabel, self.ui.calibrationSpinBox,
                            self.ui.durationLabel, self.ui.durationSpinBox):
@@ -685,7 +676,8 @@ def timePointsProblem(pn):
 
 class DblurDoseLogic(ScriptedLoadableModuleLogic):
     """Computation without GUI: wraps ``DblurDoseLib.mrml.computeDoseRateMaps`` and keeps the
-    line-profile observation of the last result (as LineProfile's logic does)."""
+    line-profile observation of the last result (as LineProfile's logic does). The outputs are kept
+    in the parameter node and refilled by the next run (as LineProfile's output table and chart)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -723,8 +715,10 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
     def process(self, spectNode, ctNode, segmentationNode=None, segmentIds=None, lineNode=None,
                 methods=("dvk",), device="auto", spectUnits=None, calibrationCpsPerMBq=None,
                 acquisitionDurationS=None, electronOnlyScaling=False, huCalibrationFile=None,
-                drvhBins=200, differenceMap=True, show=True, progress=None):
+                drvhBins=200, differenceMap=True, show=True, progress=None, reuse=()):
         """Compute and add the outputs to the scene; returns ``DblurDoseLib.mrml.DoseRateResult``.
+
+        ``reuse``: a previous result's ``nodes()``, refilled instead of new nodes being added.
 
         ``spectUnits``: 'bqml', 'kbqml', 'mbqml' or 'counts' (then calibration and duration are
         needed); None reads them from the image (assumes Bq/mL with a warning when it cannot).
@@ -746,17 +740,39 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
         self.stopObservingLine()
         self.result = mrml.computeDoseRateMaps(
             spectNode, ctNode, segmentationNode, lineNode, methods=tuple(methods), device=device,
-            segmentIds=list(segmentIds) if segmentIds else None, progress=progress, **options)
+            segmentIds=list(segmentIds) if segmentIds else None, progress=progress, reuse=reuse or (), **options)
         return self.result
 
     def processParameterNode(self, pn, progress=None):
+        """Apply: :meth:`process` with the parameter node's choices, refilling its outputs (kept there)."""
         methods = [m for m, on in (("dvk", pn.methodDvk), ("cnn", pn.methodCnn)) if on]
-        return self.process(
+        result = self.process(
             pn.spectVolume, pn.ctVolume, pn.segmentation, list(pn.segmentIds) or None, pn.profileLine,
             methods=methods, device=DEVICE_CHOICES[pn.device], spectUnits=SPECT_UNIT_CHOICES[pn.spectUnits],
             calibrationCpsPerMBq=pn.calibrationCpsPerMBq, acquisitionDurationS=pn.acquisitionDurationS,
             electronOnlyScaling=pn.electronOnlyScaling, huCalibrationFile=pn.huCalibrationFile or None,
-            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress)
+            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress, reuse=list(pn.doseRateOutputs))
+        pn.doseRateOutputs = result.nodes()
+        return result
+
+    def restoreResult(self, pn) -> None:
+        """Make the parameter node's outputs the last result again and follow its profile line (after a
+        saved scene is loaded, or when the parameter node is set again); never raises."""
+        self.stopObservingLine()
+        self.result = None
+        outputs = list(pn.doseRateOutputs) if pn is not None else []
+        if not outputs:  # nothing computed yet: nothing to import either
+            return
+        try:
+            ensureLibraryImportable()
+            from DblurDoseLib.mrml import DoseRateResult
+
+            self.result = DoseRateResult.fromNodes(outputs)
+            if self.result is not None and self.result.profileTable is not None and pn.profileLine is not None:
+                self.result.setLine(pn.profileLine)
+        except Exception:  # a panel that cannot restore the profile must still open
+            logging.exception("DblurDose: the last result's line profile could not be restored")
+            self.result = None
 
     def processAbsorbedDose(self, pn, progress=None):
         """Absorbed dose from the parameter node's time points; returns ``DblurDoseLib.mrml.AbsorbedDoseResult``.
@@ -776,17 +792,24 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
 
             options["hu_calibration"] = load_calibration(pn.huCalibrationFile)
         rows = timePointRows(pn)
-        return mrml.computeAbsorbedDose(
+        result = mrml.computeAbsorbedDose(
             [(spect, ct, hours) for hours, spect, ct in rows], pn.segmentation,
             method="cnn" if pn.methodCnn else "dvk", fit=FIT_CHOICES[pn.fitModel],
             singleTimePoint=SINGLE_TIME_POINT_CHOICES[pn.singleTimePoint] if len(rows) == 1 else None,
             register=REGISTRATION_CHOICES[pn.registration], administeredMBq=pn.administeredMBq or None,
-            device=DEVICE_CHOICES[pn.device], segmentIds=list(pn.segmentIds) or None, progress=progress, **options)
+            device=DEVICE_CHOICES[pn.device], segmentIds=list(pn.segmentIds) or None, progress=progress,
+            reuse=list(pn.absorbedDoseOutputs), **options)
+        pn.absorbedDoseOutputs = result.nodes()
+        return result
 
-    def setProfileLine(self, lineNode) -> None:
-        """Profile of the last result along another line (followed while it moves)."""
-        if self.result is not None:
-            self.result.setLine(lineNode)
+    def setProfileLine(self, lineNode, pn=None) -> None:
+        """Profile of the last result along another line (followed while it moves); a profile table and
+        chart made for it join the parameter node's outputs (refilled by the next Apply)."""
+        if self.result is None:
+            return
+        self.result.setLine(lineNode)
+        if pn is not None and [n.GetID() for n in self.result.nodes()] != [n.GetID() for n in pn.doseRateOutputs if n]:
+            pn.doseRateOutputs = self.result.nodes()
 
     def stopObservingLine(self) -> None:
         if self.result is not None:

@@ -284,6 +284,65 @@ def test_scene_saved_as_mrb_reloads_the_same_data(tmp_path, with_cnn):
     np.testing.assert_allclose(column(back_profile, result.doseNodes["dvk"].GetName()), values, rtol=1e-5, atol=1e-6)
 
 
+def node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def test_a_rerun_given_the_previous_nodes_refills_them(with_cnn):
+    """Apply twice (as the module does, handing over the previous result's nodes): no node is added,
+    every output keeps its ID, and the profile still follows the line; a segment left out the next
+    time loses its DRVH table and series, a method left out keeps its map."""
+    s, case, spect, ct, seg, line = build()
+    first = mrml.computeDoseRateMaps(spect, ct, seg, line, methods=("dvk", "cnn"))
+    ids = node_ids(s.scene)
+    dose = slicer.util.arrayFromVolume(first.doseNodes["dvk"]).copy()
+    second = mrml.computeDoseRateMaps(spect, ct, seg, line, methods=("dvk", "cnn"), reuse=first.nodes())
+    first.stopObservingLine()
+    assert node_ids(s.scene) == ids
+    assert [n.GetID() for n in second.nodes()] == [n.GetID() for n in first.nodes()]
+    for a, b in ((first.doseNodes["cnn"], second.doseNodes["cnn"]), (first.differenceNode, second.differenceNode),
+                 (first.statisticsTable, second.statisticsTable), (first.profileChart, second.profileChart)):
+        assert a is b
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second.doseNodes["dvk"]), dose)
+    assert second.drvhChart.GetNumberOfPlotSeriesNodes() == 2 * len(case.names)
+    assert second.profileChart.GetNumberOfPlotSeriesNodes() == 2
+    rows = second.profileTable.GetNumberOfRows()
+    line.SetNthControlPointPositionWorld(1, 0.0, 0.0, 0.0)
+    assert second.profileTable.GetNumberOfRows() != rows
+    # fewer segments and the DVK alone: the lesion's DRVH table and every CNN series go, the CNN map stays
+    third = mrml.computeDoseRateMaps(spect, ct, seg, line, methods=("dvk",), segmentIds=["left kidney"],
+                                     reuse=second.nodes())
+    second.stopObservingLine()
+    assert s.scene.GetNodeByID(second.drvhTables["lesion"].GetID()) is None
+    assert third.drvhTables["left kidney"] is second.drvhTables["left kidney"]
+    assert third.drvhChart.GetNumberOfPlotSeriesNodes() == 1 and third.profileChart.GetNumberOfPlotSeriesNodes() == 1
+    assert second.doseNodes["cnn"].GetScene() is s.scene and second.doseNodes["cnn"] in third.nodes()
+    assert [r["Segment"] for r in table_rows(third.statisticsTable)] == ["left kidney"]
+    third.stopObservingLine()
+
+
+def test_a_result_rebuilt_from_a_saved_scenes_nodes_follows_the_line_again(tmp_path):
+    s, case, spect, ct, seg, line = build(OBLIQUE)
+    result = mrml.computeDoseRateMaps(spect, ct, seg, line, methods=("dvk",))
+    result.stopObservingLine()
+    ids = [n.GetID() for n in result.nodes()]
+    loaded = SlicerScene.load_mrb(s.save_mrb(tmp_path / "scene.mrb")).scene
+    back = mrml.DoseRateResult.fromNodes([loaded.GetNodeByID(i) for i in ids])
+    assert back.spectNode.GetName() == "SPECT" and back.ctNode.GetScene() is loaded
+    assert back.doseNodes["dvk"].GetID() == result.doseNodes["dvk"].GetID() and back.units == "mGy/h"
+    back_line = loaded.GetFirstNodeByName(line.GetName())
+    before = node_ids(loaded)
+    back.setLine(back_line)
+    assert back.observingLine and node_ids(loaded) == before  # the saved profile table and chart are refilled
+    back_line.SetNthControlPointPositionWorld(1, 0.0, 0.0, 0.0)
+    p0, p1 = mrml.lineEndpointsLPS(back_line)
+    _d, values = line_profile(mrml.volumeFromNode(back.doseNodes["dvk"]), p0, p1)
+    np.testing.assert_allclose(column(back.profileTable, back.doseNodes["dvk"].GetName()), values, rtol=1e-6, atol=1e-9)
+    assert column(back.profileTable, "SPECT").size == values.size
+    back.stopObservingLine()
+    assert mrml.DoseRateResult.fromNodes([loaded.GetFirstNodeByName("CT")]) is None
+
+
 def test_cnn_not_available_is_skipped_with_a_warning_or_refused_alone(monkeypatch):
     monkeypatch.setattr(dose, "available_methods", lambda: ("dvk",))
     s, case, spect, ct, seg, line = build(line=False)
@@ -344,12 +403,15 @@ def test_spect_units_are_read_from_the_node_or_assumed_with_a_warning():
 
 
 def test_device_names():
+    """The module's device names go through devices.resolve_device, the one place a device is chosen."""
+    from DblurDoseLib.devices import resolve_device
+
     assert mrml.resolveDevice("Auto") == "auto" and mrml.resolveDevice("CPU") == "cpu"
-    import torch
-
-    if not torch.cuda.is_available() and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    try:
+        expected = str(resolve_device("gpu"))
+    except DblurDoseError as exc:
         with pytest.raises(DblurDoseError, match="no CUDA or Apple MPS device; choose the device auto or cpu"):
-            mrml.resolveDevice("gpu")
+            mrml.resolveDevice("GPU")
+        assert "auto or cpu" in str(exc)
     else:
-        assert mrml.resolveDevice("gpu") in ("cuda", "mps")
-
+        assert mrml.resolveDevice("GPU") == expected

@@ -97,3 +97,14 @@ def test_bad_time_points_are_refused_before_anything_is_added(scene):
     with pytest.raises(DblurDoseError):  # duplicate times
         mrml.computeAbsorbedDose([points[0], (points[1][0], points[1][1], 96.0)], seg, register="none")
     assert s.scene.GetNumberOfNodes() == n_nodes
+
+
+def test_a_rerun_given_the_previous_nodes_refills_them(scene):
+    """As the module's absorbed-dose button run twice: the same nodes, nothing added, same numbers."""
+    s, _, points, seg, result = scene
+    before = s.scene.GetNumberOfNodes()
+    again = mrml.computeAbsorbedDose(points, seg, register="none", activity_range_mbq=None, reuse=result.nodes())
+    assert s.scene.GetNumberOfNodes() == before
+    assert [n.GetID() for n in again.nodes()] == [n.GetID() for n in result.nodes()]
+    assert again.doseNode is result.doseNode and again.tacChart is result.tacChart
+    assert again.tacChart.GetNumberOfPlotSeriesNodes() == 2 * len(again.dosimetry.vois)

@@ -94,13 +94,43 @@ def test_library_found_from_a_clone(module, monkeypatch):
                         lambda name, *a: None if name == "DblurDoseLib" and root not in sys.path else real_find_spec(name, *a))
     module.ensureLibraryImportable()
     assert sys.path[0] == root
+    assert importlib.util.find_spec("DblurDoseModuleLib") is not None  # the module's helpers, beside it
 
 
 def test_requirements_are_readable_and_unpinned(module):
-    requirements = module._readRequirements(str(ROOT / "DblurDose" / "Resources" / "requirements.txt"))
+    from DblurDoseModuleLib.dependencies import distributionInstalled, readRequirements
+
+    requirements = readRequirements(str(ROOT / "DblurDose" / "Resources" / "requirements.txt"))
     assert "scipy>=1.10" in requirements
     assert not any("==" in r for r in requirements)
-    assert module._distributionInstalled("scipy>=1.10") and not module._distributionInstalled("no-such-package-x>=1")
+    assert distributionInstalled("scipy>=1.10") and not distributionInstalled("no-such-package-x>=1")
+
+
+def test_missing_packages_are_installed_after_asking_and_a_failure_is_reported(module, monkeypatch):
+    """The helper package sits in a folder beside DblurDose.py (not a module candidate for Slicer)."""
+    from DblurDoseModuleLib import dependencies
+
+    assert Path(dependencies.__file__).parent == ROOT / "DblurDose" / "DblurDoseModuleLib"
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer before 5.11: slicer.util.pip_install
+    asked, installed, shown = [], [], []
+    monkeypatch.setattr(dependencies, "distributionInstalled", lambda requirement: requirement.startswith("scipy"))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or True,
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda packages: installed.append(packages), raising=False)
+    assert module.ensureDependencies()  # torch is there: only the missing requirement is installed
+    assert installed == [["icrp107-database>=0.0.3"]] and "icrp107-database" in asked[0]
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: False, raising=False)
+    assert not module.ensureDependencies()  # declined: nothing installed
+    assert len(installed) == 1
+
+    def offline(packages):
+        raise RuntimeError("pip: no network")
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: True, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", offline, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append(text), raising=False)
+    assert not module.ensureDependencies()
+    assert shown and "no network" in shown[0]
 
 
 def test_demo_case_loads_and_the_logic_computes_it(module, monkeypatch):
@@ -240,7 +270,7 @@ def _absorbed_dose_parameters(module, nodes, times, **changes):
                     segmentIds=["kidney_left", "liver"], fitModel="Auto (AICc)", singleTimePoint="Hänscheid",
                     registration="None", administeredMBq=0.0, methodDvk=True, methodCnn=False, device="CPU",
                     spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
-                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50)
+                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, absorbedDoseOutputs=[])
     return types.SimpleNamespace(**{**defaults, **changes})
 
 
@@ -267,3 +297,98 @@ def test_absorbed_dose_panel_logic_sorts_checks_and_computes(module, monkeypatch
     for voi in result.dosimetry.vois:
         assert voi.integral.effective_half_life_h == pytest.approx(48.0, rel=1e-3)
     assert result.tacChart.GetNumberOfPlotSeriesNodes() == 4
+
+
+def _dose_rate_parameters(nodes, **changes):
+    """The parameter node's fields Apply uses (the wrapper is a stand-in here)."""
+    defaults = dict(spectVolume=nodes["spect"], ctVolume=nodes["ct"], segmentation=nodes["segmentation"],
+                    segmentIds=["kidney_left", "liver"], profileLine=nodes["line"], methodDvk=True, methodCnn=False,
+                    device="CPU", spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
+                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, differenceMap=True,
+                    doseRateOutputs=[])
+    return types.SimpleNamespace(**{**defaults, **changes})
+
+
+def _ids(scene) -> list:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def test_apply_twice_refills_the_outputs_and_a_loaded_scene_follows_the_line_again(module, monkeypatch, tmp_path):
+    """Apply twice adds no node (the outputs are kept in the parameter node, as LineProfile's); after
+    the scene is saved and loaded, setting the parameter node again makes the profile follow its line."""
+    from DblurDoseLib.mrml import sampledata
+
+    monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
+    nodes = module.loadDemoCase(small=True)
+    pn = _dose_rate_parameters(nodes)
+    logic = module.DblurDoseLogic()
+    first = logic.processParameterNode(pn)
+    outputs = [n.GetID() for n in pn.doseRateOutputs]
+    ids = _ids(slicer.mrmlScene)
+    assert first.doseNodes["dvk"].GetID() in outputs and first.profileTable.GetID() in outputs
+    second = logic.processParameterNode(pn)
+    assert _ids(slicer.mrmlScene) == ids and [n.GetID() for n in pn.doseRateOutputs] == outputs
+    assert second.doseNodes["dvk"] is first.doseNodes["dvk"] and not first.observingLine and second.observingLine
+    logic.stopObservingLine()
+
+    loaded = module.test_scene.save_mrb(tmp_path / "saved.mrb")
+    scene = type(module.test_scene).load_mrb(loaded).scene
+    monkeypatch.setattr(slicer, "mrmlScene", scene)
+    back = {role: scene.GetNodeByID(node.GetID()) for role, node in nodes.items()}
+    line = back["line"]
+    saved = _dose_rate_parameters(back, doseRateOutputs=[scene.GetNodeByID(i) for i in outputs])
+    fresh = module.DblurDoseLogic()  # as after Slicer restarts
+    fresh.restoreResult(saved)
+    assert fresh.result is not None and fresh.result.observingLine
+    assert fresh.result.doseNodes["dvk"].GetScene() is scene and fresh.result.profileTable.GetScene() is scene
+    rows = fresh.result.profileTable.GetNumberOfRows()
+    p = [0.0, 0.0, 0.0]
+    line.GetNthControlPointPositionWorld(1, p)
+    line.SetNthControlPointPositionWorld(1, p[0] / 2, p[1], p[2])
+    assert fresh.result.profileTable.GetNumberOfRows() < rows
+    fresh.restoreResult(saved)  # the parameter node set again: one observation, not two
+    assert fresh.result.observingLine and len(fresh.result._observations) == 4
+    fresh.restoreResult(_dose_rate_parameters(back))  # nothing computed yet: nothing restored
+    assert fresh.result is None
+    again = fresh.processParameterNode(saved)  # Apply in the loaded scene refills its outputs
+    assert [n.GetID() for n in saved.doseRateOutputs] == outputs and again.profileTable.GetScene() is scene
+    fresh.stopObservingLine()
+
+
+def test_errors_name_the_panel_setting_to_change(module, monkeypatch):
+    """reportError shows a DblurDoseError's message followed by the widget labels of its settings."""
+    from DblurDoseLib.errors import SETTINGS, DblurDoseError
+
+    assert set(module.SETTING_LABELS) == set(SETTINGS) and all(module.SETTING_LABELS.values())
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: shown.append(text), raising=False)
+    status = module.reportError(DblurDoseError("give the SPECT's units", settings=("spect_units", "spect")), "x")
+    assert shown == ["give the SPECT's units [\"Voxel values\" selector (SPECT units), \"SPECT\" selector (Inputs)]"]
+    assert shown[0] in status
+    assert module.reportError(DblurDoseError("cancelled by the user"), "x").startswith("Cancelled")
+    assert len(shown) == 1
+    # a library error reaching the panel: missing inputs name both selectors
+    logic = module.DblurDoseLogic()
+    with pytest.raises(DblurDoseError) as raised:
+        logic.process(None, None)
+    assert raised.value.describe(module.SETTING_LABELS).endswith('["SPECT" selector (Inputs), "CT" selector (Inputs)]')
+
+
+def test_a_line_chosen_after_apply_joins_the_outputs(module, monkeypatch):
+    """Apply without a line, then choose one (the panel calls setProfileLine): its profile table and
+    chart are kept in the parameter node, so the next Apply refills them instead of adding others."""
+    from DblurDoseLib.mrml import sampledata
+
+    monkeypatch.setattr(sampledata, "TEST_SHAPE", SMALL)
+    nodes = module.loadDemoCase(small=True)
+    pn = _dose_rate_parameters(nodes, profileLine=None, segmentIds=["liver"])
+    logic = module.DblurDoseLogic()
+    assert logic.processParameterNode(pn).profileTable is None
+    pn.profileLine = nodes["line"]
+    logic.setProfileLine(pn.profileLine, pn)
+    table = logic.result.profileTable
+    assert table is not None and table in pn.doseRateOutputs
+    ids = _ids(slicer.mrmlScene)
+    again = logic.processParameterNode(pn)
+    assert again.profileTable is table and _ids(slicer.mrmlScene) == ids
+    logic.stopObservingLine()

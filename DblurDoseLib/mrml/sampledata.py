@@ -53,7 +53,27 @@ def segment_color(name: str, index: int) -> tuple[float, float, float]:
 
 
 def write_seg_nrrd(labels: Volume, names: dict[int, str], path: str | os.PathLike) -> Path:
-    """A labelmap as a Slicer segmentation file (.seg.nrrd): one named segment per label value."""
+    """A labelmap as a Slicer segmentation file (.seg.nrrd): one named segment per label value.
+
+    Parameters
+    ----------
+    labels : Volume
+        Label values 1..255 (0: background), ``[z, y, x]``, with the image's geometry.
+    names : dict of int to str
+        Segment name per label value (``label_<value>`` where missing).
+    path : path-like
+        The file to write (its folder is made).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    DblurDoseError
+        No labelled voxel, or a label value outside 1..255.
+    """
     import SimpleITK as sitk
 
     array = np.asarray(labels.array)
@@ -91,7 +111,17 @@ def write_seg_nrrd(labels: Volume, names: dict[int, str], path: str | os.PathLik
 
 
 def write_line_json(start_lps, end_lps, path: str | os.PathLike, name: str = "Profile line") -> Path:
-    """A two-point Slicer markups line (.mrk.json, LPS coordinates)."""
+    """A two-point Slicer markups line file (.mrk.json).
+
+    Parameters
+    ----------
+    start_lps, end_lps : array-like
+        The line's ends, LPS, mm.
+    path : path-like
+        The file to write.
+    name : str
+        The line's name in Slicer.
+    """
     doc = {
         "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
                    "Resources/Schema/markups-schema-v1.0.3.json#",
@@ -109,7 +139,13 @@ def write_line_json(start_lps, end_lps, path: str | os.PathLike, name: str = "Pr
 
 
 def kidney_line(labels: Volume, names: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
-    """End points (LPS) of a left-right line across the field through the kidneys' centroid."""
+    """A left-right line across the field through the kidneys' centroid (the labels' when none is named kidney).
+
+    Returns
+    -------
+    start, end : numpy.ndarray
+        The line's ends, LPS, mm, at the first and last column of the grid.
+    """
     array = np.asarray(labels.array)
     kidney = [v for v, n in names.items() if "kidney" in n.lower()]
     mask = np.isin(array, kidney) if kidney else array > 0
@@ -131,15 +167,32 @@ def write_demo_case(
     overwrite: bool = False,
     progress: Callable[[float, str], object] | None = None,
 ) -> dict[str, Path]:
-    """Write (or reuse) the demo files in ``folder``; returns their paths by role.
-
-    ``progress(fraction, message)`` is told how far it got; returning False cancels
-    (DblurDoseError, nothing written).
-    ``shape`` (z, y, x) defaults to the command-line demo's grid; ``spacing`` (x, y, z mm) to the
-    demo's, or for another ``shape`` to the spacing that covers the standard field.
+    """Write (or reuse) the demo files in ``folder``.
 
     Existing complete sets are reused unless ``overwrite``. Files appear only when all are
     written (temporary names first), so an interrupted run never leaves a half set behind.
+
+    Parameters
+    ----------
+    folder : path-like
+        Where the files go (made when missing).
+    shape : tuple of int, optional
+        (z, y, x) voxels; the command-line demo's grid by default.
+    spacing : tuple of float, optional
+        (x, y, z) mm; the demo's, or for another ``shape`` the spacing that covers the standard field.
+    seed : int
+        The virtual patient's seed.
+    name : str
+        File-name stem (:func:`demo_file_names`).
+    overwrite : bool
+        Write again even when a complete set exists.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels (DblurDoseError, nothing written).
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The files by role: 'ct' (HU), 'spect' (Bq/mL), 'segmentation' (.seg.nrrd), 'line' (.mrk.json).
     """
     from ..demo import DEMO_SHAPE, DEMO_SPACING, spect_like
     from ..io.volume import write_volume
