@@ -43,7 +43,8 @@ except ImportError:  # Slicer before 5.4
 
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-#: What the panel shows -> the library's keywords.
+#: What the panel shows -> the library's keywords. The SPECT units are DblurDoseLib.units.SPECT_UNITS' labels,
+#: written out because the panel is built before the library is importable (test_errors checks they agree).
 SPECT_UNIT_CHOICES = {"Bq/mL": "bqml", "kBq/mL": "kbqml", "MBq/mL": "mbqml", "counts": "counts"}
 DEVICE_CHOICES = {"Auto": "auto", "CPU": "cpu", "GPU": "gpu"}
 FIT_CHOICES = {"Auto (AICc)": "auto", "Mono-exponential": "mono", "Bi-exponential": "bi",

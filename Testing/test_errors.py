@@ -97,3 +97,14 @@ def test_library_messages_name_no_command_line_flag():
             if FLAG.search(text):
                 offenders.append(f"{path.relative_to(ROOT)}:{line}: {text.strip()[:80]}")
     assert not offenders, "library messages naming CLI flags:\n" + "\n".join(offenders)
+
+
+def test_the_slicer_modules_unit_choices_are_the_librarys_vocabulary():
+    """The module writes its SPECT-unit choices out (it is parsed before the library is importable):
+    they must be units.SPECT_UNITS' labels and keywords, in the same order."""
+    from DblurDoseLib.units import SPECT_UNITS
+
+    tree = ast.parse((ROOT / "DblurDose" / "DblurDose.py").read_text())
+    node = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "SPECT_UNIT_CHOICES" for t in n.targets))
+    assert list(ast.literal_eval(node).items()) == [(unit.label, key) for key, unit in SPECT_UNITS.items()]

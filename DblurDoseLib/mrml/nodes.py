@@ -11,6 +11,7 @@ import vtk
 import vtk.util.numpy_support as vtk_np
 
 from ..errors import DblurDoseError
+from ..units import SPECT_UNITS, spect_unit_key
 from .coordinates import setVolumeArray
 
 #: Units of the dose-rate outputs (UCUM). The quantity uses a private coding scheme (DICOM allows
@@ -26,12 +27,8 @@ DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
 #: The attribute naming an output node's role in its run ("dose-dvk", "statistics", ...); saved with the scene.
 OUTPUT_ROLE_ATTRIBUTE = "DblurDose.Output"
 
-#: SPECT unit names: the library's keyword -> label shown to users.
-SPECT_UNIT_LABELS = {"bqml": "Bq/mL", "kbqml": "kBq/mL", "mbqml": "MBq/mL", "counts": "counts"}
-_UNIT_CODES = {"bq/ml": "bqml", "bqml": "bqml", "kbq/ml": "kbqml", "mbq/ml": "mbqml",
-               "{counts}": "counts", "counts": "counts", "cnts": "counts", "{cnts}": "counts"}
-_UCUM = {"bqml": ("Bq/mL", "becquerels per milliliter"), "kbqml": ("kBq/mL", "kilobecquerels per milliliter"),
-         "mbqml": ("MBq/mL", "megabecquerels per milliliter"), "counts": ("{counts}", "counts")}
+#: SPECT unit names: the library's keyword -> label shown to users (from units.SPECT_UNITS).
+SPECT_UNIT_LABELS = {key: unit.label for key, unit in SPECT_UNITS.items()}
 
 DOSE_COLOR_NODES = ("vtkMRMLColorTableNodeRainbow", "vtkMRMLPETProceduralColorNodePET-Rainbow2")
 DIFFERENCE_COLOR_NODES = ("vtkMRMLColorTableNodeFileDivergingBlueRed.txt", "vtkMRMLColorTableNodeFullRainbow")
@@ -57,8 +54,7 @@ def spectUnitsFromNode(node) -> str | None:
     units = node.GetVoxelValueUnits()
     if units is None:
         return None
-    code = (units.GetCodeValue() or "").strip().lower().replace(" ", "")
-    return _UNIT_CODES.get(code)
+    return spect_unit_key(units.GetCodeValue())
 
 
 def setSpectUnits(node, units: str) -> None:
@@ -71,11 +67,11 @@ def setSpectUnits(node, units: str) -> None:
     units : str
         'bqml', 'kbqml', 'mbqml' or 'counts'.
     """
-    if units not in _UCUM:
-        raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of {', '.join(_UCUM)}",
+    if units not in SPECT_UNITS:
+        raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of {', '.join(SPECT_UNITS)}",
                              settings=("spect_units",))
-    value, meaning = _UCUM[units]
-    node.SetVoxelValueUnits(codedEntry((value, "UCUM", meaning)))
+    unit = SPECT_UNITS[units]
+    node.SetVoxelValueUnits(codedEntry((unit.ucum, "UCUM", unit.meaning)))
 
 
 class OutputNodes:
