@@ -76,3 +76,61 @@ def test_the_rule_finds_a_long_function(tmp_path):
     found = {node.name: (lines, ast.get_docstring(node) or "") for _, node, lines in _functions([tmp_path / "a.py"])}
     assert found["long"][0] > MAX_FUNCTION_LINES and LONG_REASON not in found["long"][1]
     assert found["ok"][0] == MAX_FUNCTION_LINES + 1 and LONG_REASON in found["ok"][1]
+
+
+#: The library's layers (ARCHITECTURE.md): a module imports only modules of lower layers, or of its own package.
+LAYERS = {
+    "": 0, "__version__": 0, "DATA_DIR": 0, "errors": 0, "devices": 0, "units": 0,
+    "io": 1, "geometry": 2, "physics": 3, "simulation": 4, "learning": 4, "evaluation": 5,
+    "memory": 6, "dose": 7, "dosimetry": 8, "data": 8, "demo": 9, "demo_timepoints": 10, "mrml": 11, "cli": 12,
+}
+
+
+def _layer_of(module: str) -> tuple[int, str]:
+    """(layer, package) of a dotted DblurDoseLib module name such as 'DblurDoseLib.physics.dvk'."""
+    parts = module.split(".")[1:]
+    key = parts[0] if parts else ""
+    assert key in LAYERS, f"{module}: add its package to LAYERS (and to ARCHITECTURE.md)"
+    return LAYERS[key], key
+
+
+def _library_imports():
+    """(importing module, imported module, line) for every import of the library by the library."""
+    import ast
+
+    lib = ROOT / "DblurDoseLib"
+    for path in sorted(lib.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = parts if rel.name == "__init__" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[: len(package) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name == "DblurDoseLib" or name.startswith("DblurDoseLib."):
+                    yield ".".join(parts), name, node.lineno
+
+
+def test_the_library_imports_only_lower_layers():
+    """The layering of ARCHITECTURE.md holds for every import, at file scope or inside functions."""
+    wrong = []
+    for importer, imported, line in _library_imports():
+        (mine, my_package), (theirs, their_package) = _layer_of(importer), _layer_of(imported)
+        if theirs > mine or (theirs == mine and my_package != their_package and mine != 0):
+            wrong.append(f"{importer}:{line} imports {imported} (layer {theirs} > {mine})")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_layer_check_sees_each_kind_of_import():
+    found = {(a, b) for a, b, _ in _library_imports()}
+    assert ("DblurDoseLib.dose", "DblurDoseLib.physics.dvk") in found  # relative, inside a function
+    assert any(a == "DblurDoseLib.physics.kernels" and b == "DblurDoseLib.DATA_DIR" for a, b in found)
