@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import __version__
 from .errors import DblurDoseError, OutOfMemoryError
 from .memory import DEFAULT_MEMORY_GB
 
 if TYPE_CHECKING:
+    from .dosimetry import DosimetryResult, TimePoint
+    from .geometry.segments import Segment
     from .io.dicom_export import StudyLink
+    from .io.outputs import OutputFolder
     from .io.volume import Volume
 
 
-def _progress_printer(quiet: bool):
+def _progress_printer(quiet: bool) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` that prints each new message to stderr (nothing with --quiet)."""
     last = {"message": None}
 
     def progress(fraction: float, message: str) -> None:
@@ -30,29 +35,61 @@ def _progress_printer(quiet: bool):
     return progress
 
 
-def cmd_dose(args: argparse.Namespace) -> int:
-    import numpy as np
+def _warn(warnings: list[str]) -> None:
+    """Print each warning to stderr (also with --quiet)."""
+    for warning in warnings:
+        print(f"dblurdose: warning: {warning}", file=sys.stderr)
 
-    from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps, spect_units_of
-    from .evaluation.metrics import drvh_table, statistics_table
-    from .geometry.segments import read_segments
-    from .io.dicom import describe
+
+def _say_removed(out: OutputFolder, folder: str) -> None:
+    """Name the earlier results that --overwrite removed from ``folder`` (those this run does not replace)."""
+    for name in out.removed:
+        print(f"dblurdose: removed {Path(folder) / name} (an earlier run's result that this run does not replace)",
+              file=sys.stderr)
+
+
+def _print_written(folder: str, names: list[str]) -> None:
+    """List the files written into ``folder`` on stdout, one a line."""
+    for name in names:
+        print(Path(folder) / name)
+
+
+class _SpectUnits(NamedTuple):
+    """How ``dose`` reads the SPECT's voxel values, and where each part came from."""
+
+    units: str  #: bqml, kbqml, mbqml or counts
+    units_from: str  #: what said so: --spect-units, a DICOM tag or the default
+    duration_s: float | None  #: acquisition duration, s (counts only)
+    duration_from: str | None  #: "--duration", a DICOM tag, or None when not known
+    warnings: list[str]
+
+
+def _dose_output_folder(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[OutputFolder, list[str]]:
+    """``dose``'s output folder, checked before any work is done, and the names of the files it will write.
+
+    With --overwrite, earlier results this run does not write (another method's map, tables
+    without --seg, DICOM without --dicom-out) are removed when the run's files move in.
+    """
+    from .dose import METHODS
     from .io.dicom_export import FOLDER as DICOM_FOLDER
-    from .io.dicom_export import STRUCTURE_SET_STEM, write_dicom
-    from .io.outputs import OutputFolder, input_checksum, write_csv
-    from .io.volume import read_volume, write_volume
-    from .physics.density import load_calibration
+    from .io.dicom_export import STRUCTURE_SET_STEM
+    from .io.outputs import OutputFolder
 
-    methods = METHODS if args.method == "all" else (args.method,)
     names = [f"dose_rate_{m}.nrrd" for m in methods] + (["stats.csv", "drvh.csv"] if args.seg else []) \
         + ([f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in methods] if args.dicom_out else []) \
         + ([f"{DICOM_FOLDER}/{STRUCTURE_SET_STEM}.dcm"] if args.dicom_out and args.seg else [])
     every_result = [f"dose_rate_{m}.nrrd" for m in METHODS] + ["stats.csv", "drvh.csv"] \
         + [f"{DICOM_FOLDER}/dose_rate_{m}.dcm" for m in METHODS]
-    # refuses before any work is done; with --overwrite, earlier results this run does not write go
-    out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=every_result)
-    spect = read_volume(args.spect, what="SPECT", series_uid=args.spect_series)
-    ct = read_volume(args.ct, dtype=None, what="CT", series_uid=args.ct_series)  # native type: 16-bit HU fast table
+    return OutputFolder(args.out, names, overwrite=args.overwrite, stale=every_result), names
+
+
+def _dose_spect_units(args: argparse.Namespace, spect: Volume, ct: Volume) -> _SpectUnits:
+    """The SPECT's units and acquisition duration from the options and the DICOM tags.
+
+    A DICOM SPECT in counts without --calibration is refused (it cannot become activity).
+    """
+    from .dose import spect_units_of
+
     spect_units, spect_units_from, unit_warnings = spect_units_of(spect, args.spect_units)
     unit_warnings += [f"{flag} is ignored: {name} is not a DICOM folder or file" for flag, name, v, given in
                       (("--spect-series", args.spect, spect, args.spect_series), ("--ct-series", args.ct, ct, args.ct_series))
@@ -66,6 +103,70 @@ def cmd_dose(args: argparse.Namespace) -> int:
         raise DblurDoseError(f"the SPECT series {spect.metadata['series_uid']} is in counts ({spect_units_from}): pass "
                              "--calibration CPS_PER_MBQ" + (" and --duration SECONDS" if duration is None else "")
                              + ", or give its units with --spect-units")
+    return _SpectUnits(spect_units, spect_units_from, duration, duration_from, unit_warnings)
+
+
+def _dose_provenance(args: argparse.Namespace, spect: Volume, ct: Volume, units: _SpectUnits) -> dict[str, str]:
+    """What each map records of its inputs: where units and duration came from, series, checksums."""
+    from .io.outputs import input_checksum
+
+    inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
+    return {
+        "spect_units_from": units.units_from,
+        **({"duration_from": units.duration_from} if units.duration_from else {}),
+        **{f"{name}_{key}": v.metadata[key] for name, v in (("spect", spect), ("ct", ct))
+           for key in ("series_uid", "scaling_from", "slice_grid") if key in v.metadata},
+        **{f"input_{name}_sha256": input_checksum(path) for name, path in inputs.items() if path},
+    }
+
+
+def _write_dose_results(stage: Path, maps: dict[str, Volume], provenance: dict[str, str], link: StudyLink | None,
+                        segments: list[Segment] | None, ct: Volume) -> None:
+    """Write ``dose``'s maps into the staging folder; with a study link their DICOM, with segments the tables."""
+    from .io.dicom_export import FOLDER as DICOM_FOLDER
+    from .io.dicom_export import write_dicom
+    from .io.volume import write_volume
+
+    for method, volume in maps.items():
+        volume.metadata.update(provenance)
+        write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
+    if link:
+        write_dicom(stage / DICOM_FOLDER, link, rates={f"dose_rate_{m}": v for m, v in maps.items()},
+                    segments=segments, grid=ct)
+    if segments:
+        _write_dose_tables(stage, maps, segments, ct.voxel_volume_ml)
+
+
+def _write_dose_tables(stage: Path, maps: dict[str, Volume], segments: list[Segment], voxel_ml: float) -> None:
+    """stats.csv and drvh.csv of every map over the segments, headed by what made the maps."""
+    import numpy as np
+
+    from .evaluation.metrics import drvh_table, statistics_table
+    from .io.outputs import write_csv
+
+    arrays = {m: np.asarray(v.array) for m, v in maps.items()}
+    made_by = {k: v for k, v in next(iter(maps.values())).metadata.items() if k not in ("method", "model_sha256")}
+    made_by.update({f"model_sha256 ({m})": v.metadata["model_sha256"] for m, v in maps.items()
+                    if "model_sha256" in v.metadata})
+    header = [f"{key}: {value}" for key, value in made_by.items()]
+    unit = made_by.get("units", "mGy/h")  # mGy/h, or nGy/(MBq s) with --per-mbq: in the column names
+    write_csv(statistics_table(arrays, segments, voxel_ml, unit), stage / "stats.csv", header=header)
+    write_csv(drvh_table(arrays, segments, unit=unit), stage / "drvh.csv", header=header)
+
+
+def cmd_dose(args: argparse.Namespace) -> int:
+    """``dblurdose dose``: dose-rate maps of one SPECT/CT (with --seg their tables) into --out; exit status 0."""
+    from .dose import ACTIVITY_RANGE_MBQ, METHODS, compute_dose_rate_maps
+    from .geometry.segments import read_segments
+    from .io.dicom import describe
+    from .io.volume import read_volume
+    from .physics.density import load_calibration
+
+    methods = METHODS if args.method == "all" else (args.method,)
+    out, names = _dose_output_folder(args, methods)  # refuses before any work is done
+    spect = read_volume(args.spect, what="SPECT", series_uid=args.spect_series)
+    ct = read_volume(args.ct, dtype=None, what="CT", series_uid=args.ct_series)  # native type: 16-bit HU fast table
+    units = _dose_spect_units(args, spect, ct)
     for line in (describe(spect, "SPECT"), describe(ct, "CT")):
         if line and not args.quiet:
             print(f"dblurdose: {line}", file=sys.stderr)
@@ -78,42 +179,18 @@ def cmd_dose(args: argparse.Namespace) -> int:
     report: dict = {}
     maps = compute_dose_rate_maps(
         spect, ct, methods,
-        spect_units=spect_units, calibration_cps_per_mbq=args.calibration, duration_s=duration,
+        spect_units=units.units, calibration_cps_per_mbq=args.calibration, duration_s=units.duration_s,
         device=args.device, scale_electron_only=args.scale_electron_only, per_mbq=args.per_mbq,
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, memory_gb=args.memory_gb,
         progress=_progress_printer(args.quiet),
         report=report,
     )
-    for warning in unit_warnings + report.get("warnings", []) + dicom_warnings:
-        print(f"dblurdose: warning: {warning}", file=sys.stderr)
-    inputs = {"spect": args.spect, "ct": args.ct, "seg": args.seg, "hu_calibration": args.hu_calibration}
-    provenance = {
-        "spect_units_from": spect_units_from,
-        **({"duration_from": duration_from} if duration_from else {}),
-        **{f"{name}_{key}": v.metadata[key] for name, v in (("spect", spect), ("ct", ct))
-           for key in ("series_uid", "scaling_from", "slice_grid") if key in v.metadata},
-        **{f"input_{name}_sha256": input_checksum(path) for name, path in inputs.items() if path},
-    }
+    _warn(units.warnings + report.get("warnings", []) + dicom_warnings)
+    provenance = _dose_provenance(args, spect, ct, units)
     with out as stage:
-        for method, volume in maps.items():
-            volume.metadata.update(provenance)
-            write_volume(volume, stage / f"dose_rate_{method}.nrrd", compress=False)  # gzip would double the run time
-        if link:
-            write_dicom(stage / DICOM_FOLDER, link, rates={f"dose_rate_{m}": v for m, v in maps.items()},
-                        segments=segments, grid=ct)
-        if segments:
-            arrays = {m: np.asarray(v.array) for m, v in maps.items()}
-            made_by = {k: v for k, v in next(iter(maps.values())).metadata.items() if k not in ("method", "model_sha256")}
-            made_by.update({f"model_sha256 ({m})": v.metadata["model_sha256"] for m, v in maps.items()
-                            if "model_sha256" in v.metadata})
-            header = [f"{key}: {value}" for key, value in made_by.items()]
-            unit = made_by.get("units", "mGy/h")  # mGy/h, or nGy/(MBq s) with --per-mbq: in the column names
-            write_csv(statistics_table(arrays, segments, ct.voxel_volume_ml, unit), stage / "stats.csv", header=header)
-            write_csv(drvh_table(arrays, segments, unit=unit), stage / "drvh.csv", header=header)
-    for name in out.removed:
-        print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
-              file=sys.stderr)
+        _write_dose_results(stage, maps, provenance, link, segments, ct)
+    _say_removed(out, args.out)
     if not args.quiet:
         print(
             f"activity in the CT field {report['total_activity_mbq']:.4g} MBq "
@@ -121,8 +198,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
             f"{time.perf_counter() - t0:.1f} s",
             file=sys.stderr,
         )
-        for name in names:
-            print(Path(args.out) / name)
+        _print_written(args.out, names)
     return 0
 
 
@@ -196,40 +272,58 @@ def _read_timepoint_volume(path: str, what: str):
                              "in --timepoint") from None
 
 
-def cmd_dosimetry(args: argparse.Namespace) -> int:
-    from .dose import ACTIVITY_RANGE_MBQ, METHODS, spect_units_of
-    from .dosimetry import (
-        REPORT_FILES,
-        TimePoint,
-        absorbed_dose,
-        add_earlier_cycles,
-        check_calibration_uncertainty,
-        check_fit,
-        check_time_points,
-        dose_rows,
-        dvh_rows,
-        tac_rows,
-        write_report,
-    )
-    from .geometry.segments import read_segments
+def _dosimetry_output_folder(args: argparse.Namespace) -> tuple[OutputFolder, list[str]]:
+    """``dosimetry``'s output folder, checked before any work, and the names of the files it will write.
+
+    The absorbed-dose map comes first. With --overwrite, the other method's map of an earlier run goes.
+    """
+    from .dose import METHODS
+    from .dosimetry import REPORT_FILES
     from .io.dicom_export import FOLDER as DICOM_FOLDER
-    from .io.dicom_export import STRUCTURE_SET_STEM, write_dicom
-    from .io.outputs import OutputFolder, input_checksum, write_csv
-    from .io.volume import write_volume
+    from .io.dicom_export import STRUCTURE_SET_STEM
+    from .io.outputs import OutputFolder
 
     names = [f"absorbed_dose_{args.method}.nrrd", "doses.csv", "tac.csv", "dvh.csv", *REPORT_FILES] \
         + ([f"{DICOM_FOLDER}/absorbed_dose_{args.method}.dcm", f"{DICOM_FOLDER}/{STRUCTURE_SET_STEM}.dcm"]
            if args.dicom_out else [])
-    # refuses before any work; with --overwrite, the other method's map of an earlier run goes
     out = OutputFolder(args.out, names, overwrite=args.overwrite, stale=[
         f"{name}_{m}.{ext}" for m in METHODS for name, ext in (("absorbed_dose", "nrrd"),
                                                                (f"{DICOM_FOLDER}/absorbed_dose", "dcm"))])
+    return out, names
+
+
+def _checked_dosimetry_options(args: argparse.Namespace) -> list[float | None]:
+    """Refuse bad options before any file is read; the time points' hours after administration.
+
+    A time point given as 'dicom' has None: its hours are known once its SPECT is read.
+    """
+    from .dosimetry import add_earlier_cycles, check_calibration_uncertainty, check_fit, check_time_points
+
     times = [_timepoint_hours(hours, args.administration_time) for _, _, hours in args.timepoint]
     if None not in times:  # all given as hours or date-times: checked before any file is read
         check_time_points(times, args.single_time_point)
     check_fit(args.fit)
     check_calibration_uncertainty(args.calibration_uncertainty / 100.0)
     add_earlier_cycles([], args.earlier_cycles)  # unreadable earlier cycles are refused before any work
+    return times
+
+
+def _read_time_points(args: argparse.Namespace,
+                      times: list[float | None]) -> tuple[list[TimePoint], list[str], dict[str, str]]:
+    """Read every --timepoint's SPECT and CT.
+
+    Returns
+    -------
+    points : list of TimePoint
+        In the order given, times in h after administration, with their units, calibration and duration (s).
+    warnings : list of str
+        About the SPECTs' units, each naming its time point.
+    units_from : dict
+        Provenance: each time point's SPECT units and, for 'dicom' times, where the time came from.
+    """
+    from .dose import spect_units_of
+    from .dosimetry import TimePoint
+
     points, warnings, units_from = [], [], {}
     for i, ((spect_path, ct_path, text), hours) in enumerate(zip(args.timepoint, times), start=1):
         spect = _read_timepoint_volume(spect_path, "SPECT")
@@ -244,6 +338,49 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         duration = args.duration if args.duration is not None else spect.metadata.get("acquisition_duration_s")
         points.append(TimePoint(spect, ct, hours, label, units, args.calibration,
                                 None if duration is None else float(duration)))
+    return points, warnings, units_from
+
+
+def _dosimetry_input_checksums(args: argparse.Namespace) -> dict[str, str]:
+    """SHA-256 of every time point's SPECT and CT and of the segmentation, for the provenance."""
+    from .io.outputs import input_checksum
+
+    inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
+              for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
+    inputs["input_seg_sha256"] = input_checksum(args.seg)
+    return inputs
+
+
+def _write_dosimetry_results(stage: Path, map_name: str, method: str, result: DosimetryResult, rows: list[dict],
+                             link: StudyLink | None, segments: list[Segment], grid: Volume) -> None:
+    """Write ``dosimetry``'s map (as ``map_name``), its DICOM with a study link, the tables and the report."""
+    from .dosimetry import dvh_rows, tac_rows, write_report
+    from .io.dicom_export import FOLDER as DICOM_FOLDER
+    from .io.dicom_export import write_dicom
+    from .io.outputs import write_csv
+    from .io.volume import write_volume
+
+    header = [f"{key}: {value}" for key, value in result.provenance.items()]
+    result.dose.metadata.update(result.provenance)
+    write_volume(result.dose, stage / map_name, compress=False)
+    if link:
+        write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{method}": result.dose},
+                    segments=segments, grid=grid)
+    write_csv(rows, stage / "doses.csv", header=header)
+    write_csv(tac_rows(result), stage / "tac.csv", header=header)
+    write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
+    write_report(result, stage)
+
+
+def cmd_dosimetry(args: argparse.Namespace) -> int:
+    """``dblurdose dosimetry``: absorbed dose of SPECT/CT time points, VOI doses and report into --out; status 0."""
+    from .dose import ACTIVITY_RANGE_MBQ
+    from .dosimetry import absorbed_dose, add_earlier_cycles, check_time_points, dose_rows
+    from .geometry.segments import read_segments
+
+    out, names = _dosimetry_output_folder(args)  # refuses before any work
+    times = _checked_dosimetry_options(args)
+    points, warnings, units_from = _read_time_points(args, times)
     check_time_points([p.time_h for p in points], args.single_time_point)
     out.require_space((2 if args.dicom_out else 1) * points[0].ct.array.size * 4 * 1.05 + 1e6)
     link, dicom_warnings = _dicom_link(args.dicom_out, points[0].ct, args.timepoint[0][1])
@@ -258,34 +395,18 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
     rows, cycle_warnings = add_earlier_cycles(dose_rows(result), args.earlier_cycles)
     if args.earlier_cycles:
         result.provenance["earlier_cycles"] = ", ".join(str(Path(f).resolve()) for f in args.earlier_cycles)
-    for warning in warnings + result.warnings + dicom_warnings + cycle_warnings:
-        print(f"dblurdose: warning: {warning}", file=sys.stderr)
-    inputs = {f"input_timepoint{i}_{what}_sha256": input_checksum(path)
-              for i, tp in enumerate(args.timepoint, start=1) for what, path in (("spect", tp[0]), ("ct", tp[1]))}
-    inputs["input_seg_sha256"] = input_checksum(args.seg)
-    result.provenance.update({**units_from, **inputs})  # the report shows them too
-    provenance = result.provenance
-    header = [f"{key}: {value}" for key, value in provenance.items()]
+    _warn(warnings + result.warnings + dicom_warnings + cycle_warnings)
+    result.provenance.update({**units_from, **_dosimetry_input_checksums(args)})  # the report shows them too
     with out as stage:
-        result.dose.metadata.update(provenance)
-        write_volume(result.dose, stage / names[0], compress=False)
-        if link:
-            write_dicom(stage / DICOM_FOLDER, link, doses={f"absorbed_dose_{args.method}": result.dose},
-                        segments=segments, grid=points[0].ct)
-        write_csv(rows, stage / "doses.csv", header=header)
-        write_csv(tac_rows(result), stage / "tac.csv", header=header)
-        write_csv(dvh_rows(result, segments), stage / "dvh.csv", header=header)
-        write_report(result, stage)
-    for name in out.removed:
-        print(f"dblurdose: removed {Path(args.out) / name} (an earlier run's result that this run does not replace)",
-              file=sys.stderr)
+        _write_dosimetry_results(stage, names[0], args.method, result, rows, link, segments, points[0].ct)
+    _say_removed(out, args.out)
     if not args.quiet:
-        for name in names:
-            print(Path(args.out) / name)
+        _print_written(args.out, names)
     return 0
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
+    """``dblurdose kernel``: write a dose-voxel kernel (looked up, or with --build made by Monte Carlo); status 0."""
     from .physics.kernel_building import build_kernel
     from .physics.kernels import get_kernel, write_kernel_nrrd
 
@@ -300,6 +421,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``dblurdose demo``: the dose-rate demo, or with --timepoints the absorbed-dose one; prints the report's path."""
     if args.timepoints:
         from .demo_timepoints import run_timepoints_demo
 
@@ -315,13 +437,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dblurdose", description="Voxel-level Lu-177 dose-rate maps from SPECT/CT (DVK and DblurDoseNet)."
-    )
-    parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, help="what to do (dblurdose COMMAND --help)")
+_DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda or mps"
+_QUIET_HELP = "no progress messages or list of written files; warnings and errors still print"
 
+
+def _add_spect_unit_options(p: argparse.ArgumentParser, spects: str) -> None:
+    """--spect-units, --calibration and --duration, shared by ``dose`` and ``dosimetry``.
+
+    ``spects``: how the help names the SPECT(s) whose units these are ("SPECT's" or "SPECTs'").
+    """
+    p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
+                   help=f"units of the {spects} voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
+    p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
+    p.add_argument("--duration", type=float,
+                   help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
+
+
+def _add_output_options(p: argparse.ArgumentParser, overwrite_help: str, dicom_out_help: str) -> None:
+    """--overwrite, --dicom-out and --quiet, shared by ``dose`` and ``dosimetry`` (each with its own help)."""
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--dicom-out", action="store_true", help=dicom_out_help)
+    p.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+
+
+def _add_dose_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``dose`` sub-command: dose-rate maps of one SPECT/CT."""
     p = sub.add_parser("dose", help="compute dose-rate maps (mGy/h) from a SPECT and a CT")
     p.add_argument("--spect", required=True, help="SPECT image (NRRD, NIfTI, MHA) or DICOM: a file, a series or a study folder")
     p.add_argument("--ct", required=True, help="CT image in HU (NRRD, NIfTI, MHA) or DICOM: a file, a series or a study folder")
@@ -334,14 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
                    help=f"peak memory budget of the run in GB (default {DEFAULT_MEMORY_GB:g}): the DVK's FFT and the "
                         "CNN's chunks are sized to it; a run that cannot fit is refused up front with the estimate")
-    p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
-                   help="units of the SPECT's voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
-    p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
-    p.add_argument("--duration", type=float, help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
+    _add_spect_unit_options(p, "SPECT's")
     p.add_argument("--per-mbq", action="store_true", help="report nGy/(MBq s) for 1 MBq in the field (paper's unit)")
     p.add_argument("--scale-electron-only", action="store_true",
                    help="density-scale only the electron part of the DVK (closer to Monte Carlo in lung)")
@@ -350,15 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-activity", action="store_true",
                    help="accept a total SPECT activity outside the nuclide's patient range (Lu-177: 5 MBq - 100 GBq) "
                         "for phantoms and pre-clinical scans; outside it the units are usually wrong")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files (and remove earlier results this run does not write)")
-    p.add_argument("--dicom-out", action="store_true",
-                   help="also write each map as a DICOM Parametric Map (mGy/h), and with --seg the segments as an "
-                        "RT Structure Set, in dicom/, in the CT's study when "
-                        "the CT is DICOM")
-    p.add_argument("--quiet", action="store_true", help="no progress messages or list of written files; warnings and errors still print")
+    _add_output_options(
+        p, overwrite_help="replace existing output files (and remove earlier results this run does not write)",
+        dicom_out_help="also write each map as a DICOM Parametric Map (mGy/h), and with --seg the segments as an "
+                       "RT Structure Set, in dicom/, in the CT's study when the CT is DICOM")
     p.set_defaults(func=cmd_dose)
 
+
+def _add_dosimetry_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``dosimetry`` sub-command: absorbed dose from SPECT/CT time points."""
     p = sub.add_parser("dosimetry", help="absorbed dose (Gy) from SPECT/CT time points: map, VOI doses, BED")
     p.add_argument("--timepoint", nargs=3, action="append", required=True, metavar=("SPECT", "CT", "HOURS"),
                    help="one acquisition: SPECT and CT (as for `dose`, DICOM included) and when: hours after "
@@ -387,23 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folders of this patient's earlier `dblurdose dosimetry` cycles: doses.csv gains "
                         "the absorbed dose and BED summed over the cycles, per VOI of the same name")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn (default: the shipped weights)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    p.add_argument("--spect-units", choices=("bqml", "kbqml", "mbqml", "counts"),
-                   help="units of the SPECTs' voxel values (default: from the DICOM tags, else bqml, Bq/mL)")
-    p.add_argument("--calibration", type=float, help="camera sensitivity in cps/MBq (with --spect-units counts)")
-    p.add_argument("--duration", type=float,
-                   help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    _add_spect_unit_options(p, "SPECTs'")
     p.add_argument("--any-activity", action="store_true",
                    help="accept total activities outside the nuclide's patient range (Lu-177: 5 MBq - 100 GBq; "
                         "phantoms, pre-clinical scans)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--dicom-out", action="store_true",
-                   help="also write the absorbed-dose map as DICOM RT Dose (Gy) and the segments as an RT Structure "
-                        "Set in dicom/, in the reference CT's "
-                        "study when that CT is DICOM")
-    p.add_argument("--quiet", action="store_true", help="no progress messages or list of written files; warnings and errors still print")
+    _add_output_options(
+        p, overwrite_help="replace existing output files",
+        dicom_out_help="also write the absorbed-dose map as DICOM RT Dose (Gy) and the segments as an RT Structure "
+                       "Set in dicom/, in the reference CT's study when that CT is DICOM")
     p.set_defaults(func=cmd_dosimetry)
 
+
+def _add_kernel_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``kernel`` sub-command: a dose-voxel kernel as NRRD."""
     p = sub.add_parser("kernel", help="write a centred dose-voxel kernel (mGy per decay) as NRRD")
     p.add_argument("--nuclide", default="Lu-177", help="radionuclide, ICRP-107 spelling (default Lu-177, the one supported)")
     p.add_argument("--spacing", type=float, nargs=3, required=True, metavar=("SX", "SY", "SZ"), help="voxel size, mm")
@@ -417,9 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_kernel)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` sub-command: a virtual patient's dose rate, or with --timepoints its absorbed dose."""
     p = sub.add_parser("demo", help="make a virtual patient, compute its dose rate and write an HTML report")
     p.add_argument("--out", help="output folder (default ./dblurdose-demo, with --timepoints ./dblurdose-demo-timepoints)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--timepoints", type=int, metavar="N",
                    help="absorbed dose instead: the patient scanned at the first N of 4, 24, 96 and 168 h, each SPECT "
                         "simulated, registered, integrated over time with the DVK and the CNN, against the Monte "
@@ -428,13 +565,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress messages (the report path and errors still print)")
     p.set_defaults(func=cmd_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dblurdose`` parser: dose, dosimetry, kernel and demo here; data, train and evaluate from their modules."""
     from .data import add_data_arguments
     from .evaluation.evaluate import add_evaluate_arguments
     from .learning.training import add_train_arguments
 
-    add_data_arguments(sub)
-    add_train_arguments(sub)
-    add_evaluate_arguments(sub)
+    parser = argparse.ArgumentParser(
+        prog="dblurdose", description="Voxel-level Lu-177 dose-rate maps from SPECT/CT (DVK and DblurDoseNet)."
+    )
+    parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (dblurdose COMMAND --help)")
+    for add_parser in (_add_dose_parser, _add_dosimetry_parser, _add_kernel_parser, _add_demo_parser,
+                       add_data_arguments, add_train_arguments, add_evaluate_arguments):
+        add_parser(sub)
     return parser
 
 

@@ -64,6 +64,97 @@ def _has(module: str) -> bool:
     return find_spec(module) is not None
 
 
+#: Organs the reports single out (kidneys, lesions, liver, spleen): parts of segment names.
+KEY_ORGANS = ("kidney", "lesion", "liver", "spleen")
+
+
+def progress_part(progress: Callable[[float, str], object], start: float, width: float, prefix: str = "",
+                  message: str | None = None) -> Callable[..., object]:
+    """The ``progress(fraction, message)`` of one step of a run, passed on to the run's ``progress``.
+
+    Parameters
+    ----------
+    progress : callable
+        The run's ``progress(fraction, message)``, fraction 0 to 1 of the whole run.
+    start, width : float
+        The step's part of the run: its fraction f (0 to 1) is reported as ``start + width * f``.
+    prefix : str
+        Put before each of the step's messages (say the time point, "24 h: ").
+    message : str, optional
+        Reported instead of the step's own messages.
+
+    Returns
+    -------
+    callable
+        ``part(fraction, stage="")``, returning what ``progress`` returns (False cancels a Monte Carlo run).
+    """
+    def part(fraction: float, stage: str = "") -> object:
+        return progress(start + width * fraction, message if message is not None else prefix + stage)
+
+    return part
+
+
+def demo_spect(activity: Volume, density: Volume, seed: int, simulate: bool,
+               progress: Callable[[float, str], object]) -> Volume:
+    """The demo's SPECT of a true activity: simulated and reconstructed, or its blurred stand-in.
+
+    Parameters
+    ----------
+    activity, density : Volume
+        True activity (Bq/mL) and density (g/cm3) on the CT grid.
+    seed : int
+        Seed of the simulation's Poisson noise.
+    simulate : bool
+        True: pytomography's simulation at :func:`demo_acquisition`; False: :func:`spect_like`.
+    progress : callable
+        ``progress(fraction, stage)`` of the simulation, fraction 0 to 1.
+
+    Returns
+    -------
+    Volume
+        The SPECT (Bq/mL) on its own, coarser grid.
+    """
+    if not simulate:
+        return spect_like(activity)
+    from .simulation.spect import simulate_spect
+
+    return simulate_spect(activity, density, None, seed, demo_acquisition(), progress=progress)[0]
+
+
+def simulation_announcement(suffix: str = "") -> str:
+    """The progress message as a SPECT simulation starts: views and OSEM iterations x subsets, then ``suffix``."""
+    acq = demo_acquisition()
+    return f"simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets}{suffix})"
+
+
+def grid_text(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> str:
+    """The CT grid in the reports' words: voxels x y z (``shape`` is z, y, x) at ``spacing`` (mm, x y z)."""
+    return f"CT grid {shape[2]}x{shape[1]}x{shape[0]} at {spacing[0]}x{spacing[1]}x{spacing[2]} mm"
+
+
+def paragraphs(notes: list[str]) -> str:
+    """HTML paragraphs, one per note."""
+    return "".join(f"<p>{n}</p>" for n in notes)
+
+
+def write_demo_files(stage: Path, labels: Volume, label_names: dict[int, str], volumes: dict[str, Volume]) -> None:
+    """A demo's segments and volumes, into the staging folder ``stage``.
+
+    Parameters
+    ----------
+    labels, label_names : Volume, dict
+        The patient's labelmap and its names: written as segments.seg.nrrd, named, for ``--seg``.
+    volumes : dict
+        File name (.nrrd) to volume, each written as it is (units in its metadata).
+    """
+    from .io.volume import write_volume
+    from .mrml.sampledata import write_seg_nrrd
+
+    write_seg_nrrd(labels, dict(label_names), stage / "segments.seg.nrrd")
+    for name, volume in volumes.items():
+        write_volume(volume, stage / name)
+
+
 def run_demo(
     out: str | os.PathLike = "dblurdose-demo",
     overwrite: bool = False,
@@ -74,91 +165,129 @@ def run_demo(
     decays: int = DEMO_DECAYS,
     progress: Callable[[float, str], object] | None = None,
 ) -> Path:
-    """Run the demo into ``out``; returns the path of the HTML report."""
+    """Run the demo into ``out``; returns the path of the HTML report.
+
+    Parameters
+    ----------
+    out : path
+        Output folder (all or nothing; never over earlier results without ``overwrite``).
+    device : str
+        Where the dose engines run (:func:`devices.resolve_device`).
+    seed : int
+        The virtual patient, and the SPECT's and the Monte Carlo's noise.
+    shape, spacing : tuple
+        CT grid: voxels (z, y, x) and voxel size (mm, x y z).
+    decays : int
+        Monte Carlo decays of the reference dose rate (with the ``mc`` extra).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    """
     from .dose import available_methods, compute_dose_rate_maps
-    from .evaluation.metrics import drvh_table, statistics_table
-    from .evaluation.report import glossary_html, html_table, write_html
-    from .geometry.resample import resample_activity
+    from .evaluation.metrics import statistics_table
     from .geometry.segments import segments_from_labelmap
-    from .io.outputs import OutputFolder, write_csv
-    from .io.volume import write_volume
-    from .mrml.sampledata import write_seg_nrrd
+    from .io.outputs import OutputFolder
     from .simulation.phantom import make_phantom
 
     say = progress or (lambda f, m: None)
     methods = available_methods()
     simulate, monte_carlo = _has("pytomography"), _has("ompmc")
-    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "segments.seg.nrrd", "stats.csv", "drvh.csv", "report.html",
-             "slices.png", "drvh.png", "profile.png", "profile_lesion.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
-    names += ["dose_rate_truth_mc.nrrd"] if monte_carlo else []
-    folder = OutputFolder(out, names, overwrite=overwrite)
-    notes = []
+    folder = OutputFolder(out, _output_names(methods, monte_carlo), overwrite=overwrite)
 
     say(0.0, "making a virtual patient")
     phantom = make_phantom(seed, shape=shape, spacing=spacing, time_days=1.0)
     if simulate:
-        from .simulation.spect import simulate_spect
-
-        acq = demo_acquisition()
-        say(0.05, f"simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets}; pytomography)")
-        spect = simulate_spect(phantom.activity, phantom.density, None, seed, acq,
-                               progress=lambda f, stage: say(0.05 + 0.45 * f, stage))[0]
-        notes.append(f"SPECT simulated with pytomography: Siemens Intevo ME collimator, 208 keV 20% window, "
-                     f"{acq.n_views} views (paper: 128), OSEM {acq.iterations} iterations x {acq.subsets} subsets "
-                     f"(paper: 16 x 4), {acq.matrix[0]}x{acq.matrix[1]}x{acq.matrix[2]} at {acq.voxel_mm} mm (paper: "
-                     f"128x128x81), projected on the reconstruction grid, {acq.duration_s / 60:.0f} min scan, "
-                     "Poisson noise, scatter added and corrected.")
-    else:
-        spect = spect_like(phantom.activity)
-        notes.append("pytomography is not installed (pip install 'dblurdose[sim]'): the SPECT is a stand-in, the "
-                     f"true activity blurred {DEMO_SPECT_FWHM_MM} mm FWHM on a {DEMO_SPECT_VOXEL_MM} mm grid.")
-    maps = compute_dose_rate_maps(spect, phantom.hu, methods, device=device,
-                                  progress=lambda f, m: say(0.5 + 0.15 * f, m))
+        say(0.05, simulation_announcement("; pytomography"))
+    spect = demo_spect(phantom.activity, phantom.density, seed, simulate, progress_part(say, 0.05, 0.45))
+    maps = compute_dose_rate_maps(spect, phantom.hu, methods, device=device, progress=progress_part(say, 0.5, 0.15))
     dose = {m: np.asarray(v.array) for m, v in maps.items()}
+    truth = truth_unc = None
     if monte_carlo:
-        from .physics.montecarlo import monte_carlo_dose_rate
-
         say(0.65, f"Monte Carlo reference from the true activity ({decays:.2g} decays; ompmc)")
-        bq = phantom.activity.with_array(phantom.activity.array * np.float32(phantom.activity.voxel_volume_ml))
-        truth, truth_unc = monte_carlo_dose_rate(bq, phantom.density, decays, seed,
-                                            progress=lambda f, m="": say(0.65 + 0.2 * f, "Monte Carlo"))
+        truth, truth_unc = _monte_carlo_reference(phantom.activity, phantom.density, decays, seed,
+                                                  progress_part(say, 0.65, 0.2, message="Monte Carlo"))
         dose = {"truth (MC)": np.asarray(truth.array), **dose}
-        notes.append(f"Reference: Monte Carlo (ompmc) dose rate of the true activity, {decays:.2g} decays.")
-    else:
-        notes.append("ompmc is not installed (pip install 'dblurdose[mc]'): no Monte Carlo reference is shown.")
     segments = [s for s in segments_from_labelmap(phantom.labels, phantom.hu, phantom.label_names) if s.mask.any()]
     stats = statistics_table(dose, segments, phantom.hu.voxel_volume_ml)
     errors = _errors_against_truth(dose, segments, phantom.hu.voxel_volume_ml, truth_unc.array) if monte_carlo else []
 
     say(0.9, "writing volumes and report")
     with folder as stage:
-        write_volume(phantom.hu, stage / "ct.nrrd")
-        write_volume(spect, stage / "spect.nrrd")
-        write_volume(phantom.activity, stage / "true_activity.nrrd")
-        write_seg_nrrd(phantom.labels, dict(phantom.label_names), stage / "segments.seg.nrrd")  # named, for --seg
-        for m, v in maps.items():
-            write_volume(v, stage / f"dose_rate_{m}.nrrd")
-        if monte_carlo:
-            write_volume(truth, stage / "dose_rate_truth_mc.nrrd")
-        write_csv(stats, stage / "stats.csv")
-        write_csv(drvh_table(dose, segments), stage / "drvh.csv")
-        spect_ct = np.asarray(resample_activity(spect, phantom.hu).array)
-        _figures(stage, phantom, spect_ct, dose, segments)
-        key_rows = [r for r in stats if any(k in str(r["segment"]) for k in ("kidney", "lesion", "liver", "spleen"))]
-        write_html(stage / "report.html", "DblurDose demo: dose rate of a virtual Lu-177 patient", [
-            ("Patient", f"<p>Virtual patient seed {seed}, day 1 after 7.4 GBq, CT grid {shape[2]}x{shape[1]}x"
-                        f"{shape[0]} at {spacing[0]}x{spacing[1]}x{spacing[2]} mm.</p>"
-                        + "".join(f"<p>{n}</p>" for n in notes)),
-            ("Slices through the kidneys", "<img src='slices.png'>"),
-            ("Line profile through the kidneys", "<img src='profile.png'>"),
-            ("Line profile through a lesion", "<img src='profile_lesion.png'>"),
-            ("Dose-rate-volume histograms", "<img src='drvh.png'>"),
-            ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
-            *([("Errors against the Monte Carlo truth (%)", html_table(errors))] if errors else []),
-            ("All segments (mGy/h)", html_table(stats)),
-            ("Glossary", glossary_html()),
-        ])
+        volumes = {"ct.nrrd": phantom.hu, "spect.nrrd": spect, "true_activity.nrrd": phantom.activity,
+                   **{f"dose_rate_{m}.nrrd": v for m, v in maps.items()},
+                   **({"dose_rate_truth_mc.nrrd": truth} if monte_carlo else {})}
+        write_demo_files(stage, phantom.labels, phantom.label_names, volumes)
+        _write_tables_and_figures(stage, phantom, spect, dose, segments, stats)
+        notes = [_spect_note(simulate), _reference_note(monte_carlo, decays)]
+        _write_report(stage, f"Virtual patient seed {seed}, day 1 after 7.4 GBq, {grid_text(shape, spacing)}.",
+                      notes, stats, errors)
     return Path(out) / "report.html"
+
+
+def _output_names(methods: tuple[str, ...], monte_carlo: bool) -> list[str]:
+    """The files the demo writes: inputs, segments, tables, report, figures, a map per method (and the MC's)."""
+    names = ["ct.nrrd", "spect.nrrd", "true_activity.nrrd", "segments.seg.nrrd", "stats.csv", "drvh.csv", "report.html",
+             "slices.png", "drvh.png", "profile.png", "profile_lesion.png"] + [f"dose_rate_{m}.nrrd" for m in methods]
+    return names + (["dose_rate_truth_mc.nrrd"] if monte_carlo else [])
+
+
+def _spect_note(simulate: bool) -> str:
+    """The report's note on how the SPECT was made (:func:`demo_spect`)."""
+    if not simulate:
+        return ("pytomography is not installed (pip install 'dblurdose[sim]'): the SPECT is a stand-in, the "
+                f"true activity blurred {DEMO_SPECT_FWHM_MM} mm FWHM on a {DEMO_SPECT_VOXEL_MM} mm grid.")
+    acq = demo_acquisition()
+    return (f"SPECT simulated with pytomography: Siemens Intevo ME collimator, 208 keV 20% window, "
+            f"{acq.n_views} views (paper: 128), OSEM {acq.iterations} iterations x {acq.subsets} subsets "
+            f"(paper: 16 x 4), {acq.matrix[0]}x{acq.matrix[1]}x{acq.matrix[2]} at {acq.voxel_mm} mm (paper: "
+            f"128x128x81), projected on the reconstruction grid, {acq.duration_s / 60:.0f} min scan, "
+            "Poisson noise, scatter added and corrected.")
+
+
+def _reference_note(monte_carlo: bool, decays: int) -> str:
+    """The report's note on the reference the maps are compared with."""
+    if monte_carlo:
+        return f"Reference: Monte Carlo (ompmc) dose rate of the true activity, {decays:.2g} decays."
+    return "ompmc is not installed (pip install 'dblurdose[mc]'): no Monte Carlo reference is shown."
+
+
+def _monte_carlo_reference(activity: Volume, density: Volume, decays: int, seed: int,
+                           progress: Callable[..., object]) -> tuple[Volume, Volume]:
+    """Monte Carlo dose rate (mGy/h) of the true activity (Bq/mL) and its relative 1-sigma uncertainty."""
+    from .physics.montecarlo import monte_carlo_dose_rate
+
+    bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
+    return monte_carlo_dose_rate(bq, density, decays, seed, progress=progress)
+
+
+def _write_tables_and_figures(stage: Path, phantom, spect: Volume, dose: dict[str, np.ndarray], segments,
+                              stats: list[dict]) -> None:
+    """stats.csv, drvh.csv and the figures (slices, profiles, DRVHs) of the dose-rate maps (mGy/h)."""
+    from .evaluation.metrics import drvh_table
+    from .geometry.resample import resample_activity
+    from .io.outputs import write_csv
+
+    write_csv(stats, stage / "stats.csv")
+    write_csv(drvh_table(dose, segments), stage / "drvh.csv")
+    spect_ct = np.asarray(resample_activity(spect, phantom.hu).array)
+    _figures(stage, phantom, spect_ct, dose, segments)
+
+
+def _write_report(stage: Path, patient: str, notes: list[str], stats: list[dict], errors: list[dict]) -> None:
+    """report.html: the patient and notes, the figures, the key organs' and all segments' tables, the glossary."""
+    from .evaluation.report import glossary_html, html_table, write_html
+
+    key_rows = [r for r in stats if any(k in str(r["segment"]) for k in KEY_ORGANS)]
+    write_html(stage / "report.html", "DblurDose demo: dose rate of a virtual Lu-177 patient", [
+        ("Patient", paragraphs([patient, *notes])),
+        ("Slices through the kidneys", "<img src='slices.png'>"),
+        ("Line profile through the kidneys", "<img src='profile.png'>"),
+        ("Line profile through a lesion", "<img src='profile_lesion.png'>"),
+        ("Dose-rate-volume histograms", "<img src='drvh.png'>"),
+        ("Kidneys, lesions, liver and spleen (mGy/h)", html_table(key_rows)),
+        *([("Errors against the Monte Carlo truth (%)", html_table(errors))] if errors else []),
+        ("All segments (mGy/h)", html_table(stats)),
+        ("Glossary", glossary_html()),
+    ])
 
 
 def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float,
@@ -171,7 +300,7 @@ def _errors_against_truth(dose: dict[str, np.ndarray], segments, voxel_ml: float
     truth = dose["truth (MC)"]
     rows = []
     for segment in segments:
-        if not any(k in segment.name.lower() for k in ("kidney", "lesion", "liver", "spleen")):
+        if not any(k in segment.name.lower() for k in KEY_ORGANS):
             continue
         noise = reference_noise_percent(truth, truth_uncertainty, segment.mask)
         row: dict = {"segment": segment.name, "reference mean +-%": round(noise["mean"], 1),

@@ -15,10 +15,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io.volume import Volume
+
+if TYPE_CHECKING:
+    from .dosimetry import DosimetryResult, TimePoint
+    from .geometry.segments import Segment
+    from .simulation.phantom import Phantom
 
 #: Acquisition times (h after injection) of the time-point demo, the first N are used.
 DEMO_TIMES_H = (4.0, 24.0, 96.0, 168.0)
@@ -59,56 +65,98 @@ def run_timepoints_demo(
     progress : callable, optional
         ``progress(fraction, message)``.
     """
-    from .demo import DEMO_DECAYS, DEMO_SHAPE, DEMO_SPACING, _has, demo_acquisition, spect_like
-    from .dose import available_methods, compute_dose_rate_maps
-    from .dosimetry import TimePoint, absorbed_dose, dose_rows, save_time_activity_plot
-    from .errors import DblurDoseError
-    from .evaluation.report import html_table, write_html
-    from .geometry.segments import Segment
+    from .demo import DEMO_DECAYS, DEMO_SHAPE, DEMO_SPACING, _has, grid_text, write_demo_files
+    from .dose import available_methods
     from .io.outputs import OutputFolder, write_csv
-    from .io.volume import write_volume
-    from .mrml.sampledata import write_seg_nrrd
     from .simulation.phantom import make_time_series
 
-    if not 1 <= int(n_timepoints) <= len(DEMO_TIMES_H):
-        raise DblurDoseError(f"the demo's number of time points must be 1 to {len(DEMO_TIMES_H)}, got {n_timepoints}")
-    times = DEMO_TIMES_H[: int(n_timepoints)]
+    times = _checked_times(n_timepoints)
     shape, spacing = shape or DEMO_SHAPE, spacing or DEMO_SPACING
     decays = int(decays or DEMO_DECAYS)
     say = progress or (lambda f, m: None)
     methods = tuple(m for m in ("dvk", "cnn") if m in available_methods())
     simulate, monte_carlo = _has("pytomography"), _has("ompmc")
-    names = ["segments.seg.nrrd", "doses.csv", "tac.png", "report.html", "true_absorbed_dose.nrrd"]
-    names += [f"absorbed_dose_{m}.nrrd" for m in methods]
-    names += [f"{kind}_{t:g}h.nrrd" for t in times for kind in ("ct", "spect")]
-    folder = OutputFolder(out, names, overwrite=overwrite)
+    folder = OutputFolder(out, _output_names(times, methods), overwrite=overwrite)
 
     say(0.0, f"making a virtual patient at {len(times)} time points")
     phantoms, integral = make_time_series(seed, times, shape=shape, spacing=spacing)
     reference = phantoms[0]
-    notes = [f"Virtual patient seed {seed}, {', '.join(f'{t:g}' for t in times)} h after 7.4 GBq, CT grid "
-             f"{shape[2]}x{shape[1]}x{shape[0]} at {spacing[0]}x{spacing[1]}x{spacing[2]} mm; every organ and "
-             "lesion clears with its own effective half-life; the patient moves a few mm between scans."]
+    points = _time_points(phantoms, times, seed, simulate, say)
+    segments = _report_segments(reference.labels, reference.label_names)
+    results = _absorbed_doses(points, segments, methods, device, say)
+    say(0.8, "true absorbed dose")
+    truth, truth_unc, truth_name = _true_absorbed_dose(integral, reference.hu, reference.density, decays, seed,
+                                                       device, monte_carlo, say)
+    rows = _comparison_rows(results, segments, np.asarray(truth.array), truth_unc)
+    notes = [f"Virtual patient seed {seed}, {', '.join(f'{t:g}' for t in times)} h after 7.4 GBq, "
+             f"{grid_text(shape, spacing)}; every organ and "
+             "lesion clears with its own effective half-life; the patient moves a few mm between scans.",
+             "SPECT simulated with pytomography as in `dblurdose demo` (fixed scan duration: fewer counts at "
+             "later times)." if simulate else "pytomography is not installed: each SPECT is the true activity "
+             "blurred (the `dblurdose demo` stand-in).",
+             f"Truth: {truth_name}."]
+
+    say(0.95, "writing volumes and report")
+    with folder as stage:
+        volumes = {name: volume for t, point in zip(times, points)
+                   for name, volume in ((f"ct_{t:g}h.nrrd", point.ct), (f"spect_{t:g}h.nrrd", point.spect))}
+        volumes.update({f"absorbed_dose_{method}.nrrd": result.dose for method, result in results.items()})
+        volumes["true_absorbed_dose.nrrd"] = truth
+        write_demo_files(stage, reference.labels, reference.label_names, volumes)
+        write_csv(rows, stage / "doses.csv", header=[f"truth: {truth_name}"])
+        _write_report(stage, notes, results, rows)
+    return Path(out) / "report.html"
+
+
+def _checked_times(n_timepoints: int) -> tuple[float, ...]:
+    """The first ``n_timepoints`` of :data:`DEMO_TIMES_H` (h); any other count than 1 to 4 is refused."""
+    from .errors import DblurDoseError
+
+    if not 1 <= int(n_timepoints) <= len(DEMO_TIMES_H):
+        raise DblurDoseError(f"the demo's number of time points must be 1 to {len(DEMO_TIMES_H)}, got {n_timepoints}")
+    return DEMO_TIMES_H[: int(n_timepoints)]
+
+
+def _output_names(times: tuple[float, ...], methods: tuple[str, ...]) -> list[str]:
+    """The files the demo writes: segments, table, figure, report, the truth, a map per method, each time point."""
+    names = ["segments.seg.nrrd", "doses.csv", "tac.png", "report.html", "true_absorbed_dose.nrrd"]
+    names += [f"absorbed_dose_{m}.nrrd" for m in methods]
+    return names + [f"{kind}_{t:g}h.nrrd" for t in times for kind in ("ct", "spect")]
+
+
+def _time_points(phantoms: list[Phantom], times: tuple[float, ...], seed: int, simulate: bool,
+                 say: Callable[[float, str], object]) -> list[TimePoint]:
+    """Each time point's SPECT (Bq/mL) and CT, the patient moved by :data:`DEMO_SHIFTS_MM`; progress 5 to 50 %."""
+    from .demo import demo_spect, progress_part, simulation_announcement
+    from .dosimetry import TimePoint
+
     points = []
     for i, (t, phantom, shift) in enumerate(zip(times, phantoms, DEMO_SHIFTS_MM)):
         lo, hi = 0.05 + 0.45 * i / len(times), 0.05 + 0.45 * (i + 1) / len(times)
         if simulate:
-            from .simulation.spect import simulate_spect
-
-            acq = demo_acquisition()
-            say(lo, f"{t:g} h: simulating SPECT ({acq.n_views} views, OSEM {acq.iterations}x{acq.subsets})")
-            spect = simulate_spect(phantom.activity, phantom.density, None, seed + i, acq,
-                                   progress=lambda f, stage, lo=lo, hi=hi, t=t: say(lo + (hi - lo) * f, f"{t:g} h: {stage}"))[0]
-        else:
-            spect = spect_like(phantom.activity)
+            say(lo, f"{t:g} h: {simulation_announcement()}")
+        spect = demo_spect(phantom.activity, phantom.density, seed + i, simulate,
+                           progress_part(say, lo, hi - lo, prefix=f"{t:g} h: "))
         points.append(TimePoint(spect=_moved(spect, shift), ct=_moved(phantom.hu, shift), time_h=t,
                                 label=f"time point {i + 1} ({t:g} h)"))
-    notes.append("SPECT simulated with pytomography as in `dblurdose demo` (fixed scan duration: fewer counts at "
-                 "later times)." if simulate else "pytomography is not installed: each SPECT is the true activity "
-                 "blurred (the `dblurdose demo` stand-in).")
-    labels = np.asarray(reference.labels.array)
-    segments = [Segment(name, labels == value) for value, name in reference.label_names.items()
-                if (name in REPORT_VOIS or name.startswith("lesion_")) and (labels == value).any()]
+    return points
+
+
+def _report_segments(labels: Volume, label_names: dict[int, str]) -> list[Segment]:
+    """The VOIs of the report (:data:`REPORT_VOIS` and every lesion) present in the labelmap."""
+    from .geometry.segments import Segment
+
+    values = np.asarray(labels.array)
+    return [Segment(name, values == value) for value, name in label_names.items()
+            if (name in REPORT_VOIS or name.startswith("lesion_")) and (values == value).any()]
+
+
+def _absorbed_doses(points: list[TimePoint], segments: list[Segment], methods: tuple[str, ...], device: str,
+                    say: Callable[[float, str], object]) -> dict[str, DosimetryResult]:
+    """Absorbed dose of the time points with each method (rigid registration; one point: Hänscheid); 50 to 80 %."""
+    from .demo import progress_part
+    from .dosimetry import absorbed_dose
+
     results = {}
     for k, method in enumerate(methods):
         lo = 0.5 + 0.3 * k / len(methods)
@@ -118,46 +166,50 @@ def run_timepoints_demo(
             points, segments, method=method, register="rigid" if len(points) > 1 else "none",
             single_time_point="haenscheid" if len(points) == 1 else None, dose_options={"device": device},
             registrations=None if earlier is None else earlier.registrations,
-            progress=lambda f, m, lo=lo, name=method: say(lo + 0.3 / len(methods) * f, f"{name.upper()}: {m}"))
-    say(0.8, "true absorbed dose")
+            progress=progress_part(say, lo, 0.3 / len(methods), prefix=f"{method.upper()}: "))
+    return results
+
+
+def _true_absorbed_dose(integral: Volume, hu: Volume, density: Volume, decays: int, seed: int, device: str,
+                        monte_carlo: bool, say: Callable[[float, str], object]) -> tuple[Volume, Volume | None, str]:
+    """The truth: absorbed dose (Gy) of the exact time-integrated activity (Bq h/mL), its uncertainty and name.
+
+    By Monte Carlo with the ``mc`` extra (relative 1-sigma uncertainty per voxel; progress 80 to 95 %),
+    else by the DVK (no uncertainty).
+    """
+    from .demo import progress_part
+
     if monte_carlo:
         from .physics.montecarlo import monte_carlo_absorbed_dose
 
-        truth, truth_unc = monte_carlo_absorbed_dose(integral, reference.density, decays, seed,
-                                                     progress=lambda f, m="": say(0.8 + 0.15 * f, "Monte Carlo"))
-        truth_name = f"Monte Carlo (ompmc, {decays:.2g} decays) of the exact time-integrated activity"
-    else:
-        rate = compute_dose_rate_maps(integral, reference.hu, ("dvk",), device=device, activity_range_mbq=None)["dvk"]
-        truth = rate.with_array(np.asarray(rate.array, np.float32) / np.float32(1000.0))
-        truth.metadata.update({"units": "Gy"})
-        truth_unc = None
-        truth_name = "the DVK of the exact time-integrated activity (ompmc is not installed: no Monte Carlo)"
-    notes.append(f"Truth: {truth_name}.")
-    rows = _comparison_rows(results, segments, np.asarray(truth.array), truth_unc)
+        truth, truth_unc = monte_carlo_absorbed_dose(integral, density, decays, seed,
+                                                     progress=progress_part(say, 0.8, 0.15, message="Monte Carlo"))
+        return truth, truth_unc, f"Monte Carlo (ompmc, {decays:.2g} decays) of the exact time-integrated activity"
+    from .dose import compute_dose_rate_maps
 
-    say(0.95, "writing volumes and report")
-    with folder as stage:
-        write_seg_nrrd(reference.labels, dict(reference.label_names), stage / "segments.seg.nrrd")
-        for t, point in zip(times, points):
-            write_volume(point.ct, stage / f"ct_{t:g}h.nrrd")
-            write_volume(point.spect, stage / f"spect_{t:g}h.nrrd")
-        for method, result in results.items():
-            write_volume(result.dose, stage / f"absorbed_dose_{method}.nrrd")
-        write_volume(truth, stage / "true_absorbed_dose.nrrd")
-        write_csv(rows, stage / "doses.csv", header=[f"truth: {truth_name}"])
-        first = next(iter(results))
-        save_time_activity_plot(results[first], stage / "tac.png",
-                                f"VOI dose rates ({first.upper()}) and fitted curves")
-        fits = [{"segment": r["segment"], "method": m, "fit": r["fit"], "effective_half_life_h": r["effective_half_life_h"],
-                 "reason": r["reason"]} for m, res in results.items() for r in dose_rows(res)]
-        write_html(stage / "report.html", "DblurDose demo: absorbed dose of a virtual Lu-177 patient", [
-            ("Patient and method", "".join(f"<p>{n}</p>" for n in notes)),
-            ("Absorbed dose per VOI: truth, DVK and CNN (Gy, error %)", html_table(rows)),
-            ("Time-activity curves", "<img src='tac.png'>"),
-            ("Fits", html_table(fits)),
-            ("Warnings", "".join(f"<p>{w}</p>" for res in results.values() for w in res.warnings) or "<p>none</p>"),
-        ])
-    return Path(out) / "report.html"
+    rate = compute_dose_rate_maps(integral, hu, ("dvk",), device=device, activity_range_mbq=None)["dvk"]
+    truth = rate.with_array(np.asarray(rate.array, np.float32) / np.float32(1000.0))
+    truth.metadata.update({"units": "Gy"})
+    return truth, None, "the DVK of the exact time-integrated activity (ompmc is not installed: no Monte Carlo)"
+
+
+def _write_report(stage: Path, notes: list[str], results: dict[str, DosimetryResult], rows: list[dict]) -> None:
+    """tac.png (the first method's VOI dose rates and fits) and report.html: notes, doses, fits, warnings."""
+    from .demo import paragraphs
+    from .dosimetry import dose_rows, save_time_activity_plot
+    from .evaluation.report import html_table, write_html
+
+    first = next(iter(results))
+    save_time_activity_plot(results[first], stage / "tac.png", f"VOI dose rates ({first.upper()}) and fitted curves")
+    fits = [{"segment": r["segment"], "method": m, "fit": r["fit"], "effective_half_life_h": r["effective_half_life_h"],
+             "reason": r["reason"]} for m, res in results.items() for r in dose_rows(res)]
+    write_html(stage / "report.html", "DblurDose demo: absorbed dose of a virtual Lu-177 patient", [
+        ("Patient and method", paragraphs(notes)),
+        ("Absorbed dose per VOI: truth, DVK and CNN (Gy, error %)", html_table(rows)),
+        ("Time-activity curves", "<img src='tac.png'>"),
+        ("Fits", html_table(fits)),
+        ("Warnings", paragraphs([w for res in results.values() for w in res.warnings]) or "<p>none</p>"),
+    ])
 
 
 def _comparison_rows(results: dict, segments, truth_gy: np.ndarray, truth_unc: Volume | None) -> list[dict]:

@@ -203,3 +203,29 @@ def test_version_is_written_once_and_matches_the_shipped_weights(capsys):
     card = (root / "DblurDoseLib" / "data" / "models" / "MODEL_CARD.md").read_text().splitlines()[0]
     weights = re.search(r"\(v(\d+\.\d+)\)", card).group(1)
     assert __version__.startswith(weights + ".")
+
+
+def test_dose_lists_what_it_wrote_unless_quiet(case, capsys):
+    tmp, paths, *_ = case
+    out = tmp / "out"
+    assert main(["dose", "--spect", str(paths["spect"]), "--ct", str(paths["ct"]), "--out", str(out),
+                 "--seg", str(paths["seg"]), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [str(out / name) for name in ("dose_rate_dvk.nrrd", "stats.csv", "drvh.csv")]
+    assert "activity in the CT field" in captured.err and "[100%] done" in captured.err
+    provenance = read_volume(out / "dose_rate_dvk.nrrd").metadata
+    assert provenance["spect_units_from"] and len(provenance["input_seg_sha256"]) == 64
+
+
+def test_dose_and_dosimetry_take_the_same_unit_and_output_options():
+    from DblurDoseLib.cli import build_parser
+
+    parsers = dict(_parsers(build_parser()))
+    options = {name: {o: a for a in parsers[name]._actions for o in a.option_strings} for name in ("dose", "dosimetry")}
+    for flag in ("--spect-units", "--calibration", "--duration", "--overwrite", "--dicom-out", "--quiet", "--device"):
+        dose, dosimetry = options["dose"][flag], options["dosimetry"][flag]
+        assert (dose.choices, dose.type, dose.default) == (dosimetry.choices, dosimetry.type, dosimetry.default), flag
+    assert "SPECT's" in options["dose"]["--spect-units"].help
+    assert "SPECTs'" in options["dosimetry"]["--spect-units"].help
+    assert "Parametric Map" in options["dose"]["--dicom-out"].help
+    assert "RT Dose" in options["dosimetry"]["--dicom-out"].help

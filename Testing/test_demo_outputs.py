@@ -58,3 +58,19 @@ def test_report_defines_its_terms_and_gives_the_truths_noise(demo_out):
     mean_unc, floor, nrmse = cells[0], cells[1], cells[3]  # reference mean +-%, noise NRMSE %, dvk mean error, NRMSE
     assert 0 < mean_unc < floor  # the VOI mean is far better known than a voxel
     assert floor <= nrmse * 1.05  # no method beats the truth's own noise (on average)
+
+
+def test_a_steps_progress_lands_in_its_part_of_the_run():
+    seen = []
+
+    def run_progress(fraction, message):
+        seen.append((fraction, message))
+        return fraction < 0.6  # False: the run asks to stop (a Monte Carlo step cancels)
+
+    step = demo.progress_part(run_progress, 0.5, 0.2, prefix="24 h: ")
+    assert step(0.0, "projecting") is True
+    assert step(1.0, "reconstructing") is False
+    assert seen == [(0.5, "24 h: projecting"), (0.7, "24 h: reconstructing")]
+    fixed = demo.progress_part(run_progress, 0.8, 0.1, message="Monte Carlo")
+    fixed(0.5)
+    assert seen[-1] == (pytest.approx(0.85), "Monte Carlo")
