@@ -15,10 +15,9 @@ from .memory import DEFAULT_MEMORY_GB
 
 if TYPE_CHECKING:
     from .dosimetry import DosimetryResult, TimePoint
-    from .geometry.segments import Segment
     from .io.dicom_export import StudyLink
     from .io.outputs import OutputFolder
-    from .io.volume import Volume
+    from .io.volume import Segment, Volume
 
 
 def _progress_printer(quiet: bool) -> Callable[[float, str], None]:

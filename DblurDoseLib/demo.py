@@ -147,8 +147,8 @@ def write_demo_files(stage: Path, labels: Volume, label_names: dict[int, str], v
     volumes : dict
         File name (.nrrd) to volume, each written as it is (units in its metadata).
     """
+    from .io.slicer_files import write_seg_nrrd
     from .io.volume import write_volume
-    from .mrml.sampledata import write_seg_nrrd
 
     write_seg_nrrd(labels, dict(label_names), stage / "segments.seg.nrrd")
     for name, volume in volumes.items():

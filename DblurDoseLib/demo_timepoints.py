@@ -23,7 +23,7 @@ from .io.volume import Volume
 
 if TYPE_CHECKING:
     from .dosimetry import DosimetryResult, TimePoint
-    from .geometry.segments import Segment
+    from .io.volume import Segment
     from .simulation.phantom import Phantom
 
 #: Acquisition times (h after injection) of the time-point demo, the first N are used.
@@ -144,7 +144,7 @@ def _time_points(phantoms: list[Phantom], times: tuple[float, ...], seed: int, s
 
 def _report_segments(labels: Volume, label_names: dict[int, str]) -> list[Segment]:
     """The VOIs of the report (:data:`REPORT_VOIS` and every lesion) present in the labelmap."""
-    from .geometry.segments import Segment
+    from .io.volume import Segment
 
     values = np.asarray(labels.array)
     return [Segment(name, values == value) for value, name in label_names.items()

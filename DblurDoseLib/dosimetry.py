@@ -48,8 +48,7 @@ from .errors import DblurDoseError
 from .evaluation.metrics import dr_x, drvh_table
 from .geometry.registration import Registration, apply_to_activity, register_ct, working_ct
 from .geometry.resample import ResampleReport, resample_activity
-from .geometry.segments import Segment
-from .io.volume import Volume
+from .io.volume import Segment, Volume
 from .physics.radiobiology import bed_of_curve
 from .physics.time_integration import (
     DEFAULT_MODELS,

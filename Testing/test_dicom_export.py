@@ -294,7 +294,7 @@ def test_rt_struct_without_a_dicom_ct_shares_the_new_frame_of_reference(oblique,
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
 def test_rt_struct_is_a_valid_rt_structure_set_for_dciodvfy(oblique, tmp_path):
-    from DblurDoseLib.geometry.segments import Segment
+    from DblurDoseLib.io.volume import Segment
 
     ct, spect = oblique
     cube = spect.array > 5e5

@@ -19,8 +19,7 @@ from DblurDoseLib import dosimetry
 from DblurDoseLib.cli import main
 from DblurDoseLib.dose import compute_dose_rate_maps
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.geometry.segments import Segment
-from DblurDoseLib.io.volume import Volume, read_volume, write_volume
+from DblurDoseLib.io.volume import Segment, Volume, read_volume, write_volume
 
 T_EFF_H = 60.0
 TIMES_H = (4.0, 24.0, 72.0, 168.0)

@@ -13,7 +13,7 @@ import pytest
 
 from DblurDoseLib import dosimetry
 from DblurDoseLib.dose import compute_dose_rate_maps
-from DblurDoseLib.geometry.segments import Segment
+from DblurDoseLib.io.volume import Segment
 from DblurDoseLib.simulation.phantom import make_time_series
 
 TIMES_H = (4.0, 24.0, 96.0, 168.0)

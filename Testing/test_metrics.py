@@ -31,7 +31,7 @@ def test_dr_levels_on_a_ramp():
 
 
 def test_table_columns_carry_the_unit():
-    from DblurDoseLib.geometry.segments import Segment
+    from DblurDoseLib.io.volume import Segment
 
     assert unit_suffix("mGy/h") == "mGy_per_h" and unit_suffix("nGy/(MBq s)") == "nGy_per_MBq_s"
     dose = np.arange(1, 101, dtype=np.float32).reshape(1, 10, 10)

@@ -10,6 +10,7 @@ import pytest
 
 from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.geometry.segments import read_segments
+from DblurDoseLib.io import slicer_files
 from DblurDoseLib.io.volume import Volume, read_volume
 from DblurDoseLib.mrml import sampledata
 
@@ -25,13 +26,13 @@ def labels_case() -> tuple[Volume, dict[int, str]]:
 
 def test_seg_nrrd_holds_named_segments_the_library_reads_back(tmp_path):
     labels, names = labels_case()
-    path = sampledata.write_seg_nrrd(labels, names, tmp_path / "organs.seg.nrrd")
+    path = slicer_files.write_seg_nrrd(labels, names, tmp_path / "organs.seg.nrrd")
     segments = {s.name: s.mask for s in read_segments(path, labels)}
     assert set(segments) == {"liver", "kidney_left"}
     np.testing.assert_array_equal(segments["kidney_left"], labels.array == 17)
     np.testing.assert_array_equal(segments["liver"], labels.array == 3)
     with pytest.raises(DblurDoseError, match="no labelled voxels"):
-        sampledata.write_seg_nrrd(labels.with_array(np.zeros_like(labels.array)), names, tmp_path / "x.seg.nrrd")
+        slicer_files.write_seg_nrrd(labels.with_array(np.zeros_like(labels.array)), names, tmp_path / "x.seg.nrrd")
 
 
 def test_line_json_and_kidney_line(tmp_path):
@@ -39,7 +40,7 @@ def test_line_json_and_kidney_line(tmp_path):
     p0, p1 = sampledata.kidney_line(labels, names)
     assert p0[1] == p1[1] and p0[2] == p1[2]  # left-right across the field
     assert p0[0] == labels.origin[0] and p1[0] == pytest.approx(labels.origin[0] + 9 * 2.0)
-    doc = json.loads(sampledata.write_line_json(p0, p1, tmp_path / "line.mrk.json").read_text())
+    doc = json.loads(slicer_files.write_line_json(p0, p1, tmp_path / "line.mrk.json").read_text())
     markup = doc["markups"][0]
     assert markup["type"] == "Line" and markup["coordinateSystem"] == "LPS"
     assert [cp["position"] for cp in markup["controlPoints"]] == [list(p0), list(p1)]

@@ -6,25 +6,16 @@ Each segment keeps its own mask, so overlapping segments (layers of a .seg.nrrd)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DblurDoseError
-from ..io.volume import Volume
+from ..io.volume import Segment, Volume
 from .resample import resample_labels
 
 #: most VOIs a labelmap may hold; each becomes a full-size mask (a label per voxel would take GBs)
 MAX_LABELS = 500
-
-
-@dataclass
-class Segment:
-    """A named VOI as a boolean mask [z,y,x] on the dose grid."""
-
-    name: str
-    mask: np.ndarray
 
 
 def segments_from_labelmap(labels: Volume, target: Volume, names: dict[int, str] | None = None) -> list[Segment]:

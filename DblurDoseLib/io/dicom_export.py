@@ -25,7 +25,7 @@ from ..errors import DblurDoseError
 from .volume import Volume
 
 if TYPE_CHECKING:
-    from ..geometry.segments import Segment
+    from .volume import Segment
 
 #: RT Dose SOP Class UID
 RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"

@@ -101,6 +101,14 @@ class Volume:
         return cls(array, image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3), meta)
 
 
+@dataclass
+class Segment:
+    """A named VOI as a boolean mask [z, y, x] on a volume's grid (the dose grid)."""
+
+    name: str
+    mask: np.ndarray
+
+
 def check_orthogonal(volume: Volume, what: str = "image", tol: float = 1e-3) -> None:
     """Refuse a direction matrix whose axes are not orthonormal (sheared or degenerate grids).
 

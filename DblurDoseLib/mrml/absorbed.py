@@ -154,7 +154,7 @@ def _library_time_points(points: list[tuple], library_options: dict, warnings: l
 
 def _reference_segments(segmentationNode, reference_ct_node, segmentIds, warnings: list[str]):
     """The library's segments (non-empty ones on the reference CT grid) and their colours by name."""
-    from ..geometry.segments import Segment
+    from ..io.volume import Segment
 
     segments, colors = [], {}
     for s in segmentMasks(segmentationNode, reference_ct_node, segmentIds):

@@ -231,7 +231,7 @@ def _segment_statistics(segmentationNode, ctNode, segmentIds, arrays: dict[str, 
                         units: str, bins: int, warnings: list[str], step) -> tuple[list[SegmentMask], list, list]:
     """The segments' masks on the CT grid, and the library's statistics and DRVH rows of the filled ones."""
     from ..evaluation.metrics import drvh_table, statistics_table
-    from ..geometry.segments import Segment
+    from ..io.volume import Segment
 
     if segmentationNode is None:
         return [], [], []
