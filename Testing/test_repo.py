@@ -134,3 +134,16 @@ def test_the_layer_check_sees_each_kind_of_import():
     found = {(a, b) for a, b, _ in _library_imports()}
     assert ("DblurDoseLib.dose", "DblurDoseLib.physics.dvk") in found  # relative, inside a function
     assert any(a == "DblurDoseLib.physics.kernels" and b == "DblurDoseLib.DATA_DIR" for a, b in found)
+
+
+def test_packaging_finds_every_library_package():
+    """pyproject.toml's package search ships every folder of DblurDoseLib that holds Python files."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(find_packages(where=str(ROOT), include=include))
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "DblurDoseLib").rglob("*.py")}
+    assert folders <= found, f"not packaged: {sorted(folders - found)} (add an __init__.py)"
