@@ -56,15 +56,35 @@ def _shell(level, inner, t_out, t_in):
     return out
 
 
-def paint_anatomy(P: Patient, cv: Canvas):
-    g = cv.g
-    T = TISSUES
-    L = LABELS
-    sx, sy, sz = g.spacing
+def _field_box(g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) corners (x, y, z mm) of a box 1 mm beyond the grid's outer voxel centres."""
     full_lo = np.array([g.x[0], g.y[0], g.z[0]], float) - 1
     full_hi = np.array([g.x[-1], g.y[-1], g.z[-1]], float) + 1
+    return full_lo, full_hi
 
-    # --- body layers (polar tables: one gather per layer) ---
+
+def paint_anatomy(P: Patient, cv: Canvas) -> None:
+    """Paint the patient's anatomy (all but the lesions) onto ``cv``, in :data:`.anatomy.PAINT_PRIORITY` order
+    (later wins)."""
+    r2, ib2 = _paint_body_layers(P, cv)
+    _paint_arms(P, cv)
+    _paint_breasts(P, cv)
+    _paint_thorax(P, cv)
+    _paint_bowel(P, cv)
+    _paint_abdomen(P, cv)
+    _paint_kidneys(P, cv)
+    _paint_spine(P, cv)
+    _paint_ribs(P, cv, r2, ib2)
+    _paint_sternum(P, cv)
+    _paint_pelvis(P, cv)
+
+
+def _paint_body_layers(P: Patient, cv: Canvas) -> tuple[np.ndarray, np.ndarray]:
+    """Body fat, wall muscle and visceral fat from the patient's polar outline tables (one gather per layer).
+
+    Returns the in-plane radius (mm) and angle bin of every (y, x) voxel, [y, x], which the ribs reuse."""
+    g = cv.g
+    T, L = TISSUES, LABELS
     r2, ib2 = P.polar(g.x[None, :], g.y[:, None])  # (ny, nx)
     iz = P.zindex(g.z)
     for layer, lab, tis in (("body", L["fat"], T["fat"]), ("muscle", L["muscle"], T["muscle"]),
@@ -74,8 +94,14 @@ def paint_anatomy(P: Patient, cv: Canvas):
         cv.labels[m] = lab
         cv.tissue[m] = tis
         del R, m
+    return r2, ib2
 
-    # --- arms (optional, arms down) ---
+
+def _paint_arms(P: Patient, cv: Canvas) -> None:
+    """Arms at the sides (fat, muscle, humerus), when this patient has them down."""
+    T, L = TISSUES, LABELS
+    sx = cv.g.spacing[0]
+    full_lo, full_hi = _field_box(cv.g)
     if P.arms_down:
         for sg in (1, -1):
             def arm(X, Y, Z, sg=sg):
@@ -95,14 +121,22 @@ def paint_anatomy(P: Patient, cv: Canvas):
             cv.paint((lo, hi), arm, L["muscle"], {T["fat"]: L["fat"], T["cortical_bone"]: L["arm_bones"],
                                                    T["trabecular_bone"]: L["arm_bones"]})
 
-    # --- breasts ---
+
+def _paint_breasts(P: Patient, cv: Canvas) -> None:
+    """Breasts (women), outside the wall muscle."""
+    T, L = TISSUES, LABELS
     for b in P.breasts:
         def breast(X, Y, Z, b=b):
             m = (b.level(X, Y, Z) < 1) & ~P.inside("muscle", X, Y, Z)
             return _const(m, T["breast"])
         cv.paint(b.bbox(), breast, L["fat"])
 
-    # --- lungs ---
+
+def _paint_thorax(P: Patient, cv: Canvas) -> None:
+    """Lungs (split left/right at the mediastinum), the diaphragm sheet, mediastinal and pericardial fat."""
+    g = cv.g
+    T, L = TISSUES, LABELS
+    full_lo, full_hi = _field_box(cv.g)
     ac_t, bca_t, bcp_t = P.cav_axes(P.dia_zR)
     xs = np.linspace(-ac_t, ac_t, 41, dtype=F32)[None, :]
     ys = np.linspace(-bca_t, bcp_t, 41, dtype=F32)[:, None]
@@ -140,7 +174,11 @@ def paint_anatomy(P: Patient, cv: Canvas):
 
     cv.paint(P.heart.bbox(1.15), pericardial, L["fat"])
 
-    # --- bowel: small-bowel loops in the lower abdomen, then the colon frame ---
+
+def _paint_bowel(P: Patient, cv: Canvas) -> None:
+    """Small-bowel loops in the lower abdomen, the colon frame, the duodenum."""
+    T, L = TISSUES, LABELS
+    full_lo, full_hi = _field_box(cv.g)
     fb = P.f_bowel
 
     def small_bowel(X, Y, Z):
@@ -181,6 +219,10 @@ def paint_anatomy(P: Patient, cv: Canvas):
 
     cv.paint(P.duodenum.bbox(), duo, L["small_bowel"])
 
+
+def _paint_abdomen(P: Patient, cv: Canvas) -> None:
+    """Psoas, stomach (with gas), liver, gallbladder, spleen, pancreas, heart and the great vessels."""
+    T, L = TISSUES, LABELS
     # --- psoas ---
     for ps in P.psoas:
         cv.paint(ps.bbox(), lambda X, Y, Z, ps=ps: _const(ps.level(X, Y, Z) < 1, T["muscle"]), L["muscle"])
@@ -220,7 +262,10 @@ def paint_anatomy(P: Patient, cv: Canvas):
                       (P.iliac_v[1], L["inferior_vena_cava"])):
         cv.paint(tube.bbox(), lambda X, Y, Z, tube=tube: _const(tube.level(X, Y, Z) < 1, T["blood"]), lab)
 
-    # --- kidneys (perirenal fat first), adrenals ---
+
+def _paint_kidneys(P: Patient, cv: Canvas) -> None:
+    """Perirenal fat, then the kidneys (cortex, medullary pyramids, pelvis), then the adrenals."""
+    T, L = TISSUES, LABELS
     for side in ("left", "right"):
         k = P.kidneys[side]
         body = k["body"]
@@ -257,11 +302,12 @@ def paint_anatomy(P: Patient, cv: Canvas):
         a = P.adrenals[side]
         cv.paint(a.bbox(), lambda X, Y, Z, a=a: _const(a.level(X, Y, Z) < 1, T["adrenal"]), L[f"adrenal_{side}"])
 
-    # --- spine ---
-    _paint_spine(P, cv)
-    _paint_ribs(P, cv, r2, ib2)
 
-    # --- sternum ---
+def _paint_sternum(P: Patient, cv: Canvas) -> None:
+    """The sternum in the anterior chest wall, above T10."""
+    T, L = TISSUES, LABELS
+    sx = cv.g.spacing[0]
+    full_hi = _field_box(cv.g)[1]
     zx = P.level_z("T10")
 
     def sternum(X, Y, Z):
@@ -275,7 +321,12 @@ def paint_anatomy(P: Patient, cv: Canvas):
     bca_top = P.cav_axes(200.0)[1]
     cv.paint(([-20, -bca_top - 60, zx], [20, -bca_top + 10, full_hi[2]]), sternum, L["sternum"])
 
-    # --- sacrum and iliac wings ---
+
+def _paint_pelvis(P: Patient, cv: Canvas) -> None:
+    """Sacrum, iliac wings (curved bone plates) and the iliacus/gluteal muscles beside them."""
+    T, L = TISSUES, LABELS
+    sx, sy, sz = cv.g.spacing
+    full_lo, full_hi = _field_box(cv.g)
     t_cort = max(1.5, (sx * sy * sz) ** (1 / 3))
 
     def sacrum(X, Y, Z):

@@ -110,7 +110,7 @@ class Patient:
         self.a0, self.b0 = a0, b0
         self.b_ant0 = b0 * (1.02 + 0.08 * belly)
         self.b_post0 = b0 * (0.98 - 0.08 * belly)
-        zL5, zL3, zL1 = self.level_z("L5"), self.level_z("L3"), self.level_z("L1")
+        zL5, zL3, zL1 = (self.level_z(n) for n in ("L5", "L3", "L1"))
         zT11, zT8 = self.level_z("T11"), self.level_z("T8")
         self.kz = np.array([zL5 - 80, zL5, zL3, zL1, zT11, zT8, zT8 + 140])
         if self.sex == "M":
@@ -239,10 +239,27 @@ class Patient:
         return np.maximum(np.maximum(r, l_), c) + ypart
 
     def _draw_organs(self, rng):
-        hf = self.hf
-        male = self.sex == "M"
-        zT11, zT12, zL1, zL2 = (self.level_z(n) for n in ("T11", "T12", "L1", "L2"))
-        zL3, zL4, zL5 = (self.level_z(n) for n in ("L3", "L4", "L5"))
+        """Organs, vessels, bowel and bones beyond the spine, drawn from ``rng`` in this fixed order."""
+        self._draw_diaphragm(rng)
+        self._draw_kidneys(rng)
+        self._draw_adrenals(rng)
+        self._draw_vessels(rng)
+        self._draw_liver(rng)
+        self._draw_gallbladder(rng)
+        self._draw_spleen(rng)
+        self._draw_upper_gut(rng)
+        self._draw_psoas()
+        self._draw_bowel(rng)
+        self._draw_breasts(rng)
+        self._draw_pelvis(rng)
+
+    def _y_front(self, z) -> float:
+        """y (mm) of the vertebral bodies' anterior surface at height z."""
+        return float(self.y_vb_of(z) - self.ay_of(z))
+
+    def _draw_diaphragm(self, rng) -> None:
+        """The diaphragm domes (right higher than left) and the cavity axes they scale with."""
+        zT11 = self.level_z("T11")
         ac, bca, bcp = self.cav_axes(zT11)
         self.dia_ac, self.dia_bca, self.dia_bcp = ac, bca, bcp
         z910 = (self.level_z("T9") + self.level_z("T10")) / 2
@@ -255,8 +272,11 @@ class Patient:
         self.dia_hpost = rng.uniform(60, 80)
         self.dia_hant = rng.uniform(35, 55)
 
-        yv = lambda z: float(self.y_vb_of(z) - self.ay_of(z))  # noqa: E731  vertebral anterior surface
-        # ---- kidneys ----
+    def _draw_kidneys(self, rng) -> None:
+        """Both kidneys (body, hilum, pelvis), each scaled to a volume drawn per patient."""
+        hf = self.hf
+        male = self.sex == "M"
+        zL1 = self.level_z("L1")
         self.kidneys = {}
         k_target = (rng.uniform(140, 210) if male else rng.uniform(115, 180))
         zk_left = zL1 + rng.normal(0, 8)
@@ -283,7 +303,9 @@ class Patient:
                             lambda holder=holder: holder["k"]["body"].bbox(), target)
             self.kidneys[side] = holder["k"]
 
-        # ---- adrenals ----
+    def _draw_adrenals(self, rng) -> None:
+        """The adrenals, on the upper poles of the kidneys."""
+        hf = self.hf
         self.adrenals = {}
         for side, sgn in (("left", 1.0), ("right", -1.0)):
             k = self.kidneys[side]
@@ -292,6 +314,11 @@ class Patient:
             self.adrenals[side] = Blob(c, [4.0, 16.0, 13.0] * np.array([1, hf, hf]),
                                         frame([sgn * 0.3, 1.0, 0.4], [1, 0, 0]), 2.0, 0.05, Modes(rng, 3, (20, 40)))
 
+    def _draw_vessels(self, rng) -> None:
+        """Aorta, inferior vena cava and the iliac arteries and veins (tubes along the spine)."""
+        hf = self.hf
+        bca = self.dia_bca
+        zT11, zT12, zL1, zL2, zL4, zL5 = (self.level_z(n) for n in ("T11", "T12", "L1", "L2", "L4", "L5"))
         r_ao = (10.0 + 0.05 * (self.age - 35)) * hf
         self.r_ao = r_ao
         ao = []
@@ -299,19 +326,22 @@ class Patient:
             if z > zT11:
                 ao.append([float(self.ax_of(z)) + 0.5 * r_ao, float(self.y_vb_of(z)) - 0.3 * float(self.ay_of(z)), z])
             else:
-                ao.append([0.35 * float(self.ax_of(z)), yv(z) - r_ao - 2, z])
+                ao.append([0.35 * float(self.ax_of(z)), self._y_front(z) - r_ao - 2, z])
         self.aorta = Tube(ao, [r_ao * 1.12, r_ao * 1.05, r_ao, r_ao * 0.92, r_ao * 0.85])
-        self.iliac_a = [Tube([ao[-1], [sg * 35 * hf, yv(zL5) - 8, zL5 - 5], [sg * 50 * hf, yv(zL5) - 25, zL5 - 80]],
+        self.iliac_a = [Tube([ao[-1], [sg * 35 * hf, self._y_front(zL5) - 8, zL5 - 5], [sg * 50 * hf, self._y_front(zL5) - 25, zL5 - 80]],
                               [r_ao * 0.7, r_ao * 0.62, r_ao * 0.58]) for sg in (1, -1)]
         r_ivc = rng.uniform(10, 13) * hf
-        ivc = [[-0.9 * float(self.ax_of(zL5)), yv(zL5) - 6, zL5 + 5], [-0.95 * float(self.ax_of(zL4)), yv(zL4) - 8, zL4],
-               [-1.0 * float(self.ax_of(zL1)), yv(zL1) - 12, zL1], [-1.1 * float(self.ax_of(zT11)), yv(zT11) - 22, zT11],
+        ivc = [[-0.9 * float(self.ax_of(zL5)), self._y_front(zL5) - 6, zL5 + 5], [-0.95 * float(self.ax_of(zL4)), self._y_front(zL4) - 8, zL4],
+               [-1.0 * float(self.ax_of(zL1)), self._y_front(zL1) - 12, zL1], [-1.1 * float(self.ax_of(zT11)), self._y_front(zT11) - 22, zT11],
                [-25.0, -0.1 * bca, self.dia_zC + 15]]
         self.ivc = Tube(ivc, [r_ivc] * 4 + [r_ivc * 1.3], 0.04, Modes(rng, 3, (40, 80)))
-        self.iliac_v = [Tube([ivc[0], [sg * 30 * hf, yv(zL5) + 2, zL5 - 15], [sg * 45 * hf, yv(zL5) - 12, zL5 - 80]],
+        self.iliac_v = [Tube([ivc[0], [sg * 30 * hf, self._y_front(zL5) + 2, zL5 - 15], [sg * 45 * hf, self._y_front(zL5) - 12, zL5 - 80]],
                               [r_ivc * 0.8, r_ivc * 0.7, r_ivc * 0.65]) for sg in (1, -1)]
 
-        # ---- liver ----
+    def _draw_liver(self, rng) -> None:
+        """The liver's two lobes, scaled so that what remains once kidneys and IVC are painted hits a drawn volume."""
+        male = self.sex == "M"
+        zT12 = self.level_z("T12")
         ac_l, bca_l, bcp_l = self.cav_axes(zT12)
         self.liver_target = (rng.uniform(1.4, 2.2) if male else rng.uniform(1.15, 1.85)) * 1000 * (self.weight / 75) ** 0.2
         m_liver = Modes(rng, 6, (60, 160))
@@ -338,14 +368,19 @@ class Patient:
                             lambda: self._bbox_union(self.liver_parts), self.liver_target)
         self.liver_scale = s
 
-        # ---- gallbladder (absent after cholecystectomy) ----
+    def _draw_gallbladder(self, rng) -> None:
+        """The gallbladder below the liver (absent after cholecystectomy, a quarter of patients)."""
+        ac_l, bca_l, _ = self.cav_axes(self.level_z("T12"))
         lo, hi = self._bbox_union(self.liver_parts)
         self.has_gb = rng.random() < 0.75
         gb_c = [-0.28 * ac_l + rng.normal(0, 6), -0.55 * bca_l, lo[2] + 35 + rng.normal(0, 5)]
         self.gb = Blob(gb_c, np.array([14.0, 15.0, 34.0]) * rng.uniform(0.8, 1.2),
                         frame([0.2, -0.5, 1.0]), 2.0, 0.05, Modes(rng, 4, (30, 60)))
 
-        # ---- spleen ----
+    def _draw_spleen(self, rng) -> None:
+        """The spleen along the 10th rib, scaled to a drawn volume (what remains beside the left kidney)."""
+        male = self.sex == "M"
+        ac, bcp = self.dia_ac, self.dia_bcp
         sp_target = (rng.uniform(150, 380) if male else rng.uniform(130, 300))
         sp_modes = Modes(rng, 5, (50, 120))
         sp_c = np.array([0.72 * ac, 0.4 * bcp, self.dia_zL - 62 + rng.normal(0, 6)])
@@ -363,7 +398,11 @@ class Patient:
         self._calibrate(lambda s: setattr(self, "spleen", make_spleen(s)), spleen_left,
                         lambda: self.spleen[0].bbox(), sp_target)
 
-        # ---- stomach, pancreas, vessels, heart, bowel ----
+    def _draw_upper_gut(self, rng) -> None:
+        """Stomach, pancreas, duodenum, heart and the mediastinal midline."""
+        hf = self.hf
+        ac, bca, bcp = self.dia_ac, self.dia_bca, self.dia_bcp
+        zL1 = self.level_z("L1")
         fill = rng.uniform(0.75, 1.15)
         zLd = self.dia_zL
         yb = lambda f: f * bca  # noqa: E731
@@ -373,24 +412,33 @@ class Patient:
         self.stomach = Tube(st_pts, st_r, 0.06, Modes(rng, 5, (40, 90)))
         self.stomach_gas = rng.uniform(0, 22)
         pz = zL1 + rng.normal(0, 6)
-        self.pancreas = Tube([[-0.3 * ac, yv(pz) - 38, pz - 25], [-0.1 * ac, yv(pz) - 42, pz - 8], [0.12 * ac, yv(pz) - 38, pz],
-                               [0.35 * ac, yv(pz) - 18, pz + 10], [0.55 * ac, yv(pz) + 5, pz + 22]],
+        self.pancreas = Tube([[-0.3 * ac, self._y_front(pz) - 38, pz - 25], [-0.1 * ac, self._y_front(pz) - 42, pz - 8], [0.12 * ac, self._y_front(pz) - 38, pz],
+                               [0.35 * ac, self._y_front(pz) - 18, pz + 10], [0.55 * ac, self._y_front(pz) + 5, pz + 22]],
                               np.array([17.0, 12.0, 11.0, 10.0, 9.0]) * hf, 0.08, Modes(rng, 4, (30, 60)))
-        self.duodenum = Tube([[-0.18 * ac, -yb(0.5), zLd - 106], [-0.32 * ac, yv(pz) - 38, pz - 10],
-                               [-0.34 * ac, yv(pz) - 30, pz - 60], [0.0, yv(pz - 70) - 28, pz - 75],
-                               [0.15 * ac, yv(pz) - 30, pz - 50]], np.array([13.0, 12.0, 12.0, 11.0, 11.0]) * hf)
+        self.duodenum = Tube([[-0.18 * ac, -yb(0.5), zLd - 106], [-0.32 * ac, self._y_front(pz) - 38, pz - 10],
+                               [-0.34 * ac, self._y_front(pz) - 30, pz - 60], [0.0, self._y_front(pz - 70) - 28, pz - 75],
+                               [0.15 * ac, self._y_front(pz) - 30, pz - 50]], np.array([13.0, 12.0, 12.0, 11.0, 11.0]) * hf)
 
         self.heart = Blob([0.12 * ac + 10, -0.3 * bca - 5, self.dia_zC + 62 * hf],
                            np.array([72.0, 52.0, 50.0]) * hf * rng.uniform(0.92, 1.08),
                            frame([0.6, -0.5, -0.6], [0.5, 0.8, 0.0]), 2.0, 0.04, Modes(rng, 4, (60, 120)))
         self.x_med = 8.0 + rng.normal(0, 3)
 
-        # psoas
+    def _draw_psoas(self) -> None:
+        """Both psoas muscles (no random draws)."""
+        hf = self.hf
+        male = self.sex == "M"
+        zT12, zL3, zL5 = (self.level_z(n) for n in ("T12", "L3", "L5"))
         self.psoas = [Tube([[sg * (float(self.ax_of(zT12)) + 4), float(self.y_vb_of(zT12)) + 2, zT12],
                              [sg * (float(self.ax_of(zL3)) + 14), float(self.y_vb_of(zL3)), zL3],
                              [sg * (float(self.ax_of(zL5)) + 24), float(self.y_vb_of(zL5)) - 14, zL5 - 40]],
                             np.array([7.0, 19.0, 25.0]) * hf * (1.1 if male else 0.85)) for sg in (1, -1)]
 
+    def _draw_bowel(self, rng) -> None:
+        """The colon frame, the small-bowel zone and the random fields that shape its loops and gas."""
+        hf = self.hf
+        ac, bca = self.dia_ac, self.dia_bca
+        zT11, zT12, zL1, zL2, zL3 = (self.level_z(n) for n in ("T11", "T12", "L1", "L2", "L3"))
         # colon frame (ascending, transverse, descending) and small-bowel zone
         ac_b, bca_b, bcp_b = self.cav_axes(zL3)
         sag = rng.uniform(0, 40)
@@ -407,7 +455,8 @@ class Patient:
         self.f_gas = Field(rng, [-0.95 * ac_b - 30, -bca_b - 30, -280.0], [0.95 * ac_b + 30, bcp_b + 30, zT11 + 40], 4.0, 7.0)
         self.bowel_thr = rng.uniform(-0.5, -0.1)
 
-        # breasts
+    def _draw_breasts(self, rng) -> None:
+        """Breasts (women only)."""
         self.breasts = []
         if self.sex == "F":
             size = np.clip(0.7 + (self.bmi - 20) * 0.05, 0.6, 1.5) * rng.uniform(0.85, 1.15)
@@ -418,6 +467,11 @@ class Patient:
                 self.breasts.append(Blob([x, y, zb], np.array([58.0, 30.0, 52.0]) * size,
                                           frame([sg, 0.35, 0.0], [0, -1, 0]), 2.0, 0.05, Modes(rng, 3, (50, 100))))
 
+    def _draw_pelvis(self, rng) -> None:
+        """Iliac wings (curved plates) and the sacrum."""
+        hf = self.hf
+        male = self.sex == "M"
+        zL4, zL5 = self.level_z("L4"), self.level_z("L5")
         # iliac wings: curved plates (arcs of an elliptic cylinder that narrows downward)
         self.z_crest = zL4 + rng.uniform(-5, 15)
         wide = 1.0 if male else 1.1
