@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from DblurDoseLib.geometry.resample import resample_box
 from DblurDoseLib.io.volume import Volume
 from DblurDoseLib.simulation import spect as S
 
@@ -96,9 +97,9 @@ def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timi
             acq, matrix=(nx * k, ny * k, nz * k), voxel_mm=acq.voxel_mm / k, cache_attenuation=False
         )
         fine_grid = S.spect_grid(activity, fine_acq)
-        fine_act = S._resample(activity, fine_grid, "concentration")
+        fine_act = resample_box(activity, fine_grid, "concentration")
         mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
-        fine_sys = S.build_system(S._resample(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
+        fine_sys = S.build_system(resample_box(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
         fine_sys.matrix.set_n_subsets(16)
         fine_obj = S._to_tensor(fine_act.array)
         with torch.no_grad():
@@ -152,10 +153,10 @@ def main() -> None:
         activity, density, masks = abdomen()
     with phase("resample CT -> SPECT (activity, mu, density)"):
         grid = S.spect_grid(activity, acq)
-        act_spect = S._resample(activity, grid, "concentration")
+        act_spect = resample_box(activity, grid, "concentration")
         mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
-        mu_spect = S._resample(mu_ct, grid, "mean")
-        dens_spect = S._resample(density, grid, "mean")
+        mu_spect = resample_box(mu_ct, grid, "mean")
+        dens_spect = resample_box(density, grid, "mean")
     with phase("contour orbit"):
         body = (dens_spect.array > 0.1) | (act_spect.array > 0)
         radii = S.orbit_radii_mm(grid, body, acq)
@@ -218,7 +219,7 @@ def main() -> None:
         f"  {'total activity in field':<16s} {float(image.array.sum()) * image.voxel_volume_ml / true_total:6.3f}"
     )
     for name, m in masks.items():
-        frac = S._resample(activity.with_array(m.astype(np.float32)), grid, "mean").array
+        frac = resample_box(activity.with_array(m.astype(np.float32)), grid, "mean").array
         whole = frac > 0.5
         core = frac > 0.999
         rc = float(image.array[whole].mean() / act_spect.array[whole].mean())

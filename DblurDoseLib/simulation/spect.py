@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..geometry.resample import resample_box
 from ..io.volume import Volume
 from ..physics.density import AIR_DENSITY_THRESHOLD
 
@@ -519,84 +520,6 @@ def spect_grid(ct: Volume, acq: SpectAcquisition | None = None) -> Volume:
     return Volume(np.zeros((nz, ny, nx), np.float32), tuple(spacing), tuple(origin), direction)
 
 
-def _overlap_matrix(n_src: int, s_src: float, n_dst: int, s_dst: float, offset: float) -> np.ndarray:
-    """Overlap length (mm) of source voxel i and target voxel j along one axis; ``offset`` is the
-    target's first voxel centre minus the source's, in mm along that axis."""
-    src_lo = (np.arange(n_src) - 0.5) * s_src
-    dst_lo = offset + (np.arange(n_dst) - 0.5) * s_dst
-    lo = np.maximum(src_lo[:, None], dst_lo[None, :])
-    hi = np.minimum(src_lo[:, None] + s_src, dst_lo[None, :] + s_dst)
-    return np.clip(hi - lo, 0.0, None)
-
-
-def _resample(volume: Volume, target: Volume, quantity: str) -> Volume:
-    """Resample ``volume`` onto ``target``'s grid.
-
-    quantity="concentration" (Bq/mL): activity-conserving (sum of value x voxel volume kept for the
-    part of the source inside the target field); quantity="mean" (density, mu): volume-weighted mean,
-    zero outside the source field. Grids sharing a direction use exact box overlaps (separable);
-    others fall back to SimpleITK (linear interpolation onto a 3x finer target grid, block means,
-    then the concentration rescaled to conserve the activity that falls inside the target).
-    """
-    if quantity not in ("concentration", "mean"):
-        raise ValueError(quantity)
-    src = np.asarray(volume.array, dtype=np.float64)
-    if np.allclose(volume.direction, target.direction, atol=1e-6):
-        offset = volume.direction.T @ (np.asarray(target.origin) - np.asarray(volume.origin))
-        out = src
-        # axes of the array are z, y, x; ITK axes x, y, z
-        for array_axis, itk_axis in ((2, 0), (1, 1), (0, 2)):
-            o = _overlap_matrix(
-                volume.shape[array_axis],
-                volume.spacing[itk_axis],
-                target.shape[array_axis],
-                target.spacing[itk_axis],
-                float(offset[itk_axis]),
-            )
-            o = o / target.spacing[itk_axis]  # fraction of the target voxel covered, per source voxel
-            out = np.moveaxis(
-                np.tensordot(np.moveaxis(out, array_axis, -1), o, axes=([-1], [0])), -1, array_axis
-            )
-        # for concentrations the volume-weighted mean is exactly what conserves activity
-        return target.with_array(out.astype(np.float32))
-    return _resample_sitk(volume, target, quantity)
-
-
-def _resample_sitk(volume: Volume, target: Volume, quantity: str, factor: int = 3) -> Volume:
-    import SimpleITK as sitk
-
-    fine_size = [int(n) * factor for n in target.shape[::-1]]
-    fine_spacing = [s / factor for s in target.spacing]
-    fine_origin = np.asarray(target.origin) + target.direction @ (
-        (np.asarray(fine_spacing) - np.asarray(target.spacing)) / 2.0
-    )
-    image = Volume(volume.array.astype(np.float32), volume.spacing, volume.origin, volume.direction).to_sitk()
-    ref = sitk.Image(fine_size, sitk.sitkFloat32)
-    ref.SetSpacing(fine_spacing)
-    ref.SetOrigin(tuple(fine_origin))
-    ref.SetDirection(tuple(target.direction.ravel()))
-    fine = sitk.GetArrayFromImage(sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0))
-    nz, ny, nx = target.shape
-    out = fine.reshape(nz, factor, ny, factor, nx, factor).mean(axis=(1, 3, 5)).astype(np.float64)
-    if quantity == "concentration":
-        # conserve the activity of the source voxels whose centres fall inside the target field
-        src_total = 0.0
-        yx = np.stack(np.meshgrid(np.arange(volume.shape[2]), np.arange(volume.shape[1]), indexing="xy"), -1)
-        yx = yx.reshape(-1, 2).astype(np.float64)
-        upper = np.asarray(target.shape[::-1]) - 0.5
-        for k in range(volume.shape[0]):  # slice by slice: a CT has tens of millions of voxels
-            idx = np.column_stack([yx, np.full(len(yx), float(k))])
-            pts = np.asarray(volume.origin) + (idx * np.asarray(volume.spacing)) @ volume.direction.T
-            rel = (pts - np.asarray(target.origin)) @ target.direction / np.asarray(target.spacing)
-            inside = np.all((rel > -0.5) & (rel < upper), axis=1)
-            src_total += float(volume.array[k].reshape(-1)[inside].sum(dtype=np.float64))
-        src_total *= volume.voxel_volume_ml
-        dst_total = float(out.sum()) * target.voxel_volume_ml
-        if dst_total > 0:
-            out *= src_total / dst_total
-    return target.with_array(out.astype(np.float32))
-
-
 # --------------------------------------------------------------------------------------
 # the system model
 # --------------------------------------------------------------------------------------
@@ -901,10 +824,10 @@ def prepare_system(
     acq.validate()
     grid = spect_grid(activity, acq)
     t0 = time.perf_counter()
-    act_spect = _resample(activity, grid, "concentration")
+    act_spect = resample_box(activity, grid, "concentration")
     mu_ct = density.with_array(density_to_mu(density.array, acq.photopeak_kev))
-    mu_spect = _resample(mu_ct, grid, "mean")
-    density_spect = _resample(density, grid, "mean")
+    mu_spect = resample_box(mu_ct, grid, "mean")
+    density_spect = resample_box(density, grid, "mean")
     t_resample = time.perf_counter() - t0
     body = (density_spect.array > AIR_DENSITY_THRESHOLD) | (act_spect.array > 0)
     system = build_system(mu_spect, acq, body=body)
@@ -953,8 +876,8 @@ def _project_phantom(activity: Volume, density: Volume, system: SpectSystem, act
         projection_oversampling=1,
     )
     fine_grid = spect_grid(activity, fine_acq)
-    fine_activity = _resample(activity, fine_grid, "concentration")
-    fine_mu = _resample(
+    fine_activity = resample_box(activity, fine_grid, "concentration")
+    fine_mu = resample_box(
         density.with_array(density_to_mu(density.array, acq.photopeak_kev)), fine_grid, "mean"
     )
     fine_system = build_system(fine_mu, fine_acq, radii_mm=system.radii_mm)
