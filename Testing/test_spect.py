@@ -19,6 +19,7 @@ pytest.importorskip("pytomography")
 from DblurDoseLib.errors import DblurDoseError  # noqa: E402
 from DblurDoseLib.geometry.resample import resample_box  # noqa: E402
 from DblurDoseLib.io.volume import Volume  # noqa: E402
+from DblurDoseLib.simulation import projector  # noqa: E402
 from DblurDoseLib.simulation import spect as S  # noqa: E402
 
 SMALL = S.SpectAcquisition(n_views=32, matrix=(32, 32, 20), voxel_mm=8.0, iterations=6, subsets=4)
@@ -432,8 +433,8 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
         "import warnings, numpy as np\n"
         "warnings.simplefilter('default')\n"
         "before, err = list(warnings.filters), np.geterr()\n"
-        "from DblurDoseLib.simulation import spect\n"
-        "spect._pytomography()\n"
+        "from DblurDoseLib.simulation import projector\n"
+        "projector.pytomography()\n"
         "assert warnings.filters == before, warnings.filters[:3]\n"
         "assert np.geterr() == err, np.geterr()\n"
         "with warnings.catch_warnings(record=True) as w:\n"
@@ -445,7 +446,7 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
     assert result.stdout == ""  # nothing printed on import
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        S._pytomography()  # importing again here changes nothing either
+        projector.pytomography()  # importing again here changes nothing either
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 
 from DblurDoseLib.geometry.resample import resample_box
 from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.simulation import projector
 from DblurDoseLib.simulation import spect as S
 
 #: name: (centre x, y, z mm; semi-axes mm; Bq/mL), roughly a day after 7.4 GBq Lu-177 DOTATATE
@@ -81,7 +82,7 @@ def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timi
         return min(out)
 
     h = system.matrix
-    obj = S._to_tensor(act_spect.array)
+    obj = projector._to_tensor(act_spect.array)
     h.set_n_subsets(acq.subsets)
     g = torch.as_tensor(counts, dtype=torch.float32)
     with torch.no_grad():
@@ -101,7 +102,7 @@ def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timi
         mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
         fine_sys = S.build_system(resample_box(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
         fine_sys.matrix.set_n_subsets(16)
-        fine_obj = S._to_tensor(fine_act.array)
+        fine_obj = projector._to_tensor(fine_act.array)
         with torch.no_grad():
             part = best(lambda: fine_sys.matrix.forward(fine_obj, 0))
         timings[f"[best of {n}] data projection, {k}x finer grid = 16 x 8 views"] = (16 * part, float("nan"))
@@ -133,7 +134,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     acq = S.SpectAcquisition(iterations=args.iterations, subsets=args.subsets)
-    device = S._pytomography()["pytomography"].device
+    device = projector.pytomography().device
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; load {os.getloadavg()}"
     )
