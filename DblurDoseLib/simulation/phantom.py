@@ -29,6 +29,11 @@ body fat < wall muscle < visceral fat < lungs < mediastinal fat < bowel < psoas 
 liver < gallbladder < spleen < pancreas < heart < vessels < perirenal fat < kidneys < adrenals <
 bones < lesions. Organ sizes are calibrated (by scaling each shape) so that what remains after
 the overlaps hits a volume drawn per patient.
+
+Layout: this module holds the public API (:class:`Phantom`, :func:`make_phantom`,
+:func:`make_time_series`, :func:`voi_masks`); the tables (labels, tissues, uptake, lesion sites) are
+in :mod:`.anatomy` and re-exported here, the shapes in :mod:`.primitives`, the seeded patient (every
+random draw) in :mod:`.patient`, and painting it onto a grid (labels, CT, activity) in :mod:`.painting`.
 """
 
 from __future__ import annotations
