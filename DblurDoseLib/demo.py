@@ -45,16 +45,11 @@ def spect_like(activity: Volume, fwhm_mm: float = DEMO_SPECT_FWHM_MM, voxel_mm: 
     """A blurred, coarse-grid stand-in for a reconstructed SPECT (Bq/mL), activity conserved."""
     from scipy.ndimage import gaussian_filter
 
-    from .geometry.resample import resample_activity
+    from .geometry.resample import grid_over, resample_activity
 
     sigma = [fwhm_mm / 2.3548 / s for s in activity.spacing[::-1]]
     blurred = gaussian_filter(np.asarray(activity.array, dtype=np.float32), sigma, mode="constant")
-    extent = np.asarray(activity.spacing) * np.asarray(activity.shape[::-1])
-    n = np.maximum(np.round(extent / voxel_mm).astype(int), 1)
-    centre = np.asarray(activity.origin) + activity.direction @ (
-        (np.asarray(activity.shape[::-1]) - 1) / 2 * np.asarray(activity.spacing))
-    origin = centre - activity.direction @ ((n - 1) / 2 * voxel_mm)
-    grid = Volume(np.zeros(tuple(n[::-1]), dtype=np.float32), (voxel_mm,) * 3, tuple(origin), activity.direction)
+    grid = grid_over(activity, (voxel_mm,) * 3, centred=True)  # the same field, centred
     return resample_activity(activity.with_array(blurred), grid)
 
 

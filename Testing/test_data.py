@@ -149,7 +149,7 @@ def test_mix_draws_only_valid_acquisitions():
     settings = data.DataSettings(mix=True, **data.CPU)
     for name, cam in spect.CAMERAS.items():
         spect.SpectAcquisition.for_camera(name).validate()  # the collimator code is in the table
-        assert spect._collimator_row(cam.collimator)
+        assert spect.collimator_geometry_cm(cam.collimator)
     for views in data.TRAINING_MIX["n_views"]:
         assert data.osem_choices(views)  # every view count has OSEM settings
     for plan in _train_plans(150):

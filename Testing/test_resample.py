@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from DblurDoseLib.errors import DblurDoseError
-from DblurDoseLib.geometry.resample import resample_activity, resample_labels
+from DblurDoseLib.geometry.resample import (
+    grid_over,
+    resample_activity,
+    resample_box,
+    resample_labels,
+    working_grid,
+)
 from DblurDoseLib.io.volume import Volume
 
 
@@ -80,3 +86,28 @@ def test_centres_inside_shortcut_equals_point_by_point():
         inside = centres_inside(source, target)
         assert inside.any() and not inside.all()
         np.testing.assert_array_equal(inside, _centres_inside_any(source, target))
+
+
+def test_grid_over_keeps_the_field_edge_aligned_or_centred():
+    ct = Volume(np.zeros((13, 20, 30), np.float32), (1.5, 2.0, 3.0), (10.0, -5.0, 7.0))
+    edge = grid_over(ct, (4.0, 4.0, 4.0))
+    assert edge.shape == (10, 10, 12)  # ceil(39/4), ceil(40/4), ceil(45/4): covers the field
+    lo = np.asarray(ct.origin) - np.asarray(ct.spacing) / 2
+    np.testing.assert_allclose(np.asarray(edge.origin) - 2.0, lo)  # the same first voxel edge
+    assert working_grid(ct, (4.0, 4.0, 4.0)).same_grid(edge)
+    centred = grid_over(ct, (4.0, 4.0, 4.0), centred=True)
+    assert centred.shape == (10, 10, 11)  # round(39/4), round(40/4), round(45/4)
+    np.testing.assert_allclose(centred.physical_corners().mean(0), ct.physical_corners().mean(0))
+
+
+def test_box_resampling_is_exact_for_whole_blocks():
+    rng = np.random.default_rng(3)
+    fine = Volume(rng.random((8, 12, 12)).astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    coarse = grid_over(fine, (2.0, 3.0, 4.0))
+    out = resample_box(fine, coarse, "concentration")
+    expected = fine.array.astype(np.float64).reshape(2, 4, 4, 3, 6, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(out.array, expected, rtol=1e-6)
+    assert float(out.array.sum()) * coarse.voxel_volume_ml == pytest.approx(float(fine.array.sum()) * fine.voxel_volume_ml,
+                                                                           rel=1e-6)
+    outside = Volume(np.zeros((2, 2, 2), np.float32), (4.0, 4.0, 4.0), (100.0, 0.0, 0.0))
+    assert not resample_box(fine, outside, "mean").array.any()  # zero outside the source field

@@ -17,7 +17,9 @@ import pytest
 pytest.importorskip("pytomography")
 
 from DblurDoseLib.errors import DblurDoseError  # noqa: E402
+from DblurDoseLib.geometry.resample import resample_box  # noqa: E402
 from DblurDoseLib.io.volume import Volume  # noqa: E402
+from DblurDoseLib.simulation import projector  # noqa: E402
 from DblurDoseLib.simulation import spect as S  # noqa: E402
 
 SMALL = S.SpectAcquisition(n_views=32, matrix=(32, 32, 20), voxel_mm=8.0, iterations=6, subsets=4)
@@ -103,11 +105,11 @@ def test_resampling_conserves_activity_and_averages_density():
     act[5:25, 10:40, 8:42] = rng.random((20, 30, 34)) * 1000
     activity = ct.with_array(act)
     target = S.spect_grid(ct, SMALL)
-    out = S._resample(activity, target, "concentration")
+    out = resample_box(activity, target, "concentration")
     assert total_bq(out) == pytest.approx(total_bq(activity), rel=1e-6)
-    back = S._resample(out, ct, "concentration")  # and back onto the CT grid (SPECT field inside the CT's)
+    back = resample_box(out, ct, "concentration")  # and back onto the CT grid (SPECT field inside the CT's)
     assert back.same_grid(ct) and total_bq(back) == pytest.approx(total_bq(activity), rel=1e-5)
-    dens = S._resample(ct.with_array(np.ones(ct.shape, np.float32)), target, "mean")
+    dens = resample_box(ct.with_array(np.ones(ct.shape, np.float32)), target, "mean")
     inner = dens.array[6:14, 10:22, 10:22]
     np.testing.assert_allclose(inner, 1.0, rtol=1e-6)  # inside the CT field
     assert dens.array[0, 0, 0] == 0.0  # outside the CT field: air
@@ -119,7 +121,7 @@ def test_resampling_conserves_activity_and_averages_density():
     rotated.origin = tuple(
         ct.physical_corners().mean(0) - rotated.direction @ (np.array([31, 31, 19]) / 2 * 6.0)
     )
-    out = S._resample(activity, rotated, "concentration")
+    out = resample_box(activity, rotated, "concentration")
     assert total_bq(out) == pytest.approx(total_bq(activity), rel=1e-4)
 
 
@@ -431,8 +433,8 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
         "import warnings, numpy as np\n"
         "warnings.simplefilter('default')\n"
         "before, err = list(warnings.filters), np.geterr()\n"
-        "from DblurDoseLib.simulation import spect\n"
-        "spect._pytomography()\n"
+        "from DblurDoseLib.simulation import projector\n"
+        "projector.pytomography()\n"
         "assert warnings.filters == before, warnings.filters[:3]\n"
         "assert np.geterr() == err, np.geterr()\n"
         "with warnings.catch_warnings(record=True) as w:\n"
@@ -444,7 +446,7 @@ def test_importing_pytomography_leaves_warnings_and_numpy_errors_alone():
     assert result.stdout == ""  # nothing printed on import
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        S._pytomography()  # importing again here changes nothing either
+        projector.pytomography()  # importing again here changes nothing either
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ import time
 
 import numpy as np
 
+from DblurDoseLib.geometry.resample import resample_box
 from DblurDoseLib.io.volume import Volume
+from DblurDoseLib.simulation import projector
 from DblurDoseLib.simulation import spect as S
 
 #: name: (centre x, y, z mm; semi-axes mm; Bq/mL), roughly a day after 7.4 GBq Lu-177 DOTATATE
@@ -80,7 +82,7 @@ def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timi
         return min(out)
 
     h = system.matrix
-    obj = S._to_tensor(act_spect.array)
+    obj = projector._to_tensor(act_spect.array)
     h.set_n_subsets(acq.subsets)
     g = torch.as_tensor(counts, dtype=torch.float32)
     with torch.no_grad():
@@ -96,11 +98,11 @@ def unit_timings(n, acq, system, act_spect, activity, density, counts, tew, timi
             acq, matrix=(nx * k, ny * k, nz * k), voxel_mm=acq.voxel_mm / k, cache_attenuation=False
         )
         fine_grid = S.spect_grid(activity, fine_acq)
-        fine_act = S._resample(activity, fine_grid, "concentration")
+        fine_act = resample_box(activity, fine_grid, "concentration")
         mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
-        fine_sys = S.build_system(S._resample(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
+        fine_sys = S.build_system(resample_box(mu_ct, fine_grid, "mean"), fine_acq, radii_mm=system.radii_mm)
         fine_sys.matrix.set_n_subsets(16)
-        fine_obj = S._to_tensor(fine_act.array)
+        fine_obj = projector._to_tensor(fine_act.array)
         with torch.no_grad():
             part = best(lambda: fine_sys.matrix.forward(fine_obj, 0))
         timings[f"[best of {n}] data projection, {k}x finer grid = 16 x 8 views"] = (16 * part, float("nan"))
@@ -132,7 +134,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     acq = S.SpectAcquisition(iterations=args.iterations, subsets=args.subsets)
-    device = S._pytomography()["pytomography"].device
+    device = projector.pytomography().device
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; load {os.getloadavg()}"
     )
@@ -152,10 +154,10 @@ def main() -> None:
         activity, density, masks = abdomen()
     with phase("resample CT -> SPECT (activity, mu, density)"):
         grid = S.spect_grid(activity, acq)
-        act_spect = S._resample(activity, grid, "concentration")
+        act_spect = resample_box(activity, grid, "concentration")
         mu_ct = density.with_array(S.density_to_mu(density.array, acq.photopeak_kev))
-        mu_spect = S._resample(mu_ct, grid, "mean")
-        dens_spect = S._resample(density, grid, "mean")
+        mu_spect = resample_box(mu_ct, grid, "mean")
+        dens_spect = resample_box(density, grid, "mean")
     with phase("contour orbit"):
         body = (dens_spect.array > 0.1) | (act_spect.array > 0)
         radii = S.orbit_radii_mm(grid, body, acq)
@@ -218,7 +220,7 @@ def main() -> None:
         f"  {'total activity in field':<16s} {float(image.array.sum()) * image.voxel_volume_ml / true_total:6.3f}"
     )
     for name, m in masks.items():
-        frac = S._resample(activity.with_array(m.astype(np.float32)), grid, "mean").array
+        frac = resample_box(activity.with_array(m.astype(np.float32)), grid, "mean").array
         whole = frac > 0.5
         core = frac > 0.999
         rc = float(image.array[whole].mean() / act_spect.array[whole].mean())

@@ -47,7 +47,7 @@ from scipy import ndimage
 from ..errors import DblurDoseError
 from ..io.volume import Volume
 from ..physics.density import hu_to_density
-from .phantom import (
+from .anatomy import (
     EFFECTIVE_HALF_LIFE_H,
     INJECTED_ACTIVITY_MBQ,
     LABELS,
@@ -60,9 +60,8 @@ from .phantom import (
     UPTAKE_DAY1,
     VERTEBRA_LABEL_BASE,
     VERTEBRA_LEVELS,
-    Phantom,
-    standard_spacing,
 )
+from .phantom import Phantom, standard_spacing
 
 F32 = np.float32
 #: The family name recorded in ``Phantom.info["family"]`` and in data-set manifests.
