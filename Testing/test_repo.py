@@ -139,7 +139,6 @@ def test_the_layer_check_sees_each_kind_of_import():
 def test_packaging_finds_every_library_package():
     """pyproject.toml's package search ships every folder of DblurDoseLib that holds Python files."""
     import tomllib
-
     from setuptools import find_packages
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
