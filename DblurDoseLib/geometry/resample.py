@@ -15,12 +15,17 @@ target field" is judged on the untransformed source geometry (the deformation is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
+
+if TYPE_CHECKING:
+    import SimpleITK
 
 
 @dataclass
@@ -45,7 +50,7 @@ def _resample(source: Volume, target: Volume, interpolator: str, dtype, transfor
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def jacobian_determinant(transform, target: Volume) -> np.ndarray:
+def jacobian_determinant(transform: SimpleITK.Transform, target: Volume) -> np.ndarray:
     """det(dT/dx) of a transform (target points -> source points) at ``target``'s voxel centres, [z,y,x]."""
     import SimpleITK as sitk
 
@@ -82,7 +87,8 @@ def _centres_inside_any(source: Volume, target: Volume) -> np.ndarray:
     return inside.reshape(source.shape)
 
 
-def resample_activity(spect: Volume, target: Volume, report: list | None = None, transform=None) -> Volume:
+def resample_activity(spect: Volume, target: Volume, report: list[ResampleReport] | None = None,
+                      transform: SimpleITK.Transform | None = None) -> Volume:
     """Activity concentration (Bq/mL) moved onto ``target``'s grid, total activity conserved.
 
     Raises DblurDoseError when the fields do not overlap. Appends a ResampleReport to
@@ -115,7 +121,7 @@ def resample_activity(spect: Volume, target: Volume, report: list | None = None,
     return target.with_array(out)
 
 
-def resample_labels(labels: Volume, target: Volume, transform=None) -> Volume:
+def resample_labels(labels: Volume, target: Volume, transform: SimpleITK.Transform | None = None) -> Volume:
     """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept)."""
     if transform is None and labels.same_grid(target):
         return target.with_array(np.asarray(labels.array))
@@ -124,7 +130,8 @@ def resample_labels(labels: Volume, target: Volume, transform=None) -> Volume:
     return target.with_array(_resample(labels.with_array(arr.astype(dtype)), target, "nearest", dtype, transform))
 
 
-def resample_linear(volume: Volume, target: Volume, default: float = 0.0, transform=None) -> Volume:
+def resample_linear(volume: Volume, target: Volume, default: float = 0.0,
+                    transform: SimpleITK.Transform | None = None) -> Volume:
     """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation."""
     if transform is None and volume.same_grid(target):
         return target.with_array(np.asarray(volume.array, dtype=np.float32))
@@ -137,7 +144,8 @@ def resample_linear(volume: Volume, target: Volume, default: float = 0.0, transf
 GRID_TOLERANCE = 0.02
 
 
-def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[int, int, int]:
+def working_shape(ct_shape: Sequence[int], ct_spacing: Sequence[float], spacing: Sequence[float],
+                  ) -> tuple[int, int, int]:
     """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``."""
     spacing = np.asarray(spacing, dtype=np.float64)
     cs = np.asarray(ct_spacing, dtype=np.float64)
@@ -148,7 +156,7 @@ def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[
     return tuple(int(n) for n in size[::-1])
 
 
-def working_grid(ct: Volume, spacing) -> Volume | None:
+def working_grid(ct: Volume, spacing: Sequence[float]) -> Volume | None:
     """A grid over the CT's field with voxels of ``spacing`` (x, y, z mm), the same first voxel edge; None when
     the CT grid already has that spacing (within GRID_TOLERANCE). The one builder of such grids (the CNN's
     working grid, registration's working grid)."""
