@@ -30,7 +30,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class ResampleReport:
-    """What happened to the activity when it moved grids."""
+    """What happened to the activity when it moved grids.
+
+    Attributes
+    ----------
+    source_total_bq : float
+        Total activity of the source (Bq).
+    inside_target_bq : float
+        Source activity whose voxel centres lie inside the target field (Bq).
+    fraction_inside : float
+        ``inside_target_bq / source_total_bq`` (1 for an empty source).
+    rescale_factor : float
+        The global factor applied after interpolation to conserve ``inside_target_bq``.
+    """
 
     source_total_bq: float
     inside_target_bq: float
@@ -51,7 +63,20 @@ def _resample(source: Volume, target: Volume, interpolator: str, dtype, transfor
 
 
 def jacobian_determinant(transform: SimpleITK.Transform, target: Volume) -> np.ndarray:
-    """det(dT/dx) of a transform (target points -> source points) at ``target``'s voxel centres, [z,y,x]."""
+    """det(dT/dx) of a transform (target points -> source points) at ``target``'s voxel centres.
+
+    Parameters
+    ----------
+    transform : SimpleITK.Transform
+        Maps target points to source points (mm), as ``sitk.Resample`` defines it.
+    target : Volume
+        The grid (its geometry only).
+
+    Returns
+    -------
+    np.ndarray
+        Float32 [z, y, x] determinants (dimensionless; > 1 where the source is stretched).
+    """
     import SimpleITK as sitk
 
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, target.shape[::-1],
@@ -61,7 +86,18 @@ def jacobian_determinant(transform: SimpleITK.Transform, target: Volume) -> np.n
 
 
 def centres_inside(source: Volume, target: Volume) -> np.ndarray:
-    """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field."""
+    """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field.
+
+    Parameters
+    ----------
+    source, target : Volume
+        The two grids (geometry in mm; the target's field extends to its voxel edges).
+
+    Returns
+    -------
+    np.ndarray
+        Bool, the source's shape.
+    """
     if np.allclose(source.direction, target.direction, atol=1e-9):  # same axes: one test per axis
         offset = source.direction.T @ (np.asarray(source.origin) - np.asarray(target.origin))
         masks = []
@@ -91,8 +127,27 @@ def resample_activity(spect: Volume, target: Volume, report: list[ResampleReport
                       transform: SimpleITK.Transform | None = None) -> Volume:
     """Activity concentration (Bq/mL) moved onto ``target``'s grid, total activity conserved.
 
-    Raises DblurDoseError when the fields do not overlap. Appends a ResampleReport to
-    ``report`` when given a list. ``transform``: see the module docstring.
+    Parameters
+    ----------
+    spect : Volume
+        Activity concentration (Bq/mL).
+    target : Volume
+        The grid moved onto (its geometry only).
+    report : list of ResampleReport, optional
+        A :class:`ResampleReport` (Bq) is appended when given.
+    transform : SimpleITK.Transform, optional
+        Target points -> source points (see the module docstring); the activity is also multiplied
+        by its Jacobian determinant.
+
+    Returns
+    -------
+    Volume
+        Float32 activity concentration (Bq/mL) on ``target``'s grid.
+
+    Raises
+    ------
+    DblurDoseError
+        When the fields do not overlap (no activity inside the target field).
     """
     conc = np.asarray(spect.array, dtype=np.float32)
     source_total = float(conc.sum(dtype=np.float64)) * spect.voxel_volume_ml
@@ -122,7 +177,22 @@ def resample_activity(spect: Volume, target: Volume, report: list[ResampleReport
 
 
 def resample_labels(labels: Volume, target: Volume, transform: SimpleITK.Transform | None = None) -> Volume:
-    """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept)."""
+    """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept).
+
+    Parameters
+    ----------
+    labels : Volume
+        Integer labels (other types are cast to int32).
+    target : Volume
+        The grid moved onto.
+    transform : SimpleITK.Transform, optional
+        Target points -> source points.
+
+    Returns
+    -------
+    Volume
+        The labels on ``target``'s grid (0 outside the source field).
+    """
     if transform is None and labels.same_grid(target):
         return target.with_array(np.asarray(labels.array))
     arr = np.asarray(labels.array)
@@ -132,7 +202,24 @@ def resample_labels(labels: Volume, target: Volume, transform: SimpleITK.Transfo
 
 def resample_linear(volume: Volume, target: Volume, default: float = 0.0,
                     transform: SimpleITK.Transform | None = None) -> Volume:
-    """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation."""
+    """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation.
+
+    Parameters
+    ----------
+    volume : Volume
+        Any scalar image (units kept).
+    target : Volume
+        The grid moved onto.
+    default : float
+        Value outside the source field (in the image's units).
+    transform : SimpleITK.Transform, optional
+        Target points -> source points.
+
+    Returns
+    -------
+    Volume
+        Float32 values on ``target``'s grid.
+    """
     if transform is None and volume.same_grid(target):
         return target.with_array(np.asarray(volume.array, dtype=np.float32))
     source = volume.with_array(np.asarray(volume.array, dtype=np.float32))
@@ -146,7 +233,23 @@ GRID_TOLERANCE = 0.02
 
 def working_shape(ct_shape: Sequence[int], ct_spacing: Sequence[float], spacing: Sequence[float],
                   ) -> tuple[int, int, int]:
-    """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``."""
+    """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``.
+
+    Parameters
+    ----------
+    ct_shape : sequence of int
+        (z, y, x) voxels of the CT grid.
+    ct_spacing : sequence of float
+        (x, y, z) voxel size of the CT (mm).
+    spacing : sequence of float
+        (x, y, z) voxel size of the working grid (mm).
+
+    Returns
+    -------
+    tuple of int
+        (z, y, x) voxels: ``ct_shape`` when the spacings agree within :data:`GRID_TOLERANCE`, else
+        enough voxels to cover the CT's field edge to edge.
+    """
     spacing = np.asarray(spacing, dtype=np.float64)
     cs = np.asarray(ct_spacing, dtype=np.float64)
     if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
@@ -157,9 +260,23 @@ def working_shape(ct_shape: Sequence[int], ct_spacing: Sequence[float], spacing:
 
 
 def working_grid(ct: Volume, spacing: Sequence[float]) -> Volume | None:
-    """A grid over the CT's field with voxels of ``spacing`` (x, y, z mm), the same first voxel edge; None when
-    the CT grid already has that spacing (within GRID_TOLERANCE). The one builder of such grids (the CNN's
-    working grid, registration's working grid)."""
+    """A grid over the CT's field with voxels of ``spacing``, the same first voxel edge.
+
+    The one builder of such grids (the CNN's working grid, registration's working grid).
+
+    Parameters
+    ----------
+    ct : Volume
+        The CT (its geometry only).
+    spacing : sequence of float
+        (x, y, z) voxel size (mm).
+
+    Returns
+    -------
+    Volume or None
+        A uint8 grid of zeros with the CT's direction; None when the CT grid already has that
+        spacing (within :data:`GRID_TOLERANCE`).
+    """
     spacing = np.asarray(spacing, dtype=np.float64)
     cs = np.asarray(ct.spacing, dtype=np.float64)
     if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
