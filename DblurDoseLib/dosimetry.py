@@ -325,8 +325,25 @@ def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple
 
     Each folder is an earlier ``dblurdose dosimetry`` output of the same patient; VOIs are matched by
     name. BEDs add across cycles weeks apart (no repair between them; :func:`radiobiology.total_bed`).
-    Returns the rows (columns ``cycles``, ``cumulative_dose_gy``, ``cumulative_bed_gy``) and warnings
-    for VOIs an earlier cycle lacks (their sums are NaN: not comparable).
+
+    Parameters
+    ----------
+    rows : list of dict
+        This cycle's rows (:func:`dose_rows`).
+    folders : sequence of str or Path
+        Output folders of earlier absorbed-dose runs (each holds a ``doses.csv``).
+
+    Returns
+    -------
+    rows : list of dict
+        The rows with columns ``cycles``, ``cumulative_dose_gy`` and ``cumulative_bed_gy`` (Gy) added.
+    warnings : list of str
+        One per VOI an earlier cycle lacks (its sums are NaN: not comparable).
+
+    Raises
+    ------
+    DblurDoseError
+        When a folder holds no ``doses.csv``, or one without ``mean_dose_gy`` and ``bed_gy``.
     """
     import csv
 
