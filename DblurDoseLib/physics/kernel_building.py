@@ -384,8 +384,9 @@ def build_point_kernels(
 
 
 def save_point_kernels(dpk: dict, path: str | os.PathLike) -> Path:
-    """Write dose-point kernels from :func:`build_point_kernels` as the ``.npz`` that
-    :func:`~DblurDoseLib.physics.kernels.load_point_kernels` reads.
+    """Write dose-point kernels from :func:`build_point_kernels` as a compressed ``.npz``.
+
+    The file :func:`~DblurDoseLib.physics.kernels.load_point_kernels` reads (``data/kernels``).
 
     Parameters
     ----------
