@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .errors import DblurDoseError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Device names the library accepts ('cuda:N' too): auto = CUDA, then Apple MPS, then the CPU;
 #: gpu = CUDA, else Apple MPS (refused when neither exists).
@@ -18,7 +23,7 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
-def resolve_device(device="auto"):
+def resolve_device(device: torch.device | str = "auto") -> torch.device:
     """The ``torch.device`` for a user's choice: the one place a device is chosen.
 
     Parameters
@@ -26,6 +31,11 @@ def resolve_device(device="auto"):
     device : str or torch.device
         'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'gpu' (CUDA, else Apple MPS), 'cuda',
         'cuda:N' or 'mps', in any letter case; a ``torch.device`` is returned as it is.
+
+    Returns
+    -------
+    torch.device
+        The device chosen.
 
     Raises
     ------
@@ -65,11 +75,22 @@ def resolve_device(device="auto"):
 
 
 @contextlib.contextmanager
-def full_float32(device):
-    """Within the block, CUDA convolutions and matrix products run in full float32 with deterministic
+def full_float32(device: torch.device | str) -> Iterator[None]:
+    """Context manager: CUDA convolutions and matrix products in full float32 within the block.
+
+    Within the block, CUDA convolutions and matrix products run in full float32 with deterministic
     cuDNN algorithms (TF32, PyTorch's default on Ampere and newer GPUs, keeps 10 mantissa bits: ~1e-3
     relative error), so that a GPU map agrees with the CPU's to float32 rounding and repeats to the
     last bit. The previous settings are restored afterwards; nothing changes on other devices.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        The device the block computes on; only ``cuda`` devices are affected.
+
+    Yields
+    ------
+    None
     """
     import torch
 
@@ -87,8 +108,22 @@ def full_float32(device):
          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
 
 
-def memory_budget_bytes(device, requested: float | None = None) -> float:
-    """Working-memory budget for one computation on ``device`` (bytes)."""
+def memory_budget_bytes(device: torch.device, requested: float | None = None) -> float:
+    """Working-memory budget for one computation on ``device`` (bytes).
+
+    Parameters
+    ----------
+    device : torch.device
+        The device (from :func:`resolve_device`).
+    requested : float, optional
+        A budget (bytes) to use as it is.
+
+    Returns
+    -------
+    float
+        ``requested`` when given; else on CUDA 70% of the GPU's free memory, elsewhere 3e9 bytes
+        (keeps a 512x512x130 CT grid well inside 4 GB of process memory).
+    """
     if requested is not None:
         return float(requested)
     if device.type == "cuda":

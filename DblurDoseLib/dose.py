@@ -6,7 +6,9 @@ HU to density -> DVK convolution with density scaling (-> CNN correction, when a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +18,13 @@ from .io.volume import Volume, check_orthogonal
 from .memory import DEFAULT_MEMORY_GB, check_memory, plan_memory, resident_bytes
 from .physics.density import AIR_DENSITY_THRESHOLD, check_ct_is_hu, hu_to_density
 from .units import SPECT_UNITS, spect_unit_key, spect_unit_label
+
+if TYPE_CHECKING:
+    import torch
+
+    from .learning.network import DblurDoseNet
+    from .memory import MemoryPlan
+    from .physics.kernels import Kernel
 
 #: default plausible total activity: the nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`);
 #: a (lowest, highest) tuple in MBq sets one, ``None`` disables the check (setting ``any_activity``).
@@ -30,7 +39,13 @@ Progress = Callable[[float, str], object]
 
 
 def available_methods() -> tuple[str, ...]:
-    """Dose methods usable in this installation (the CNN needs its shipped weights)."""
+    """Dose methods usable in this installation (the CNN needs its shipped weights).
+
+    Returns
+    -------
+    tuple of str
+        ``("dvk", "cnn")`` when the shipped DblurDoseNet weights are installed, else ``("dvk",)``.
+    """
     from .learning.inference import weights_installed
 
     return METHODS if weights_installed() else ("dvk",)
@@ -39,8 +54,24 @@ def available_methods() -> tuple[str, ...]:
 def check_positive(value: float, name: str, setting: str | None = None) -> float:
     """Refuse a setting that is not a finite positive number.
 
-    ``name`` says which one in words ("the memory budget (GB)"); ``setting`` is its key in
-    :data:`~DblurDoseLib.errors.SETTINGS`, for the front end to name.
+    Parameters
+    ----------
+    value : float
+        The setting as given (anything ``float()`` accepts).
+    name : str
+        Which setting, in words, with its unit ("the memory budget (GB)").
+    setting : str, optional
+        Its key in :data:`~DblurDoseLib.errors.SETTINGS`, for the front end to name.
+
+    Returns
+    -------
+    float
+        ``value`` as a float, in the setting's own unit.
+
+    Raises
+    ------
+    DblurDoseError
+        When ``value`` is not a number, not finite, or not above zero.
     """
     settings = (setting,) if setting else ()
     try:
@@ -55,7 +86,29 @@ def check_positive(value: float, name: str, setting: str | None = None) -> float
 def spect_to_bqml(
     spect: Volume, units: str = "bqml", calibration_cps_per_mbq: float | None = None, duration_s: float | None = None
 ) -> Volume:
-    """The SPECT as activity concentration (Bq/mL), from Bq/mL, kBq/mL, MBq/mL or counts per voxel."""
+    """The SPECT as activity concentration (Bq/mL), from Bq/mL, kBq/mL, MBq/mL or counts per voxel.
+
+    Parameters
+    ----------
+    spect : Volume
+        The SPECT in ``units``.
+    units : str
+        Its units: any name :func:`~DblurDoseLib.units.spect_unit_key` accepts (default Bq/mL).
+    calibration_cps_per_mbq : float, optional
+        Camera sensitivity (cps/MBq); needed for counts.
+    duration_s : float, optional
+        Acquisition duration (s); needed for counts.
+
+    Returns
+    -------
+    Volume
+        Float32 activity concentration (Bq/mL) on the SPECT grid.
+
+    Raises
+    ------
+    DblurDoseError
+        For unknown units, or counts without a positive calibration and duration.
+    """
     key = spect_unit_key(units or "bqml")
     if key is None:
         raise DblurDoseError(f"unknown SPECT units {units!r}; choose one of "
@@ -79,8 +132,27 @@ def spect_to_bqml(
 def spect_units_of(spect: Volume, given: str | None) -> tuple[str, str, list[str]]:
     """The SPECT's units, where they came from, and warnings, from the user's choice or the file's tags.
 
-    ``spect.metadata`` holds ``spect_units`` and ``units_from`` when the file records its units (DICOM);
-    an explicit ``given`` overrides them, with a warning when they disagree.
+    Parameters
+    ----------
+    spect : Volume
+        The SPECT as read; ``spect.metadata`` holds ``spect_units`` and ``units_from`` when the
+        file records its units (DICOM).
+    given : str or None
+        The units the user chose; overrides the file's, with a warning when they disagree.
+
+    Returns
+    -------
+    units : str
+        The units key (e.g. ``"bqml"``, ``"counts"``); ``"bqml"`` when neither user nor file says.
+    source : str
+        Where they came from, in words.
+    warnings : list of str
+        A warning when the user's choice overrides different units in the file.
+
+    Raises
+    ------
+    DblurDoseError
+        When the file records units that are neither activity nor counts and none are given.
     """
     source = spect.metadata.get("units_from")
     tagged = spect.metadata.get("spect_units") if source else None
@@ -100,8 +172,22 @@ def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple
                          nuclide: str = "Lu-177") -> None:
     """Refuse a total activity (MBq) outside the range of a patient scan (the usual sign of wrong units).
 
-    ``activity_range_mbq``: (lowest, highest) MBq, ``"nuclide"`` for the nuclide's patient range
-    (:func:`~DblurDoseLib.physics.nuclides.patient_activity_mbq`), or ``None`` to accept any total.
+    Parameters
+    ----------
+    total_mbq : float
+        The SPECT's total activity (MBq), as read with ``units``.
+    units : str
+        The SPECT units key it was read with (names the likely fix).
+    activity_range_mbq : tuple of float, str or None
+        (lowest, highest) MBq, ``"nuclide"`` for the nuclide's patient range
+        (:func:`~DblurDoseLib.physics.nuclides.patient_activity_mbq`), or ``None`` to accept any total.
+    nuclide : str
+        The nuclide (default Lu-177).
+
+    Raises
+    ------
+    DblurDoseError
+        When ``total_mbq`` lies outside the range.
     """
     from .physics.nuclides import canonical_name, patient_activity_mbq
 
@@ -129,7 +215,25 @@ def check_total_activity(total_mbq: float, units: str, activity_range_mbq: tuple
 
 
 def check_spect(bqml: np.ndarray, clip_negative: bool = False) -> np.ndarray:
-    """Refuse NaN, negative or empty activity (clip small negatives only when asked)."""
+    """Refuse NaN, negative or empty activity (clip small negatives only when asked).
+
+    Parameters
+    ----------
+    bqml : np.ndarray
+        Activity concentration (Bq/mL).
+    clip_negative : bool
+        Set negative voxels to zero instead of refusing them.
+
+    Returns
+    -------
+    np.ndarray
+        ``bqml``, with negative voxels set to zero when ``clip_negative``.
+
+    Raises
+    ------
+    DblurDoseError
+        For NaN or infinite values, or negative values without ``clip_negative``.
+    """
     if not np.all(np.isfinite(bqml)):
         raise DblurDoseError("the SPECT holds NaN or infinite values; reconstruct or export it again")
     negative = bqml < 0
@@ -158,6 +262,18 @@ def check_not_swapped(spect_values: np.ndarray, hu: np.ndarray) -> None:
     The sign: the "SPECT" holds air as a CT does (at least :data:`SWAPPED_AIR_SHARE` of its voxels
     at or below :data:`AIR_HU`) while the "CT" holds nothing below -100 (no air, as activity has
     none). A CT of raw stored values (HU + 1024) beside a real SPECT keeps its own advice.
+
+    Parameters
+    ----------
+    spect_values : np.ndarray
+        The image given as the SPECT (any units).
+    hu : np.ndarray
+        The image given as the CT (HU).
+
+    Raises
+    ------
+    DblurDoseError
+        When the two look swapped.
     """
     hu_min = float(np.min(hu))
     if hu_min < -100.0:
@@ -173,7 +289,18 @@ def check_not_swapped(spect_values: np.ndarray, hu: np.ndarray) -> None:
 
 
 def check_geometry(spect: Volume, ct: Volume) -> None:
-    """Refuse sheared grids and SPECT/CT pairs whose fields do not overlap."""
+    """Refuse sheared grids and SPECT/CT pairs whose fields do not overlap.
+
+    Parameters
+    ----------
+    spect, ct : Volume
+        The two images, with their physical geometry (mm).
+
+    Raises
+    ------
+    DblurDoseError
+        For a non-orthogonal direction matrix, or fields that do not overlap in space.
+    """
     check_orthogonal(spect, "SPECT")
     check_orthogonal(ct, "CT")
     lo_s, hi_s = spect.physical_corners().min(0), spect.physical_corners().max(0)
@@ -188,8 +315,28 @@ def check_geometry(spect: Volume, ct: Volume) -> None:
         )
 
 
-def unused_option_warnings(methods, spect_units: str, calibration_cps_per_mbq, duration_s, model) -> list[str]:
-    """Options given that this run does not use (so the user knows they had no effect)."""
+def unused_option_warnings(methods: Sequence[str], spect_units: str, calibration_cps_per_mbq: float | None,
+                           duration_s: float | None, model: str | os.PathLike | None) -> list[str]:
+    """Options given that this run does not use (so the user knows they had no effect).
+
+    Parameters
+    ----------
+    methods : sequence of str
+        The dose methods of the run.
+    spect_units : str
+        The SPECT units (the calibration and duration apply only to counts).
+    calibration_cps_per_mbq : float or None
+        Camera sensitivity (cps/MBq), if given.
+    duration_s : float or None
+        Acquisition duration (s), if given.
+    model : str, os.PathLike or None
+        A model file, if given (applies only to the CNN method).
+
+    Returns
+    -------
+    list of str
+        One warning per option that has no effect.
+    """
     warnings = []
     counts = (spect_units or "").lower() == "counts"
     for value, name in ((calibration_cps_per_mbq, "the camera calibration"), (duration_s, "the acquisition duration")):
@@ -201,9 +348,35 @@ def unused_option_warnings(methods, spect_units: str, calibration_cps_per_mbq, d
     return warnings
 
 
-def memory_plan(spect: Volume, ct: Volume, methods, kernel, ct_itemsize: int, scale_electron_only: bool, network,
-                device: str, memory_gb: float):
-    """The :class:`~DblurDoseLib.memory.MemoryPlan` of a run from its inputs' shapes (nothing computed)."""
+def memory_plan(spect: Volume, ct: Volume, methods: Sequence[str], kernel: Kernel, ct_itemsize: int,
+                scale_electron_only: bool, network: DblurDoseNet | None, device: torch.device | str,
+                memory_gb: float) -> MemoryPlan:
+    """The :class:`~DblurDoseLib.memory.MemoryPlan` of a run from its inputs' shapes (nothing computed).
+
+    Parameters
+    ----------
+    spect, ct : Volume
+        The inputs (their shapes, spacings and array sizes).
+    methods : sequence of str
+        The dose methods of the run.
+    kernel : Kernel
+        The dose-voxel kernel (its electron and photon shapes).
+    ct_itemsize : int
+        Bytes per CT voxel as held during the run.
+    scale_electron_only : bool
+        Density scaling of the electron part only (two FFT kernels instead of one).
+    network : DblurDoseNet or None
+        The CNN, when the CNN method runs (its working spacing).
+    device : torch.device or str
+        Where the convolution runs (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+    memory_gb : float
+        The memory budget (GB, 1e9 bytes).
+
+    Returns
+    -------
+    MemoryPlan
+        The estimate and the working memory (bytes) of each stage.
+    """
     from .devices import resolve_device
     from .learning.inference import working_shape
 
@@ -226,13 +399,13 @@ def compute_dose_rate_maps(
     spect_units: str = "bqml",
     calibration_cps_per_mbq: float | None = None,
     duration_s: float | None = None,
-    device: str = "auto",
+    device: torch.device | str = "auto",
     scale_electron_only: bool = False,
     per_mbq: bool = False,
     hu_calibration: np.ndarray | None = None,
     clip_negative: bool = False,
     nuclide: str = "Lu-177",
-    model=None,
+    model: str | os.PathLike | None = None,
     activity_range_mbq: tuple[float, float] | str | None = ACTIVITY_RANGE_MBQ,
     memory_gb: float = DEFAULT_MEMORY_GB,
     progress: Progress | None = None,
@@ -240,17 +413,60 @@ def compute_dose_rate_maps(
 ) -> dict[str, Volume]:
     """Dose-rate maps on the CT grid, one per method: mGy/h, or nGy/(MBq s) with ``per_mbq``.
 
-    ``progress(fraction, message)`` is called along the way; returning False cancels.
-    ``report`` (a dict) receives what was done: activity totals, resampling factor, kernel source.
-    ``model``: a DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN
-    method instead of the shipped weights; it is read and verified before any work is done.
-    ``activity_range_mbq``: plausible total SPECT activity (MBq), refused outside; ``"nuclide"``
-    (default) for the nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`), ``None`` for
-    phantoms and pre-clinical scans. Warnings (options that do not apply) go to ``report["warnings"]``.
-    ``memory_gb``: budget for the process's peak memory (GB, 1e9 bytes); the DVK's FFT and the
-    CNN's chunks are sized to it (:func:`~DblurDoseLib.memory.plan_memory`), and a run whose
-    estimate exceeds it, or the machine's available memory, is refused before the convolution.
-    The plan goes to ``report["memory"]``.
+    Parameters
+    ----------
+    spect : Volume
+        The SPECT, in ``spect_units``.
+    ct : Volume
+        The CT (HU); its grid is the output grid.
+    methods : sequence of str
+        ``"dvk"`` and/or ``"cnn"``.
+    spect_units : str
+        The SPECT's units (Bq/mL, kBq/mL, MBq/mL or counts; see :func:`spect_to_bqml`).
+    calibration_cps_per_mbq : float, optional
+        Camera sensitivity (cps/MBq), for a SPECT in counts.
+    duration_s : float, optional
+        Acquisition duration (s), for a SPECT in counts.
+    device : torch.device or str
+        Where to compute (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+    scale_electron_only : bool
+        Scale only the electron part of the kernel by density.
+    per_mbq : bool
+        Normalise to 1 MBq in the field: nGy/(MBq s) instead of mGy/h.
+    hu_calibration : np.ndarray, optional
+        HU-to-density table (HU, g/cm3) instead of the default.
+    clip_negative : bool
+        Clip negative activity to zero instead of refusing it.
+    nuclide : str
+        The nuclide (default Lu-177).
+    model : str, os.PathLike or None
+        A DblurDoseNet model file (e.g. one made by ``dblurdose train``) for the CNN method
+        instead of the shipped weights; it is read and verified before any work is done.
+    activity_range_mbq : tuple of float, str or None
+        Plausible total SPECT activity (MBq), refused outside; ``"nuclide"`` (default) for the
+        nuclide's patient range (:data:`~DblurDoseLib.physics.nuclides.PATIENT_ACTIVITY_MBQ`),
+        ``None`` for phantoms and pre-clinical scans.
+    memory_gb : float
+        Budget for the process's peak memory (GB, 1e9 bytes); the DVK's FFT and the CNN's chunks
+        are sized to it (:func:`~DblurDoseLib.memory.plan_memory`), and a run whose estimate exceeds
+        it, or the machine's available memory, is refused before the convolution.
+    progress : callable, optional
+        ``progress(fraction, message)`` is called along the way; returning False cancels.
+    report : dict, optional
+        Receives what was done: activity totals (MBq), resampling factor, kernel source, the memory
+        plan (``report["memory"]``, GB), units, and warnings (``report["warnings"]``: options that
+        do not apply).
+
+    Returns
+    -------
+    dict of str to Volume
+        Float32 dose-rate map (mGy/h, or nGy/(MBq s)) on the CT grid per method.
+
+    Raises
+    ------
+    DblurDoseError
+        For any refused input (see :func:`checked_activity`, :func:`activity_on_ct`), a run over
+        the memory budget, or a cancel.
     """
     from .physics.kernels import get_kernel
 
@@ -305,8 +521,24 @@ def compute_dose_rate_maps(
     return results
 
 
-def checked_methods(methods) -> tuple[str, ...]:
-    """The methods asked for, lower case, each once; refuses unknown ones and an empty choice."""
+def checked_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """The methods asked for, lower case, each once; refuses unknown ones and an empty choice.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names, any case (``"dvk"``, ``"cnn"``).
+
+    Returns
+    -------
+    tuple of str
+        The methods, lower case, in their first order, without repeats.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown method or none at all.
+    """
     methods = tuple(dict.fromkeys(m.lower() for m in methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -322,6 +554,35 @@ def checked_activity(spect: Volume, ct: Volume, hu: np.ndarray, spect_units: str
 
     Refuses swapped inputs, a CT not in HU, grids that do not overlap, NaN/negative/empty activity,
     concentrations and totals that betray wrong units (see :func:`check_total_activity`).
+
+    Parameters
+    ----------
+    spect, ct : Volume
+        The inputs.
+    hu : np.ndarray
+        The CT's values (HU).
+    spect_units : str
+        The SPECT's units.
+    calibration_cps_per_mbq : float or None
+        Camera sensitivity (cps/MBq), for counts.
+    duration_s : float or None
+        Acquisition duration (s), for counts.
+    clip_negative : bool
+        Clip negative activity to zero instead of refusing it.
+    activity_range_mbq : tuple of float, str or None
+        Plausible total activity (MBq); see :func:`check_total_activity`.
+    nuclide : str
+        The nuclide.
+
+    Returns
+    -------
+    Volume
+        Activity concentration (Bq/mL, float32) on the SPECT grid.
+
+    Raises
+    ------
+    DblurDoseError
+        For any of the refused inputs above.
     """
     check_not_swapped(np.asarray(spect.array), hu)
     check_ct_is_hu(hu)
@@ -347,6 +608,34 @@ def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.
 
     Refuses activity mostly outside the CT field or off tissue (misaligned images, a CT of another
     patient or of air); warns (appended to ``warnings``) when more than 1% lies outside the field.
+
+    Parameters
+    ----------
+    bqml : Volume
+        Activity concentration (Bq/mL) on the SPECT grid.
+    ct : Volume
+        The CT (its grid).
+    hu : np.ndarray
+        The CT's values (HU).
+    hu_calibration : np.ndarray or None
+        HU-to-density table (HU, g/cm3), or ``None`` for the default.
+    warnings : list of str
+        Appended to in place.
+
+    Returns
+    -------
+    activity : Volume
+        Activity concentration (Bq/mL) on the CT grid.
+    report : ResampleReport
+        Totals (Bq) and the share inside the CT field.
+    density : np.ndarray
+        Mass density (g/cm3) on the CT grid.
+
+    Raises
+    ------
+    DblurDoseError
+        When under half the activity lies inside the CT field, or under
+        :data:`MIN_ACTIVITY_IN_TISSUE` of it on tissue.
     """
     resampling: list[ResampleReport] = []
     activity = resample_activity(bqml, ct, resampling)

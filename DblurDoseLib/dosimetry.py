@@ -163,7 +163,19 @@ class DosimetryResult:
 
 # --- checks ---------------------------------------------------------------------------------------
 def check_time_points(times_h: Sequence[float], single_time_point: str | None) -> np.ndarray:
-    """Refuse times that are not hours after administration in increasing order; h.
+    """Refuse times that are not hours after administration in increasing order.
+
+    Parameters
+    ----------
+    times_h : sequence of float
+        Each time point's time after administration (h).
+    single_time_point : str or None
+        The single-time-point method (a key of :data:`SINGLE_TIME_POINT`), or ``None``.
+
+    Returns
+    -------
+    np.ndarray
+        The times (h, float64).
 
     Raises
     ------
@@ -195,7 +207,23 @@ def check_time_points(times_h: Sequence[float], single_time_point: str | None) -
 
 
 def check_calibration_uncertainty(relative: float) -> float:
-    """Refuse a calibration relative standard uncertainty outside [0, 1) (a fraction: 0.05 for 5%)."""
+    """Refuse a calibration relative standard uncertainty outside [0, 1).
+
+    Parameters
+    ----------
+    relative : float
+        Relative standard uncertainty, a fraction (0.05 for 5%).
+
+    Returns
+    -------
+    float
+        ``relative`` as a float.
+
+    Raises
+    ------
+    DblurDoseError
+        When it is not finite or outside [0, 1).
+    """
     relative = float(relative)
     if not (math.isfinite(relative) and 0.0 <= relative < 1.0):
         raise DblurDoseError(f"the calibration's relative uncertainty must be a fraction in [0, 1) (0.05 for 5%), got "
@@ -205,7 +233,23 @@ def check_calibration_uncertainty(relative: float) -> float:
 
 
 def check_fit(fit: str) -> tuple[str, ...]:
-    """The models of ``--fit`` (empty for the trapezoid)."""
+    """The models of a fit choice (empty for the trapezoid).
+
+    Parameters
+    ----------
+    fit : str
+        A key of :data:`FITS` (``"auto"``, ``"mono"``, ``"bi"``, ``"tri"``, ``"trapezoid"``).
+
+    Returns
+    -------
+    tuple of str
+        The time_integration model names compared by AICc; empty for the trapezoid.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown choice.
+    """
     if fit not in FITS:
         raise DblurDoseError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
     return FITS[fit]
@@ -280,8 +324,25 @@ def add_earlier_cycles(rows: list[dict], folders: Sequence[str | Path]) -> tuple
 
     Each folder is an earlier ``dblurdose dosimetry`` output of the same patient; VOIs are matched by
     name. BEDs add across cycles weeks apart (no repair between them; :func:`radiobiology.total_bed`).
-    Returns the rows (columns ``cycles``, ``cumulative_dose_gy``, ``cumulative_bed_gy``) and warnings
-    for VOIs an earlier cycle lacks (their sums are NaN: not comparable).
+
+    Parameters
+    ----------
+    rows : list of dict
+        This cycle's rows (:func:`dose_rows`).
+    folders : sequence of str or Path
+        Output folders of earlier absorbed-dose runs (each holds a ``doses.csv``).
+
+    Returns
+    -------
+    rows : list of dict
+        The rows with columns ``cycles``, ``cumulative_dose_gy`` and ``cumulative_bed_gy`` (Gy) added.
+    warnings : list of str
+        One per VOI an earlier cycle lacks (its sums are NaN: not comparable).
+
+    Raises
+    ------
+    DblurDoseError
+        When a folder holds no ``doses.csv``, or one without ``mean_dose_gy`` and ``bed_gy``.
     """
     import csv
 
@@ -559,7 +620,19 @@ def _key(name: str) -> str:
 
 # --- tables ---------------------------------------------------------------------------------------
 def dose_rows(result: DosimetryResult) -> list[dict]:
-    """``doses.csv``: one row per VOI (Gy, mL, h)."""
+    """``doses.csv``: one row per VOI (Gy, mL, h).
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found.
+
+    Returns
+    -------
+    list of dict
+        Per VOI: volume (mL), mean dose and its uncertainty (Gy), the voxel map's mean and D2, D50,
+        D98 (Gy), BED (Gy) and its tissue, the fit, the effective half-life (h), the fallback and reason.
+    """
     rows = []
     for v in result.vois:
         rows.append({
@@ -574,13 +647,39 @@ def dose_rows(result: DosimetryResult) -> list[dict]:
 
 
 def tac_rows(result: DosimetryResult) -> list[dict]:
-    """``tac.csv``: one row per VOI and time point (h, mGy/h, MBq)."""
+    """``tac.csv``: one row per VOI and time point (h, mGy/h, MBq).
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found.
+
+    Returns
+    -------
+    list of dict
+        ``segment``, ``time_h`` (h), ``mean_dose_rate_mgy_h`` (mGy/h), ``activity_mbq`` (MBq).
+    """
     return [{"segment": v.name, "time_h": float(t), "mean_dose_rate_mgy_h": float(r), "activity_mbq": float(a)}
             for v in result.vois for t, r, a in zip(result.times_h, v.dose_rates_mgy_h, v.activities_mbq)]
 
 
 def dvh_rows(result: DosimetryResult, segments: Sequence[Segment], n_bins: int = 200) -> list[dict]:
-    """``dvh.csv``: cumulative dose-volume histogram per VOI (Gy), from :func:`metrics.drvh_table`."""
+    """``dvh.csv``: cumulative dose-volume histogram per VOI (Gy), from :func:`metrics.drvh_table`.
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found (its dose map, Gy).
+    segments : sequence of Segment
+        The VOIs, on the dose map's grid.
+    n_bins : int
+        Histogram bins per VOI.
+
+    Returns
+    -------
+    list of dict
+        Per VOI and bin: the bin's dose range (Gy), the differential and cumulative volume fractions.
+    """
     rows = drvh_table({"dose": np.asarray(result.dose.array)}, segments, n_bins, unit="Gy")
     return [{"segment": r["segment"], "dose_gy_low": r["dose_rate_low_Gy"], "dose_gy_high": r["dose_rate_high_Gy"],
              "differential_fraction": r["differential_fraction"], "cumulative_fraction": r["cumulative_fraction"]}
@@ -593,8 +692,22 @@ REPORT_FILES = ("report.html", "tac.png", "absorbed_dose.png")
 
 
 def fitted_curves(result: DosimetryResult, n_points: int = 200) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Each VOI's fitted dose-rate curve (mGy/h) from administration to 1.2x the last time point (h);
-    NaN for a VOI without a fitted model (the trapezoid)."""
+    """Each VOI's fitted dose-rate curve (mGy/h) from administration to 1.2x the last time point.
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found.
+    n_points : int
+        Number of times sampled.
+
+    Returns
+    -------
+    times_h : np.ndarray
+        Evenly spaced times (h) from 0 to 1.2x the last time point.
+    curves : dict of str to np.ndarray
+        The fitted dose rate (mGy/h) per VOI name; NaN for a VOI without a fitted model (the trapezoid).
+    """
     dense = np.linspace(0.0, float(result.times_h[-1]) * 1.2, n_points)
     return dense, {v.name: v.integral.evaluate(dense) if v.integral.amplitudes.size else np.full(dense.size, np.nan)
                    for v in result.vois}
@@ -602,7 +715,17 @@ def fitted_curves(result: DosimetryResult, n_points: int = 200) -> tuple[np.ndar
 
 def save_time_activity_plot(result: DosimetryResult, path: str | Path,
                             title: str = "VOI dose rates and fitted curves") -> None:
-    """The VOIs' measured mean dose rates (points) and fitted curves (lines) against time, as a PNG."""
+    """The VOIs' measured mean dose rates (points) and fitted curves (lines) against time, as a PNG.
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found.
+    path : str or Path
+        The PNG file to write.
+    title : str
+        The plot's title.
+    """
     from .evaluation.report import save_curves
 
     dense, fits = fitted_curves(result)
@@ -615,7 +738,17 @@ def save_time_activity_plot(result: DosimetryResult, path: str | Path,
 
 
 def write_report(result: DosimetryResult, folder: str | Path) -> None:
-    """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance."""
+    """``report.html`` in ``folder``: the VOI doses, the dose-rate curves and fits, a slice of the map, provenance.
+
+    Also writes the figures it shows (:data:`REPORT_FILES`).
+
+    Parameters
+    ----------
+    result : DosimetryResult
+        What :func:`absorbed_dose` found.
+    folder : str or Path
+        An existing folder.
+    """
     from .evaluation.report import Panel, html_table, save_panels, write_html
 
     folder = Path(folder)

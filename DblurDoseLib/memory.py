@@ -70,17 +70,35 @@ def _status_bytes(field: str, path: str = "/proc/self/status") -> float | None:
 
 
 def resident_bytes() -> float | None:
-    """This process's resident size now (bytes, /proc/self/status VmRSS); None where unknown."""
+    """This process's resident size now (bytes, /proc/self/status VmRSS).
+
+    Returns
+    -------
+    float or None
+        Bytes; None where unknown (no /proc).
+    """
     return _status_bytes("VmRSS")
 
 
 def peak_resident_bytes() -> float | None:
-    """This process's peak resident size so far (bytes, /proc/self/status VmHWM); None where unknown."""
+    """This process's peak resident size so far (bytes, /proc/self/status VmHWM).
+
+    Returns
+    -------
+    float or None
+        Bytes; None where unknown (no /proc).
+    """
     return _status_bytes("VmHWM")
 
 
 def available_bytes() -> float | None:
-    """Memory the system can give without swapping (bytes, /proc/meminfo MemAvailable); None where unknown."""
+    """Memory the system can give without swapping (bytes, /proc/meminfo MemAvailable).
+
+    Returns
+    -------
+    float or None
+        Bytes; None where unknown (no /proc).
+    """
     return _status_bytes("MemAvailable", "/proc/meminfo")
 
 
@@ -103,7 +121,13 @@ class MemoryPlan:
     on_host: bool = True
 
     def describe(self) -> str:
-        """One phrase: the estimate against the budget (GB)."""
+        """One phrase: the estimate against the budget (GB).
+
+        Returns
+        -------
+        str
+            E.g. "an estimated 1.2 GB peak against a 8.0 GB budget".
+        """
         return f"an estimated {self.estimate / 1e9:.1f} GB peak against a {self.budget / 1e9:.1f} GB budget"
 
 
@@ -123,16 +147,25 @@ def plan_memory(
 
     Parameters
     ----------
-    ct_shape, spect_shape : (z, y, x) voxels of the CT and SPECT grids.
-    methods : the methods run ('dvk', 'cnn'); the DVK always runs.
-    kernel_shapes : shapes of the kernels convolved (one: the total kernel; two with electron-only scaling).
-    work_shape : the CNN's working grid (z, y, x), :func:`~DblurDoseLib.learning.inference.working_shape`;
+    ct_shape, spect_shape : sequence of int
+        (z, y, x) voxels of the CT and SPECT grids.
+    methods : sequence of str
+        The methods run ('dvk', 'cnn'); the DVK always runs.
+    kernel_shapes : sequence of sequence of int
+        Shapes (z, y, x voxels) of the kernels convolved (one: the total kernel; two with
+        electron-only scaling).
+    work_shape : sequence of int, optional
+        The CNN's working grid (z, y, x voxels), :func:`~DblurDoseLib.learning.inference.working_shape`;
         None: the CT grid.
-    ct_itemsize : bytes per CT voxel as read (2 for 16-bit HU, 4 for float32).
-    memory_gb : budget for the whole process (GB, 1e9 bytes).
-    base_bytes : the process without the arrays (bytes); None: its resident size now
+    ct_itemsize : int
+        Bytes per CT voxel as read (2 for 16-bit HU, 4 for float32).
+    memory_gb : float
+        Budget for the whole process (GB, 1e9 bytes).
+    base_bytes : float, optional
+        The process without the arrays (bytes); None: its resident size now
         (``DEFAULT_BASE_BYTES`` where unknown).
-    device_type : 'cpu', or 'cuda'/'mps' (then the FFT and chunks are not host memory).
+    device_type : str
+        'cpu', or 'cuda'/'mps' (then the FFT and chunks are not host memory).
 
     Returns
     -------
@@ -185,7 +218,17 @@ def check_memory(plan: MemoryPlan) -> None:
 
     The plan's working sets are already the smallest that work (one FFT z-slab of the kernel's
     depth, one CNN slice), so an estimate over the budget cannot be chunked into it.
-    Raises :class:`~DblurDoseLib.errors.OutOfMemoryError` (exit code 3) with a one-line message.
+
+    Parameters
+    ----------
+    plan : MemoryPlan
+        From :func:`plan_memory` (bytes).
+
+    Raises
+    ------
+    OutOfMemoryError
+        (:class:`~DblurDoseLib.errors.OutOfMemoryError`, exit code 3) with a one-line message, when the
+        estimate exceeds the budget, or the arrays' share of it exceeds the available memory.
     """
     if plan.estimate > plan.budget:
         raise OutOfMemoryError(f"not enough memory for this run: {plan.describe()} (the memory budget), even in "

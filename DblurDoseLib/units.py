@@ -50,10 +50,20 @@ _ALIASES = {"cnts": "counts", "{cnts}": "counts", "count": "counts"}
 
 
 def spect_unit_key(text: str | None) -> str | None:
-    """The keyword of a unit spelled as a keyword, label, UCUM code or DICOM Units value; None if unknown.
+    """The keyword of a unit spelled as a keyword, label, UCUM code or DICOM Units value.
 
     Case, spaces, ``/`` and ``_`` do not matter: ``"kBq/mL"``, ``"KBQML"`` and ``"kbq_ml"`` are
     all ``"kbqml"``.
+
+    Parameters
+    ----------
+    text : str or None
+        The unit as written (e.g. ``"Bq/mL"``, ``"BQML"``, ``"{counts}"``, ``"CNTS"``).
+
+    Returns
+    -------
+    str or None
+        A key of :data:`SPECT_UNITS` (``"bqml"``, ``"kbqml"``, ``"mbqml"``, ``"counts"``); None if unknown.
     """
     if not text:
         return None
@@ -68,6 +78,17 @@ def spect_unit_key(text: str | None) -> str | None:
 
 
 def spect_unit_label(key: str) -> str:
-    """What users read for a keyword (``"kbqml"`` -> ``"kBq/mL"``); the keyword itself if unknown."""
+    """What users read for a keyword (``"kbqml"`` -> ``"kBq/mL"``).
+
+    Parameters
+    ----------
+    key : str
+        A key of :data:`SPECT_UNITS`.
+
+    Returns
+    -------
+    str
+        Its label; the keyword itself if unknown.
+    """
     unit = SPECT_UNITS.get(key)
     return unit.label if unit else key

@@ -66,7 +66,7 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
 def test_write_refuses_to_overwrite(tmp_path):
     vol = Volume(np.zeros((2, 2, 2), np.float32))
     path = write_volume(vol, tmp_path / "a.nrrd")
-    with pytest.raises(DblurDoseError, match="--overwrite"):
+    with pytest.raises(DblurDoseError, match="allow overwriting"):
         write_volume(vol, path)
     write_volume(vol.with_array(np.ones((2, 2, 2), np.float32)), path, overwrite=True)
     assert read_volume(path).array.max() == 1

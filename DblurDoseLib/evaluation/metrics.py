@@ -9,23 +9,48 @@ column name (:func:`unit_suffix`), e.g. ``mean_mGy_per_h`` or ``mean_nGy_per_MBq
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
 
+if TYPE_CHECKING:
+    from ..geometry.segments import Segment
+
 DR_LEVELS: tuple[int, ...] = (10, 30, 70, 90)
 
 
 def unit_suffix(unit: str) -> str:
-    """A unit as a column-name suffix: 'mGy/h' -> 'mGy_per_h', 'nGy/(MBq s)' -> 'nGy_per_MBq_s', 'Gy' -> 'Gy'."""
+    """A unit as a column-name suffix: 'mGy/h' -> 'mGy_per_h', 'nGy/(MBq s)' -> 'nGy_per_MBq_s', 'Gy' -> 'Gy'.
+
+    Parameters
+    ----------
+    unit : str
+        A unit as written.
+
+    Returns
+    -------
+    str
+    """
     text = unit.replace("/", " per ").replace("(", " ").replace(")", " ").replace(".", " ")
     return "_".join(text.split())
 
 
 def statistics_columns(unit: str = "mGy/h") -> dict[str, str]:
-    """Keys of :func:`segment_statistics` -> the column names of :func:`statistics_table` for ``unit``."""
+    """Keys of :func:`segment_statistics` -> the column names of :func:`statistics_table` for ``unit``.
+
+    Parameters
+    ----------
+    unit : str
+        The dose maps' unit (e.g. 'mGy/h').
+
+    Returns
+    -------
+    dict of str to str
+        ``volume_ml`` -> ``volume_mL``, ``mean`` -> ``mean_<unit>``, ``DRx`` -> ``DRx_<unit>``.
+    """
     return {"volume_ml": "volume_mL", "mean": f"mean_{unit_suffix(unit)}",
             **{f"DR{level}": f"DR{level}_{unit_suffix(unit)}" for level in DR_LEVELS}}
 
@@ -40,7 +65,20 @@ def _values(dose_rate: np.ndarray, mask: np.ndarray, name: str = "segment") -> n
 
 
 def dr_x(values: np.ndarray, x: float) -> float:
-    """Minimum value received by the top ``x`` percent of ``values`` (hottest voxels first)."""
+    """Minimum value received by the top ``x`` percent of ``values`` (hottest voxels first).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Dose rates (any unit), any shape.
+    x : float
+        Percent of the voxels, 0-100 (at least one voxel is taken).
+
+    Returns
+    -------
+    float
+        In the values' unit.
+    """
     ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())[::-1]
     k = max(int(np.ceil(x / 100.0 * ordered.size)), 1)
     return float(ordered[k - 1])
@@ -49,7 +87,29 @@ def dr_x(values: np.ndarray, x: float) -> float:
 def segment_statistics(
     dose_rate: np.ndarray, mask: np.ndarray, voxel_volume_ml: float, name: str = "segment"
 ) -> dict[str, float]:
-    """Volume (mL), mean and DR10/30/70/90 of the dose rate inside ``mask``."""
+    """Volume (mL), mean and DR10/30/70/90 of the dose rate inside ``mask``.
+
+    Parameters
+    ----------
+    dose_rate : np.ndarray
+        Dose-rate map (any unit).
+    mask : np.ndarray
+        The VOI, boolean, the map's shape.
+    voxel_volume_ml : float
+        Volume of one voxel, mL.
+    name : str
+        The VOI's name in messages.
+
+    Returns
+    -------
+    dict of str to float
+        ``volume_ml`` (mL), ``mean`` and ``DR10`` .. ``DR90`` (the map's unit).
+
+    Raises
+    ------
+    DblurDoseError
+        When the mask's shape differs from the map's, or the mask is empty.
+    """
     values = _values(dose_rate, mask, name)
     stats = {"volume_ml": float(values.size * voxel_volume_ml), "mean": float(values.mean())}
     stats.update({f"DR{level}": dr_x(values, level) for level in DR_LEVELS})
@@ -57,7 +117,20 @@ def segment_statistics(
 
 
 def drvh_bin_edges(max_dose_rate: float, n_bins: int = 200) -> np.ndarray:
-    """Bin edges from 0 to a rounded ceiling above ``max_dose_rate`` (1, 2 or 5 x 10^k)."""
+    """Bin edges from 0 to a rounded ceiling above ``max_dose_rate`` (1, 2 or 5 x 10^k).
+
+    Parameters
+    ----------
+    max_dose_rate : float
+        The highest value to cover (any unit).
+    n_bins : int
+        Number of bins.
+
+    Returns
+    -------
+    np.ndarray
+        ``n_bins + 1`` edges, in the same unit.
+    """
     top = max(float(max_dose_rate), 1e-12)
     exponent = np.floor(np.log10(top))
     for mult in (1.0, 2.0, 5.0, 10.0):
@@ -72,8 +145,31 @@ def drvh(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dose-rate-volume histogram of the VOI.
 
-    Returns (bin_edges, differential volume fraction per bin, cumulative fraction of the VOI
-    receiving at least each bin's lower edge).
+    Parameters
+    ----------
+    dose_rate : np.ndarray
+        Dose-rate map (any unit).
+    mask : np.ndarray
+        The VOI, boolean, the map's shape.
+    bin_edges : np.ndarray, optional
+        Edges (the map's unit); None: :func:`drvh_bin_edges` of the VOI's maximum. Values outside
+        are counted in the end bins.
+    name : str
+        The VOI's name in messages.
+
+    Returns
+    -------
+    bin_edges : np.ndarray
+        The edges used (the map's unit).
+    differential : np.ndarray
+        Volume fraction per bin (0-1).
+    cumulative : np.ndarray
+        Fraction of the VOI receiving at least each bin's lower edge (0-1).
+
+    Raises
+    ------
+    DblurDoseError
+        When the mask's shape differs from the map's, or the mask is empty.
     """
     values = _values(dose_rate, mask, name)
     edges = drvh_bin_edges(values.max()) if bin_edges is None else np.asarray(bin_edges, dtype=np.float64)
@@ -84,13 +180,39 @@ def drvh(
 
 
 def mean_error_percent(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """Absolute error of the VOI mean relative to the true mean, in percent."""
+    """Absolute error of the VOI mean relative to the true mean, in percent.
+
+    Parameters
+    ----------
+    estimate, truth : np.ndarray
+        Dose-rate maps of one shape and unit.
+    mask : np.ndarray
+        The VOI, boolean.
+
+    Returns
+    -------
+    float
+        ``|mean(estimate) - mean(truth)| / |mean(truth)|``, percent.
+    """
     est, tru = _values(estimate, mask), _values(truth, mask)
     return float(abs(est.mean() - tru.mean()) / abs(tru.mean()) * 100.0)
 
 
 def nrmse(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """Normalised RMS error inside the VOI (paper's definition: RMS error / RMS truth)."""
+    """Normalised RMS error inside the VOI (paper's definition: RMS error / RMS truth).
+
+    Parameters
+    ----------
+    estimate, truth : np.ndarray
+        Dose-rate maps of one shape and unit.
+    mask : np.ndarray
+        The VOI, boolean.
+
+    Returns
+    -------
+    float
+        A fraction (not percent).
+    """
     est, tru = _values(estimate, mask), _values(truth, mask)
     return float(np.sqrt(np.mean((est - tru) ** 2)) / np.sqrt(np.mean(tru**2)))
 
@@ -101,17 +223,21 @@ def reference_noise_percent(reference: np.ndarray, relative_uncertainty: np.ndar
 
     Parameters
     ----------
-    reference : dose rate of the Monte Carlo reference (any unit).
-    relative_uncertainty : its relative 1-sigma uncertainty per voxel (fraction, e.g. ompmc's batch estimate).
-    mask : the VOI.
+    reference : np.ndarray
+        Dose rate of the Monte Carlo reference (any unit).
+    relative_uncertainty : np.ndarray
+        Its relative 1-sigma uncertainty per voxel (fraction, e.g. ompmc's batch estimate).
+    mask : np.ndarray
+        The VOI, boolean.
 
     Returns
     -------
-    ``mean``: 1-sigma uncertainty of the VOI's mean dose rate, percent of it, with the voxels
-    taken as independent (sqrt(sum (u t)^2) / sum t; correlations between neighbouring voxels,
-    which share decays, make the real figure somewhat larger). ``nrmse``: the NRMSE, percent, that
-    an exact, noise-free estimate would show against this reference, sqrt(sum (u t)^2 / sum t^2)
-    (the expected floor of any method's NRMSE against it).
+    dict of str to float
+        ``mean``: 1-sigma uncertainty of the VOI's mean dose rate, percent of it, with the voxels
+        taken as independent (sqrt(sum (u t)^2) / sum t; correlations between neighbouring voxels,
+        which share decays, make the real figure somewhat larger). ``nrmse``: the NRMSE, percent,
+        that an exact, noise-free estimate would show against this reference,
+        sqrt(sum (u t)^2 / sum t^2) (the expected floor of any method's NRMSE against it).
     """
     t = _values(reference, mask)
     sigma = _values(relative_uncertainty, mask) * t
@@ -121,7 +247,25 @@ def reference_noise_percent(reference: np.ndarray, relative_uncertainty: np.ndar
 
 
 def ensemble_noise_percent(realisations: Sequence[np.ndarray], mask: np.ndarray) -> float:
-    """Ensemble noise over M noise realisations inside the VOI (paper's Table 1 formula), percent."""
+    """Ensemble noise over M noise realisations inside the VOI (paper's Table 1 formula), percent.
+
+    Parameters
+    ----------
+    realisations : sequence of np.ndarray
+        At least two dose-rate maps of one shape and unit.
+    mask : np.ndarray
+        The VOI, boolean.
+
+    Returns
+    -------
+    float
+        sqrt(mean voxel variance) / mean value, percent.
+
+    Raises
+    ------
+    DblurDoseError
+        For fewer than two realisations.
+    """
     if len(realisations) < 2:
         raise DblurDoseError("ensemble noise needs at least two noise realisations")
     stack = np.stack([_values(r, mask) for r in realisations])
@@ -135,8 +279,21 @@ def line_profile(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values sampled trilinearly along a line between two LPS points (mm).
 
-    Returns (distance from the start in mm, values); points outside the field read 0.
-    ``n_points`` defaults to one sample per smallest voxel spacing along the line.
+    Parameters
+    ----------
+    volume : Volume
+        The image sampled (any unit).
+    start_lps_mm, end_lps_mm : sequence of float
+        The line's ends, LPS, mm.
+    n_points : int, optional
+        Samples; default one per smallest voxel spacing along the line.
+
+    Returns
+    -------
+    distance_mm : np.ndarray
+        Distance from the start, mm.
+    values : np.ndarray
+        The image's values there (0 outside the field).
     """
     from scipy.ndimage import map_coordinates
 
@@ -153,8 +310,24 @@ def line_profile(
 
 
 def line_through(volume: Volume, mask: np.ndarray, half_length_mm: float = 80.0) -> tuple[np.ndarray, np.ndarray]:
-    """End points (LPS, mm) of a line along the grid's x axis through the centroid of ``mask``,
-    ``half_length_mm`` either side and clipped to the field: where a profile through a VOI is drawn."""
+    """End points of a line along the grid's x axis through the centroid of ``mask``.
+
+    ``half_length_mm`` either side and clipped to the field: where a profile through a VOI is drawn.
+
+    Parameters
+    ----------
+    volume : Volume
+        The grid (geometry in mm).
+    mask : np.ndarray
+        The VOI, boolean, the volume's shape.
+    half_length_mm : float
+        Half the line's length, mm.
+
+    Returns
+    -------
+    start, end : np.ndarray
+        (x, y, z) LPS points, mm.
+    """
     z, y, x = np.argwhere(mask).mean(axis=0)
     half = half_length_mm / float(volume.spacing[0])
     ends = []
@@ -165,12 +338,31 @@ def line_through(volume: Volume, mask: np.ndarray, half_length_mm: float = 80.0)
 
 
 def statistics_table(
-    dose_maps: dict[str, np.ndarray], segments: Sequence, voxel_volume_ml: float, unit: str = "mGy/h"
+    dose_maps: dict[str, np.ndarray], segments: Sequence[Segment], voxel_volume_ml: float, unit: str = "mGy/h"
 ) -> list[dict[str, float | str]]:
     """Rows (segment, method, volume_mL, mean, DR10..DR90) for each segment and dose map.
 
-    ``unit``: the dose maps' unit, written into the column names (``mean_mGy_per_h``, ...;
-    :func:`statistics_columns`).
+    Parameters
+    ----------
+    dose_maps : dict of str to np.ndarray
+        Dose-rate map per method, one grid and unit.
+    segments : sequence of Segment
+        The VOIs on that grid.
+    voxel_volume_ml : float
+        Volume of one voxel, mL.
+    unit : str
+        The dose maps' unit, written into the column names (``mean_mGy_per_h``, ...;
+        :func:`statistics_columns`).
+
+    Returns
+    -------
+    list of dict
+        One row per segment and method.
+
+    Raises
+    ------
+    DblurDoseError
+        For an empty segment or a mask of another shape.
     """
     columns = statistics_columns(unit)
     rows: list[dict[str, float | str]] = []
@@ -181,12 +373,26 @@ def statistics_table(
     return rows
 
 
-def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence, n_bins: int = 200,
+def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence[Segment], n_bins: int = 200,
                unit: str = "mGy/h") -> list[dict[str, float | str]]:
     """Long-format DRVH rows; bins shared by all methods of a segment (0 to a rounded maximum).
 
-    Columns: segment, method, ``dose_rate_low_<unit>``, ``dose_rate_high_<unit>`` (bin edges in
-    ``unit``, :func:`unit_suffix`), differential_fraction and cumulative_fraction (of the VOI, 0-1).
+    Parameters
+    ----------
+    dose_maps : dict of str to np.ndarray
+        Dose-rate map per method, one grid and unit.
+    segments : sequence of Segment
+        The VOIs on that grid.
+    n_bins : int
+        Bins per segment.
+    unit : str
+        The dose maps' unit, written into the column names.
+
+    Returns
+    -------
+    list of dict
+        Columns: segment, method, ``dose_rate_low_<unit>``, ``dose_rate_high_<unit>`` (bin edges in
+        ``unit``, :func:`unit_suffix`), differential_fraction and cumulative_fraction (of the VOI, 0-1).
     """
     low, high = f"dose_rate_low_{unit_suffix(unit)}", f"dose_rate_high_{unit_suffix(unit)}"
     rows: list[dict[str, float | str]] = []

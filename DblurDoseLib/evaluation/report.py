@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,23 @@ def _pyplot():
     return plt
 
 
-def save_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
-    """A row of slices with colour bars, saved as PNG."""
+def save_panels(panels: Sequence[Panel], path: str | os.PathLike, title: str = "") -> str | os.PathLike:
+    """A row of slices with colour bars, saved as PNG.
+
+    Parameters
+    ----------
+    panels : sequence of Panel
+        The slices, left to right, each with its colour map, range and unit label.
+    path : str or os.PathLike
+        The PNG file (replaced if it exists).
+    title : str
+        Title over the row.
+
+    Returns
+    -------
+    str or os.PathLike
+        ``path``.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -51,9 +67,28 @@ def save_panels(panels: Sequence[Panel], path: Path, title: str = "") -> Path:
     return path
 
 
-def save_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str,
-                title: str = "", styles: dict[str, str] | None = None) -> Path:
-    """Line plot of named (x, y) curves, saved as PNG."""
+def save_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, xlabel: str, ylabel: str,
+                title: str = "", styles: dict[str, str] | None = None) -> str | os.PathLike:
+    """Line plot of named (x, y) curves, saved as PNG.
+
+    Parameters
+    ----------
+    curves : dict of str to tuple of np.ndarray
+        Legend name -> (x, y), in the units of the axis labels (e.g. h, mGy/h).
+    path : str or os.PathLike
+        The PNG file (replaced if it exists).
+    xlabel, ylabel : str
+        Axis labels, with units.
+    title : str
+        Plot title.
+    styles : dict of str to str, optional
+        Matplotlib format string per curve name (default ``"-"``).
+
+    Returns
+    -------
+    str or os.PathLike
+        ``path``.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for name, (x, y) in curves.items():
@@ -70,7 +105,20 @@ def save_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xl
 
 
 def html_table(rows: Sequence[dict], float_format: str = "{:.4g}") -> str:
-    """An HTML table from dict rows (columns from the first row)."""
+    """An HTML table from dict rows (columns from the first row).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        The rows; cells are HTML-escaped.
+    float_format : str
+        Format of float cells.
+
+    Returns
+    -------
+    str
+        A ``<table>``, or a "(no rows)" paragraph.
+    """
     if not rows:
         return "<p>(no rows)</p>"
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
@@ -106,14 +154,40 @@ GLOSSARY: dict[str, str] = {
 
 
 def glossary_html(terms: dict[str, str] | None = None) -> str:
-    """A definition list (HTML) of ``terms`` (default :data:`GLOSSARY`)."""
+    """A definition list (HTML) of ``terms`` (default :data:`GLOSSARY`).
+
+    Parameters
+    ----------
+    terms : dict of str to str, optional
+        Term -> definition.
+
+    Returns
+    -------
+    str
+        A ``<dl>``, escaped.
+    """
     items = "".join(f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>"
                     for k, v in (terms or GLOSSARY).items())
     return f"<dl>{items}</dl>"
 
 
 def write_html(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
-    """A self-contained HTML page: (heading, html body) sections; images referenced by relative path."""
+    """A self-contained HTML page: (heading, html body) sections; images referenced by relative path.
+
+    Parameters
+    ----------
+    path : Path
+        The HTML file (replaced if it exists).
+    title : str
+        Page title (escaped).
+    sections : sequence of tuple of str
+        (heading, HTML body) pairs; headings are escaped, bodies written as they are.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"

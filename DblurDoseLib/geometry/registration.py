@@ -44,12 +44,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
-from .resample import resample_activity, resample_labels, resample_linear
+from .resample import ResampleReport, resample_activity, resample_labels, resample_linear
+
+if TYPE_CHECKING:
+    import SimpleITK
 
 MODES = ("rigid", "deformable", "none")
 
@@ -112,8 +116,14 @@ class Registration:
     stop_condition: str = ""
 
     @property
-    def transform(self):
-        """The whole reference -> moving transform (a composite when deformable)."""
+    def transform(self) -> SimpleITK.Transform:
+        """The whole reference -> moving transform (a composite when deformable).
+
+        Returns
+        -------
+        SimpleITK.Transform
+            ``rigid``, or a ``CompositeTransform`` applying ``deformation`` first, then ``rigid`` (mm).
+        """
         import SimpleITK as sitk
 
         if self.deformation is None:
@@ -129,7 +139,18 @@ class Registration:
 
 # --- masks and quality ---------------------------------------------------------------------------
 def body_mask(ct: Volume) -> np.ndarray:
-    """Boolean [z,y,x] mask of the body: HU > BODY_HU_THRESHOLD, its largest connected part (no couch)."""
+    """Boolean [z,y,x] mask of the body: HU > BODY_HU_THRESHOLD, its largest connected part (no couch).
+
+    Parameters
+    ----------
+    ct : Volume
+        A CT (HU).
+
+    Returns
+    -------
+    np.ndarray
+        Bool, the CT's shape.
+    """
     import SimpleITK as sitk
 
     above = ct.with_array((np.asarray(ct.array) > BODY_HU_THRESHOLD).astype(np.uint8)).to_sitk()
@@ -138,7 +159,18 @@ def body_mask(ct: Volume) -> np.ndarray:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (0 when both are empty)."""
+    """Dice coefficient of two boolean masks (0 when both are empty).
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Boolean masks of one shape.
+
+    Returns
+    -------
+    float
+        ``2 |a & b| / (|a| + |b|)``, in [0, 1].
+    """
     total = int(a.sum()) + int(b.sum())
     return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
 
@@ -183,6 +215,18 @@ def working_ct(ct: Volume, spacing_mm: float = WORKING_SPACING_MM) -> Volume:
     Axes finer than that are first smoothed by a Gaussian of FWHM ``sqrt(spacing_mm^2 - s^2)`` (so
     that the coarser grid does not alias), then the CT is trilinearly resampled; a CT that is
     already that coarse is returned as it is.
+
+    Parameters
+    ----------
+    ct : Volume
+        A CT (HU).
+    spacing_mm : float
+        The finest voxel size allowed per axis (mm).
+
+    Returns
+    -------
+    Volume
+        The CT (HU) on the working grid (air, :data:`AIR_HU`, outside the field), or ``ct`` itself.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -383,11 +427,23 @@ class _Parts:
     deformation: object | None
 
 
-def moved_geometry(volume: Volume, rigid) -> Volume:
+def moved_geometry(volume: Volume, rigid: SimpleITK.Euler3DTransform) -> Volume:
     """The same array with origin and direction carried into reference space (exact, no interpolation).
 
     ``rigid`` maps reference points to moving points (p_moving = R (p - c) + c + t); the image's
     voxels move by its inverse: origin -> T^-1(origin), direction -> R^T direction.
+
+    Parameters
+    ----------
+    volume : Volume
+        An image of the moving time point (geometry in mm).
+    rigid : SimpleITK.Euler3DTransform
+        The registration's rigid part (reference -> moving, mm).
+
+    Returns
+    -------
+    Volume
+        The same array and spacing, with the new origin (mm) and direction; metadata copied.
     """
     inverse = rigid.GetInverse()
     rotation = np.asarray(rigid.GetMatrix()).reshape(3, 3)
@@ -396,14 +452,30 @@ def moved_geometry(volume: Volume, rigid) -> Volume:
 
 
 def apply_to_activity(spect: Volume, registration: Registration, reference_grid: Volume,
-                      report: list | None = None) -> Volume:
+                      report: list[ResampleReport] | None = None) -> Volume:
     """A time point's SPECT (Bq/mL) moved onto the reference CT grid, total activity conserved.
 
     Rigid: the SPECT's geometry is carried into reference space exactly, then
     :func:`resample.resample_activity` moves it onto ``reference_grid`` (the total inside the field is
     conserved). Deformable: the B-spline residual is applied in that same resampling, the
     concentration is multiplied by its Jacobian determinant and renormalised to the total inside
-    the field. ``report`` receives the :class:`resample.ResampleReport` when given a list.
+    the field.
+
+    Parameters
+    ----------
+    spect : Volume
+        Activity concentration (Bq/mL) of the time point.
+    registration : Registration
+        Its CT's registration to the reference CT.
+    reference_grid : Volume
+        The reference CT (its geometry only).
+    report : list of ResampleReport, optional
+        Receives the :class:`resample.ResampleReport` (Bq) when given a list.
+
+    Returns
+    -------
+    Volume
+        Activity concentration (Bq/mL, float32) on the reference grid.
     """
     moved = moved_geometry(spect, registration.rigid)
     return resample_activity(moved, reference_grid, report, transform=registration.deformation)
@@ -411,8 +483,31 @@ def apply_to_activity(spect: Volume, registration: Registration, reference_grid:
 
 def apply_to_volume(volume: Volume, registration: Registration | _Parts, reference_grid: Volume,
                     kind: str = "linear", default: float = AIR_HU) -> Volume:
-    """A time point's CT (``kind="linear"``, ``default`` outside its field, e.g. HU of air) or labelmap
-    (``kind="nearest"``, 0 outside) moved onto the reference grid with its registration."""
+    """A time point's CT or labelmap moved onto the reference grid with its registration.
+
+    Parameters
+    ----------
+    volume : Volume
+        A CT (HU) or other scalar image (``kind="linear"``), or a labelmap (``kind="nearest"``).
+    registration : Registration
+        Its CT's registration to the reference CT.
+    reference_grid : Volume
+        The reference CT (its geometry only).
+    kind : str
+        ``"linear"`` (trilinear) or ``"nearest"`` (labels; 0 outside the field).
+    default : float
+        Value outside the field for ``"linear"`` (in the image's units; HU of air by default).
+
+    Returns
+    -------
+    Volume
+        The image on the reference grid.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown ``kind``.
+    """
     moved = moved_geometry(volume, registration.rigid)
     if kind == "nearest":
         return resample_labels(moved, reference_grid, transform=registration.deformation)

@@ -19,17 +19,34 @@ construction. :func:`grid_over` and :func:`working_grid` build grids of another 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
 
+if TYPE_CHECKING:
+    import SimpleITK
+
 
 @dataclass
 class ResampleReport:
-    """What happened to the activity when it moved grids."""
+    """What happened to the activity when it moved grids.
+
+    Attributes
+    ----------
+    source_total_bq : float
+        Total activity of the source (Bq).
+    inside_target_bq : float
+        Source activity whose voxel centres lie inside the target field (Bq).
+    fraction_inside : float
+        ``inside_target_bq / source_total_bq`` (1 for an empty source).
+    rescale_factor : float
+        The global factor applied after interpolation to conserve ``inside_target_bq``.
+    """
 
     source_total_bq: float
     inside_target_bq: float
@@ -49,8 +66,21 @@ def _resample(source: Volume, target: Volume, interpolator: str, dtype, transfor
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def jacobian_determinant(transform, target: Volume) -> np.ndarray:
-    """det(dT/dx) of a transform (target points -> source points) at ``target``'s voxel centres, [z,y,x]."""
+def jacobian_determinant(transform: SimpleITK.Transform, target: Volume) -> np.ndarray:
+    """det(dT/dx) of a transform (target points -> source points) at ``target``'s voxel centres.
+
+    Parameters
+    ----------
+    transform : SimpleITK.Transform
+        Maps target points to source points (mm), as ``sitk.Resample`` defines it.
+    target : Volume
+        The grid (its geometry only).
+
+    Returns
+    -------
+    np.ndarray
+        Float32 [z, y, x] determinants (dimensionless; > 1 where the source is stretched).
+    """
     import SimpleITK as sitk
 
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, target.shape[::-1],
@@ -60,7 +90,18 @@ def jacobian_determinant(transform, target: Volume) -> np.ndarray:
 
 
 def centres_inside(source: Volume, target: Volume) -> np.ndarray:
-    """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field."""
+    """Boolean [z,y,x] mask of source voxels whose centres lie inside the target's field.
+
+    Parameters
+    ----------
+    source, target : Volume
+        The two grids (geometry in mm; the target's field extends to its voxel edges).
+
+    Returns
+    -------
+    np.ndarray
+        Bool, the source's shape.
+    """
     if np.allclose(source.direction, target.direction, atol=1e-9):  # same axes: one test per axis
         offset = source.direction.T @ (np.asarray(source.origin) - np.asarray(target.origin))
         masks = []
@@ -86,11 +127,31 @@ def _centres_inside_any(source: Volume, target: Volume) -> np.ndarray:
     return inside.reshape(source.shape)
 
 
-def resample_activity(spect: Volume, target: Volume, report: list | None = None, transform=None) -> Volume:
+def resample_activity(spect: Volume, target: Volume, report: list[ResampleReport] | None = None,
+                      transform: SimpleITK.Transform | None = None) -> Volume:
     """Activity concentration (Bq/mL) moved onto ``target``'s grid, total activity conserved.
 
-    Raises DblurDoseError when the fields do not overlap. Appends a ResampleReport to
-    ``report`` when given a list. ``transform``: see the module docstring.
+    Parameters
+    ----------
+    spect : Volume
+        Activity concentration (Bq/mL).
+    target : Volume
+        The grid moved onto (its geometry only).
+    report : list of ResampleReport, optional
+        A :class:`ResampleReport` (Bq) is appended when given.
+    transform : SimpleITK.Transform, optional
+        Target points -> source points (see the module docstring); the activity is also multiplied
+        by its Jacobian determinant.
+
+    Returns
+    -------
+    Volume
+        Float32 activity concentration (Bq/mL) on ``target``'s grid.
+
+    Raises
+    ------
+    DblurDoseError
+        When the fields do not overlap (no activity inside the target field).
     """
     conc = np.asarray(spect.array, dtype=np.float32)
     source_total = float(conc.sum(dtype=np.float64)) * spect.voxel_volume_ml
@@ -195,8 +256,23 @@ def _resample_box_sitk(volume: Volume, target: Volume, quantity: str, factor: in
     return target.with_array(out.astype(np.float32))
 
 
-def resample_labels(labels: Volume, target: Volume, transform=None) -> Volume:
-    """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept)."""
+def resample_labels(labels: Volume, target: Volume, transform: SimpleITK.Transform | None = None) -> Volume:
+    """A labelmap moved onto ``target``'s grid by nearest neighbour (label values kept).
+
+    Parameters
+    ----------
+    labels : Volume
+        Integer labels (other types are cast to int32).
+    target : Volume
+        The grid moved onto.
+    transform : SimpleITK.Transform, optional
+        Target points -> source points.
+
+    Returns
+    -------
+    Volume
+        The labels on ``target``'s grid (0 outside the source field).
+    """
     if transform is None and labels.same_grid(target):
         return target.with_array(np.asarray(labels.array))
     arr = np.asarray(labels.array)
@@ -204,8 +280,26 @@ def resample_labels(labels: Volume, target: Volume, transform=None) -> Volume:
     return target.with_array(_resample(labels.with_array(arr.astype(dtype)), target, "nearest", dtype, transform))
 
 
-def resample_linear(volume: Volume, target: Volume, default: float = 0.0, transform=None) -> Volume:
-    """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation."""
+def resample_linear(volume: Volume, target: Volume, default: float = 0.0,
+                    transform: SimpleITK.Transform | None = None) -> Volume:
+    """A scalar image (e.g. density) moved onto ``target``'s grid by trilinear interpolation.
+
+    Parameters
+    ----------
+    volume : Volume
+        Any scalar image (units kept).
+    target : Volume
+        The grid moved onto.
+    default : float
+        Value outside the source field (in the image's units).
+    transform : SimpleITK.Transform, optional
+        Target points -> source points.
+
+    Returns
+    -------
+    Volume
+        Float32 values on ``target``'s grid.
+    """
     if transform is None and volume.same_grid(target):
         return target.with_array(np.asarray(volume.array, dtype=np.float32))
     source = volume.with_array(np.asarray(volume.array, dtype=np.float32))
@@ -217,8 +311,25 @@ def resample_linear(volume: Volume, target: Volume, default: float = 0.0, transf
 GRID_TOLERANCE = 0.02
 
 
-def working_shape(ct_shape: tuple[int, int, int], ct_spacing, spacing) -> tuple[int, int, int]:
-    """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``."""
+def working_shape(ct_shape: Sequence[int], ct_spacing: Sequence[float], spacing: Sequence[float],
+                  ) -> tuple[int, int, int]:
+    """Shape (z, y, x) of the grid :func:`working_grid` lays over the field of a ``ct_shape`` grid at ``ct_spacing``.
+
+    Parameters
+    ----------
+    ct_shape : sequence of int
+        (z, y, x) voxels of the CT grid.
+    ct_spacing : sequence of float
+        (x, y, z) voxel size of the CT (mm).
+    spacing : sequence of float
+        (x, y, z) voxel size of the working grid (mm).
+
+    Returns
+    -------
+    tuple of int
+        (z, y, x) voxels: ``ct_shape`` when the spacings agree within :data:`GRID_TOLERANCE`, else
+        enough voxels to cover the CT's field edge to edge.
+    """
     spacing = np.asarray(spacing, dtype=np.float64)
     cs = np.asarray(ct_spacing, dtype=np.float64)
     if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):
@@ -254,10 +365,24 @@ def grid_over(ct: Volume, spacing, *, centred: bool = False) -> Volume:
     return Volume(np.zeros(shape, dtype=np.uint8), tuple(spacing), tuple(origin), ct.direction.copy())
 
 
-def working_grid(ct: Volume, spacing) -> Volume | None:
-    """A grid over the CT's field with voxels of ``spacing`` (x, y, z mm), the same first voxel edge
-    (:func:`grid_over`); None when the CT grid already has that spacing (within GRID_TOLERANCE). The
-    CNN's and registration's working grid."""
+def working_grid(ct: Volume, spacing: Sequence[float]) -> Volume | None:
+    """A grid over the CT's field with voxels of ``spacing``, the same first voxel edge.
+
+    Built by :func:`grid_over`; the CNN's and registration's working grid.
+
+    Parameters
+    ----------
+    ct : Volume
+        The CT (its geometry only).
+    spacing : sequence of float
+        (x, y, z) voxel size (mm).
+
+    Returns
+    -------
+    Volume or None
+        A uint8 grid of zeros with the CT's direction; None when the CT grid already has that
+        spacing (within :data:`GRID_TOLERANCE`).
+    """
     spacing = np.asarray(spacing, dtype=np.float64)
     cs = np.asarray(ct.spacing, dtype=np.float64)
     if np.all(np.abs(cs - spacing) <= GRID_TOLERANCE * spacing):

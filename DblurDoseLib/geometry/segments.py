@@ -19,7 +19,28 @@ MAX_LABELS = 500
 
 
 def segments_from_labelmap(labels: Volume, target: Volume, names: dict[int, str] | None = None) -> list[Segment]:
-    """One segment per non-zero label value, resampled (nearest) onto ``target``'s grid."""
+    """One segment per non-zero label value, resampled (nearest) onto ``target``'s grid.
+
+    Parameters
+    ----------
+    labels : Volume
+        Integer labelmap (0 is background).
+    target : Volume
+        The dose grid (its geometry only).
+    names : dict of int to str, optional
+        Names per label value; others are named ``label_<value>``.
+
+    Returns
+    -------
+    list of Segment
+        In increasing label order.
+
+    Raises
+    ------
+    DblurDoseError
+        When no voxel is labelled, or more than :data:`MAX_LABELS` values are found (an image, not
+        a labelmap).
+    """
     values = [int(v) for v in np.unique(np.asarray(labels.array)) if v != 0]
     if not values:
         raise DblurDoseError("the segmentation holds no labelled voxels; give a labelmap with non-zero labels")
@@ -60,7 +81,25 @@ def _seg_nrrd_segments(path: Path, target: Volume) -> list[Segment]:
 
 
 def read_segments(path: str | os.PathLike, target: Volume) -> list[Segment]:
-    """Segments from a labelmap file (NRRD/NIfTI/MHA) or a Slicer .seg.nrrd, on ``target``'s grid."""
+    """Segments from a labelmap file (NRRD/NIfTI/MHA) or a Slicer .seg.nrrd, on ``target``'s grid.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A labelmap file of whole numbers, or a ``.seg.nrrd`` (overlapping layers honoured).
+    target : Volume
+        The dose grid (its geometry only).
+
+    Returns
+    -------
+    list of Segment
+        Named from the ``.seg.nrrd`` metadata, else ``label_<value>``.
+
+    Raises
+    ------
+    DblurDoseError
+        When the file is missing, holds non-integer values, or a segment is empty on the grid.
+    """
     from ..io.volume import read_volume
 
     path = Path(path)

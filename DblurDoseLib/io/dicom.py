@@ -25,12 +25,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..units import spect_unit_key
 from .volume import READABLE_SUFFIXES, Volume
+
+if TYPE_CHECKING:
+    import datetime
+
+    import pydicom
+    from numpy.typing import DTypeLike
 
 #: modalities each input is chosen by; other names (``what``) take any image series
 MODALITIES = {"SPECT": ("NM", "PT"), "CT": ("CT",)}
@@ -58,7 +65,13 @@ class Series:
     frames: int
 
     def label(self) -> str:
-        """One line naming the series: UID, modality, description and size."""
+        """One line naming the series: UID, modality, description and size.
+
+        Returns
+        -------
+        str
+            E.g. "1.2.3 (NM, 'SPECT recon', 128x128x120)", with the reason when excluded.
+        """
         return (f"{self.uid} ({self.modality}, '{self.description}', {self.columns}x{self.rows}x{self.frames}"
                 f"{', ' + self.excluded if self.excluded else ''})")
 
@@ -76,7 +89,17 @@ class _Frame:
 
 
 def is_dicom_path(path: Path) -> bool:
-    """True for a folder, a ``.dcm`` file, or a file with the DICOM preamble ('DICM' at byte 128)."""
+    """True for a folder, a ``.dcm`` file, or a file with the DICOM preamble ('DICM' at byte 128).
+
+    Parameters
+    ----------
+    path : Path
+        A file or folder (a file with a suffix of another readable format is not DICOM).
+
+    Returns
+    -------
+    bool
+    """
     if path.is_dir() or path.suffix.lower() == ".dcm":
         return True
     if path.name.lower().endswith(READABLE_SUFFIXES):
@@ -117,7 +140,19 @@ def _excluded(ds) -> str:
 
 
 def find_series(path: Path) -> list[Series]:
-    """The image series under ``path``: that file alone, or every file of a folder, recursively."""
+    """The image series under ``path``: that file alone, or every file of a folder, recursively.
+
+    Parameters
+    ----------
+    path : Path
+        A DICOM file, series folder or study folder.
+
+    Returns
+    -------
+    list of Series
+        One per Series Instance UID (localizers and other excluded objects apart); files that are
+        not DICOM images are skipped.
+    """
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     groups: dict[tuple[str, str], Series] = {}
     for file in files:
@@ -135,7 +170,28 @@ def find_series(path: Path) -> list[Series]:
 
 
 def choose_series(series: list[Series], what: str, where: Path, uid: str | None = None) -> Series:
-    """The ``what`` ("SPECT", "CT", ...) series: by ``uid``, else the only one of its modalities."""
+    """The ``what`` ("SPECT", "CT", ...) series: by ``uid``, else the only one of its modalities.
+
+    Parameters
+    ----------
+    series : list of Series
+        From :func:`find_series`.
+    what : str
+        The input: "SPECT" (NM or PT), "CT", or another name (any image series).
+    where : Path
+        The path searched (for messages).
+    uid : str, optional
+        The Series Instance UID to take.
+
+    Returns
+    -------
+    Series
+
+    Raises
+    ------
+    DblurDoseError
+        When no series, no series of that UID or modality, or several candidates are found.
+    """
     flag = SERIES_FLAGS.get(what, "a series UID")
     listing = "; ".join(s.label() for s in series)
     if not series:
@@ -205,8 +261,21 @@ def _units_tag(ds) -> tuple[str | None, str]:
     return spect_unit_key(units), f"Units={units}"  # BQML, CNTS
 
 
-def acquisition_duration(ds) -> tuple[float | None, str]:
-    """Acquisition duration (s) from Actual Frame Duration (ms) x views per rotation, summed over rotations."""
+def acquisition_duration(ds: pydicom.Dataset) -> tuple[float | None, str]:
+    """Acquisition duration (s) from Actual Frame Duration (ms) x views per rotation, summed over rotations.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        An NM object (its Rotation Information Sequence, or the tags at top level).
+
+    Returns
+    -------
+    duration_s : float or None
+        Seconds; None where the tags are missing or give no positive duration.
+    source : str
+        The tags and values used; empty when None.
+    """
     rotations = list(ds.get("RotationInformationSequence") or [])
     if not rotations and "ActualFrameDuration" in ds and "NumberOfFramesInRotation" in ds:
         rotations = [ds]
@@ -400,8 +469,27 @@ def _regular_grid(values: np.ndarray, distance: np.ndarray, dz: float) -> np.nda
     return (1 - weight) * values[below] + weight * values[below + 1]
 
 
-def read_series(series: Series, dtype=np.float32) -> Volume:
-    """The series as a Volume [z, y, x] in LPS mm, its values rescaled, what was read in its metadata."""
+def read_series(series: Series, dtype: DTypeLike | None = np.float32) -> Volume:
+    """The series as a Volume [z, y, x] in LPS mm, its values rescaled, what was read in its metadata.
+
+    Parameters
+    ----------
+    series : Series
+        From :func:`choose_series`.
+    dtype : numpy dtype, optional
+        Type of the values returned (float32 by default; None keeps the type of the rescaled values).
+
+    Returns
+    -------
+    Volume
+        Rescaled values (HU for CT; Bq/mL, kBq/mL, MBq/mL or counts for SPECT, as recorded in the
+        metadata's ``spect_units``), spacing and origin in mm; metadata as described in the module.
+
+    Raises
+    ------
+    DblurDoseError
+        For several multi-frame objects in one series, or a geometry that cannot be stacked.
+    """
     import pydicom
 
     label = f"{series.uid} ('{series.description}')"
@@ -433,11 +521,23 @@ def read_series(series: Series, dtype=np.float32) -> Volume:
     return Volume(values, spacing, tuple(origin), direction, metadata)
 
 
-def acquisition_datetime(ds):
-    """When the object was acquired (naive local ``datetime``) and the tags it came from; (None, "") if unknown.
+def acquisition_datetime(ds: pydicom.Dataset) -> tuple[datetime.datetime | None, str]:
+    """When the object was acquired (naive local ``datetime``) and the tags it came from.
 
     Acquisition DateTime (0008,002A), else Acquisition Date and Time (0008,0022/0032), else Series
     Date and Time (0008,0021/0031): the clock of the scanner, as the administration time is written.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        Any DICOM object.
+
+    Returns
+    -------
+    when : datetime.datetime or None
+        Naive local time; None if unknown.
+    source : str
+        The tags it came from; empty if unknown.
     """
     import datetime
 
@@ -463,8 +563,31 @@ def acquisition_datetime(ds):
     return None, ""
 
 
-def read_dicom(path: str | Path, what: str = "image", dtype=np.float32, series_uid: str | None = None) -> Volume:
-    """The ``what`` series under ``path`` (a file, a series folder or a study folder) as a Volume."""
+def read_dicom(path: str | Path, what: str = "image", dtype: DTypeLike | None = np.float32,
+               series_uid: str | None = None) -> Volume:
+    """The ``what`` series under ``path`` (a file, a series folder or a study folder) as a Volume.
+
+    Parameters
+    ----------
+    path : str or Path
+        A DICOM file, series folder or study folder.
+    what : str
+        "SPECT", "CT", or another name (picks the series by modality; names it in messages).
+    dtype : numpy dtype, optional
+        Type of the values returned (float32 by default).
+    series_uid : str, optional
+        The Series Instance UID to take.
+
+    Returns
+    -------
+    Volume
+        See :func:`read_series`.
+
+    Raises
+    ------
+    DblurDoseError
+        When the series cannot be chosen or read.
+    """
     path = Path(path)
     series = choose_series(find_series(path), what, path, series_uid)
     try:
@@ -476,7 +599,20 @@ def read_dicom(path: str | Path, what: str = "image", dtype=np.float32, series_u
 
 
 def describe(volume: Volume, what: str) -> str:
-    """One log line: which series was read, its units and where they came from, its slice grid."""
+    """One log line: which series was read, its units and where they came from, its slice grid.
+
+    Parameters
+    ----------
+    volume : Volume
+        As read by :func:`read_dicom` (its metadata).
+    what : str
+        The input's name ("SPECT", "CT").
+
+    Returns
+    -------
+    str
+        The line; empty for a volume not read from DICOM.
+    """
     m = volume.metadata
     if "series_uid" not in m:
         return ""

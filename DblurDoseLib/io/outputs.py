@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DblurDoseError
@@ -93,7 +93,18 @@ class OutputFolder:
             )
 
     def require_space(self, nbytes: float) -> None:
-        """Refuse before computing when the output's file system has less than ``nbytes`` free."""
+        """Refuse before computing when the output's file system has less than ``nbytes`` free.
+
+        Parameters
+        ----------
+        nbytes : float
+            Bytes the results will take (an estimate).
+
+        Raises
+        ------
+        DblurDoseError
+            When the file system of the folder (or its nearest existing parent) has less free.
+        """
         free = shutil.disk_usage(_nearest_existing(self.folder)).free
         if free < nbytes:
             raise DblurDoseError(
@@ -224,7 +235,18 @@ def _looks_like_write_failure(exc: BaseException) -> bool:
 
 
 def input_checksum(path: str | os.PathLike) -> str:
-    """SHA-256 of an input file, or of a folder's files (a DICOM series: names and contents, sorted)."""
+    """SHA-256 of an input file, or of a folder's files (a DICOM series: names and contents, sorted).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file or folder.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
     import hashlib
 
     path = Path(path)
@@ -239,8 +261,20 @@ def input_checksum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def neutralise_cell(value):
-    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP)."""
+def neutralise_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP).
+
+    Parameters
+    ----------
+    value : object
+        A CSV cell or column name.
+
+    Returns
+    -------
+    object
+        ``"'" + value`` for text starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return;
+        ``value`` unchanged otherwise.
+    """
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
@@ -250,9 +284,25 @@ def write_csv(rows: Iterable[dict], path: str | os.PathLike, float_format: str =
               header: Sequence[str] = ()) -> Path:
     """Write dict rows as CSV (columns from the first row), floats formatted compactly.
 
-    ``header``: lines written first, each as ``# line`` (provenance). Text cells that a
-    spreadsheet would read as a formula (segment names starting with ``=``, ``+``, ``-``, ``@``)
-    are neutralised with a leading apostrophe.
+    Text cells that a spreadsheet would read as a formula (segment names starting with ``=``, ``+``,
+    ``-``, ``@``) are neutralised with a leading apostrophe (:func:`neutralise_cell`).
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        One dict per row; the first row's keys are the columns. Values keep their units (the
+        column names say which).
+    path : str or os.PathLike
+        The CSV file written (replaced if it exists).
+    float_format : str
+        Format of float cells.
+    header : sequence of str
+        Lines written first, each as ``# line`` (provenance).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     rows = list(rows)
     path = Path(path)
@@ -270,14 +320,25 @@ def write_csv(rows: Iterable[dict], path: str | os.PathLike, float_format: str =
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, part_suffix: str = ".part"):
-    """Write a file under a temporary name next to ``path``; it takes ``path``'s name only when whole.
+def atomic_file(path: str | os.PathLike, part_suffix: str = ".part") -> Iterator[Path]:
+    """Context manager: write a file under a temporary name next to ``path``; it takes ``path``'s name only when whole.
 
-    Yields the temporary path (``path`` + ``part_suffix``; give a suffix that keeps the file type
-    a writer needs, e.g. ``".part.nrrd"``). When the block ends normally the file replaces ``path``
-    atomically; when it raises, Ctrl-C and SIGTERM included, the temporary file is removed, so a
-    file under its final name is always complete and nothing half-written is left (resumable jobs
-    rely on this).
+    When the block ends normally the file replaces ``path`` atomically; when it raises, Ctrl-C and
+    SIGTERM included, the temporary file is removed, so a file under its final name is always
+    complete and nothing half-written is left (resumable jobs rely on this).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final file.
+    part_suffix : str
+        Appended to ``path`` for the temporary name; give one that keeps the file type a writer
+        needs, e.g. ``".part.nrrd"``.
+
+    Yields
+    ------
+    Path
+        The temporary path (``path`` + ``part_suffix``) to write.
     """
     path = Path(path)
     tmp = path.with_name(path.name + part_suffix)

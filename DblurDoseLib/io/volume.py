@@ -8,10 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
+
+if TYPE_CHECKING:
+    import SimpleITK
+    from numpy.typing import DTypeLike
 
 READABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
 
@@ -38,6 +43,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The array's shape (z, y, x voxels)."""
         return tuple(self.array.shape)  # type: ignore[return-value]
 
     @property
@@ -46,13 +52,41 @@ class Volume:
         return float(np.prod(self.spacing)) / 1000.0
 
     def with_array(self, array: np.ndarray) -> Volume:
-        """The same geometry holding another array (of the same shape)."""
+        """The same geometry holding another array (of the same shape).
+
+        Parameters
+        ----------
+        array : np.ndarray
+            Values [z, y, x] of the grid's shape (any units).
+
+        Returns
+        -------
+        Volume
+            Same spacing, origin and direction (a copy); no metadata.
+
+        Raises
+        ------
+        ValueError
+            When the shape differs from the grid's.
+        """
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} differs from the grid's {self.array.shape}")
         return Volume(array, self.spacing, self.origin, self.direction.copy(), {})
 
     def same_grid(self, other: Volume, tol_mm: float = 1e-3) -> bool:
-        """True when both volumes share shape, spacing, origin and direction."""
+        """True when both volumes share shape, spacing, origin and direction.
+
+        Parameters
+        ----------
+        other : Volume
+            The volume compared.
+        tol_mm : float
+            Tolerance on spacing and origin (mm); the direction's is 1e-6.
+
+        Returns
+        -------
+        bool
+        """
         return (
             self.shape == other.shape
             and np.allclose(self.spacing, other.spacing, atol=tol_mm)
@@ -61,13 +95,25 @@ class Volume:
         )
 
     def physical_corners(self) -> np.ndarray:
-        """The 8 outer corners of the field (voxel edges, not centres), shape (8, 3), mm."""
+        """The 8 outer corners of the field (voxel edges, not centres).
+
+        Returns
+        -------
+        np.ndarray
+            Shape (8, 3): (x, y, z) physical positions, mm.
+        """
         nz, ny, nx = self.shape
         idx = np.array([[i, j, k] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
         return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
 
     # --- SimpleITK bridges -------------------------------------------------------------
-    def to_sitk(self):
+    def to_sitk(self) -> SimpleITK.Image:
+        """The volume as a SimpleITK image (same array, geometry in mm, metadata as text).
+
+        Returns
+        -------
+        SimpleITK.Image
+        """
         import SimpleITK as sitk
 
         image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
@@ -79,7 +125,26 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image, dtype=None) -> Volume:
+    def from_sitk(cls, image: SimpleITK.Image, dtype: DTypeLike | None = None) -> Volume:
+        """A volume from a SimpleITK image (a 4D image with one time point is taken as 3D).
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            A 3D scalar, real-valued image (spacing and origin in mm).
+        dtype : numpy dtype, optional
+            Convert the voxel values to it; None keeps the image's type.
+
+        Returns
+        -------
+        Volume
+            With the image's metadata fields shorter than 200 characters.
+
+        Raises
+        ------
+        DblurDoseError
+            For an image that is not 3D, not scalar (e.g. RGB), or complex.
+        """
         import SimpleITK as sitk
 
         if image.GetDimension() == 4 and image.GetSize()[3] == 1:
@@ -114,6 +179,20 @@ def check_orthogonal(volume: Volume, what: str = "image", tol: float = 1e-3) -> 
 
     The dose kernels and voxel volumes assume orthogonal axes; a sheared grid would silently
     give a wrong map.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image checked.
+    what : str
+        Its name in the message ("SPECT", "CT").
+    tol : float
+        Largest allowed deviation of ``direction.T @ direction`` from the identity.
+
+    Raises
+    ------
+    DblurDoseError
+        When the axes are not orthonormal (or the matrix is not finite).
     """
     d = np.asarray(volume.direction, dtype=np.float64)
     error = float(np.abs(d.T @ d - np.eye(3)).max()) if np.all(np.isfinite(d)) else float("inf")
@@ -125,11 +204,30 @@ def check_orthogonal(volume: Volume, what: str = "image", tol: float = 1e-3) -> 
         )
 
 
-def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image", series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, dtype: DTypeLike | None = np.float32, what: str = "image",
+                series_uid: str | None = None) -> Volume:
     """Read NRRD, NIfTI, MHA/MHD or DICOM (a file, a series folder or a study folder: see :mod:`.dicom`).
 
-    ``what`` names the input in error messages ("SPECT", "CT", ...) and picks a DICOM series by
-    modality; ``series_uid`` chooses a DICOM series by its Series Instance UID.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file or DICOM folder.
+    dtype : numpy dtype, optional
+        Type of the voxel values returned (float32 by default; None keeps the file's).
+    what : str
+        Names the input in error messages ("SPECT", "CT", ...) and picks a DICOM series by modality.
+    series_uid : str, optional
+        Chooses a DICOM series by its Series Instance UID.
+
+    Returns
+    -------
+    Volume
+        Values in the file's units (HU for CT); spacing and origin in mm.
+
+    Raises
+    ------
+    DblurDoseError
+        When the path does not exist or cannot be read as an image.
     """
     import SimpleITK as sitk
 
@@ -151,7 +249,29 @@ def read_volume(path: str | os.PathLike, dtype=np.float32, what: str = "image", 
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write a volume (NRRD or any SimpleITK format by suffix); refuses to overwrite unless asked."""
+    """Write a volume (NRRD or any SimpleITK format by suffix); refuses to overwrite unless asked.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image; its metadata is written as header fields.
+    path : str or os.PathLike
+        The output file; its suffix picks the format. Missing folders are made.
+    overwrite : bool
+        Replace an existing file.
+    compress : bool
+        Compress the voxel data (where the format can).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    DblurDoseError
+        When ``path`` exists and ``overwrite`` is False.
+    """
     import SimpleITK as sitk
 
     path = Path(path)

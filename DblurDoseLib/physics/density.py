@@ -32,7 +32,25 @@ AIR_DENSITY_THRESHOLD = 0.1
 
 
 def load_calibration(path: str | os.PathLike) -> np.ndarray:
-    """Read a ``hu,density`` CSV into an (n, 2) array, checking it is usable."""
+    """Read a ``hu,density`` CSV into an (n, 2) array, checking it is usable.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        CSV (``,`` or ``;``) of HU and density (g/cm3) per line, strictly ascending in HU; ``#``
+        comments and one header line are allowed.
+
+    Returns
+    -------
+    np.ndarray
+        (n, 2) float64: HU, density (g/cm3); n >= 2.
+
+    Raises
+    ------
+    DblurDoseError
+        For a missing file, an unreadable line, fewer than two rows, HU not strictly ascending,
+        values not finite, or a negative density.
+    """
     path = Path(path)
     if not path.exists():
         raise DblurDoseError(f"HU-to-density calibration file not found: {path}")
@@ -83,6 +101,16 @@ def float_table_tolerance(calibration: np.ndarray | None = None) -> float:
 
     Half a table step times the steepest slope of the curve, plus the float32 rounding of the
     entry index (two ulps) and of the density.
+
+    Parameters
+    ----------
+    calibration : np.ndarray, optional
+        (n, 2) table of HU, density (g/cm3); None for :data:`DEFAULT_CALIBRATION`.
+
+    Returns
+    -------
+    float
+        The bound, g/cm3.
     """
     table = _table(calibration)
     slope = np.abs(np.diff(table[:, 1]) / np.diff(table[:, 0])).max()
@@ -100,6 +128,21 @@ def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None, exact: 
     interpolates every voxel instead (phantoms, whose density defines the truth, use it). HU
     must be finite (:func:`check_ct_is_hu` refuses others): the float table gives air for NaN.
     Other types (float64) are interpolated per voxel.
+
+    Parameters
+    ----------
+    hu : np.ndarray
+        CT numbers (HU), any shape.
+    calibration : np.ndarray, optional
+        (n, 2) table of HU, density (g/cm3), ascending in HU; None for :data:`DEFAULT_CALIBRATION`.
+        Values outside the table take its end points.
+    exact : bool
+        Interpolate every float32 voxel instead of using the table.
+
+    Returns
+    -------
+    np.ndarray
+        Density (g/cm3, float32), the shape of ``hu``.
     """
     table = _table(calibration)
     hu = np.asarray(hu)
@@ -119,7 +162,19 @@ def hu_to_density(hu: np.ndarray, calibration: np.ndarray | None = None, exact: 
 
 
 def check_ct_is_hu(hu: np.ndarray) -> None:
-    """Refuse CTs that are evidently not in Hounsfield units (raw stored values, density maps)."""
+    """Refuse CTs that are evidently not in Hounsfield units (raw stored values, density maps).
+
+    Parameters
+    ----------
+    hu : np.ndarray
+        The CT's values.
+
+    Raises
+    ------
+    DblurDoseError
+        For NaN or infinite values, values that look like a density map or raw stored values
+        (nothing below -100), or values outside any HU range (below -3100 or above 40000).
+    """
     hu = np.asarray(hu)
     if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
         raise DblurDoseError("the CT holds NaN or infinite values; fix or crop the CT before computing dose")

@@ -13,12 +13,16 @@ would not fit the memory budget (overlap-add).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..devices import memory_budget_bytes, resolve_device
 from ..errors import DblurDoseError
 from .density import AIR_DENSITY_THRESHOLD
+
+if TYPE_CHECKING:
+    import torch
 
 SCALING_CHOICES = ("all", "electron", "none")
 SECONDS_PER_HOUR = 3600.0
@@ -42,6 +46,18 @@ def padded_shape(shape: Sequence[int], kernel_shapes: Sequence[Sequence[int]]) -
 
     Each axis is padded by the largest kernel's half-width (kernels cropped to the grid first, as
     :func:`fft_convolve` does) and rounded up to a 5-smooth length.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        (z, y, x) voxels of the volume.
+    kernel_shapes : sequence of sequence of int
+        (z, y, x) voxels of each kernel (odd).
+
+    Returns
+    -------
+    tuple of int
+        (z, y, x) voxels of the padded grid.
     """
     halves = [max(min(k[a] // 2, shape[a] - 1) for k in kernel_shapes) for a in range(3)]
     return tuple(_fast_len(n + h) for n, h in zip(shape, halves))
@@ -52,6 +68,16 @@ def fft_bytes_per_padded_voxel(n_kernels: int) -> float:
 
     Input grid, its half spectrum (complex), one kernel spectrum and one output per kernel:
     about 4 bytes per padded voxel each, with the real-to-complex transform's temporaries.
+
+    Parameters
+    ----------
+    n_kernels : int
+        Kernels convolved with one volume.
+
+    Returns
+    -------
+    float
+        Bytes per padded voxel.
     """
     return 4.0 * (2 + 2.2 * n_kernels + 1)
 
@@ -109,14 +135,38 @@ def _times(spectrum, k_spec, in_place: bool):
 def fft_convolve(
     volume: np.ndarray,
     kernels: Sequence[np.ndarray],
-    device: str = "auto",
+    device: torch.device | str = "auto",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> list[np.ndarray]:
     """Same-size linear convolution of ``volume`` [z,y,x] with each centred odd-sized kernel.
 
-    The volume's FFT is shared by all kernels. Returns float32 numpy arrays (possibly views
-    into a larger buffer: copy before keeping them long).
+    The volume's FFT is shared by all kernels; the grid is padded by half a kernel per axis (no
+    wrap-around) and convolved in z-slabs (overlap-add) when it would not fit ``max_bytes``.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        [z, y, x] values (e.g. activity per voxel, Bq).
+    kernels : sequence of np.ndarray
+        Centred [z, y, x] kernels of odd sizes (e.g. mGy per decay).
+    device : torch.device or str
+        Where to compute (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+    max_bytes : float, optional
+        Working-memory budget (bytes); None: :func:`~DblurDoseLib.devices.memory_budget_bytes`.
+    progress : callable, optional
+        ``progress(fraction)`` after each slab.
+
+    Returns
+    -------
+    list of np.ndarray
+        Float32 [z, y, x] per kernel, in the product of the inputs' units (possibly views into a
+        larger buffer: copy before keeping them long).
+
+    Raises
+    ------
+    ValueError
+        For a kernel with an even size.
     """
     import torch
 
@@ -183,14 +233,44 @@ def dvk_dose_rate(
     photon_kernel: np.ndarray,
     medium_density: float = 1.04,
     scaling: str = "all",
-    device: str = "auto",
+    device: torch.device | str = "auto",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> np.ndarray:
     """DVK dose rate (mGy/h) from activity per voxel (Bq) and density (g/cm3) on one grid.
 
-    Kernels are in mGy per decay for a medium of ``medium_density``; ``scaling`` chooses what
-    is multiplied by medium_density / rho: 'all' (paper), 'electron' only, or 'none'.
+    Parameters
+    ----------
+    activity_bq : np.ndarray
+        Activity per voxel (Bq), [z, y, x].
+    density : np.ndarray
+        Mass density (g/cm3) on the same grid; no dose is reported below
+        :data:`~DblurDoseLib.physics.density.AIR_DENSITY_THRESHOLD`.
+    electron_kernel, photon_kernel : np.ndarray
+        Kernel parts, mGy per decay in a medium of ``medium_density`` (odd sizes, same spacing as
+        the grid).
+    medium_density : float
+        Density of the kernels' medium (g/cm3).
+    scaling : str
+        What is multiplied by ``medium_density / rho``: 'all' (paper), 'electron' only, or 'none'.
+    device : torch.device or str
+        Where to compute (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+    max_bytes : float, optional
+        Working-memory budget of the FFT (bytes).
+    progress : callable, optional
+        ``progress(fraction)`` along the convolution.
+
+    Returns
+    -------
+    np.ndarray
+        Float32 dose rate (mGy/h), >= 0, zero in air.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown ``scaling``.
+    ValueError
+        When the activity and density grids differ.
     """
     if scaling not in SCALING_CHOICES:
         raise DblurDoseError(f"unknown density scaling {scaling!r}; choose one of {', '.join(SCALING_CHOICES)}")
@@ -218,7 +298,18 @@ def dvk_dose_rate(
 
 
 def total_kernel(electron: np.ndarray, photon: np.ndarray) -> np.ndarray:
-    """Electron and photon kernels added, centres aligned, on the larger of the two supports."""
+    """Electron and photon kernels added, centres aligned, on the larger of the two supports.
+
+    Parameters
+    ----------
+    electron, photon : np.ndarray
+        Centred [z, y, x] kernels of odd sizes (mGy per decay).
+
+    Returns
+    -------
+    np.ndarray
+        Float32 kernel (mGy per decay), each axis the larger of the two.
+    """
     shape = tuple(max(a, b) for a, b in zip(np.shape(electron), np.shape(photon)))
     total = np.zeros(shape, dtype=np.float32)
     for k in (electron, photon):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +118,12 @@ def _voxel_radii(size: int, spacing) -> np.ndarray:
 
 def build_kernel(
     nuclide: str = "Lu-177",
-    spacing_mm=(0.98, 0.98, 3.0),
+    spacing_mm: Sequence[float] = (0.98, 0.98, 3.0),
     electron_size: int | None = None,
     photon_size: int | None = None,
     n_decays: int = 2_000_000,
     seed: int = 1,
-    progress=None,
+    progress: Callable[[float, str], object] | None = None,
     *,
     photon_decays: int | None = None,
     threads: int | None = None,
@@ -137,6 +138,39 @@ def build_kernel(
     Both are symmetrised; the photon part beyond 20 mm is replaced by a radial model fitted to
     the same run (log(K r^2) polynomial in r), so the far field is not raw noise.
     ``photon_absorbed_kev`` is the MC's photon energy absorbed within the photon kernel's extent.
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+    spacing_mm : sequence of float
+        (x, y, z) voxel size, mm.
+    electron_size, photon_size : int, optional
+        Edge lengths (odd, voxels); :func:`~DblurDoseLib.physics.kernels.default_sizes` where None.
+    n_decays : int
+        Decays simulated for the electron part (at least 1000).
+    seed : int
+        Random seed (the same seed and settings give the same kernel).
+    progress : callable, optional
+        ``progress(fraction, message)`` along the way.
+    photon_decays : int, optional
+        Decays simulated for the photon part; default 25 x ``n_decays``.
+    threads : int, optional
+        Transport threads; None for ompmc's default.
+    save : bool
+        Write the kernel to :func:`~DblurDoseLib.physics.kernels.cache_dir` (its path goes to
+        ``kernel.info["cache_path"]``).
+
+    Returns
+    -------
+    Kernel
+        Source 'built', mGy per decay in soft tissue (1.04 g/cm3).
+
+    Raises
+    ------
+    DblurDoseError
+        Without ompmc, for an unsupported nuclide, a bad spacing, even or non-positive sizes, or
+        fewer than 1000 decays.
     """
     from .montecarlo import ompmc_version, require_ompmc
 
@@ -278,10 +312,12 @@ def build_point_kernels(
     photon_decays: int = 100_000_000,
     seed: int = 1,
     threads: int | None = None,
-    progress=None,
+    progress: Callable[[float, str], object] | None = None,
 ) -> dict:
-    """Radial dose-point kernels by Monte Carlo (ompmc): energy per decay (keV) absorbed in each
-    spherical shell around a point source in ICRU tissue of 1.04 g/cm3, electron and photon parts.
+    """Radial dose-point kernels by Monte Carlo (ompmc), electron and photon parts.
+
+    Energy per decay (keV) absorbed in each spherical shell around a point source in ICRU tissue
+    of 1.04 g/cm3.
 
     Cells grow with the distance from the source, so that the steep near field is resolved: for
     electrons 5 um at the source, 8% of the distance, at most 50 um, over +-2.5 mm (all Lu-177
@@ -292,6 +328,31 @@ def build_point_kernels(
     Why fine cells: a third of the electron energy is deposited within 75 um of the source; with
     50 um cells, spreading it evenly over the cells made the centre voxel of a 1x1x3 mm kernel 1%
     low against direct voxel Monte Carlo.
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+    electron_decays, photon_decays : int
+        Decays simulated for each part.
+    seed : int
+        Random seed.
+    threads : int, optional
+        Transport threads; None for ompmc's default.
+    progress : callable, optional
+        ``progress(fraction, message)`` along the way.
+
+    Returns
+    -------
+    dict
+        ``r_edges_mm`` (shell edges, mm), ``electron_kev`` and ``photon_kev`` (keV per decay per
+        shell), the decays and seconds of each part, ``nuclide``, ``medium_density`` (g/cm3),
+        ``seed``, ``ompmc_version``, ``date``.
+
+    Raises
+    ------
+    DblurDoseError
+        Without ompmc, or for an unsupported nuclide.
     """
     from .montecarlo import ompmc_version, require_ompmc
 
@@ -323,6 +384,23 @@ def build_point_kernels(
 
 
 def save_point_kernels(dpk: dict, path: str | os.PathLike) -> Path:
+    """Write dose-point kernels from :func:`build_point_kernels` as a compressed ``.npz``.
+
+    The file :func:`~DblurDoseLib.physics.kernels.load_point_kernels` reads (``data/kernels``).
+
+    Parameters
+    ----------
+    dpk : dict
+        ``r_edges_mm`` (mm), ``electron_kev`` and ``photon_kev`` (keV per decay per shell) arrays;
+        every entry that is not an array is stored as JSON metadata.
+    path : str or os.PathLike
+        The ``.npz`` file (replaced if it exists).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     meta = {k: v for k, v in dpk.items() if not isinstance(v, np.ndarray)}
     np.savez_compressed(path, r_edges_mm=dpk["r_edges_mm"], electron_kev=dpk["electron_kev"],
                         photon_kev=dpk["photon_kev"], meta=np.array(json.dumps(meta)))

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
@@ -71,21 +72,56 @@ class Kernel:
 
     @property
     def voxel_mass_g(self) -> float:
+        """Mass of one kernel voxel of the medium, g (density g/cm3 x voxel volume)."""
         return self.medium_density * float(np.prod(self.spacing)) / 1000.0
 
     def total(self) -> np.ndarray:
-        """Electron added into the centre of photon, on the larger of the two supports."""
+        """Electron added into the centre of photon, on the larger of the two supports.
+
+        Returns
+        -------
+        np.ndarray
+            Float32 [z, y, x] kernel, mGy per decay.
+        """
         from .dvk import total_kernel
 
         return total_kernel(self.electron, self.photon)
 
     def part(self, part: str = "all") -> np.ndarray:
+        """One part of the kernel.
+
+        Parameters
+        ----------
+        part : str
+            'all' (:meth:`total`), 'electron' or 'photon'.
+
+        Returns
+        -------
+        np.ndarray
+            Float32 [z, y, x], mGy per decay (the stored array for 'electron' and 'photon').
+
+        Raises
+        ------
+        DblurDoseError
+            For an unknown part.
+        """
         if part not in PARTS:
             raise DblurDoseError(f"unknown kernel part {part!r}; choose from {', '.join(PARTS)}")
         return {"all": self.total, "electron": lambda: self.electron, "photon": lambda: self.photon}[part]()
 
     def energy_kev(self, part: str = "all") -> float:
-        """Energy absorbed within the kernel per decay, keV: sum(kernel) x voxel mass."""
+        """Energy absorbed within the kernel per decay, keV: sum(kernel) x voxel mass.
+
+        Parameters
+        ----------
+        part : str
+            'all', 'electron' or 'photon'.
+
+        Returns
+        -------
+        float
+            keV per decay.
+        """
         return float(np.sum(self.part(part), dtype=np.float64)) * self.voxel_mass_g / MGY_PER_KEV_PER_G
 
 
@@ -94,7 +130,25 @@ def _centred_slices(outer, inner) -> tuple[slice, ...]:
 
 
 def resize_centred(array: np.ndarray, size: int) -> np.ndarray:
-    """Crop or zero-pad a centred odd-sized kernel to ``size``^3."""
+    """Crop or zero-pad a centred odd-sized kernel to ``size``^3.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        A centred [z, y, x] kernel of odd edges (any units).
+    size : int
+        The new edge length (voxels), odd.
+
+    Returns
+    -------
+    np.ndarray
+        Float32 ``size``^3 array, same centre.
+
+    Raises
+    ------
+    DblurDoseError
+        When ``size`` is not a positive odd number.
+    """
     if size < 1 or size % 2 == 0:
         raise DblurDoseError(f"the kernel size must be a positive odd number, got {size}")
     out = np.zeros((size,) * 3, dtype=np.float32)
@@ -103,11 +157,22 @@ def resize_centred(array: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def default_sizes(spacing) -> tuple[int, int]:
+def default_sizes(spacing: Sequence[float]) -> tuple[int, int]:
     """Default (electron, photon) edge lengths for a grid: 9/99 at 0.98x0.98x3 mm, 5/51 at 4.8 mm.
 
-    Electron: odd, covering ELECTRON_REACH_MM beyond the source voxel along the finest axis.
-    Photon: odd, about PHOTON_HALF_EXTENT_MM half-width along the finest axis, at most 99.
+    Electron: odd, covering :data:`ELECTRON_REACH_MM` beyond the source voxel along the finest axis.
+    Photon: odd, about :data:`PHOTON_HALF_EXTENT_MM` half-width along the finest axis, at most
+    :data:`MAX_PHOTON_SIZE` (and never less than the electron size).
+
+    Parameters
+    ----------
+    spacing : sequence of float
+        (x, y, z) voxel size, mm.
+
+    Returns
+    -------
+    tuple of int
+        (electron, photon) edge lengths, voxels.
     """
     h = min(spacing)
     electron = 2 * math.ceil((ELECTRON_REACH_MM + h / 2) / h) + 1
@@ -139,6 +204,18 @@ def save_kernel(kernel: Kernel, path: str | os.PathLike) -> Path:
 
     Atomic: written to a temporary file beside ``path`` and renamed, so a reader (another run
     using the same cache) sees the old file or the whole new one, never a partial one.
+
+    Parameters
+    ----------
+    kernel : Kernel
+        The kernel (mGy per decay); its ``info`` goes into the metadata with the octants' SHA-256.
+    path : str or os.PathLike
+        The ``.npz`` file; missing folders are made.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +257,25 @@ def _unfold(octant: np.ndarray) -> np.ndarray:
 
 
 def load_kernel(path: str | os.PathLike, source: str = "shipped") -> Kernel:
-    """Read a kernel written by :func:`save_kernel`, verifying its checksum (a damaged file is refused)."""
+    """Read a kernel written by :func:`save_kernel`, verifying its checksum (a damaged file is refused).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file.
+    source : str
+        Recorded as the kernel's source ('shipped', 'cached', ...); picks the advice in messages.
+
+    Returns
+    -------
+    Kernel
+        Both parts unfolded to full [z, y, x] arrays, mGy per decay.
+
+    Raises
+    ------
+    DblurDoseError
+        For a damaged file, one without checksums, or one whose checksum fails.
+    """
     fix = (f"delete {path} (it is rebuilt or derived again when needed)" if source != "shipped"
            else "reinstall DblurDose")
     try:
@@ -205,6 +300,13 @@ def load_kernel(path: str | os.PathLike, source: str = "shipped") -> Kernel:
 
 
 def cache_dir() -> Path:
+    """Folder of built and derived kernels: ``$DBLURDOSE_CACHE/kernels``, else ``~/.cache/dblurdose/kernels``.
+
+    Returns
+    -------
+    Path
+        The folder (not created here).
+    """
     return Path(os.environ.get("DBLURDOSE_CACHE") or Path.home() / ".cache" / "dblurdose") / "kernels"
 
 
@@ -244,6 +346,23 @@ def _load_cached(path: str, source: str, mtime: float) -> Kernel:
 
 
 def shipped_spacings(nuclide: str = "Lu-177") -> list[tuple[float, float, float]]:
+    """Grids of the kernels shipped for a nuclide.
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+
+    Returns
+    -------
+    list of tuple of float
+        (x, y, z) voxel size of each shipped kernel, mm.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unsupported nuclide.
+    """
     name = canonical_name(nuclide)
     return [sp for _, nuc, sp in _catalogue(str(KERNEL_DIR), KERNEL_DIR.stat().st_mtime) if nuc == name]
 
@@ -251,11 +370,30 @@ def shipped_spacings(nuclide: str = "Lu-177") -> list[tuple[float, float, float]
 # --- public entry points ---------------------------------------------------------------------------
 
 
-def get_kernel(nuclide: str = "Lu-177", spacing=(0.98, 0.98, 3.0), size: int | None = None) -> Kernel:
+def get_kernel(nuclide: str = "Lu-177", spacing: Sequence[float] = (0.98, 0.98, 3.0), size: int | None = None,
+               ) -> Kernel:
     """The kernel pair for a grid: shipped, cached (built earlier), or derived (never needs ompmc).
 
-    ``size``: edge length (odd) of the photon part; the electron part is cropped to it if larger.
-    A size larger than a shipped kernel's gives a derived kernel of that size.
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+    spacing : sequence of float
+        (x, y, z) voxel size, mm (0.05-50 mm).
+    size : int, optional
+        Edge length (odd, voxels) of the photon part; the electron part is cropped to it if larger.
+        A size larger than a shipped kernel's gives a derived kernel of that size.
+
+    Returns
+    -------
+    Kernel
+        A copy (the caller may change it), mGy per decay in soft tissue (1.04 g/cm3).
+
+    Raises
+    ------
+    DblurDoseError
+        For an unsupported nuclide, a spacing that is not three positive numbers in 0.05-50 mm, or a
+        size that is not a positive odd number.
     """
     name = canonical_name(nuclide)
     sp = _check_spacing(spacing)
@@ -280,10 +418,34 @@ def get_kernel(nuclide: str = "Lu-177", spacing=(0.98, 0.98, 3.0), size: int | N
     return kernel
 
 
-def write_kernel_nrrd(kernel: Kernel, path, part: str = "all", size: int | None = None, overwrite: bool = False):
+def write_kernel_nrrd(kernel: Kernel, path: str | os.PathLike, part: str = "all", size: int | None = None,
+                      overwrite: bool = False) -> Path:
     """Write one part ('all', 'electron', 'photon') as a centred NRRD (N^3 if ``size`` is given).
 
     The centre voxel sits at the origin; spacing in the header; units mGy/decay in the metadata.
+
+    Parameters
+    ----------
+    kernel : Kernel
+        The kernel (mGy per decay).
+    path : str or os.PathLike
+        The file written.
+    part : str
+        'all', 'electron' or 'photon'.
+    size : int, optional
+        Edge length (odd, voxels) to crop or pad to.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown part, a bad size, or an existing file without ``overwrite``.
     """
     from ..io.volume import Volume, write_volume
 
@@ -302,8 +464,21 @@ def write_kernel_nrrd(kernel: Kernel, path, part: str = "all", size: int | None 
 # --- symmetry (used by derivation here and by building in kernel_building) ----------------------------
 
 
-def symmetrise(array: np.ndarray, spacing) -> np.ndarray:
-    """Average over the mirror (and, for equal spacings, axis-swap) symmetries of a centred kernel."""
+def symmetrise(array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Average over the mirror (and, for equal spacings, axis-swap) symmetries of a centred kernel.
+
+    Parameters
+    ----------
+    array : np.ndarray
+        A centred [z, y, x] kernel (any units).
+    spacing : sequence of float
+        (x, y, z) voxel size, mm; axes of equal spacing (within :data:`SPACING_TOL_MM`) are swapped too.
+
+    Returns
+    -------
+    np.ndarray
+        Float64, the same shape.
+    """
     a = np.asarray(array, dtype=np.float64)
     for axis in range(3):
         a = 0.5 * (a + np.flip(a, axis))
@@ -323,6 +498,25 @@ def symmetrise(array: np.ndarray, spacing) -> np.ndarray:
 
 @cache
 def load_point_kernels(nuclide: str = "Lu-177") -> dict:
+    """The shipped radial dose-point kernels of a nuclide (energy per spherical shell per decay, from ompmc).
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+
+    Returns
+    -------
+    dict
+        ``r_edges_mm`` (shell edges, mm), ``electron_kev`` and ``photon_kev`` (keV per decay absorbed
+        in each shell), and the file's metadata (``medium_density`` in g/cm3, ``date``,
+        ``ompmc_version``, ...). Cached: do not change it.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unsupported nuclide or a missing data file.
+    """
     name = canonical_name(nuclide)
     path = KERNEL_DIR / f"{name}_dpk.npz"
     if not path.exists():
@@ -410,9 +604,29 @@ def _voxelise(edges, shell_kev, spacing, size, density, seed=0, samples=4_000_00
     return kernel.astype(np.float32)
 
 
-def derive_kernel(nuclide: str = "Lu-177", spacing=(0.98, 0.98, 3.0), electron_size: int | None = None,
+def derive_kernel(nuclide: str = "Lu-177", spacing: Sequence[float] = (0.98, 0.98, 3.0), electron_size: int | None = None,
                   photon_size: int | None = None) -> Kernel:
-    """A kernel for any grid from the shipped dose-point kernels, without ompmc (a few seconds)."""
+    """A kernel for any grid from the shipped dose-point kernels, without ompmc (a few seconds).
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide, any spelling.
+    spacing : sequence of float
+        (x, y, z) voxel size, mm.
+    electron_size, photon_size : int, optional
+        Edge lengths (odd, voxels); :func:`default_sizes` where None.
+
+    Returns
+    -------
+    Kernel
+        Source 'derived', mGy per decay in the dose-point kernels' medium.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unsupported nuclide, a bad spacing, or missing dose-point kernel data.
+    """
     name = canonical_name(nuclide)
     sp = _check_spacing(spacing)
     de, dp = default_sizes(sp)
@@ -433,11 +647,25 @@ def _derived(name: str, spacing, electron_size: int, photon_size: int) -> Kernel
     return _copy(_derive_cached(name, tuple(round(s, 6) for s in spacing), electron_size, photon_size))
 
 
-def derived_cache_path(name: str, spacing, electron_size: int, photon_size: int) -> Path:
+def derived_cache_path(name: str, spacing: Sequence[float], electron_size: int, photon_size: int) -> Path:
     """Where the derived kernel of a grid is cached: named by a key of everything it depends on.
 
     The key hashes the nuclide, spacing (mm), part sizes, the shipped dose-point kernel file's
     bytes and the package version, so a new dose-point kernel or release never reads an old file.
+
+    Parameters
+    ----------
+    name : str
+        The nuclide, ICRP-107 spelling.
+    spacing : sequence of float
+        (x, y, z) voxel size, mm.
+    electron_size, photon_size : int
+        Edge lengths, voxels.
+
+    Returns
+    -------
+    Path
+        A ``.npz`` path under ``cache_dir() / "derived"``.
     """
     from .. import __version__
 

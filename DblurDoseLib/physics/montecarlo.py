@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,12 +85,26 @@ Progress = Callable[[float, str], object]
 
 
 def ompmc_available() -> bool:
+    """Whether the optional ompmc package (the ``mc`` extra) is installed.
+
+    Returns
+    -------
+    bool
+        True when ``ompmc`` can be imported (it is not imported here).
+    """
     import importlib.util
 
     return importlib.util.find_spec("ompmc") is not None
 
 
 def ompmc_version() -> str:
+    """The installed ompmc version, for provenance.
+
+    Returns
+    -------
+    str
+        The version string, or ``"not installed"``.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -99,6 +114,13 @@ def ompmc_version() -> str:
 
 
 def require_ompmc() -> None:
+    """Refuse Monte Carlo when ompmc is not installed.
+
+    Raises
+    ------
+    DblurDoseError
+        Without ompmc, naming how to install it.
+    """
     if not ompmc_available():
         raise DblurDoseError(
             "Monte Carlo needs the optional ompmc package (GPL-3): pip install 'dblurdose[mc]' "
@@ -132,18 +154,46 @@ class TransportGeometry:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The phantom's (z, y, x) voxels."""
         return self.density.shape  # type: ignore[return-value]
 
     def voxel_volumes_cm3(self) -> np.ndarray:
+        """Volume of each voxel, cm3.
+
+        Returns
+        -------
+        np.ndarray
+            Float64 [z, y, x], from the bounds (cm).
+        """
         dz, dy, dx = np.diff(self.z_bounds), np.diff(self.y_bounds), np.diff(self.x_bounds)
         return dz[:, None, None] * dy[None, :, None] * dx[None, None, :]
 
     def voxel_masses_kg(self) -> np.ndarray:
+        """Mass of each voxel, kg (density g/cm3 x volume cm3 / 1000).
+
+        Returns
+        -------
+        np.ndarray
+            Float64 [z, y, x].
+        """
         return self.density * self.voxel_volumes_cm3() * 1e-3
 
 
 def materials_from_density(density: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Material index (1-based, int32) per voxel and the media list, from density (g/cm3)."""
+    """Material index (1-based, int32) per voxel and the media list, from density (g/cm3).
+
+    Parameters
+    ----------
+    density : np.ndarray
+        Mass density (g/cm3), any shape.
+
+    Returns
+    -------
+    material : np.ndarray
+        Int32, 1-based index into ``media``, the shape of ``density``.
+    media : list of str
+        The PEGS4 media used (:data:`MEDIA`, by density bound), in density order.
+    """
     bounds = np.array([m[0] for m in MEDIA[:-1]])
     index = np.searchsorted(bounds, np.asarray(density), side="right").astype(np.int32)
     used = np.unique(index)
@@ -153,8 +203,26 @@ def materials_from_density(density: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def geometry_from_density(density: Volume) -> TransportGeometry:
-    """ompmc geometry on the volume's grid, in index space (origin and direction do not matter
-    for isotropic transport in a phantom that moves with its sources)."""
+    """ompmc geometry on the volume's grid, in index space.
+
+    Origin and direction do not matter for isotropic transport in a phantom that moves with its
+    sources. Densities are clamped to at least :data:`MIN_DENSITY` (ompmc needs them positive).
+
+    Parameters
+    ----------
+    density : Volume
+        Mass density (g/cm3); spacing in mm.
+
+    Returns
+    -------
+    TransportGeometry
+        Bounds in cm from 0, materials from :func:`materials_from_density`.
+
+    Raises
+    ------
+    DblurDoseError
+        When the density holds NaN or infinite values.
+    """
     rho = np.asarray(density.array, dtype=np.float64)
     if not np.all(np.isfinite(rho)):
         raise DblurDoseError("the density map holds NaN or infinite values")
@@ -185,6 +253,20 @@ class ParticleBatch:
 
 
 def isotropic_directions(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors uniform on the sphere.
+
+    Parameters
+    ----------
+    n : int
+        Number of directions.
+    rng : np.random.Generator
+        The random source.
+
+    Returns
+    -------
+    np.ndarray
+        (n, 3) float64 (u, v, w) unit vectors.
+    """
     w = rng.uniform(-1.0, 1.0, n)
     phi = rng.uniform(0.0, 2.0 * np.pi, n)
     s = np.sqrt(np.maximum(1.0 - w * w, 0.0))
@@ -196,6 +278,20 @@ def write_phase_space(base: str | os.PathLike, batch: ParticleBatch, n_batches: 
 
     The file is padded with neutrons (which ompmc does not transport) to a multiple of
     ``n_batches`` records, so that every particle is used exactly once.
+
+    Parameters
+    ----------
+    base : str or os.PathLike
+        The files' path without suffix.
+    batch : ParticleBatch
+        The particles (MeV, cm, unit directions).
+    n_batches : int
+        ompmc's statistical batches.
+
+    Returns
+    -------
+    int
+        Records written, padding included.
     """
     n = len(batch)
     n_total = -(-max(n, 1) // n_batches) * n_batches
@@ -282,6 +378,24 @@ class TransportSettings:
     n_batches: int = 10
 
     def physics_items(self, seeds: tuple[int, int]) -> dict:
+        """ompmc's physics settings for one run.
+
+        Parameters
+        ----------
+        seeds : tuple of int
+            ompmc's two random seeds.
+
+        Returns
+        -------
+        dict
+            ``pegs_file``, ``global_ecut`` (total energy, MeV), ``global_pcut`` (MeV), ``n_split``,
+            ``seeds``, ``esave`` (MeV, None without range rejection).
+
+        Raises
+        ------
+        DblurDoseError
+            For a cut-off below 10 keV.
+        """
         if self.electron_cutoff_kev < 10.0 - 1e-9 or self.photon_cutoff_kev < 10.0 - 1e-9:
             raise DblurDoseError("ompmc's data allow cut-offs of 10 keV and above")
         return {
@@ -325,9 +439,35 @@ def transport(
 ) -> TransportResult:
     """Transport each batch of particles with ompmc in a child process and sum the energies.
 
-    ``n_chunks`` is only a hint for progress reporting. ``progress(fraction, message)`` returning
-    False cancels (DblurDoseError). Temporary files live in ``workdir`` (default: the system's
-    temporary folder) and are removed afterwards.
+    Parameters
+    ----------
+    geometry : TransportGeometry
+        The phantom (cm, g/cm3).
+    batches : iterable of ParticleBatch
+        Particles starting inside the phantom (MeV, cm); one child process each.
+    seed : int
+        Random seed (each chunk gets its own seeds from it).
+    n_chunks : int
+        Number of batches expected; only a hint for progress reporting.
+    threads : int, optional
+        ompmc threads; None: all CPUs.
+    settings : TransportSettings
+        Cut-offs (keV) and variance reduction.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels.
+    workdir : str or os.PathLike, optional
+        Folder of the temporary files (default: the system's temporary folder); they are removed
+        afterwards.
+
+    Returns
+    -------
+    TransportResult
+        Energy per voxel and its batch variance (MeV, MeV^2), the energy bookkeeping (MeV).
+
+    Raises
+    ------
+    DblurDoseError
+        Without ompmc, on cancel, or when a child process fails.
     """
     require_ompmc()
     t0 = time.perf_counter()
@@ -492,12 +632,34 @@ class MonteCarloResult:
         return iter((self.dose_rate, self.uncertainty))
 
     def per_decay_kev(self) -> dict[str, float]:
+        """The energy bookkeeping per simulated decay, keV.
+
+        Returns
+        -------
+        dict of str to float
+            ``emitted``, ``deposited``, ``escaped``, ``local`` and ``air`` (keV per decay).
+        """
         n = max(self.n_decays, 1)
         return {k: getattr(self, f"{k}_mev") * 1000.0 / n for k in ("emitted", "deposited", "escaped", "local", "air")}
 
 
 def stratified_counts(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Counts with expectation ``n * w / sum(w)``: the floor, plus 1 with the remainder's probability."""
+    """Counts with expectation ``n * w / sum(w)``: the floor, plus 1 with the remainder's probability.
+
+    Parameters
+    ----------
+    weights : np.ndarray
+        Non-negative weights (e.g. activity per voxel, Bq), flat.
+    n : int
+        Expected total count.
+    rng : np.random.Generator
+        The random source.
+
+    Returns
+    -------
+    np.ndarray
+        Int64 counts, one per weight.
+    """
     expected = np.asarray(weights, dtype=np.float64) * (n / float(np.sum(weights, dtype=np.float64)))
     base = np.floor(expected)
     return (base + (rng.random(expected.size) < (expected - base))).astype(np.int64)
@@ -534,7 +696,42 @@ def monte_carlo_dose_rate(
 
     Both on the same grid. ``n_decays`` decays are simulated (about 1.34 transported particles
     each for Lu-177). Reproducible for a seed (and any thread count). Media from density: see
-    :data:`MEDIA`. Returns a :class:`MonteCarloResult` (unpacks as dose rate, relative uncertainty).
+    :data:`MEDIA`.
+
+    Parameters
+    ----------
+    activity_bq : Volume
+        Activity per voxel (Bq).
+    density : Volume
+        Mass density (g/cm3) on the same grid (spacing in mm).
+    n_decays : int
+        Decays simulated.
+    seed : int
+        Random seed.
+    nuclide : str
+        A supported nuclide.
+    threads : int, optional
+        ompmc threads; None: all CPUs.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels.
+    settings : TransportSettings
+        Cut-offs (keV) and variance reduction.
+    max_particles : int
+        Most particles per ompmc run (bounds the phase-space file: 2e7 particles = 580 MB).
+    workdir : str or os.PathLike, optional
+        Folder of the temporary files.
+
+    Returns
+    -------
+    MonteCarloResult
+        Unpacks as dose rate (mGy/h for the given activity) and relative uncertainty (1 sigma), with
+        the energy bookkeeping (MeV).
+
+    Raises
+    ------
+    DblurDoseError
+        Without ompmc, for inputs it refuses (grids that differ, no activity, a bad decay count),
+        on cancel, or when ompmc fails.
     """
     require_ompmc()
     nuc = get_nuclide(nuclide)
@@ -632,7 +829,7 @@ def _decay_batches(nuc, geometry: TransportGeometry, voxels: np.ndarray, counts:
 
 
 def monte_carlo_absorbed_dose(time_integrated_activity: Volume, density: Volume, n_decays: int, seed: int = 1,
-                              **options) -> tuple[Volume, Volume]:
+                              **options: Any) -> tuple[Volume, Volume]:
     """True absorbed dose (Gy) from the time-integrated activity (Bq h/mL), by Monte Carlo.
 
     Dose is linear in the source, so transporting the time-integrated activity as if it were an
@@ -675,13 +872,40 @@ LABEL_BATCHES = 8
 
 
 def batch_seed(seed: int, batch: int) -> int:
-    """Seed of batch ``batch`` of a nested run with ``seed`` (independent streams, 31-bit)."""
+    """Seed of batch ``batch`` of a nested run with ``seed`` (independent streams, 31-bit).
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    batch : int
+        The batch's index.
+
+    Returns
+    -------
+    int
+        A seed in [0, 2^31).
+    """
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(batch), 0x6E6573]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def nested_levels(n_decays: int, n_batches: int = LABEL_BATCHES) -> list[int]:
-    """Decays of the labels a nested run writes, ascending: the first 1, 2, 4, ... batches, then all
-    (the last is the full label)."""
+    """Decays of the labels a nested run writes, ascending.
+
+    The first 1, 2, 4, ... batches, then all (the last is the full label).
+
+    Parameters
+    ----------
+    n_decays : int
+        Decays of the whole run.
+    n_batches : int
+        Batches it is dealt into.
+
+    Returns
+    -------
+    list of int
+        Decays per level: ``n_decays // n_batches`` times 1, 2, 4, ..., ``n_batches``.
+    """
     n_batches = int(n_batches)
     per_batch = int(n_decays) // max(n_batches, 1)
     batches = {2 ** i for i in range(n_batches.bit_length()) if 2 ** i < n_batches} | {n_batches}
@@ -695,17 +919,43 @@ def nested_monte_carlo_dose_rate(
     seed: int = 1,
     n_batches: int = LABEL_BATCHES,
     progress: Progress | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> dict[int, tuple[Volume, Volume]]:
     """Monte Carlo dose rate in ``n_batches`` independent batches, with the running means kept.
 
-    Batch ``k`` simulates ``n_decays // n_batches`` decays with seed :func:`batch_seed` (seed, k)
-    (other arguments as :func:`monte_carlo_dose_rate`). Returns, for the first 1, 2, 4, ... batches
-    and for all of them, {decays asked for: (mean dose rate in mGy/h, its relative uncertainty
-    (1 sigma))}; each level is the plain mean of the batches it holds (equal decays: the
-    decay-weighted mean), so the level with the most decays is the full label and each level nests
-    the ones below it. The uncertainty combines the batches' own (ompmc batch) estimates of the
-    absolute variance: sigma(mean) = sqrt(sum sigma_k^2) / k.
+    Batch ``k`` simulates ``n_decays // n_batches`` decays with seed :func:`batch_seed` (seed, k).
+    Each level is the plain mean of the batches it holds (equal decays: the decay-weighted mean),
+    so the level with the most decays is the full label and each level nests the ones below it.
+    The uncertainty combines the batches' own (ompmc batch) estimates of the absolute variance:
+    sigma(mean) = sqrt(sum sigma_k^2) / k.
+
+    Parameters
+    ----------
+    activity_bq : Volume
+        Activity per voxel (Bq).
+    density : Volume
+        Mass density (g/cm3) on the same grid.
+    n_decays : int
+        Decays of the whole run (at least one per batch).
+    seed : int
+        The run's seed.
+    n_batches : int
+        Independent batches.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels.
+    **kwargs
+        Passed to :func:`monte_carlo_dose_rate` (threads, settings, ...).
+
+    Returns
+    -------
+    dict of int to tuple of Volume
+        For the first 1, 2, 4, ... batches and for all of them, {decays asked for: (mean dose rate
+        in mGy/h, its relative uncertainty (1 sigma))}.
+
+    Raises
+    ------
+    DblurDoseError
+        For fewer than 1 batch or 1 decay per batch, and as :func:`monte_carlo_dose_rate`.
     """
     n_batches = int(n_batches)
     if n_batches < 1 or int(n_decays) < n_batches:

@@ -63,10 +63,22 @@ class Nuclide:
 
     @property
     def decay_constant_per_s(self) -> float:
+        """Physical decay constant ln 2 / half-life, 1/s."""
         return float(np.log(2.0) / self.half_life_s)
 
     def line_energy_kev(self, group: str) -> float:
-        """Energy per decay emitted in one group of discrete lines, keV."""
+        """Energy per decay emitted in one group of discrete lines, keV.
+
+        Parameters
+        ----------
+        group : str
+            'IE', 'auger', 'gamma' or 'X'.
+
+        Returns
+        -------
+        float
+            Sum of energy x yield over the group's lines (keV per decay); 0 for an empty group.
+        """
         table = self.lines[group]
         return float(np.sum(table[:, 0] * table[:, 1]) * 1000.0) if len(table) else 0.0
 
@@ -82,6 +94,7 @@ class Nuclide:
 
     @property
     def total_energy_kev(self) -> float:
+        """Electron + photon energy emitted per decay, keV."""
         return self.electron_energy_kev + self.photon_energy_kev
 
 
@@ -98,7 +111,23 @@ def _canonical(name: str) -> tuple[str, str]:
 
 
 def canonical_name(name: str) -> str:
-    """ICRP-107 spelling of a nuclide name ('lu177' -> 'Lu-177'); raises for an unsupported one."""
+    """ICRP-107 spelling of a nuclide name ('lu177' -> 'Lu-177').
+
+    Parameters
+    ----------
+    name : str
+        A nuclide name in any usual spelling ('Lu-177', 'Lu177', 'lu_177', '177Lu').
+
+    Returns
+    -------
+    str
+        Its ICRP-107 spelling, one of :data:`SUPPORTED`.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown or unsupported nuclide.
+    """
     element, mass = _canonical(name)
     icrp = f"{element}-{mass}" if element else str(name)
     if icrp in SUPPORTED:
@@ -125,12 +154,46 @@ def _icrp_path(icrp_name: str):
 
 @cache
 def patient_activity_mbq(name: str = "Lu-177") -> tuple[float, float]:
-    """The (lowest, highest) total activity in MBq of a patient scan of nuclide ``name``."""
+    """The (lowest, highest) total activity in MBq of a patient scan of nuclide ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A supported nuclide, any spelling.
+
+    Returns
+    -------
+    tuple of float
+        (lowest, highest) MBq, from :data:`PATIENT_ACTIVITY_MBQ`.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown or unsupported nuclide.
+    """
     return PATIENT_ACTIVITY_MBQ[canonical_name(name)]
 
 
 def get_nuclide(name: str = "Lu-177") -> Nuclide:
-    """Emission data of a supported nuclide ('Lu-177', 'Lu177', 'lu177', '177Lu' all work)."""
+    """Emission data of a supported nuclide ('Lu-177', 'Lu177', 'lu177', '177Lu' all work).
+
+    Parameters
+    ----------
+    name : str
+        A supported nuclide, any spelling.
+
+    Returns
+    -------
+    Nuclide
+        Its ICRP-107 lines (MeV, yield per decay), normalised beta spectrum (MeV, 1/MeV),
+        half-life (s), beta yield and mean beta energy (keV per decay).
+
+    Raises
+    ------
+    DblurDoseError
+        For an unsupported nuclide, missing ICRP-107 data, or a nuclide emitting alpha, beta+,
+        neutrons or fission fragments.
+    """
     icrp = canonical_name(name)
     path = _icrp_path(icrp)
     if path is None:
@@ -179,6 +242,7 @@ class DecayParticles:
 
     @property
     def emitted_mev(self) -> float:
+        """Energy emitted by all the decays, transported and local, MeV."""
         return float(self.energy_mev.sum() + self.local_mev.sum())
 
 
@@ -201,6 +265,20 @@ def sample_beta_energies(nuclide: Nuclide, n: int, rng: np.random.Generator) -> 
     The tabulated spectrum (101 points for Lu-177) is interpolated by a monotone cubic (PCHIP) onto
     a fine grid, then sampled exactly as piecewise linear. Linear interpolation of the coarse table
     would overstate the mean (133.79 keV for Lu-177, ICRP-107 branch table 133.27); PCHIP gives 133.33.
+
+    Parameters
+    ----------
+    nuclide : Nuclide
+        Its beta spectrum.
+    n : int
+        Number of energies.
+    rng : np.random.Generator
+        The random source (seeded for repeatable draws).
+
+    Returns
+    -------
+    np.ndarray
+        ``n`` kinetic energies (MeV, float64).
     """
     e, p = _fine_beta_table(nuclide)
     seg = 0.5 * (p[1:] + p[:-1]) * np.diff(e)
@@ -237,7 +315,28 @@ def sample_decay_particles(
     below it at their own energy, lines below it at their expected energy per decay (the same for
     every decay), so the energy emitted per decay is exact on average.
 
-    ``parts``: 'all', 'electron' (beta, IE, Auger) or 'photon' (gamma, X) -- the kernel parts.
+    Parameters
+    ----------
+    nuclide : Nuclide
+        The emitter.
+    n_decays : int
+        Number of decays.
+    rng : np.random.Generator
+        The random source.
+    cutoff_kev : float
+        Transport cut-off (keV); energy below it is deposited locally.
+    parts : str
+        'all', 'electron' (beta, IE, Auger) or 'photon' (gamma, X) -- the kernel parts.
+
+    Returns
+    -------
+    DecayParticles
+        Particles sorted by decay (MeV), and each decay's local energy (MeV).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``parts``.
     """
     if parts not in ("all", "electron", "photon"):
         raise ValueError(f"parts must be 'all', 'electron' or 'photon', got {parts!r}")

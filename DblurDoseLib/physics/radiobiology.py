@@ -19,15 +19,38 @@ Parameters per tissue (``alpha_beta_gy``, ``repair_half_time_h``) come from
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from .time_integration import TimeIntegral, load_table, table_entry
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 
 def radiobiology_parameters(tissue: str) -> tuple[float, float]:
-    """``(alpha/beta in Gy, repair half-time in h)`` of ``tissue`` from ``data/radiobiology.json``."""
+    """``(alpha/beta in Gy, repair half-time in h)`` of ``tissue`` from ``data/radiobiology.json``.
+
+    Parameters
+    ----------
+    tissue : str
+        A tissue of the table ('kidneys', 'lesions'; aliases accepted).
+
+    Returns
+    -------
+    alpha_beta_gy : float
+        alpha/beta, Gy.
+    repair_half_time_h : float
+        Repair half-time, h.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown tissue.
+    """
     table = load_table("radiobiology")
     entry = table_entry(table, table["tissues"], tissue, "tissue for radiobiology parameters")
     return float(entry["alpha_beta_gy"]), float(entry["repair_half_time_h"])
@@ -53,7 +76,7 @@ def _check_nonnegative(value, name: str) -> np.ndarray:
     return a
 
 
-def lea_catcheside_factor(amplitudes, rates_per_h, repair_half_time_h: float) -> float:
+def lea_catcheside_factor(amplitudes: ArrayLike, rates_per_h: ArrayLike, repair_half_time_h: float) -> float:
     """``G`` (dimensionless, 0-1) of the dose-rate curve ``sum_j amplitudes_j exp(-rates_j t)``.
 
     Parameters
@@ -64,6 +87,16 @@ def lea_catcheside_factor(amplitudes, rates_per_h, repair_half_time_h: float) ->
         Rate constants, 1/h, > 0.
     repair_half_time_h : float
         Repair half-time, h.
+
+    Returns
+    -------
+    float
+        The Lea-Catcheside factor ``G``.
+
+    Raises
+    ------
+    DblurDoseError
+        Without a curve (no amplitudes, lengths that differ, a rate not above 0).
     """
     c = np.asarray(amplitudes, dtype=np.float64)
     lam = np.asarray(rates_per_h, dtype=np.float64)
@@ -76,14 +109,34 @@ def lea_catcheside_factor(amplitudes, rates_per_h, repair_half_time_h: float) ->
     return float(2.0 * pairs.sum() / dose**2)
 
 
-def bed_from_factor(dose_gy, g_factor, alpha_beta_gy: float):
-    """``BED = D (1 + G D / (alpha/beta))``, Gy; arrays broadcast."""
+def bed_from_factor(dose_gy: ArrayLike, g_factor: ArrayLike, alpha_beta_gy: float) -> np.ndarray | float:
+    """``BED = D (1 + G D / (alpha/beta))``, Gy; arrays broadcast.
+
+    Parameters
+    ----------
+    dose_gy : array_like
+        Absorbed dose, Gy (>= 0, finite).
+    g_factor : array_like
+        Lea-Catcheside factor(s), dimensionless.
+    alpha_beta_gy : float
+        alpha/beta, Gy.
+
+    Returns
+    -------
+    np.ndarray or float
+        BED, Gy.
+
+    Raises
+    ------
+    DblurDoseError
+        For a negative or non-finite dose.
+    """
     dose = _check_nonnegative(dose_gy, "absorbed dose")
     return dose * (1.0 + np.asarray(g_factor) * dose / alpha_beta_gy)
 
 
-def bed(dose_gy, effective_half_life_h, *, tissue: str | None = None, alpha_beta_gy: float | None = None,
-        repair_half_time_h: float | None = None):
+def bed(dose_gy: ArrayLike, effective_half_life_h: ArrayLike, *, tissue: str | None = None,
+        alpha_beta_gy: float | None = None, repair_half_time_h: float | None = None) -> np.ndarray | float:
     """BED (Gy) for a mono-exponentially decreasing dose rate (Dale's formula).
 
     Parameters
@@ -101,6 +154,12 @@ def bed(dose_gy, effective_half_life_h, *, tissue: str | None = None, alpha_beta
     -------
     float or ndarray
         BED, Gy (>= D).
+
+    Raises
+    ------
+    DblurDoseError
+        Without a tissue or both parameters, for parameters not above 0, a half-life not above
+        0 h, or a negative or non-finite dose.
     """
     ab, mu = _parameters(tissue, alpha_beta_gy, repair_half_time_h)
     t_eff = np.asarray(effective_half_life_h, dtype=np.float64)
@@ -112,7 +171,27 @@ def bed(dose_gy, effective_half_life_h, *, tissue: str | None = None, alpha_beta
 
 def bed_of_curve(result: TimeIntegral, *, tissue: str | None = None, alpha_beta_gy: float | None = None,
                  repair_half_time_h: float | None = None) -> float:
-    """BED (Gy) of a fitted dose-rate curve (mGy/h), any exponential model, uptake included."""
+    """BED (Gy) of a fitted dose-rate curve (mGy/h), any exponential model, uptake included.
+
+    Parameters
+    ----------
+    result : TimeIntegral
+        A fitted curve (mGy/h) from :func:`~DblurDoseLib.physics.time_integration.fit_time_curve`.
+    tissue : str, optional
+        Name in ``data/radiobiology.json`` ('kidneys', 'lesions').
+    alpha_beta_gy, repair_half_time_h : float, optional
+        Override the tissue's alpha/beta (Gy) and repair half-time (h).
+
+    Returns
+    -------
+    float
+        BED, Gy.
+
+    Raises
+    ------
+    DblurDoseError
+        For a result without a curve (trapezoid), or missing or invalid parameters.
+    """
     ab, mu = _parameters(tissue, alpha_beta_gy, repair_half_time_h)
     if result.amplitudes.size == 0:
         raise DblurDoseError(f"BED needs an exponential dose-rate curve, not '{result.model}'; fit one "
@@ -121,9 +200,32 @@ def bed_of_curve(result: TimeIntegral, *, tissue: str | None = None, alpha_beta_
     return float(bed_from_factor(result.dose_gy, g, ab))
 
 
-def dose_from_bed(bed_gy, effective_half_life_h, *, tissue: str | None = None, alpha_beta_gy: float | None = None,
-                  repair_half_time_h: float | None = None):
-    """The absorbed dose (Gy) whose BED (mono-exponential dose rate) is ``bed_gy``: the inverse of :func:`bed`."""
+def dose_from_bed(bed_gy: ArrayLike, effective_half_life_h: ArrayLike, *, tissue: str | None = None,
+                  alpha_beta_gy: float | None = None, repair_half_time_h: float | None = None,
+                  ) -> np.ndarray | float:
+    """The absorbed dose (Gy) whose BED (mono-exponential dose rate) is ``bed_gy``: the inverse of :func:`bed`.
+
+    Parameters
+    ----------
+    bed_gy : array_like
+        BED, Gy (>= 0, finite).
+    effective_half_life_h : array_like
+        Effective half-life of the dose rate, h.
+    tissue : str, optional
+        Name in ``data/radiobiology.json``.
+    alpha_beta_gy, repair_half_time_h : float, optional
+        Override the tissue's alpha/beta (Gy) and repair half-time (h).
+
+    Returns
+    -------
+    np.ndarray or float
+        Absorbed dose, Gy.
+
+    Raises
+    ------
+    DblurDoseError
+        For a negative or non-finite BED, or missing or invalid parameters.
+    """
     ab, mu = _parameters(tissue, alpha_beta_gy, repair_half_time_h)
     target = _check_nonnegative(bed_gy, "BED")
     lam = math.log(2.0) / np.asarray(effective_half_life_h, dtype=np.float64)
@@ -133,11 +235,28 @@ def dose_from_bed(bed_gy, effective_half_life_h, *, tissue: str | None = None, a
     return root
 
 
-def total_bed(bed_gy, earlier_beds_gy=()):
+def total_bed(bed_gy: ArrayLike, earlier_beds_gy: Iterable[ArrayLike] = ()) -> np.ndarray | float:
     """BED over treatment cycles, Gy: this cycle's plus the earlier cycles' (arrays add voxel by voxel).
 
     Cycles weeks apart are independent (repair complete in between), so their BEDs add; their
     absorbed doses added first and then converted would overstate the BED.
+
+    Parameters
+    ----------
+    bed_gy : array_like
+        This cycle's BED, Gy.
+    earlier_beds_gy : iterable of array_like
+        Each earlier cycle's BED, Gy.
+
+    Returns
+    -------
+    np.ndarray or float
+        Total BED, Gy.
+
+    Raises
+    ------
+    DblurDoseError
+        For a negative or non-finite BED.
     """
     total = _check_nonnegative(bed_gy, "BED")
     for earlier in earlier_beds_gy:

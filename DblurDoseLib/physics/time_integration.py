@@ -76,6 +76,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import combinations, permutations
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -83,6 +84,9 @@ from scipy.optimize import least_squares, nnls
 from .. import DATA_DIR
 from ..errors import DblurDoseError
 from .nuclides import get_nuclide
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 LN2 = math.log(2.0)
 
@@ -151,7 +155,22 @@ _MODELS: dict[str, _Model] = {m.name: m for m in (
 
 
 def exponential_sum(times_h: np.ndarray, amplitudes: np.ndarray, rates_per_h: np.ndarray) -> np.ndarray:
-    """``sum_j amplitudes_j exp(-rates_j t)`` at ``times_h`` (h); units of the amplitudes."""
+    """``sum_j amplitudes_j exp(-rates_j t)`` at ``times_h`` (h); units of the amplitudes.
+
+    Parameters
+    ----------
+    times_h : np.ndarray
+        Times, h.
+    amplitudes : np.ndarray
+        One per term (e.g. mGy/h).
+    rates_per_h : np.ndarray
+        Rate constants, 1/h, one per term.
+
+    Returns
+    -------
+    np.ndarray
+        Float64 values at ``times_h``, in the amplitudes' units.
+    """
     t = np.asarray(times_h, dtype=np.float64)
     return np.exp(-np.multiply.outer(t, rates_per_h)) @ np.asarray(amplitudes, dtype=np.float64)
 
@@ -237,8 +256,24 @@ class TimeIntegral:
         """Standard uncertainty of :attr:`dose_gy`, Gy."""
         return self.time_integral_uncertainty / 1000.0
 
-    def evaluate(self, times_h) -> np.ndarray:
-        """The fitted curve at ``times_h`` (h), in the values' units; not for the trapezoid."""
+    def evaluate(self, times_h: ArrayLike) -> np.ndarray:
+        """The fitted curve at ``times_h`` (h), in the values' units; not for the trapezoid.
+
+        Parameters
+        ----------
+        times_h : array_like
+            Times after administration, h.
+
+        Returns
+        -------
+        np.ndarray
+            Float64 values (mGy/h for a dose-rate curve).
+
+        Raises
+        ------
+        DblurDoseError
+            For a trapezoid result (it has no curve).
+        """
         if self.amplitudes.size == 0:
             raise DblurDoseError("the trapezoid result has no curve to evaluate; fit a model (method='fit')")
         return exponential_sum(np.asarray(times_h, dtype=np.float64), self.amplitudes, self.rates_per_h)
@@ -249,7 +284,18 @@ class TimeIntegral:
 
 
 def physical_decay_constant_per_h(nuclide: str = "Lu-177") -> float:
-    """Physical decay constant of ``nuclide`` (ICRP-107 half-life), 1/h."""
+    """Physical decay constant of ``nuclide`` (ICRP-107 half-life), 1/h.
+
+    Parameters
+    ----------
+    nuclide : str
+        A supported nuclide.
+
+    Returns
+    -------
+    float
+        ln 2 / half-life, 1/h.
+    """
     return get_nuclide(nuclide).decay_constant_per_s * 3600.0
 
 
@@ -308,7 +354,7 @@ def _check_fraction(value: float, name: str) -> float:
 # trapezoid
 
 
-def trapezoid_weights(times_h, *, before_first: str = "linear", nuclide: str = "Lu-177") -> np.ndarray:
+def trapezoid_weights(times_h: ArrayLike, *, before_first: str = "linear", nuclide: str = "Lu-177") -> np.ndarray:
     """Weights ``w`` (h) with ``integral = sum_i w_i y_i`` for the trapezoid method.
 
     Parameters
@@ -319,6 +365,16 @@ def trapezoid_weights(times_h, *, before_first: str = "linear", nuclide: str = "
         Before the first point: a line from zero at administration, or the first value held.
     nuclide : str
         Its physical decay gives the tail after the last point, ``y_n / lambda_phys``.
+
+    Returns
+    -------
+    np.ndarray
+        Float64 weights, h, one per time.
+
+    Raises
+    ------
+    DblurDoseError
+        For invalid times or an unknown ``before_first``.
     """
     t = _check_times(times_h)
     if before_first not in BEFORE_FIRST:
@@ -332,7 +388,7 @@ def trapezoid_weights(times_h, *, before_first: str = "linear", nuclide: str = "
     return w
 
 
-def trapezoid_integral(times_h, values, *, sigma=None, before_first: str = "linear",
+def trapezoid_integral(times_h: ArrayLike, values: ArrayLike, *, sigma: ArrayLike | None = None, before_first: str = "linear",
                        calibration_rel_uncertainty: float = 0.0, nuclide: str = "Lu-177",
                        reason: str = "trapezoid requested", fit_failed: bool = False) -> TimeIntegral:
     """Trapezoid rule with a physical-decay tail (see the module docstring).
@@ -349,11 +405,22 @@ def trapezoid_integral(times_h, values, *, sigma=None, before_first: str = "line
         Rule before the first point.
     calibration_rel_uncertainty : float
         Relative standard uncertainty of the calibration factor, added in quadrature.
+    nuclide : str
+        Its physical decay gives the tail after the last point.
+    reason : str
+        Recorded as the result's ``reason``.
+    fit_failed : bool
+        Recorded as the result's ``fit_failed`` (the trapezoid as a fallback).
 
     Returns
     -------
     TimeIntegral
         ``model="trapezoid"``; ``time_integral`` in mGy for mGy/h.
+
+    Raises
+    ------
+    DblurDoseError
+        For invalid times, values or uncertainties.
     """
     t, y, s = _check_series(times_h, values, sigma)
     w = trapezoid_weights(t, before_first=before_first, nuclide=nuclide)
@@ -470,9 +537,9 @@ def _result_from_fit(fit: _Fit, calibration_rel_uncertainty: float, reason: str,
     )
 
 
-def fit_time_curve(times_h, values, *, models: tuple[str, ...] = DEFAULT_MODELS, sigma=None,
-                   calibration_rel_uncertainty: float = 0.0, before_first: str = "linear",
-                   nuclide: str = "Lu-177") -> TimeIntegral:
+def fit_time_curve(times_h: ArrayLike, values: ArrayLike, *, models: tuple[str, ...] = DEFAULT_MODELS,
+                   sigma: ArrayLike | None = None, calibration_rel_uncertainty: float = 0.0,
+                   before_first: str = "linear", nuclide: str = "Lu-177") -> TimeIntegral:
     """Fit exponential models to one VOI's curve, pick one by AICc, integrate it to infinity.
 
     Parameters
@@ -496,7 +563,13 @@ def fit_time_curve(times_h, values, *, models: tuple[str, ...] = DEFAULT_MODELS,
     Returns
     -------
     TimeIntegral
-        ``time_integral`` in mGy for mGy/h; ``dose_gy`` in Gy.
+        ``time_integral`` in mGy for mGy/h; ``dose_gy`` in Gy. When no model can be fitted: the
+        trapezoid with ``fit_failed=True``.
+
+    Raises
+    ------
+    DblurDoseError
+        For invalid inputs, an unknown model, or a single time point.
     """
     t, y, s = _check_series(times_h, values, sigma)
     unknown = [m for m in models if m not in _MODELS]
@@ -631,12 +704,45 @@ def prior_half_life_integral(time_h: float, value: float, *, effective_half_life
 
 @cache
 def load_table(name: str) -> dict:
-    """A JSON table shipped in ``DblurDoseLib/data`` (``population_half_lives``, ``radiobiology``)."""
+    """A JSON table shipped in ``DblurDoseLib/data`` (``population_half_lives``, ``radiobiology``).
+
+    Parameters
+    ----------
+    name : str
+        The file's name without ``.json``.
+
+    Returns
+    -------
+    dict
+        The parsed table (cached: do not change it).
+    """
     return json.loads((DATA_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def table_entry(table: dict, entries: dict, name: str, what: str) -> dict:
-    """``entries[name]`` with the table's aliases; a one-line error naming the known names."""
+    """``entries[name]`` with the table's aliases; a one-line error naming the known names.
+
+    Parameters
+    ----------
+    table : dict
+        A table from :func:`load_table` (its ``aliases``).
+    entries : dict
+        The part of the table searched.
+    name : str
+        The name asked for (case, spaces and ``-`` do not matter).
+    what : str
+        What the name is, for the message ("VOI for ... half-lives").
+
+    Returns
+    -------
+    dict
+        The entry.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown name.
+    """
     key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
     key = table.get("aliases", {}).get(key, key)
     if key not in entries:
@@ -646,7 +752,25 @@ def table_entry(table: dict, entries: dict, name: str, what: str) -> dict:
 
 
 def population_half_life(voi: str, radiopharmaceutical: str = "Lu-177-DOTATATE") -> float:
-    """Population effective half-life (h) of ``voi`` from ``data/population_half_lives.json``."""
+    """Population effective half-life (h) of ``voi`` from ``data/population_half_lives.json``.
+
+    Parameters
+    ----------
+    voi : str
+        The VOI's name (e.g. kidney; aliases accepted).
+    radiopharmaceutical : str
+        A radiopharmaceutical of the table.
+
+    Returns
+    -------
+    float
+        Effective half-life, h.
+
+    Raises
+    ------
+    DblurDoseError
+        For an unknown radiopharmaceutical or VOI.
+    """
     table = load_table("population_half_lives")
     drugs = table["radiopharmaceuticals"]
     if radiopharmaceutical not in drugs:
@@ -662,11 +786,32 @@ def population_half_life(voi: str, radiopharmaceutical: str = "Lu-177-DOTATATE")
 METHODS = ("fit", "trapezoid", "hanscheid", "prior-half-life")
 
 
-def integrate_time_curve(times_h, values, *, method: str | None = None, **options) -> TimeIntegral:
+def integrate_time_curve(times_h: ArrayLike, values: ArrayLike, *, method: str | None = None,
+                         **options: Any) -> TimeIntegral:
     """Time integral of one VOI's curve by ``method`` (None: ``fit``, which needs >= 2 points).
 
-    ``options`` go to :func:`fit_time_curve`, :func:`trapezoid_integral`,
-    :func:`hanscheid_integral` or :func:`prior_half_life_integral`.
+    Parameters
+    ----------
+    times_h : array_like
+        Times after administration, h.
+    values : array_like
+        Mean dose rates, mGy/h (or activities, MBq), one per time.
+    method : str, optional
+        'fit', 'trapezoid', 'hanscheid' or 'prior-half-life' (the last two take one time point).
+    **options
+        Go to :func:`fit_time_curve`, :func:`trapezoid_integral`, :func:`hanscheid_integral` or
+        :func:`prior_half_life_integral`.
+
+    Returns
+    -------
+    TimeIntegral
+        ``time_integral`` in mGy for mGy/h.
+
+    Raises
+    ------
+    DblurDoseError
+        For invalid times, an unknown method, one time point without a single-point method, or a
+        single-point method with several points.
     """
     t = _check_times(times_h)
     if method is None:
@@ -750,9 +895,10 @@ def _voxel_chunk(t, y, method, weights, shape_values, voi_integral, lam_phys):
     return integral, lam, fallback
 
 
-def voxel_dose_map(times_h, dose_rates_mgy_h, *, method: str = "mono", voi_fit: TimeIntegral | None = None,
-                   mask=None, before_first: str = "linear", nuclide: str = "Lu-177",
-                   chunk_voxels: int = 1 << 20) -> VoxelDoseMap:
+def voxel_dose_map(times_h: ArrayLike, dose_rates_mgy_h: ArrayLike, *, method: str = "mono",
+                   voi_fit: TimeIntegral | None = None, mask: ArrayLike | None = None,
+                   before_first: str = "linear", nuclide: str = "Lu-177", chunk_voxels: int = 1 << 20,
+                   ) -> VoxelDoseMap:
     """Absorbed-dose map (Gy) from dose-rate maps (mGy/h) at several time points, voxel by voxel.
 
     Parameters
