@@ -344,7 +344,7 @@ def _covering_shape(ct_shape, ct_spacing: np.ndarray, spacing: np.ndarray) -> tu
     return tuple(int(n) for n in size[::-1])
 
 
-def grid_over(ct: Volume, spacing, *, centred: bool = False) -> Volume:
+def grid_over(ct: Volume, spacing: Sequence[float], *, centred: bool = False) -> Volume:
     """An empty (uint8) grid over ``ct``'s field with voxels of ``spacing`` (x, y, z mm) and ``ct``'s direction.
 
     ``centred=False``: the same first voxel edge as ``ct`` and enough voxels to cover its field;
