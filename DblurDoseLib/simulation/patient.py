@@ -35,6 +35,10 @@ _VERT_AY = np.interp(np.arange(17), [0, 11, 12, 16], [9.5, 14.5, 15, 17])  # hal
 _VERT_HEIGHT_FRAC = np.where(np.arange(17) < 12, 0.78, 0.75)
 
 
+#: :meth:`Patient._lesion_centre`'s answer when no vertebra has room for a bone lesion
+_NO_ROOM = object()
+
+
 class Patient:
     """All random draws for one seed, and the anatomy as functions of physical position."""
 
@@ -670,62 +674,70 @@ class Patient:
         return not bad.any()
 
     def _place(self, rng, site, vol):
+        """A lesion blob of ``vol`` mL at ``site`` that fits there, and its measured volume; None if none fits."""
         r = (3 * vol * 1000 / (4 * math.pi)) ** (1 / 3)
         zlim = STANDARD_FIELD_MM[2] / 2 - r - 6
-        ac, bca, bcp = self.cav_axes(self.level_z("L1"))
+        ac, bca, _ = self.cav_axes(self.level_z("L1"))
         for _ in range(200 if site in ("liver", "lung") else 120):
-            if site == "liver":
-                lo, hi = self._bbox_union(self.liver_parts)
-                c = rng.uniform(lo, hi)
-            elif site == "lung":
-                acl, bcal, bcpl = self.cav_axes(self.level_z("T8"))
-                c = np.array([rng.uniform(-acl, acl), rng.uniform(-bcal, bcpl), rng.uniform(self.dia_zC - 20, zlim)])
-            elif site == "node":
-                kind = rng.integers(3)
-                if kind == 0:  # para-aortic / aortocaval
-                    z = rng.uniform(self.level_z("L3"), self.level_z("T12"))
-                    c = np.array([rng.uniform(-35, 45) * self.hf, float(self.y_vb_of(z) - self.ay_of(z)) - rng.uniform(5, 35), z])
-                elif kind == 1:  # mesenteric root
-                    c = np.array([rng.uniform(-0.3, 0.35) * ac, rng.uniform(-0.6, -0.15) * bca,
-                                  rng.uniform(self.level_z("L4"), self.level_z("L1"))])
-                else:  # porta hepatis / peripancreatic
-                    c = np.array([rng.uniform(-0.35, 0.1) * ac, rng.uniform(-0.45, -0.1) * bca,
-                                  rng.uniform(self.level_z("L2"), self.level_z("T12"))])
-            elif site == "lung_base":  # just above the diaphragm, mostly in the posterior recesses
-                acl, bcal, bcpl = self.cav_axes(self.dia_zR + 20)
-                x, y = rng.uniform(-0.85 * acl, 0.85 * acl), rng.uniform(-0.5 * bcal, 0.9 * bcpl)
-                zd = float(self.z_diaphragm(np.array([x], F32), np.array([y], F32))[0])
-                c = np.array([x, y, zd + 1.1 * r + rng.uniform(6.0, 16.0)])
-            elif site == "kidney":
-                c = self._beside_kidney(rng, r)
-                if c is None:
-                    continue
-            elif site == "bone":
-                i = self._vertebra_for_lesion(rng, r)
-                if i is None:
-                    return None
-                zc, h, ax, ay = self.vz[i], self.vheight[i], self.vax[i], self.vay[i]
-                z = zc + rng.uniform(-1, 1) * max(h / 2 - r - 2, 0.0)
-                c = np.array([rng.uniform(-1, 1) * max(ax - r - 2, 0.0) * 0.7,
-                              float(self.y_vb_of(z)) + rng.uniform(-1, 1) * max(ay - r - 2, 0.0) * 0.7, z])
-            elif site == "pancreas":
-                t = rng.uniform(0.2, 0.9)
-                i = min(int(t * (len(self.pancreas.p) - 1)), len(self.pancreas.p) - 2)
-                f = t * (len(self.pancreas.p) - 1) - i
-                c = self.pancreas.p[i] * (1 - f) + self.pancreas.p[i + 1] * f + rng.normal(0, 4, 3)
-            else:  # mesentery / peritoneal
-                c = np.array([rng.uniform(-0.6, 0.6) * ac, rng.uniform(-0.8, -0.1) * bca,
-                              rng.uniform(-STANDARD_FIELD_MM[2] / 2 + r + 10, self.level_z("L2"))])
-            if abs(c[2]) > zlim:
+            c, vertebra = self._lesion_centre(rng, site, r, zlim, ac, bca)
+            if c is _NO_ROOM:
+                return None
+            if c is None or abs(c[2]) > zlim:
                 continue
             blob = self._lesion_blob(rng, c, vol)
-            vertebra = i if site == "bone" else None
             if not self._fits(site, blob, vertebra):
                 continue
             blob.axes = blob.axes * (vol / self._measure(blob)) ** (1 / 3)  # the volume drawn, whatever the deformation
             if self._fits(site, blob, vertebra):
                 return blob, self._measure(blob)
         return None
+
+    def _lesion_centre(self, rng, site: str, r: float, zlim: float, ac: float, bca: float):
+        """One random lesion centre (x, y, z mm) at ``site`` and its vertebra index (bone only, else None).
+
+        Returns (None, None) for a draw to retry, (``_NO_ROOM``, None) when no vertebra has room.
+        """
+        if site == "liver":
+            lo, hi = self._bbox_union(self.liver_parts)
+            return rng.uniform(lo, hi), None
+        if site == "lung":
+            acl, bcal, bcpl = self.cav_axes(self.level_z("T8"))
+            return np.array([rng.uniform(-acl, acl), rng.uniform(-bcal, bcpl), rng.uniform(self.dia_zC - 20, zlim)]), None
+        if site == "node":
+            kind = rng.integers(3)
+            if kind == 0:  # para-aortic / aortocaval
+                z = rng.uniform(self.level_z("L3"), self.level_z("T12"))
+                return np.array([rng.uniform(-35, 45) * self.hf, float(self.y_vb_of(z) - self.ay_of(z)) - rng.uniform(5, 35),
+                                 z]), None
+            if kind == 1:  # mesenteric root
+                return np.array([rng.uniform(-0.3, 0.35) * ac, rng.uniform(-0.6, -0.15) * bca,
+                                 rng.uniform(self.level_z("L4"), self.level_z("L1"))]), None
+            # porta hepatis / peripancreatic
+            return np.array([rng.uniform(-0.35, 0.1) * ac, rng.uniform(-0.45, -0.1) * bca,
+                             rng.uniform(self.level_z("L2"), self.level_z("T12"))]), None
+        if site == "lung_base":  # just above the diaphragm, mostly in the posterior recesses
+            acl, bcal, bcpl = self.cav_axes(self.dia_zR + 20)
+            x, y = rng.uniform(-0.85 * acl, 0.85 * acl), rng.uniform(-0.5 * bcal, 0.9 * bcpl)
+            zd = float(self.z_diaphragm(np.array([x], F32), np.array([y], F32))[0])
+            return np.array([x, y, zd + 1.1 * r + rng.uniform(6.0, 16.0)]), None
+        if site == "kidney":
+            return self._beside_kidney(rng, r), None
+        if site == "bone":
+            i = self._vertebra_for_lesion(rng, r)
+            if i is None:
+                return _NO_ROOM, None
+            zc, h, ax, ay = self.vz[i], self.vheight[i], self.vax[i], self.vay[i]
+            z = zc + rng.uniform(-1, 1) * max(h / 2 - r - 2, 0.0)
+            return np.array([rng.uniform(-1, 1) * max(ax - r - 2, 0.0) * 0.7,
+                             float(self.y_vb_of(z)) + rng.uniform(-1, 1) * max(ay - r - 2, 0.0) * 0.7, z]), i
+        if site == "pancreas":
+            t = rng.uniform(0.2, 0.9)
+            i = min(int(t * (len(self.pancreas.p) - 1)), len(self.pancreas.p) - 2)
+            f = t * (len(self.pancreas.p) - 1) - i
+            return self.pancreas.p[i] * (1 - f) + self.pancreas.p[i + 1] * f + rng.normal(0, 4, 3), None
+        # mesentery / peritoneal
+        return np.array([rng.uniform(-0.6, 0.6) * ac, rng.uniform(-0.8, -0.1) * bca,
+                         rng.uniform(-STANDARD_FIELD_MM[2] / 2 + r + 10, self.level_z("L2"))]), None
 
     def _fits(self, site: str, blob: Blob, vertebra: int | None = None) -> bool:
         """True when a lesion ``blob`` at ``site`` (in vertebral body ``vertebra`` for bone) stays where
