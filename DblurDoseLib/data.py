@@ -1,25 +1,12 @@
 """Training/test data sets: virtual patients, their simulated SPECT, DVK and Monte Carlo dose rates.
 
-Layout of a data set folder (all volumes gzip-compressed NRRD, float32 unless stated; nothing
-is stored at reduced precision, labels are int16)::
-
-    DIR/manifest.json           settings, seeds, software versions, timings, train/test split, and
-                                each phantom's family: "anatomical" (phantom.py) or "shapes" (phantom_shapes.py,
-                                the ``held_out`` indices, always test phantoms)
-    DIR/p00/hu.nrrd             CT in HU                      (CT grid)
-    DIR/p00/density.nrrd        g/cm3                         (CT grid)
-    DIR/p00/activity.nrrd       true activity, Bq/mL          (CT grid)
-    DIR/p00/labels.nrrd         VOI labelmap; names in labels.json
-    DIR/p00/spect_native_r0.nrrd  reconstructed SPECT, Bq/mL  (SPECT grid), one per realisation
-    DIR/p00/spect_r0.nrrd       the same moved onto the CT grid (activity conserved)
-    DIR/p00/dvk_r0.nrrd         DVK dose rate from spect_r0, mGy/h
-    DIR/p00/mc_truth.nrrd       Monte Carlo dose rate of the true activity, mGy/h (the label)
-    DIR/p00/mc_truth_unc.nrrd   its relative uncertainty (1 sigma)
-    DIR/p00/mc_spect_r0.nrrd    test phantoms only: Monte Carlo from spect_r0 ("SPECT + MC")
-    DIR/p00/spect_ood_r0.nrrd   with ``out_of_mix``, test phantoms only: the same patient and count
-                                level acquired and reconstructed outside the training mix (OUT_OF_MIX), with
-                                spect_ood_native_r0, dvk_ood_r0 and mc_spect_ood_r0 beside it
-    DIR/p00/done.json           per-part timings; a part whose file exists is skipped on resume
+The folder's layout (file names, the manifest) is :mod:`DblurDoseLib.io.dataset`'s. All volumes are
+gzip-compressed NRRD, float32 (labels int16); nothing is stored at reduced precision. The manifest holds
+the settings, seeds, software versions, timings, the train/val/test split, and each phantom's family:
+"anatomical" (phantom.py) or "shapes" (phantom_shapes.py, the ``held_out`` indices, always test
+phantoms). Test phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
+the same patient and count level acquired and reconstructed outside the training mix (OUT_OF_MIX; the
+``_ood`` files). A part whose files all exist is skipped on resume (``done.json`` keeps the timings).
 
 Each phantom is an independent job, run on a Dask distributed cluster (a local one by default,
 or an existing scheduler's address), so a site with a cluster can generate hundreds.
@@ -39,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DblurDoseError
+from .io import dataset as layout
+from .io.dataset import MANIFEST, truth_file
 from .simulation.spect import DEFAULT_CAMERA
-
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -193,7 +180,8 @@ def read_plan(info: dict, settings: DataSettings | None = None, key: str = "spec
     """
     if key == "spect_ood":
         if key not in info:
-            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate test phantoms with --out-of-mix")
+            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate the test phantoms with the out-of-mix "
+                                 "reconstruction too")
         return {"camera": DEFAULT_CAMERA, **info[key]}
     settings = DataSettings() if settings is None else settings
     default = acquisition_plan(replace(settings, mix=False, camera=DEFAULT_CAMERA),
@@ -274,19 +262,6 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     return info
 
 
-def truth_file(decays: int | None = None, uncertainty: bool = False) -> str:
-    """Name of a phantom's Monte Carlo label: the full one (``decays=None``) or the mean over its first
-    ``decays`` decays; with ``uncertainty``, that label's relative uncertainty."""
-    stem = "mc_truth" if decays is None else f"mc_truth_d{int(decays)}"
-    return f"{stem}_unc.nrrd" if uncertainty else f"{stem}.nrrd"
-
-
-def label_decays_available(folder: str | os.PathLike) -> list[int]:
-    """Decay counts of the partial labels (``mc_truth_d{N}.nrrd``) in a phantom folder, ascending."""
-    names = (p.name for p in Path(folder).glob("mc_truth_d*.nrrd"))
-    return sorted(int(n[len("mc_truth_d"):-len(".nrrd")]) for n in names if n[len("mc_truth_d"):-len(".nrrd")].isdigit())
-
-
 def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
                      log: Callable[[str], None] = print) -> dict:
     """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
@@ -298,19 +273,19 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
     from .simulation.phantom_shapes import make_shapes_phantom
     from .simulation.spect import simulate_spect
 
-    folder = Path(out) / f"p{index:02d}"
+    folder = Path(out) / layout.phantom_key(index)
     folder.mkdir(parents=True, exist_ok=True)
     if settings.threads:
         import torch
 
         torch.set_num_threads(settings.threads)
-    done_path = folder / "done.json"
+    done_path = folder / layout.DONE
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
     info = phantom_draws(settings, index, split)
     seed, time_days, counts, plan = info["seed"], info["time_days"], info["total_counts"], info["spect"]
     family = info["family"]
     ood = "spect_ood" in info
-    tags = ["", "_ood"] if ood else [""]
+    tags = [layout.recon_tag(""), layout.recon_tag("ood")] if ood else [layout.recon_tag("")]
 
     def part(name: str, files: list[str], make: Callable[[], None]) -> None:
         if all((folder / f).exists() for f in files):
@@ -319,9 +294,9 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         make()
         done[name] = round(time.perf_counter() - t0, 2)
         done_path.write_text(json.dumps(done, indent=1))
-        log(f"p{index:02d}: {name} {done[name]:.1f} s")
+        log(f"{folder.name}: {name} {done[name]:.1f} s")
 
-    phantom_files = ["hu.nrrd", "density.nrrd", "activity.nrrd", "labels.nrrd", "labels.json"]
+    phantom_files = [layout.volume_file(name) for name in layout.ANATOMY] + [layout.LABEL_NAMES]
 
     def make_anatomy() -> None:
         if family == "shapes":
@@ -329,19 +304,17 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
             ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days,
                               lesion_classes=split == "test")
-        for name, vol in (("hu", ph.hu), ("density", ph.density), ("activity", ph.activity), ("labels", ph.labels)):
-            _write(vol, folder / f"{name}.nrrd")
+        for name in layout.ANATOMY:
+            _write(getattr(ph, name), folder / layout.volume_file(name))
         meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
-        (folder / "labels.json").write_text(json.dumps(meta, indent=1, default=str))
+        (folder / layout.LABEL_NAMES).write_text(json.dumps(meta, indent=1, default=str))
 
     part("phantom", phantom_files, make_anatomy)
-    hu = read_volume(folder / "hu.nrrd")
-    density = read_volume(folder / "density.nrrd")
-    activity = read_volume(folder / "activity.nrrd")
+    hu, density, activity = (read_volume(folder / layout.volume_file(name)) for name in ("hu", "density", "activity"))
     n_real = settings.realisations
 
     def files(stem: str, tag: str) -> list[str]:
-        return [f"{stem}{tag}_r{r}.nrrd" for r in range(n_real)]
+        return layout.realisation_files(stem, n_real, tag)
 
     def make_spect(tag: str) -> None:
         if tag:
@@ -352,21 +325,21 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
             acq, recons = _acquisition(settings, **plan), plan["reconstructions"]
         images = simulate_spect(activity, density, counts, seed, acq, realisations=n_real, reconstructions=recons)
         for r, recon in enumerate(images):
-            _write(recon, folder / f"spect{tag}_native_r{r}.nrrd")
-            _write(resample_activity(recon, hu), folder / f"spect{tag}_r{r}.nrrd")
+            _write(recon, folder / layout.realisation_file("spect_native", r, tag))
+            _write(resample_activity(recon, hu), folder / layout.realisation_file("spect", r, tag))
 
     def make_dvk(tag: str) -> None:
         for r in range(n_real):
-            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
-            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / f"dvk{tag}_r{r}.nrrd")
+            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
+            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / layout.realisation_file("dvk", r, tag))
 
     def make_spect_mc(tag: str) -> None:
         for r in range(n_real):
-            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
+            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
             bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
             dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
                                             threads=settings.threads)
-            _write(dose, folder / f"mc_spect{tag}_r{r}.nrrd")
+            _write(dose, folder / layout.realisation_file("mc_spect", r, tag))
 
     def make_truth() -> None:
         """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
@@ -388,7 +361,7 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         part(f"dvk{tag}", files("dvk", tag), lambda tag=tag: make_dvk(tag))
     truth_decays = int(settings.test_decays if split in ("test", "val") else settings.decays)
     labels = [truth_file(n, u) for n in nested_levels(truth_decays)[:-1] for u in (False, True)]
-    part("mc_truth", labels + ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
+    part("mc_truth", labels + [truth_file(), truth_file(uncertainty=True)], make_truth)
     if split == "test":
         for tag in tags:
             part(f"spect_mc{tag}", files("mc_spect", tag), lambda tag=tag: make_spect_mc(tag))
@@ -417,7 +390,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         if changed:
             raise DblurDoseError(
                 f"{out} holds a data set made with other settings ({', '.join(changed)} differ): resuming would mix "
-                "two data sets. Use another --out folder, or the same settings to resume"
+                "two data sets. Use another output folder, or the same settings to resume", settings=("out",)
             )
     manifest = {
         "format": 1,
@@ -432,7 +405,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         manifest["phantoms"] = json.loads(manifest_path.read_text()).get("phantoms", {})
 
     def record(result: dict) -> None:
-        key = f"p{result['index']:02d}"
+        key = layout.phantom_key(result["index"])
         manifest["phantoms"][key] = {**result, "realisations": settings.realisations}
         manifest_path.write_text(json.dumps(manifest, indent=1))
 
@@ -459,7 +432,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         for n, future in enumerate(as_completed(futures), 1):
             result = future.result()
             record(result)
-            log(f"[{n}/{len(futures)}] phantom p{result['index']:02d} done")
+            log(f"[{n}/{len(futures)}] phantom {layout.phantom_key(result['index'])} done")
     finally:
         client.close()
         if cluster is not None:
@@ -518,25 +491,27 @@ def cmd_data(args) -> int:
     try:
         low, high = (float(v) for v in args.counts.split(":"))
     except ValueError:
-        raise DblurDoseError(f"--counts {args.counts!r}: write LOW:HIGH, e.g. 3e6:3e7") from None
+        raise DblurDoseError(f"cannot read the range of total SPECT counts {args.counts!r}; write LOW:HIGH, "
+                             "e.g. 3e6:3e7") from None
     if not 0 < low <= high:
-        raise DblurDoseError("--counts needs 0 < LOW <= HIGH")
+        raise DblurDoseError("the range of total SPECT counts needs 0 < LOW <= HIGH")
     if args.realisations < 1:
-        raise DblurDoseError("--realisations must be at least 1")
+        raise DblurDoseError("the number of Poisson realisations must be at least 1")
     if args.workers < 1:
-        raise DblurDoseError("--workers must be at least 1")
+        raise DblurDoseError("the number of Dask workers must be at least 1")
     if args.validation < 0:
-        raise DblurDoseError("--validation must be 0 or more phantoms")
+        raise DblurDoseError("the number of validation phantoms must be 0 or more")
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
                             held_out=parse_range(args.held_out) if args.held_out else [], n_val=args.validation,
                             **PRESETS[args.preset])
-    for name, value in (("n_views", args.views), ("iterations", args.iterations), ("subsets", args.subsets)):
+    for name, value, what in (("n_views", args.views, "SPECT views"), ("iterations", args.iterations, "OSEM iterations"),
+                              ("subsets", args.subsets, "OSEM subsets")):
         if value is not None:
             if value < 1:
-                raise DblurDoseError(f"--{name.replace('n_', '')} must be at least 1")
+                raise DblurDoseError(f"the number of {what} must be at least 1")
             setattr(settings, name, value)
     path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler)
     print(path)
