@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -262,16 +263,135 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     return info
 
 
+@dataclass
+class _PhantomJob:
+    """The parts of one phantom's folder, each made once: a part whose files all exist is skipped (resume),
+    one that is made gets its time (s) in ``done.json``. See :func:`generate_phantom`."""
+
+    folder: Path
+    settings: DataSettings
+    split: str
+    info: dict  # phantom_draws
+    log: Callable[[str], None]
+    done: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.info["seed"]
+
+    def files(self, stem: str, tag: str) -> list[str]:
+        return layout.realisation_files(stem, self.settings.realisations, tag)
+
+    def path(self, stem: str, r: int, tag: str) -> Path:
+        return self.folder / layout.realisation_file(stem, r, tag)
+
+    def part(self, name: str, files: list[str], make: Callable[[], None]) -> None:
+        """Run ``make`` unless every one of ``files`` exists; record its time."""
+        if all((self.folder / f).exists() for f in files):
+            return
+        t0 = time.perf_counter()
+        make()
+        self.done[name] = round(time.perf_counter() - t0, 2)
+        (self.folder / layout.DONE).write_text(json.dumps(self.done, indent=1))
+        self.log(f"{self.folder.name}: {name} {self.done[name]:.1f} s")
+
+    def make_anatomy(self) -> None:
+        """The virtual patient: HU, density, activity, labelmap and its names (``labels.json``)."""
+        from .simulation.phantom import make_phantom
+        from .simulation.phantom_shapes import make_shapes_phantom
+
+        s, time_days = self.settings, self.info["time_days"]
+        if self.info["family"] == "shapes":
+            ph = make_shapes_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days)
+        else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
+            ph = make_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days,
+                              lesion_classes=self.split == "test")
+        for name in layout.ANATOMY:
+            _write(getattr(ph, name), self.folder / layout.volume_file(name))
+        meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
+        (self.folder / layout.LABEL_NAMES).write_text(json.dumps(meta, indent=1, default=str))
+
+    def make_spect(self, tag: str, hu, density, activity) -> None:
+        """The reconstructed SPECT of every realisation (``tag`` "_ood": outside the training mix), on its
+        own grid and moved onto the CT grid (activity conserved)."""
+        from .geometry.resample import resample_activity
+        from .simulation.spect import simulate_spect
+
+        n_real = self.settings.realisations
+        if tag:
+            ood_plan = self.info["spect_ood"]
+            acq = _acquisition(self.settings, **ood_plan)
+            recons = [{k: ood_plan[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
+        else:
+            plan = self.info["spect"]
+            acq, recons = _acquisition(self.settings, **plan), plan["reconstructions"]
+        images = simulate_spect(activity, density, self.info["total_counts"], self.seed, acq, realisations=n_real,
+                                reconstructions=recons)
+        for r, recon in enumerate(images):
+            _write(recon, self.path("spect_native", r, tag))
+            _write(resample_activity(recon, hu), self.path("spect", r, tag))
+
+    def make_dvk(self, tag: str, hu) -> None:
+        """The DVK dose rate (mGy/h) of every realisation's SPECT."""
+        from .dose import compute_dose_rate_maps
+        from .io.volume import read_volume
+
+        for r in range(self.settings.realisations):
+            spect = read_volume(self.path("spect", r, tag))
+            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], self.path("dvk", r, tag))
+
+    def make_spect_mc(self, tag: str, density) -> None:
+        """Test phantoms: the "SPECT + MC" method, Monte Carlo dose rate (mGy/h) of every realisation's SPECT."""
+        from .io.volume import read_volume
+        from .physics.montecarlo import monte_carlo_dose_rate
+
+        for r in range(self.settings.realisations):
+            spect = read_volume(self.path("spect", r, tag))
+            bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
+            dose, _ = monte_carlo_dose_rate(bq, density, int(self.settings.spect_mc_decays), self.seed + 1000 + r,
+                                            threads=self.settings.threads)
+            _write(dose, self.path("mc_spect", r, tag))
+
+    def make_truth(self, decays: int, density, activity) -> None:
+        """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
+        the first 1/8, 1/4 and 1/2 of the decays as ``mc_truth_d{N}.nrrd`` (N decays, mGy/h) with
+        ``mc_truth_d{N}_unc.nrrd``, then the mean of all as ``mc_truth.nrrd``/``mc_truth_unc.nrrd``,
+        written last: the part is done once it exists."""
+        from .physics.montecarlo import nested_monte_carlo_dose_rate
+
+        bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
+        levels = nested_monte_carlo_dose_rate(bq, density, decays, self.seed, threads=self.settings.threads)
+        for n in sorted(levels):  # the full label (most decays) last
+            dose, unc = levels[n]
+            full = n == max(levels)
+            _write(dose, self.folder / truth_file(None if full else n))
+            _write(unc, self.folder / truth_file(None if full else n, uncertainty=True))
+
+
 def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
                      log: Callable[[str], None] = print) -> dict:
-    """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
-    from .dose import compute_dose_rate_maps
-    from .geometry.resample import resample_activity
+    """Make (or finish) every part of phantom ``index`` in ``out/pNN``.
+
+    Parameters
+    ----------
+    out : str or path
+        The data-set folder.
+    index : int
+        The phantom.
+    settings : DataSettings
+        The data set's settings.
+    split : str
+        "train", "val" or "test" (:meth:`DataSettings.split`).
+    log : callable
+        Gets a line per part made.
+
+    Returns
+    -------
+    dict
+        Its manifest entry: ``index``, the draws (:func:`phantom_draws`) and ``timings_s`` (per part, s).
+    """
     from .io.volume import read_volume
-    from .physics.montecarlo import monte_carlo_dose_rate, nested_levels
-    from .simulation.phantom import make_phantom
-    from .simulation.phantom_shapes import make_shapes_phantom
-    from .simulation.spect import simulate_spect
+    from .physics.montecarlo import nested_levels
 
     folder = Path(out) / layout.phantom_key(index)
     folder.mkdir(parents=True, exist_ok=True)
@@ -280,92 +400,24 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
 
         torch.set_num_threads(settings.threads)
     done_path = folder / layout.DONE
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    info = phantom_draws(settings, index, split)
-    seed, time_days, counts, plan = info["seed"], info["time_days"], info["total_counts"], info["spect"]
-    family = info["family"]
-    ood = "spect_ood" in info
-    tags = [layout.recon_tag(""), layout.recon_tag("ood")] if ood else [layout.recon_tag("")]
-
-    def part(name: str, files: list[str], make: Callable[[], None]) -> None:
-        if all((folder / f).exists() for f in files):
-            return
-        t0 = time.perf_counter()
-        make()
-        done[name] = round(time.perf_counter() - t0, 2)
-        done_path.write_text(json.dumps(done, indent=1))
-        log(f"{folder.name}: {name} {done[name]:.1f} s")
-
-    phantom_files = [layout.volume_file(name) for name in layout.ANATOMY] + [layout.LABEL_NAMES]
-
-    def make_anatomy() -> None:
-        if family == "shapes":
-            ph = make_shapes_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
-        else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
-            ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days,
-                              lesion_classes=split == "test")
-        for name in layout.ANATOMY:
-            _write(getattr(ph, name), folder / layout.volume_file(name))
-        meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
-        (folder / layout.LABEL_NAMES).write_text(json.dumps(meta, indent=1, default=str))
-
-    part("phantom", phantom_files, make_anatomy)
+    job = _PhantomJob(folder, settings, split, phantom_draws(settings, index, split), log,
+                      json.loads(done_path.read_text()) if done_path.exists() else {})
+    tags = [layout.recon_tag(""), layout.recon_tag("ood")] if "spect_ood" in job.info else [layout.recon_tag("")]
+    job.part("phantom", [layout.volume_file(name) for name in layout.ANATOMY] + [layout.LABEL_NAMES],
+             job.make_anatomy)
     hu, density, activity = (read_volume(folder / layout.volume_file(name)) for name in ("hu", "density", "activity"))
-    n_real = settings.realisations
-
-    def files(stem: str, tag: str) -> list[str]:
-        return layout.realisation_files(stem, n_real, tag)
-
-    def make_spect(tag: str) -> None:
-        if tag:
-            ood_plan = info["spect_ood"]
-            acq = _acquisition(settings, **ood_plan)
-            recons = [{k: ood_plan[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
-        else:
-            acq, recons = _acquisition(settings, **plan), plan["reconstructions"]
-        images = simulate_spect(activity, density, counts, seed, acq, realisations=n_real, reconstructions=recons)
-        for r, recon in enumerate(images):
-            _write(recon, folder / layout.realisation_file("spect_native", r, tag))
-            _write(resample_activity(recon, hu), folder / layout.realisation_file("spect", r, tag))
-
-    def make_dvk(tag: str) -> None:
-        for r in range(n_real):
-            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
-            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / layout.realisation_file("dvk", r, tag))
-
-    def make_spect_mc(tag: str) -> None:
-        for r in range(n_real):
-            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
-            bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
-            dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
-                                            threads=settings.threads)
-            _write(dose, folder / layout.realisation_file("mc_spect", r, tag))
-
-    def make_truth() -> None:
-        """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
-        the first 1/8, 1/4 and 1/2 of the decays as ``mc_truth_d{N}.nrrd`` (N decays, mGy/h) with
-        ``mc_truth_d{N}_unc.nrrd``, then the mean of all as ``mc_truth.nrrd``/``mc_truth_unc.nrrd``,
-        written last: the part is done once it exists."""
-        from .physics.montecarlo import nested_monte_carlo_dose_rate
-
-        bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
-        levels = nested_monte_carlo_dose_rate(bq, density, truth_decays, seed, threads=settings.threads)
-        for n in sorted(levels):  # the full label (most decays) last
-            dose, unc = levels[n]
-            full = n == max(levels)
-            _write(dose, folder / truth_file(None if full else n))
-            _write(unc, folder / truth_file(None if full else n, uncertainty=True))
-
     for tag in tags:
-        part(f"spect{tag}", files("spect_native", tag) + files("spect", tag), lambda tag=tag: make_spect(tag))
-        part(f"dvk{tag}", files("dvk", tag), lambda tag=tag: make_dvk(tag))
+        job.part(f"spect{tag}", job.files("spect_native", tag) + job.files("spect", tag),
+                 partial(job.make_spect, tag, hu, density, activity))
+        job.part(f"dvk{tag}", job.files("dvk", tag), partial(job.make_dvk, tag, hu))
     truth_decays = int(settings.test_decays if split in ("test", "val") else settings.decays)
     labels = [truth_file(n, u) for n in nested_levels(truth_decays)[:-1] for u in (False, True)]
-    part("mc_truth", labels + [truth_file(), truth_file(uncertainty=True)], make_truth)
+    job.part("mc_truth", labels + [truth_file(), truth_file(uncertainty=True)],
+             partial(job.make_truth, truth_decays, density, activity))
     if split == "test":
         for tag in tags:
-            part(f"spect_mc{tag}", files("mc_spect", tag), lambda tag=tag: make_spect_mc(tag))
-    return {"index": index, **info, "timings_s": done}
+            job.part(f"spect_mc{tag}", job.files("mc_spect", tag), partial(job.make_spect_mc, tag, density))
+    return {"index": index, **job.info, "timings_s": job.done}
 
 
 #: settings a resumed data set may change: they do not change what is drawn or made
