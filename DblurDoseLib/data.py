@@ -1,25 +1,12 @@
 """Training/test data sets: virtual patients, their simulated SPECT, DVK and Monte Carlo dose rates.
 
-Layout of a data set folder (all volumes gzip-compressed NRRD, float32 unless stated; nothing
-is stored at reduced precision, labels are int16)::
-
-    DIR/manifest.json           settings, seeds, software versions, timings, train/test split, and
-                                each phantom's family: "anatomical" (phantom.py) or "shapes" (phantom_shapes.py,
-                                the ``held_out`` indices, always test phantoms)
-    DIR/p00/hu.nrrd             CT in HU                      (CT grid)
-    DIR/p00/density.nrrd        g/cm3                         (CT grid)
-    DIR/p00/activity.nrrd       true activity, Bq/mL          (CT grid)
-    DIR/p00/labels.nrrd         VOI labelmap; names in labels.json
-    DIR/p00/spect_native_r0.nrrd  reconstructed SPECT, Bq/mL  (SPECT grid), one per realisation
-    DIR/p00/spect_r0.nrrd       the same moved onto the CT grid (activity conserved)
-    DIR/p00/dvk_r0.nrrd         DVK dose rate from spect_r0, mGy/h
-    DIR/p00/mc_truth.nrrd       Monte Carlo dose rate of the true activity, mGy/h (the label)
-    DIR/p00/mc_truth_unc.nrrd   its relative uncertainty (1 sigma)
-    DIR/p00/mc_spect_r0.nrrd    test phantoms only: Monte Carlo from spect_r0 ("SPECT + MC")
-    DIR/p00/spect_ood_r0.nrrd   with ``out_of_mix``, test phantoms only: the same patient and count
-                                level acquired and reconstructed outside the training mix (OUT_OF_MIX), with
-                                spect_ood_native_r0, dvk_ood_r0 and mc_spect_ood_r0 beside it
-    DIR/p00/done.json           per-part timings; a part whose file exists is skipped on resume
+The folder's layout (file names, the manifest) is :mod:`DblurDoseLib.io.dataset`'s. All volumes are
+gzip-compressed NRRD, float32 (labels int16); nothing is stored at reduced precision. The manifest holds
+the settings, seeds, software versions, timings, the train/val/test split, and each phantom's family:
+"anatomical" (phantom.py) or "shapes" (phantom_shapes.py, the ``held_out`` indices, always test
+phantoms). Test phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
+the same patient and count level acquired and reconstructed outside the training mix (OUT_OF_MIX; the
+``_ood`` files). A part whose files all exist is skipped on resume (``done.json`` keeps the timings).
 
 Each phantom is an independent job, run on a Dask distributed cluster (a local one by default,
 or an existing scheduler's address), so a site with a cluster can generate hundreds.
@@ -34,14 +21,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DblurDoseError
+from .io import dataset as layout
+from .io.dataset import MANIFEST, truth_file
 from .simulation.spect import DEFAULT_CAMERA
-
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -193,7 +181,8 @@ def read_plan(info: dict, settings: DataSettings | None = None, key: str = "spec
     """
     if key == "spect_ood":
         if key not in info:
-            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate test phantoms with --out-of-mix")
+            raise DblurDoseError("this phantom has no out-of-mix SPECT; generate the test phantoms with the out-of-mix "
+                                 "reconstruction too")
         return {"camera": DEFAULT_CAMERA, **info[key]}
     settings = DataSettings() if settings is None else settings
     default = acquisition_plan(replace(settings, mix=False, camera=DEFAULT_CAMERA),
@@ -274,101 +263,96 @@ def phantom_draws(settings: DataSettings, index: int, split: str) -> dict:
     return info
 
 
-def truth_file(decays: int | None = None, uncertainty: bool = False) -> str:
-    """Name of a phantom's Monte Carlo label: the full one (``decays=None``) or the mean over its first
-    ``decays`` decays; with ``uncertainty``, that label's relative uncertainty."""
-    stem = "mc_truth" if decays is None else f"mc_truth_d{int(decays)}"
-    return f"{stem}_unc.nrrd" if uncertainty else f"{stem}.nrrd"
+@dataclass
+class _PhantomJob:
+    """The parts of one phantom's folder, each made once: a part whose files all exist is skipped (resume),
+    one that is made gets its time (s) in ``done.json``. See :func:`generate_phantom`."""
 
+    folder: Path
+    settings: DataSettings
+    split: str
+    info: dict  # phantom_draws
+    log: Callable[[str], None]
+    done: dict = field(default_factory=dict)
 
-def label_decays_available(folder: str | os.PathLike) -> list[int]:
-    """Decay counts of the partial labels (``mc_truth_d{N}.nrrd``) in a phantom folder, ascending."""
-    names = (p.name for p in Path(folder).glob("mc_truth_d*.nrrd"))
-    return sorted(int(n[len("mc_truth_d"):-len(".nrrd")]) for n in names if n[len("mc_truth_d"):-len(".nrrd")].isdigit())
+    @property
+    def seed(self) -> int:
+        return self.info["seed"]
 
+    def files(self, stem: str, tag: str) -> list[str]:
+        return layout.realisation_files(stem, self.settings.realisations, tag)
 
-def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
-                     log: Callable[[str], None] = print) -> dict:
-    """Make (or finish) every part of phantom ``index`` in ``out/pNN``; returns its timings."""
-    from .dose import compute_dose_rate_maps
-    from .geometry.resample import resample_activity
-    from .io.volume import read_volume
-    from .physics.montecarlo import monte_carlo_dose_rate, nested_levels
-    from .simulation.phantom import make_phantom
-    from .simulation.phantom_shapes import make_shapes_phantom
-    from .simulation.spect import simulate_spect
+    def path(self, stem: str, r: int, tag: str) -> Path:
+        return self.folder / layout.realisation_file(stem, r, tag)
 
-    folder = Path(out) / f"p{index:02d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
-    done_path = folder / "done.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    info = phantom_draws(settings, index, split)
-    seed, time_days, counts, plan = info["seed"], info["time_days"], info["total_counts"], info["spect"]
-    family = info["family"]
-    ood = "spect_ood" in info
-    tags = ["", "_ood"] if ood else [""]
-
-    def part(name: str, files: list[str], make: Callable[[], None]) -> None:
-        if all((folder / f).exists() for f in files):
+    def part(self, name: str, files: list[str], make: Callable[[], None]) -> None:
+        """Run ``make`` unless every one of ``files`` exists; record its time."""
+        if all((self.folder / f).exists() for f in files):
             return
         t0 = time.perf_counter()
         make()
-        done[name] = round(time.perf_counter() - t0, 2)
-        done_path.write_text(json.dumps(done, indent=1))
-        log(f"p{index:02d}: {name} {done[name]:.1f} s")
+        self.done[name] = round(time.perf_counter() - t0, 2)
+        (self.folder / layout.DONE).write_text(json.dumps(self.done, indent=1))
+        self.log(f"{self.folder.name}: {name} {self.done[name]:.1f} s")
 
-    phantom_files = ["hu.nrrd", "density.nrrd", "activity.nrrd", "labels.nrrd", "labels.json"]
+    def make_anatomy(self) -> None:
+        """The virtual patient: HU, density, activity, labelmap and its names (``labels.json``)."""
+        from .simulation.phantom import make_phantom
+        from .simulation.phantom_shapes import make_shapes_phantom
 
-    def make_anatomy() -> None:
-        if family == "shapes":
-            ph = make_shapes_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days)
+        s, time_days = self.settings, self.info["time_days"]
+        if self.info["family"] == "shapes":
+            ph = make_shapes_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days)
         else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
-            ph = make_phantom(seed, shape=settings.shape, spacing=settings.spacing, time_days=time_days,
-                              lesion_classes=split == "test")
-        for name, vol in (("hu", ph.hu), ("density", ph.density), ("activity", ph.activity), ("labels", ph.labels)):
-            _write(vol, folder / f"{name}.nrrd")
+            ph = make_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days,
+                              lesion_classes=self.split == "test")
+        for name in layout.ANATOMY:
+            _write(getattr(ph, name), self.folder / layout.volume_file(name))
         meta = {"label_names": {str(k): v for k, v in ph.label_names.items()}, "info": ph.info}
-        (folder / "labels.json").write_text(json.dumps(meta, indent=1, default=str))
+        (self.folder / layout.LABEL_NAMES).write_text(json.dumps(meta, indent=1, default=str))
 
-    part("phantom", phantom_files, make_anatomy)
-    hu = read_volume(folder / "hu.nrrd")
-    density = read_volume(folder / "density.nrrd")
-    activity = read_volume(folder / "activity.nrrd")
-    n_real = settings.realisations
+    def make_spect(self, tag: str, hu, density, activity) -> None:
+        """The reconstructed SPECT of every realisation (``tag`` "_ood": outside the training mix), on its
+        own grid and moved onto the CT grid (activity conserved)."""
+        from .geometry.resample import resample_activity
+        from .simulation.spect import simulate_spect
 
-    def files(stem: str, tag: str) -> list[str]:
-        return [f"{stem}{tag}_r{r}.nrrd" for r in range(n_real)]
-
-    def make_spect(tag: str) -> None:
+        n_real = self.settings.realisations
         if tag:
-            ood_plan = info["spect_ood"]
-            acq = _acquisition(settings, **ood_plan)
+            ood_plan = self.info["spect_ood"]
+            acq = _acquisition(self.settings, **ood_plan)
             recons = [{k: ood_plan[k] for k in ("iterations", "subsets", "postfilter_fwhm_mm")}] * n_real
         else:
-            acq, recons = _acquisition(settings, **plan), plan["reconstructions"]
-        images = simulate_spect(activity, density, counts, seed, acq, realisations=n_real, reconstructions=recons)
+            plan = self.info["spect"]
+            acq, recons = _acquisition(self.settings, **plan), plan["reconstructions"]
+        images = simulate_spect(activity, density, self.info["total_counts"], self.seed, acq, realisations=n_real,
+                                reconstructions=recons)
         for r, recon in enumerate(images):
-            _write(recon, folder / f"spect{tag}_native_r{r}.nrrd")
-            _write(resample_activity(recon, hu), folder / f"spect{tag}_r{r}.nrrd")
+            _write(recon, self.path("spect_native", r, tag))
+            _write(resample_activity(recon, hu), self.path("spect", r, tag))
 
-    def make_dvk(tag: str) -> None:
-        for r in range(n_real):
-            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
-            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], folder / f"dvk{tag}_r{r}.nrrd")
+    def make_dvk(self, tag: str, hu) -> None:
+        """The DVK dose rate (mGy/h) of every realisation's SPECT."""
+        from .dose import compute_dose_rate_maps
+        from .io.volume import read_volume
 
-    def make_spect_mc(tag: str) -> None:
-        for r in range(n_real):
-            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
+        for r in range(self.settings.realisations):
+            spect = read_volume(self.path("spect", r, tag))
+            _write(compute_dose_rate_maps(spect, hu, ("dvk",))["dvk"], self.path("dvk", r, tag))
+
+    def make_spect_mc(self, tag: str, density) -> None:
+        """Test phantoms: the "SPECT + MC" method, Monte Carlo dose rate (mGy/h) of every realisation's SPECT."""
+        from .io.volume import read_volume
+        from .physics.montecarlo import monte_carlo_dose_rate
+
+        for r in range(self.settings.realisations):
+            spect = read_volume(self.path("spect", r, tag))
             bq = spect.with_array(spect.array * np.float32(spect.voxel_volume_ml))
-            dose, _ = monte_carlo_dose_rate(bq, density, int(settings.spect_mc_decays), seed + 1000 + r,
-                                            threads=settings.threads)
-            _write(dose, folder / f"mc_spect{tag}_r{r}.nrrd")
+            dose, _ = monte_carlo_dose_rate(bq, density, int(self.settings.spect_mc_decays), self.seed + 1000 + r,
+                                            threads=self.settings.threads)
+            _write(dose, self.path("mc_spect", r, tag))
 
-    def make_truth() -> None:
+    def make_truth(self, decays: int, density, activity) -> None:
         """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
         the first 1/8, 1/4 and 1/2 of the decays as ``mc_truth_d{N}.nrrd`` (N decays, mGy/h) with
         ``mc_truth_d{N}_unc.nrrd``, then the mean of all as ``mc_truth.nrrd``/``mc_truth_unc.nrrd``,
@@ -376,23 +360,64 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         from .physics.montecarlo import nested_monte_carlo_dose_rate
 
         bq = activity.with_array(activity.array * np.float32(activity.voxel_volume_ml))
-        levels = nested_monte_carlo_dose_rate(bq, density, truth_decays, seed, threads=settings.threads)
+        levels = nested_monte_carlo_dose_rate(bq, density, decays, self.seed, threads=self.settings.threads)
         for n in sorted(levels):  # the full label (most decays) last
             dose, unc = levels[n]
             full = n == max(levels)
-            _write(dose, folder / truth_file(None if full else n))
-            _write(unc, folder / truth_file(None if full else n, uncertainty=True))
+            _write(dose, self.folder / truth_file(None if full else n))
+            _write(unc, self.folder / truth_file(None if full else n, uncertainty=True))
 
+
+def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings, split: str,
+                     log: Callable[[str], None] = print) -> dict:
+    """Make (or finish) every part of phantom ``index`` in ``out/pNN``.
+
+    Parameters
+    ----------
+    out : str or path
+        The data-set folder.
+    index : int
+        The phantom.
+    settings : DataSettings
+        The data set's settings.
+    split : str
+        "train", "val" or "test" (:meth:`DataSettings.split`).
+    log : callable
+        Gets a line per part made.
+
+    Returns
+    -------
+    dict
+        Its manifest entry: ``index``, the draws (:func:`phantom_draws`) and ``timings_s`` (per part, s).
+    """
+    from .io.volume import read_volume
+    from .physics.montecarlo import nested_levels
+
+    folder = Path(out) / layout.phantom_key(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    done_path = folder / layout.DONE
+    job = _PhantomJob(folder, settings, split, phantom_draws(settings, index, split), log,
+                      json.loads(done_path.read_text()) if done_path.exists() else {})
+    tags = [layout.recon_tag(""), layout.recon_tag("ood")] if "spect_ood" in job.info else [layout.recon_tag("")]
+    job.part("phantom", [layout.volume_file(name) for name in layout.ANATOMY] + [layout.LABEL_NAMES],
+             job.make_anatomy)
+    hu, density, activity = (read_volume(folder / layout.volume_file(name)) for name in ("hu", "density", "activity"))
     for tag in tags:
-        part(f"spect{tag}", files("spect_native", tag) + files("spect", tag), lambda tag=tag: make_spect(tag))
-        part(f"dvk{tag}", files("dvk", tag), lambda tag=tag: make_dvk(tag))
+        job.part(f"spect{tag}", job.files("spect_native", tag) + job.files("spect", tag),
+                 partial(job.make_spect, tag, hu, density, activity))
+        job.part(f"dvk{tag}", job.files("dvk", tag), partial(job.make_dvk, tag, hu))
     truth_decays = int(settings.test_decays if split in ("test", "val") else settings.decays)
     labels = [truth_file(n, u) for n in nested_levels(truth_decays)[:-1] for u in (False, True)]
-    part("mc_truth", labels + ["mc_truth.nrrd", "mc_truth_unc.nrrd"], make_truth)
+    job.part("mc_truth", labels + [truth_file(), truth_file(uncertainty=True)],
+             partial(job.make_truth, truth_decays, density, activity))
     if split == "test":
         for tag in tags:
-            part(f"spect_mc{tag}", files("mc_spect", tag), lambda tag=tag: make_spect_mc(tag))
-    return {"index": index, **info, "timings_s": done}
+            job.part(f"spect_mc{tag}", job.files("mc_spect", tag), partial(job.make_spect_mc, tag, density))
+    return {"index": index, **job.info, "timings_s": job.done}
 
 
 #: settings a resumed data set may change: they do not change what is drawn or made
@@ -417,7 +442,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         if changed:
             raise DblurDoseError(
                 f"{out} holds a data set made with other settings ({', '.join(changed)} differ): resuming would mix "
-                "two data sets. Use another --out folder, or the same settings to resume"
+                "two data sets. Use another output folder, or the same settings to resume", settings=("out",)
             )
     manifest = {
         "format": 1,
@@ -432,7 +457,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         manifest["phantoms"] = json.loads(manifest_path.read_text()).get("phantoms", {})
 
     def record(result: dict) -> None:
-        key = f"p{result['index']:02d}"
+        key = layout.phantom_key(result["index"])
         manifest["phantoms"][key] = {**result, "realisations": settings.realisations}
         manifest_path.write_text(json.dumps(manifest, indent=1))
 
@@ -459,7 +484,7 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         for n, future in enumerate(as_completed(futures), 1):
             result = future.result()
             record(result)
-            log(f"[{n}/{len(futures)}] phantom p{result['index']:02d} done")
+            log(f"[{n}/{len(futures)}] phantom {layout.phantom_key(result['index'])} done")
     finally:
         client.close()
         if cluster is not None:
@@ -518,25 +543,27 @@ def cmd_data(args) -> int:
     try:
         low, high = (float(v) for v in args.counts.split(":"))
     except ValueError:
-        raise DblurDoseError(f"--counts {args.counts!r}: write LOW:HIGH, e.g. 3e6:3e7") from None
+        raise DblurDoseError(f"cannot read the range of total SPECT counts {args.counts!r}; write LOW:HIGH, "
+                             "e.g. 3e6:3e7") from None
     if not 0 < low <= high:
-        raise DblurDoseError("--counts needs 0 < LOW <= HIGH")
+        raise DblurDoseError("the range of total SPECT counts needs 0 < LOW <= HIGH")
     if args.realisations < 1:
-        raise DblurDoseError("--realisations must be at least 1")
+        raise DblurDoseError("the number of Poisson realisations must be at least 1")
     if args.workers < 1:
-        raise DblurDoseError("--workers must be at least 1")
+        raise DblurDoseError("the number of Dask workers must be at least 1")
     if args.validation < 0:
-        raise DblurDoseError("--validation must be 0 or more phantoms")
+        raise DblurDoseError("the number of validation phantoms must be 0 or more")
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
     settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
                             held_out=parse_range(args.held_out) if args.held_out else [], n_val=args.validation,
                             **PRESETS[args.preset])
-    for name, value in (("n_views", args.views), ("iterations", args.iterations), ("subsets", args.subsets)):
+    for name, value, what in (("n_views", args.views, "SPECT views"), ("iterations", args.iterations, "OSEM iterations"),
+                              ("subsets", args.subsets, "OSEM subsets")):
         if value is not None:
             if value < 1:
-                raise DblurDoseError(f"--{name.replace('n_', '')} must be at least 1")
+                raise DblurDoseError(f"the number of {what} must be at least 1")
             setattr(settings, name, value)
     path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler)
     print(path)

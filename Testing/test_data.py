@@ -8,6 +8,7 @@ import pytest
 
 from DblurDoseLib import data
 from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.io import dataset
 
 
 def test_split_is_by_phantom_and_seeded():
@@ -45,7 +46,7 @@ def test_bad_override_is_refused(tmp_path, capsys):
     from DblurDoseLib.cli import main
 
     assert main(["data", "generate", "--out", str(tmp_path / "d"), "--views", "0"]) == 2
-    assert "--views must be at least 1" in capsys.readouterr().err
+    assert "SPECT views must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 
@@ -231,7 +232,7 @@ def test_older_manifest_entries_get_defaults():
         "camera": "siemens-intevo-me", **old_ood}
     ood = data.phantom_draws(data.DataSettings(out_of_mix=True), 1, "test")
     assert data.read_plan(ood, key="spect_ood") == data.OUT_OF_MIX
-    with pytest.raises(DblurDoseError, match="no out-of-mix SPECT.*--out-of-mix"):
+    with pytest.raises(DblurDoseError, match="no out-of-mix SPECT.*out-of-mix reconstruction"):
         data.read_plan(old, key="spect_ood")
 
 
@@ -307,7 +308,7 @@ def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
                                  spacing=(31.36, 31.36, 48.75))
     data.generate_phantom(tmp_path, 0, settings, "train", log=lambda m: None)
     folder = tmp_path / "p00"
-    assert data.label_decays_available(folder) == [1000, 2000, 4000]
+    assert dataset.label_decays_available(folder) == [1000, 2000, 4000]
     label = {n: read_volume(folder / data.truth_file(n)).array for n in (1000, 2000, 4000, None)}
     unc = {n: read_volume(folder / data.truth_file(n, uncertainty=True)).array for n in (1000, 2000, 4000, None)}
     activity = read_volume(folder / "activity.nrrd")
@@ -325,6 +326,55 @@ def test_truth_is_written_as_nested_labels(tmp_path, monkeypatch):
     (folder / data.truth_file(2000)).unlink()  # a run stopped while writing the labels: redone on resume
     data.generate_phantom(tmp_path, 0, settings, "train", log=lambda m: None)
     np.testing.assert_allclose(read_volume(folder / data.truth_file(2000)).array, label[2000], rtol=1e-6)
+
+
+def test_resume_skips_every_finished_part_of_a_test_phantom(tmp_path, monkeypatch):
+    """A finished test phantom with its out-of-mix twin: every part's files are the io.dataset names that
+    the part writes, so a resume makes nothing again (stand-in physics, to stay quick)."""
+    from DblurDoseLib import dose
+    from DblurDoseLib.geometry import resample
+    from DblurDoseLib.physics import montecarlo
+    from DblurDoseLib.simulation import spect
+
+    def fake_mc(activity_bq, density, n_decays, seed=1, **_):
+        dose_rate = activity_bq.with_array(activity_bq.array * np.float32(1e-3))
+        return montecarlo.MonteCarloResult(dose_rate, dose_rate.with_array(np.zeros(dose_rate.shape, np.float32)),
+                                           n_decays, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(montecarlo, "monte_carlo_dose_rate", fake_mc)
+    monkeypatch.setattr(spect, "simulate_spect", lambda activity, *a, realisations=1, **k: [activity] * realisations)
+    monkeypatch.setattr(resample, "resample_activity", lambda recon, hu: recon)
+    monkeypatch.setattr(dose, "compute_dose_rate_maps", lambda s, hu, methods: {"dvk": s})
+    settings = data.DataSettings(phantoms=[0], realisations=2, decays=8000, test_decays=8000, out_of_mix=True,
+                                 shape=(8, 16, 16), spacing=(31.36, 31.36, 48.75))
+    first = []
+    data.generate_phantom(tmp_path, 0, settings, "test", log=first.append)
+    assert [m.split()[1] for m in first] == ["phantom", "spect", "dvk", "spect_ood", "dvk_ood", "mc_truth",
+                                             "spect_mc", "spect_mc_ood"]
+    folder = tmp_path / dataset.phantom_key(0)
+    names = {p.name for p in folder.iterdir()}
+    for tag in ("", "_ood"):
+        for stem in dataset.REALISATION_STEMS:
+            assert set(dataset.realisation_files(stem, 2, tag)) <= names, (stem, tag)
+    assert "spect_ood_native_r1.nrrd" in names and "dvk_ood_r0.nrrd" in names
+    again = []
+    data.generate_phantom(tmp_path, 0, settings, "test", log=again.append)
+    assert again == []
+
+
+def test_dataset_layout_names():
+    assert dataset.phantom_key(3) == "p03" and dataset.phantom_key(123) == "p123"
+    assert dataset.realisation_file("spect", 2) == "spect_r2.nrrd"
+    assert dataset.realisation_file("spect_native", 0, dataset.recon_tag("ood")) == "spect_ood_native_r0.nrrd"
+    assert dataset.realisation_file("mc_spect", 1, "_ood") == "mc_spect_ood_r1.nrrd"
+    assert dataset.truth_file() == "mc_truth.nrrd" and dataset.truth_file(500, uncertainty=True) == "mc_truth_d500_unc.nrrd"
+    assert dataset.recon_tag("standard") == dataset.recon_tag("") == ""
+    with pytest.raises(DblurDoseError, match="reconstruction"):
+        dataset.recon_tag("filtered")
+    manifest = {"phantoms": {"p00": {"split": "test", "family": "shapes"}, "p01": {}, "p02": {"split": "test"}}}
+    assert dataset.phantoms_in(manifest, "test") == ["p00", "p02"]
+    assert dataset.phantoms_in(manifest, "test", "anatomical") == ["p02"]
+    assert dataset.phantoms_in(manifest, "train") == ["p01"] and dataset.realisations_of({}) == 1
 
 
 def test_validation_phantoms_get_the_mix_and_a_test_grade_truth():

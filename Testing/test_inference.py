@@ -141,7 +141,7 @@ def test_working_grid_moves_only_the_correction():
 def test_missing_weights_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", tmp_path / "none.pt")
     assert not inference.weights_installed()
-    with pytest.raises(DblurDoseError, match="no trained DblurDoseNet weights are installed.*--method dvk"):
+    with pytest.raises(DblurDoseError, match="no trained DblurDoseNet weights are installed.*DVK method"):
         load_model()
     ct, act, density, dvk = ct_case()
     with pytest.raises(DblurDoseError, match="no trained DblurDoseNet weights"):

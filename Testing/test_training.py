@@ -119,7 +119,7 @@ def test_resume_continues_where_it_stopped(trained, dataset, tmp_path):
 def test_resume_refuses_other_settings(trained, dataset, tmp_path):
     out = tmp_path / "model.pt"
     training.train(dataset, out, **{**FAST, "epochs": 1, "steps_per_epoch": 1}, progress=lambda f, m: None)
-    with pytest.raises(DblurDoseError, match="other settings.*variant.*--no-resume"):
+    with pytest.raises(DblurDoseError, match="other settings.*variant.*without resuming"):
         training.train(dataset, out, **{**FAST, "steps_per_epoch": 1, "variant": "2d"}, progress=lambda f, m: None)
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..io import dataset as layout
+from ..io.dataset import family_of
+from ..simulation.vois import LESION_PREFIX, evaluation_vois
 from .metrics import (
     DR_LEVELS,
     drvh,
@@ -30,47 +33,19 @@ from .metrics import (
 
 #: VOI groups as in the paper's Fig. 7.
 VOI_GROUPS = ("lesion", "kidney_left", "kidney_right", "liver", "healthy_liver", "spleen", "lumbar_L2_L5")
-#: The paper's headline numbers (Li et al. 2022), for the README table.
-PAPER = {
-    "mean_error_improvement_vs_dvk": {"lesion": 55, "kidney": 66},
-    "mean_error_improvement_vs_mc": {"lesion": 53, "kidney": 56},
-    "nrmse_improvement_vs_dvk": {"lesion": 18, "kidney": 10},
-    "nrmse_improvement_vs_mc": {"lesion": 17, "kidney": 11},
-    "noise_improvement_vs_dvk": 21,
-    "noise_improvement_vs_mc": 27,
-    "table3_cnn_mean_error": {"lesion": 5.3, "kidney_left": 0.9, "kidney_right": 1.8, "liver": 1.9},
-}
 SPHERE_RADIUS_MM = 15.0
 
 
 def vois(labels: np.ndarray, label_meta: dict) -> dict[str, np.ndarray]:
-    """Evaluation VOI masks from a data-set labelmap and its labels.json."""
+    """Evaluation VOI masks (:func:`DblurDoseLib.simulation.vois.evaluation_vois`, the phantoms' own
+    definition) from a data-set labelmap and its ``labels.json`` (``label_meta``)."""
     names = {int(k): v for k, v in label_meta["label_names"].items()}
-    by_name = {v: k for k, v in names.items()}
-    lesions = label_meta.get("info", {}).get("lesions", [])
-    out: dict[str, np.ndarray] = {}
-    for les in lesions:
-        mask = labels == int(les["label"])
-        if mask.sum() >= 8:
-            out[f"lesion:{les['name']}"] = mask
-    for side in ("left", "right"):
-        if f"kidney_{side}" in by_name:
-            out[f"kidney_{side}"] = labels == by_name[f"kidney_{side}"]
-    if "liver" in by_name:
-        healthy = labels == by_name["liver"]
-        in_liver = [int(les["label"]) for les in lesions if les.get("organ") == "liver"]
-        out["healthy_liver"] = healthy
-        out["liver"] = healthy | np.isin(labels, in_liver)
-    if "spleen" in by_name:
-        out["spleen"] = labels == by_name["spleen"]
-    lumbar = [by_name[n] for n in ("vertebra_L2", "vertebra_L3", "vertebra_L4", "vertebra_L5") if n in by_name]
-    if lumbar:
-        out["lumbar_L2_L5"] = np.isin(labels, lumbar)
-    return {k: v for k, v in out.items() if v.any()}
+    return evaluation_vois(labels, names, label_meta.get("info", {}).get("lesions", []))
 
 
 def group_of(voi: str) -> str:
-    return "lesion" if voi.startswith("lesion:") else voi
+    """The VOI group (:data:`VOI_GROUPS`) of a VOI name: "lesion" for every lesion, else the name."""
+    return "lesion" if voi.startswith(LESION_PREFIX) else voi
 
 
 def background_sphere(mask: np.ndarray, spacing_xyz, radius_mm: float = SPHERE_RADIUS_MM) -> np.ndarray | None:
@@ -128,22 +103,19 @@ def evaluate(
     from ..learning.inference import cnn_dose_rate, load_model
 
     data_dir = Path(data_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise DblurDoseError(f"{data_dir} is not a data set (no manifest.json); make one with `dblurdose data generate`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = layout.read_manifest(data_dir, complete=False)
     families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
-    tests = sorted(k for k, v in manifest["phantoms"].items()
-                   if v.get("split") == "test" and family in (None, families[k]))
+    tests = layout.phantoms_in(manifest, "test", family)
     if not tests:
         which = f" of the {family!r} family" if family else ""
         raise DblurDoseError(f"{data_dir} has no test phantoms{which}; generate the data set with test phantoms"
-                             + (" (`dblurdose data generate --held-out ...` makes shapes-family ones)" if family else ""))
-    tag = f"_{recon}" if recon else ""
-    missing = [k for k in tests if not (data_dir / k / f"spect{tag}_r0.nrrd").exists()]
+                             + (" (its held-out phantoms are the shapes family)" if family else ""))
+    tag = layout.recon_tag(recon)
+    first = layout.realisation_file("spect", 0, tag)
+    missing = [k for k in tests if not (data_dir / k / first).exists()]
     if missing:
-        hint = " (generate them with `dblurdose data generate --out-of-mix`)" if recon == "ood" else ""
-        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no spect{tag}_r0.nrrd{hint}")
+        hint = " (generate them with the out-of-mix reconstruction too)" if recon == "ood" else ""
+        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no {first}{hint}")
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
@@ -153,19 +125,19 @@ def evaluate(
     for key in tests:
         folder = data_dir / key
         log(f"evaluating {key}")
-        hu = read_volume(folder / "hu.nrrd")
-        density = read_volume(folder / "density.nrrd").array
-        labels = read_volume(folder / "labels.nrrd", dtype=None).array
-        meta = json.loads((folder / "labels.json").read_text())
-        truth = read_volume(folder / "mc_truth.nrrd").array
+        hu = read_volume(folder / layout.volume_file("hu"))
+        density = read_volume(folder / layout.volume_file("density")).array
+        labels = read_volume(folder / layout.volume_file("labels"), dtype=None).array
+        meta = layout.read_label_names(folder)
+        truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
-        n_real = int(manifest["phantoms"][key].get("realisations", 1))
+        n_real = layout.realisations_of(manifest["phantoms"][key])
         estimates: dict[str, list[np.ndarray]] = {}
         for r in range(n_real):
-            spect = read_volume(folder / f"spect{tag}_r{r}.nrrd")
-            dvk = read_volume(folder / f"dvk{tag}_r{r}.nrrd").array
+            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
+            dvk = read_volume(folder / layout.realisation_file("dvk", r, tag)).array
             estimates.setdefault("dvk", []).append(dvk)
-            mc_path = folder / f"mc_spect{tag}_r{r}.nrrd"
+            mc_path = folder / layout.realisation_file("mc_spect", r, tag)
             if mc_path.exists():
                 estimates.setdefault("mc", []).append(read_volume(mc_path).array)
             for name, model in models.items():
@@ -193,17 +165,12 @@ def evaluate(
     return results
 
 
-def family_of(entry: dict) -> str:
-    """The virtual-patient family of a manifest's phantom entry (manifests before families: "anatomical")."""
-    return entry.get("family", "anatomical")
-
-
 def summarise_by_family(results: dict) -> dict:
     """:func:`summarise` over the test phantoms of each family, keyed by family."""
     families = results.get("families", {})
     out = {}
     for fam in sorted(set(families.values())):
-        keys = [k for k in results["phantoms"] if families.get(k, "anatomical") == fam]
+        keys = [k for k in results["phantoms"] if families.get(k, layout.FAMILIES[0]) == fam]
         out[fam] = summarise({"phantoms": {k: results["phantoms"][k] for k in keys}})
     return out
 
@@ -242,7 +209,7 @@ def _phantom_figures(out: Path, key: str, hu, truth, estimates, masks) -> None:
     out.mkdir(parents=True, exist_ok=True)
     first = {m: maps[0] for m, maps in estimates.items()}
     styles = {"truth": "k-", "dvk": "b--", "mc": "g:", "cnn": "r-"}
-    for target in ("kidney_left", next((v for v in masks if v.startswith("lesion:")), None)):
+    for target in ("kidney_left", next((v for v in masks if v.startswith(LESION_PREFIX)), None)):
         if target is None or target not in masks:
             continue
         mask = masks[target]
@@ -354,7 +321,7 @@ def cmd_evaluate(args) -> int:
     ablations = {}
     for item in args.ablation:
         if "=" not in item:
-            raise DblurDoseError(f"--ablation {item!r}: write NAME=FILE, e.g. no_residual=nores.pt")
+            raise DblurDoseError(f"cannot read the ablation model {item!r}; write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,

@@ -33,7 +33,9 @@ validated against the 0.5% criterion on a GPU in this version, so it is never th
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,9 +44,13 @@ from ..errors import DblurDoseError
 from ..geometry.resample import GRID_TOLERANCE, working_grid, working_shape  # noqa: F401  (re-exported: the CNN's working grid)
 from ..io.volume import Volume
 
+if TYPE_CHECKING:  # torch is imported when a network runs, not with this module
+    import torch
+
+    from .network import DblurDoseNet
+
 DEFAULT_MODEL_PATH = DATA_DIR / "models" / "dblurdosenet.pt"
 PRECISIONS = ("float32", "bf16", "fp16")
-#: relative voxel-size difference under which the CT grid is used as the working grid
 #: working memory per output slice and in-plane voxel of the shared extractor (bytes, float32):
 #: second-conv taps 48 + per-pack taps 32 + outputs 48, first-layer maps ~40, features 16, inputs
 _BYTES_PER_VOXEL_SLICE = 4 * 190
@@ -70,12 +76,30 @@ def chunk_bytes(chunk: int, shape: tuple[int, int, int]) -> float:
 
 
 def weights_installed() -> bool:
-    """True when trained weights ship with this installation."""
+    """True when trained weights ship with this installation (``DEFAULT_MODEL_PATH``)."""
     return DEFAULT_MODEL_PATH.is_file()
 
 
-def load_model(path=None, device="auto"):
-    """The DblurDoseNet in ``path`` (default: the shipped weights), checksum verified, in eval mode."""
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> DblurDoseNet:
+    """The DblurDoseNet in a model file, checksum verified, in eval mode.
+
+    Parameters
+    ----------
+    path : str or path, optional
+        The model file (default: the shipped weights, ``DEFAULT_MODEL_PATH``).
+    device : str or torch.device
+        "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps" or a device.
+
+    Returns
+    -------
+    DblurDoseNet
+        On ``device``, in eval mode.
+
+    Raises
+    ------
+    DblurDoseError
+        When no weights are installed (``path`` None) or the file is not a valid model file.
+    """
     from ..devices import resolve_device
     from .network import load_model_file
 
@@ -83,8 +107,8 @@ def load_model(path=None, device="auto"):
         if not weights_installed():
             raise DblurDoseError(
                 "no trained DblurDoseNet weights are installed (expected "
-                f"{DEFAULT_MODEL_PATH}); use --method dvk, pass a model file you trained with "
-                "`dblurdose train --data DIR --out FILE`, or install a release that ships the weights"
+                f"{DEFAULT_MODEL_PATH}); use the DVK method, give a model file you trained (`dblurdose train`), "
+                "or install a release that ships the weights", settings=("method", "model"),
             )
         path = DEFAULT_MODEL_PATH
     dev = resolve_device(device)
@@ -112,21 +136,42 @@ def _fast_copy(model, dev):
 
 
 def predict_scaled(
-    model,
+    model: DblurDoseNet,
     spect: np.ndarray,
     density: np.ndarray,
     dvk: np.ndarray,
-    device="cpu",
+    device: str | torch.device = "cpu",
     *,
     naive: bool = False,
     precision: str = "float32",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> np.ndarray:
-    """The network on scaled [z, y, x] arrays (SPECT, density g/cm3, DVK); scaled output, post-processed.
+    """The network on scaled arrays; the scaled output, post-processed (:func:`~.network.postprocess`).
 
-    ``naive=True`` runs every pack through the module's ``forward`` one at a time (the
-    reference the fast path is tested against); otherwise the shared-extractor path.
+    Parameters
+    ----------
+    model : DblurDoseNet
+        The network.
+    spect, density, dvk : ndarray, [z, y, x]
+        Scaled SPECT (Bq/mL x ``spect_scale_ml`` / total Bq), density (g/cm3) and scaled DVK
+        (mGy/h x ``dose_scale`` / total Bq), on the model's working grid.
+    device : str or torch.device
+        Where the network runs.
+    naive : bool
+        Run every pack through the module's ``forward`` one at a time (the reference the fast,
+        shared-extractor path is tested against).
+    precision : str
+        "float32", or "bf16"/"fp16" (CUDA autocast; CUDA only).
+    max_bytes : float, optional
+        Working memory for a chunk of slices, bytes (default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
+    progress : callable, optional
+        Called with the fraction of slices done.
+
+    Returns
+    -------
+    ndarray, [z, y, x], float32
+        The scaled dose rate (x total Bq / ``dose_scale`` gives mGy/h).
     """
     import torch
 
@@ -137,7 +182,8 @@ def predict_scaled(
     if precision not in PRECISIONS:
         raise DblurDoseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "float32" and dev.type != "cuda":
-        raise DblurDoseError(f"--precision {precision} is for CUDA GPUs only; use float32 on {dev.type}")
+        raise DblurDoseError(f"the {precision} precision is for CUDA GPUs only; use float32 on {dev.type}",
+                             settings=("device",))
     nz, ny, nx = spect.shape
     if not (spect.shape == density.shape == dvk.shape):
         raise ValueError(f"shapes differ: SPECT {spect.shape}, density {density.shape}, DVK {dvk.shape}")
@@ -187,19 +233,38 @@ def cnn_dose_rate(
     ct: Volume,
     density: np.ndarray,
     dvk: np.ndarray,
-    device: str = "auto",
-    model=None,
+    device: str | torch.device = "auto",
+    model: DblurDoseNet | None = None,
     *,
     precision: str = "float32",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> Volume:
-    """The DblurDoseNet dose rate (mGy/h) on the CT grid.
+    """The DblurDoseNet dose rate on the CT grid (the module docstring gives the steps).
 
-    ``activity``: Bq/mL on the CT grid; ``density`` (g/cm3) and ``dvk`` (mGy/h): arrays on the
-    CT grid. ``model``: a :class:`~DblurDoseLib.learning.network.DblurDoseNet` (its ``config`` gives the
-    working grid and scaling); None loads the shipped weights. ``max_bytes``: working memory
-    for the network's chunks (bytes; default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
+    Parameters
+    ----------
+    activity : Volume
+        Activity concentration, Bq/mL, on the CT grid.
+    ct : Volume
+        The CT (its grid; the voxel values are not used).
+    density, dvk : ndarray, [z, y, x]
+        Density (g/cm3) and DVK dose rate (mGy/h) on the CT grid.
+    device : str or torch.device
+        "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps" or a device.
+    model : DblurDoseNet, optional
+        The network (its ``config`` gives the working grid and scaling); None loads the shipped weights.
+    precision : str
+        "float32", or "bf16"/"fp16" on CUDA (see the module docstring).
+    max_bytes : float, optional
+        Working memory for the network's chunks, bytes (default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
+    progress : callable, optional
+        Called with the fraction done.
+
+    Returns
+    -------
+    Volume
+        The CNN dose rate, mGy/h, float32, on the CT grid (``metadata["units"]``).
     """
     from ..devices import resolve_device
     from ..geometry.resample import resample_activity, resample_linear

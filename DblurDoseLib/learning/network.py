@@ -61,6 +61,7 @@ from torch import nn
 
 from ..errors import DblurDoseError
 from ..io.outputs import atomic_file
+from ..physics.density import AIR_DENSITY_THRESHOLD
 
 PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre
@@ -424,6 +425,18 @@ class DblurDoseNet(nn.Module):
         return windows.permute(0, 1, 5, 2, 3, 4).reshape(nb, 2 * PACK, s, ny, nx)
 
 
+class SlabForward(nn.Module):
+    """``forward(x, dvk)`` = ``net.forward_slab(x, dvk)``: the slab forward as a module's ``forward``, where
+    DistributedDataParallel hooks in (training). Holds ``net``'s parameters, not copies."""
+
+    def __init__(self, net: DblurDoseNet) -> None:
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
+        return self.inner.forward_slab(x, dvk)
+
+
 def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:
     """An eval-only copy with every batch norm folded into the convolution before it.
 
@@ -471,11 +484,27 @@ def correction_bound(model: DblurDoseNet) -> tuple[float, float]:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameters (weights and biases) of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 
-def postprocess(dose: torch.Tensor, density: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """The paper's test-time step: clamp at 0, zero where the (centre-slice) density < threshold g/cm3."""
+def postprocess(dose: torch.Tensor, density: torch.Tensor, threshold: float = AIR_DENSITY_THRESHOLD) -> torch.Tensor:
+    """The paper's test-time step: clamp at 0, zero in air.
+
+    Parameters
+    ----------
+    dose : Tensor
+        Dose rate (any units, scaled or mGy/h).
+    density : Tensor
+        The (centre-slice) density, g/cm3, the same shape as ``dose``.
+    threshold : float
+        Density (g/cm3) under which a voxel is air (default: ``physics.density.AIR_DENSITY_THRESHOLD``).
+
+    Returns
+    -------
+    Tensor
+        ``dose`` clamped at 0, and 0 where ``density < threshold``.
+    """
     return torch.where(density < threshold, torch.zeros_like(dose), dose.clamp_min(0))
 
 
@@ -492,7 +521,20 @@ def _digest(config: dict, state: dict[str, torch.Tensor]) -> str:
 
 
 def save_model(model: DblurDoseNet, path: str | os.PathLike) -> Path:
-    """One file: ``torch.save`` of {format, config, state_dict, sha256}; written atomically."""
+    """Write ``model`` as one file: ``torch.save`` of {format, config, state_dict, sha256}, atomically.
+
+    Parameters
+    ----------
+    model : DblurDoseNet
+        The network; its ``config`` (with the working voxel spacing, mm, and scaling) travels with it.
+    path : str or path
+        The model file (folders are made).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = asdict(model.config)
@@ -504,34 +546,54 @@ def save_model(model: DblurDoseNet, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model_file(path: str | os.PathLike, device="cpu") -> DblurDoseNet:
-    """Read a model file written by :func:`save_model` and verify its checksum; returns it in eval mode."""
+def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> DblurDoseNet:
+    """Read a model file written by :func:`save_model` and verify its checksum.
+
+    Parameters
+    ----------
+    path : str or path
+        The model file.
+    device : str or torch.device
+        Where the network goes ("cpu", "cuda", "mps" or a device).
+
+    Returns
+    -------
+    DblurDoseNet
+        In eval mode, its ``sha256`` set (provenance).
+
+    Raises
+    ------
+    DblurDoseError
+        When the file is missing, unreadable, corrupted (checksum), newer, non-finite or of another architecture.
+    """
     path = Path(path)
-    fix = ("reinstall dblurdose to restore the shipped weights, or train new ones with "
-           "`dblurdose train --data DIR --out FILE`")
+    fix = "reinstall dblurdose to restore the shipped weights, or train new ones with `dblurdose train`"
     if not path.is_file():
-        raise DblurDoseError(f"DblurDoseNet weights not found at {path}; {fix}")
+        raise DblurDoseError(f"DblurDoseNet weights not found at {path}; {fix}", settings=("model",))
     try:
         payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or damaged zip, or not a torch file at all
         raise DblurDoseError(f"the DblurDoseNet weights file {path} is unreadable or corrupted "
-                             f"({type(exc).__name__}); {fix}") from None
+                             f"({type(exc).__name__}); {fix}", settings=("model",)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DblurDoseError(f"{path} is not a DblurDoseNet model file (as written by `dblurdose train`); {fix}")
+        raise DblurDoseError(f"{path} is not a DblurDoseNet model file (as written by `dblurdose train`); {fix}",
+                             settings=("model",))
     cfg, state = payload.get("config", {}), payload.get("state_dict", {})
     if payload.get("sha256") != _digest(cfg, state):
-        raise DblurDoseError(f"the DblurDoseNet weights file {path} is corrupted (SHA-256 checksum mismatch); {fix}")
+        raise DblurDoseError(f"the DblurDoseNet weights file {path} is corrupted (SHA-256 checksum mismatch); {fix}",
+                             settings=("model",))
     if int(cfg.get("version", 0)) > FORMAT_VERSION:
         raise DblurDoseError(f"{path} was written by a newer dblurdose (model format {cfg.get('version')}); "
                              "upgrade dblurdose")
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise DblurDoseError(f"the DblurDoseNet weights in {path} hold NaN or infinite values ({', '.join(bad[:3])}); "
-                             f"the training diverged or the file is damaged: {fix}")
+                             f"the training diverged or the file is damaged: {fix}", settings=("model",))
     model = DblurDoseNet(ModelConfig.from_dict(cfg))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise DblurDoseError(f"the weights in {path} do not fit the {model.variant!r} network ({exc}); {fix}") from None
+        raise DblurDoseError(f"the weights in {path} do not fit the {model.variant!r} network ({exc}); {fix}",
+                             settings=("model",)) from None
     model.sha256 = payload["sha256"]  # provenance: written into every map the model makes
     return model.to(device).eval()

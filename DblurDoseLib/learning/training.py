@@ -44,19 +44,28 @@ writes files and prints.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..io import dataset as layout
+from ..io.dataset import read_manifest
 from ..io.outputs import atomic_file
+from ..physics.density import AIR_DENSITY_THRESHOLD
+
+if TYPE_CHECKING:  # torch is imported when training runs, not with this module (the command line imports it)
+    import torch
+
+    from .network import ModelConfig
 
 Progress = Callable[[float, str], object]
 BODY_WEIGHT, OUTSIDE_WEIGHT = 0.7, 0.3
@@ -90,28 +99,29 @@ class _Case:
 # --- the data set ---------------------------------------------------------------------------
 
 
-def read_manifest(data_dir: Path) -> dict:
-    path = data_dir / "manifest.json"
-    if not path.is_file():
-        raise DblurDoseError(f"{data_dir} is not a DblurDose data set (no manifest.json); "
-                             "make one with `dblurdose data generate --out DIR`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DblurDoseError(f"{path} is not valid JSON ({exc}); regenerate or repair the data set") from None
-    if not manifest.get("phantoms") or len(manifest.get("spacing", [])) != 3:
-        raise DblurDoseError(f"{path} lists no phantoms or no voxel spacing; finish `dblurdose data generate` first")
-    return manifest
-
-
 def split_phantoms(manifest: dict, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[list[str], list[str]]:
-    """(training, validation) phantom names: the data set's 'val' phantoms when it has some (their truth
-    has the test phantoms' decays); otherwise whole phantoms of the 'train' split, chosen by seed."""
-    splits = {name: info.get("split", "train") for name, info in manifest["phantoms"].items()}
-    train = sorted(name for name, split in splits.items() if split == "train")
+    """The training and validation phantoms of a data set, whole phantoms only.
+
+    Parameters
+    ----------
+    manifest : dict
+        The data set's manifest (:func:`~DblurDoseLib.io.dataset.read_manifest`).
+    seed : int
+        Chooses the validation phantoms when the data set has no "val" split.
+    val_fraction : float
+        Share of the "train" phantoms held out then (at least one of two or more, never all).
+
+    Returns
+    -------
+    (list of str, list of str)
+        Sorted training and validation phantom keys: the data set's "val" phantoms when it has some
+        (their truth has the test phantoms' decays), otherwise "train" phantoms chosen by ``seed``.
+        "test" phantoms are never among them.
+    """
+    train = layout.phantoms_in(manifest, "train")
     if not train:
         raise DblurDoseError("the data set has no phantoms in the 'train' split; generate more phantoms")
-    given = sorted(name for name, split in splits.items() if split == "val")
+    given = layout.phantoms_in(manifest, "val")
     if given:
         return train, given
     n_val = 0 if len(train) < 2 else min(max(1, round(val_fraction * len(train))), len(train) - 1)
@@ -121,7 +131,7 @@ def split_phantoms(manifest: dict, seed: int, val_fraction: float = VAL_FRACTION
 
 
 def _cache_dir(data_dir: Path, out_path: Path) -> Path:
-    for folder in (data_dir / ".cache", out_path.parent / (out_path.name + ".cache")):
+    for folder in (data_dir / layout.CACHE, out_path.parent / (out_path.name + ".cache")):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"
@@ -148,38 +158,70 @@ def _array(path: Path, cache: Path) -> np.ndarray:
 
 
 def label_file(data_dir: Path, phantoms: list[str], label_decays: int | None = None) -> str:
-    """The label file to read: ``mc_truth.nrrd``, or with ``label_decays`` the nested partial label
-    ``mc_truth_d{N}.nrrd`` of that many decays, which every phantom in ``phantoms`` must hold."""
-    from ..data import label_decays_available, truth_file
+    """The label file to train on.
 
+    Parameters
+    ----------
+    data_dir : Path
+        The data set.
+    phantoms : list of str
+        The phantoms that must all hold the label.
+    label_decays : int, optional
+        Decays of the nested partial label; None: the full label.
+
+    Returns
+    -------
+    str
+        ``mc_truth.nrrd``, or ``mc_truth_d{N}.nrrd`` (:func:`~DblurDoseLib.io.dataset.truth_file`).
+    """
     if label_decays is None:
-        return truth_file()
-    held = [set(label_decays_available(data_dir / name)) for name in phantoms]
+        return layout.truth_file()
+    held = [set(layout.label_decays_available(data_dir / name)) for name in phantoms]
     available = sorted(set.intersection(*held)) if held else []
     if int(label_decays) not in available:
         raise DblurDoseError(f"the data set has no label of {label_decays} decays (available: "
-                             f"{', '.join(map(str, available)) or 'none'}); pass one of those to --label-decays, "
-                             "or leave it out for the full label")
-    return truth_file(int(label_decays))
+                             f"{', '.join(map(str, available)) or 'none'}); train on one of those, or on the full label")
+    return layout.truth_file(int(label_decays))
 
 
-def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cache: Path,
-               label: str = "mc_truth.nrrd") -> list[_Case]:
-    """The (phantom, realisation) volumes of ``phantoms``, trained towards the label file ``label``."""
+def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: ModelConfig, cache: Path,
+               label: str = layout.truth_file()) -> list[_Case]:
+    """The training volumes of ``phantoms``: one per (phantom, SPECT realisation) holding activity.
+
+    Parameters
+    ----------
+    data_dir : Path
+        The data set.
+    phantoms : list of str
+        Phantom keys (``p00``, ...).
+    manifest : dict
+        The data set's manifest (voxel spacing, mm; realisations per phantom).
+    config : ModelConfig
+        Gives the input and label scaling (``spect_scale_ml``, ``dose_scale``).
+    cache : Path
+        Folder of the memory-mapped ``.npy`` copies.
+    label : str
+        The label file (:func:`label_file`).
+
+    Returns
+    -------
+    list of _Case
+        Arrays memory-mapped; realisations without activity are left out.
+    """
     voxel_ml = float(np.prod(manifest["spacing"])) / 1000.0
     cases = []
     for name in phantoms:
         folder = data_dir / name
-        density = _array(folder / "density.nrrd", cache)
+        density = _array(folder / layout.volume_file("density"), cache)
         truth = _array(folder / label, cache)
-        body = np.flatnonzero(density.reshape(-1) >= 0.1)
+        body = np.flatnonzero(density.reshape(-1) >= AIR_DENSITY_THRESHOLD)
         flat_truth = truth.reshape(-1)
         hot = body[flat_truth[body] >= np.quantile(flat_truth[body], HOT_QUANTILE)] if body.size else body
         body, hot = (np.sort(np.random.default_rng(0).choice(v, 200_000, replace=False)) if v.size > 200_000 else v
                      for v in (body, hot))
-        for r in range(int(manifest["phantoms"][name].get("realisations", 1))):
-            spect = _array(folder / f"spect_r{r}.nrrd", cache)
-            dvk = _array(folder / f"dvk_r{r}.nrrd", cache)
+        for r in range(layout.realisations_of(manifest["phantoms"][name])):
+            spect = _array(folder / layout.realisation_file("spect", r), cache)
+            dvk = _array(folder / layout.realisation_file("dvk", r), cache)
             if not (spect.shape == dvk.shape == density.shape == truth.shape):
                 raise DblurDoseError(f"{folder}: volumes of realisation {r} are not on one grid; regenerate the phantom")
             total = float(np.sum(spect, dtype=np.float64)) * voxel_ml
@@ -191,8 +233,26 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config, cach
 
 
 def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int,
-                 hot_fraction: float = HOT_FRACTION):
-    """``n_slabs`` random slabs: inputs [n, 2, slab + 10, P, P], DVK, label and weights [n, 1, slab, P, P]."""
+                 hot_fraction: float = HOT_FRACTION) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of random slabs (see the module docstring for centres and augmentation).
+
+    Parameters
+    ----------
+    cases : list of _Case
+        The volumes to draw from (uniformly).
+    rng : numpy.random.Generator
+        The draws.
+    n_slabs, slab, patch : int
+        Slabs per batch, output slices per slab, in-plane patch size (voxels).
+    hot_fraction : float
+        Share of slabs centred on the hottest body voxels.
+
+    Returns
+    -------
+    (ndarray, ndarray, ndarray, ndarray), float32
+        Inputs ``[n, 2, slab + 10, P, P]`` (scaled SPECT, density g/cm3), scaled DVK, scaled label and
+        voxel weights (BODY_WEIGHT or OUTSIDE_WEIGHT), each ``[n, 1, slab, P, P]``.
+    """
     from .network import HALF
 
     xs, dvks, truths, weights = [], [], [], []
@@ -214,7 +274,7 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
         x = np.stack([c.spect[rows, ys, xs_] * np.float32(c.spect_factor), c.density[rows, ys, xs_]])
         dvk = c.dvk[out, ys, xs_] * np.float32(c.dose_factor)
         truth = c.truth[out, ys, xs_] * np.float32(c.dose_factor)
-        w = np.where(c.density[out, ys, xs_] >= 0.1, BODY_WEIGHT, OUTSIDE_WEIGHT).astype(np.float32)
+        w = np.where(c.density[out, ys, xs_] >= AIR_DENSITY_THRESHOLD, BODY_WEIGHT, OUTSIDE_WEIGHT).astype(np.float32)
         # augmentation: the dose physics is unchanged by in-plane flips/transposition and a z flip
         views = [x, dvk[None], truth[None], w[None]]
         if rng.random() < 0.5:
@@ -230,16 +290,34 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
 
 
 def validation_batches(val_cases: list[_Case], seed: int, n_slabs: int, slab: int, patch: int) -> list:
-    """The fixed validation batches of a run (by seed); a fixed composition (HOT_FRACTION), so that runs
-    with another --hot-fraction compare."""
+    """The fixed validation batches of a run (:data:`VAL_BATCHES` of :func:`sample_batch`, drawn by ``seed``);
+    of a fixed composition (HOT_FRACTION), so that runs with another share of hot patches compare.
+    Empty without validation volumes."""
     rng = np.random.default_rng([seed, 99])
     return [sample_batch(val_cases, rng, n_slabs, slab, patch) for _ in range(VAL_BATCHES)] if val_cases else []
 
 
 def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, seed: int = 0, batch_size: int = 32,
-                    slab: int = 8, patch: int = 64, device: str = "cpu") -> float:
-    """Weighted MSE (scaled) of a model file on the validation batches that ``train`` with these
-    settings uses: compares models, the DVK alone included (``model_path="dvk"``), on equal terms."""
+                    slab: int = 8, patch: int = 64, device: str | torch.device = "cpu") -> float:
+    """The weighted MSE of a model file on the validation batches that :func:`train` with these settings
+    uses: compares models, the DVK alone included, on equal terms.
+
+    Parameters
+    ----------
+    model_path : str or path
+        A model file, or "dvk" (the DVK itself: a network with a zero correction).
+    data_dir : str or path
+        The data set.
+    seed, batch_size, slab, patch : int
+        As given to :func:`train` (patch in voxels).
+    device : str or torch.device
+        Where the network runs.
+
+    Returns
+    -------
+    float
+        The mean weighted MSE of the scaled dose rate (dimensionless).
+    """
     import torch
 
     from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
@@ -261,11 +339,26 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
     return float(np.mean(losses))
 
 
-def training_loss(pred, truth, weight, dvk, relative_weight: float = RELATIVE_WEIGHT):
-    """The training loss of a batch (all ``[n, 1, slab, P, P]``, scaled dose rates): the weighted MSE
-    plus ``relative_weight`` x the mean over body voxels of ``((pred - truth) / (dvk + eps))^2``,
-    ``eps`` = :data:`RELATIVE_EPS` x the batch's mean body DVK (dimensionless; see the module docstring).
-    ``weight``: the voxel weights of :func:`sample_batch` (body voxels have BODY_WEIGHT)."""
+def training_loss(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, dvk: torch.Tensor,
+                  relative_weight: float = RELATIVE_WEIGHT) -> torch.Tensor:
+    """The training loss of a batch (see the module docstring).
+
+    Parameters
+    ----------
+    pred, truth, dvk : Tensor, [n, 1, slab, P, P]
+        Network output, label and DVK, scaled dose rates.
+    weight : Tensor, [n, 1, slab, P, P]
+        The voxel weights of :func:`sample_batch` (body voxels have BODY_WEIGHT).
+    relative_weight : float
+        Weight of the relative term; 0: the weighted MSE alone.
+
+    Returns
+    -------
+    Tensor
+        The weighted MSE plus ``relative_weight`` x the mean over body voxels of
+        ``((pred - truth) / (dvk + eps))^2``, ``eps`` = :data:`RELATIVE_EPS` x the batch's mean body DVK
+        (a scalar, dimensionless).
+    """
     err = pred.float() - truth
     loss = (weight * err ** 2).mean()
     if relative_weight:
@@ -312,8 +405,353 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def checkpoint_path(out_path: str | os.PathLike) -> Path:
+    """The checkpoint file of a run writing the model file ``out_path``: ``OUT.ckpt`` beside it."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.name + ".ckpt")
+
+
+def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: float, schedule: str,
+                   hot_fraction: float, relative_weight: float, warmup: float) -> None:
+    """Refuse option values that :func:`train` cannot use (before anything is read)."""
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("patch", patch), ("slab", slab)):
+        if int(value) < 1:
+            raise DblurDoseError(f"the {name} must be at least 1, got {value}")
+    if not lr > 0:
+        raise DblurDoseError(f"the learning rate must be positive, got {lr}")
+    if schedule not in SCHEDULES:
+        raise DblurDoseError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= hot_fraction <= TISSUE_FRACTION:
+        raise DblurDoseError(f"the share of patches on hot voxels must be between 0 and {TISSUE_FRACTION}, "
+                             f"got {hot_fraction}")
+    if not relative_weight >= 0:
+        raise DblurDoseError(f"the relative-error weight must be 0 or more, got {relative_weight}")
+    if not 0 < warmup < 1:
+        raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
+
+
+@dataclass
+class _Ranks:
+    """The processes of a run: one, or torchrun's ``WORLD_SIZE`` with DistributedDataParallel (each
+    process on its own GPU, ``LOCAL_RANK``, or on the CPU with gloo). Rank 0 writes and reports."""
+
+    world: int
+    rank: int
+    device: Any  # torch.device
+    own_group: bool = False  # the process group was started here (and is closed here)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device: str) -> _Ranks:
+        """The processes of this run from torchrun's environment; ``device`` when there is one process."""
+        import torch
+        import torch.distributed as dist
+
+        from ..devices import resolve_device
+
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        if world <= 1:
+            return cls(world, rank, resolve_device(device))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dev = torch.device("cuda", local)
+        else:
+            dev = torch.device("cpu")
+        own_group = not dist.is_initialized()
+        if own_group:
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(world, rank, dev, own_group)
+
+    def mean(self, value: float) -> float:
+        """``value`` averaged over the processes."""
+        if not self.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.distributed and self.own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """A run's sample sizes: output slices per slab, in-plane patch (voxels), slabs per batch, steps."""
+
+    slab: int
+    patch: int
+    n_slabs: int
+    steps_per_epoch: int
+    local_steps: int  # steps of one process per epoch
+
+
+def _sizes(cases: list[_Case], val_cases: list[_Case], batch_size: int, slab: int, patch: int,
+           steps_per_epoch: int | None, world: int) -> _Sizes:
+    """The slab and patch (voxels) that fit the smallest training or validation volume, and the steps of
+    an epoch (default: one pass over the training slices in patches) and of one of ``world`` processes."""
+    nz_min = min(c.density.shape[0] for c in cases + val_cases)
+    ny_min = min(min(c.density.shape[1:]) for c in cases + val_cases)
+    slab = max(1, min(slab, batch_size, nz_min))
+    patch = min(patch, ny_min) // 16 * 16
+    if patch < 16:
+        raise DblurDoseError(f"volumes of {ny_min} voxels in-plane are too small for the U-Net (16 at least)")
+    n_slabs = max(1, batch_size // slab)
+    if steps_per_epoch is None:
+        area = sum(c.density.shape[0] * c.density.shape[1] * c.density.shape[2] for c in cases)
+        steps_per_epoch = max(1, math.ceil(area / (patch * patch * n_slabs * slab)))
+    return _Sizes(slab, patch, n_slabs, steps_per_epoch, max(1, math.ceil(steps_per_epoch / world)))
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The optimisation options of :func:`train` (see there)."""
+
+    epochs: int
+    lr: float
+    seed: int
+    schedule: str
+    warmup: float
+    patience: int
+    hot_fraction: float
+    relative_weight: float
+    amp: bool
+
+
+def _optimiser(net, options: _Options, local_steps: int):
+    """Adam and its learning-rate schedule (the module docstring): one-cycle (constant when a run is too
+    short to warm up and decay) or ReduceLROnPlateau."""
+    import torch
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)
+    total = options.epochs * local_steps
+    if options.schedule == "onecycle" and total < 4:  # too short to warm up and decay: constant lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    elif options.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=options.lr, total_steps=total, anneal_strategy="cos",
+            pct_start=min(max(options.warmup, 2.0 / total), 0.5),  # 2 warm-up steps at least
+            div_factor=25.0, final_div_factor=400.0)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=options.patience)
+    return optimizer, scheduler
+
+
+#: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
+RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
+               "label_decays", "relative_weight", "decoder_activation", "correction")
+#: a one-cycle schedule's length is part of its state
+RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
+
+
+class Trainer:
+    """One training run: the network, its optimiser and schedule, the training volumes, the fixed
+    validation batches and the loss history; :meth:`fit` trains, checkpointing every epoch.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The network to train.
+    cases, val_cases : list of _Case
+        Training and validation volumes (:func:`load_cases`).
+    sizes : _Sizes
+        Slab, patch and steps (:func:`_sizes`).
+    options : _Options
+        Epochs, learning rate and schedule, seed, sampling and loss options.
+    ranks : _Ranks
+        The processes of the run and their device.
+    settings : dict
+        The run's settings, kept in the checkpoint and the model file's ``info``.
+    say : callable
+        ``say(fraction, message)``: progress of rank 0 (raises to cancel).
+    """
+
+    def __init__(self, config: ModelConfig, cases: list[_Case], val_cases: list[_Case], sizes: _Sizes, options: _Options,
+                 ranks: _Ranks, settings: dict, say: Callable[[float, str], None]) -> None:
+        import torch
+        from torch import nn
+
+        from .network import DblurDoseNet, SlabForward
+
+        self.cases, self.sizes, self.options, self.ranks, self.settings, self.say = (
+            cases, sizes, options, ranks, settings, say)
+        dev = ranks.device
+        torch.manual_seed(options.seed)
+        self.net = DblurDoseNet(config).to(dev)
+        self.channels_last = dev.type == "cpu" and sizes.patch >= 64
+        if self.channels_last:  # oneDNN's preferred layouts (their one-time kernel setup costs more than tiny patches gain)
+            self.net.unet.to(memory_format=torch.channels_last)
+            if self.net.extractor is not None:
+                self.net.extractor.to(memory_format=torch.channels_last_3d)
+        self.model: nn.Module = SlabForward(self.net)
+        if ranks.distributed:
+            self.model = nn.parallel.DistributedDataParallel(self.model,
+                                                             device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.optimizer, self.scheduler = _optimiser(self.net, options, sizes.local_steps)
+        self.use_amp = options.amp and dev.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.start, self.history, self.best = 0, [], math.inf
+        self.val_batches = validation_batches(val_cases, options.seed, sizes.n_slabs, sizes.slab, sizes.patch)
+
+    def resume(self, ckpt_path: Path) -> None:
+        """Continue from the checkpoint ``ckpt_path`` (if there is one) of a run with the same settings."""
+        import torch
+
+        if not ckpt_path.is_file():
+            return
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); start over "
+                                 "without resuming (delete the checkpoint)") from None
+        keys = RESUME_KEYS + (RESUME_ONECYCLE_KEYS if self.options.schedule == "onecycle" else ())
+        old = ckpt["settings"]
+        changed = [k for k in keys if old.get(k, "plateau" if k == "schedule" else None) != self.settings[k]]
+        if changed:
+            raise DblurDoseError(f"the checkpoint {ckpt_path} was made with other settings ({', '.join(changed)}); "
+                                 "use the same settings, another output file, or start over without resuming "
+                                 "(delete the checkpoint)")
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start, self.history, self.best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best"])
+        self.say(self.start / self.options.epochs, f"resuming after epoch {self.start} from {ckpt_path}")
+
+    def _to_device(self, arrays):
+        import torch
+
+        x, dvk, truth, w = (torch.from_numpy(a).to(self.ranks.device, non_blocking=True) for a in arrays)
+        if self.channels_last and self.net.extractor is not None:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, dvk, truth, w
+
+    def _autocast(self):
+        import torch
+
+        return torch.autocast(self.ranks.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def validate(self) -> float | None:
+        """The loss (:func:`training_loss`) on the fixed validation batches, averaged over them and the
+        processes; None without validation phantoms."""
+        import torch
+
+        if not self.val_batches:
+            return None
+        net = self.net.eval()
+        with torch.no_grad(), self._autocast():
+            losses = []
+            for arrays in self.val_batches:
+                x, dvk, truth, w = self._to_device(arrays)
+                pred = net.forward_slab(x, dvk if net.residual else None)
+                losses.append(float(training_loss(pred, truth, w, dvk, self.options.relative_weight)))
+        return self.ranks.mean(float(np.mean(losses)))
+
+    def train_epoch(self, epoch: int) -> float:
+        """Epoch ``epoch`` (from 0): ``local_steps`` steps on batches drawn by (seed, epoch, rank); returns
+        the mean training loss over the steps and processes. Reports every minute."""
+        import torch
+
+        opts, sizes, net = self.options, self.sizes, self.net
+        net.train()
+        rng = np.random.default_rng([opts.seed, epoch, self.ranks.rank])
+        total, last_report = 0.0, time.perf_counter()
+        for step in range(sizes.local_steps):
+            x, dvk, truth, w = self._to_device(sample_batch(self.cases, rng, sizes.n_slabs, sizes.slab, sizes.patch,
+                                                            opts.hot_fraction))
+            with self._autocast():
+                pred = self.model(x, dvk if net.residual else None)
+            loss = training_loss(pred, truth, w, dvk, opts.relative_weight)
+            if not torch.isfinite(loss):
+                raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower the "
+                                     "learning rate or check the data set for NaN values")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if opts.schedule == "onecycle":
+                self.scheduler.step()
+            total += loss.item()
+            if time.perf_counter() - last_report > 60:
+                last_report = time.perf_counter()
+                self.say((epoch + (step + 1) / sizes.local_steps) / opts.epochs,
+                         f"epoch {epoch + 1}/{opts.epochs}: step {step + 1}/{sizes.local_steps}, "
+                         f"loss {total / (step + 1):.4g}")
+        return self.ranks.mean(total / sizes.local_steps)
+
+    def save(self, epoch: int, out_path: Path, model_info: dict | None) -> None:
+        """Rank 0: the checkpoint and loss curve of ``epoch`` (from 1), and the model file when
+        ``model_info`` is given (the best validation loss so far)."""
+        from .network import save_model
+
+        if not self.ranks.main:
+            return
+        if model_info is not None:
+            self.net.config.info = {**model_info, **self.settings}
+            save_model(self.net, out_path)
+        _atomic_torch_save({"epoch": epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                            "history": self.history, "best": self.best, "settings": self.settings},
+                           checkpoint_path(out_path))
+        _save_curve(self.history, out_path.with_name(out_path.stem + ".loss.png"))
+
+    def fit(self, out_path: Path) -> None:
+        """Train from the first unfinished epoch to the last; the model file ``out_path`` holds the
+        weights of the best validation loss (training loss without validation phantoms)."""
+        from .network import save_model
+
+        opts = self.options
+        t_start = time.perf_counter()
+        if self.start == 0 and self.val_batches:  # the starting point of the validation curve
+            self.history = [{"epoch": 0, "train_loss": None, "val_loss": self.validate(), "lr": opts.lr,
+                             "seconds": 0.0}]
+        for epoch in range(self.start, opts.epochs):
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            val_loss = self.validate()
+            monitor = val_loss if val_loss is not None else train_loss
+            if opts.schedule == "plateau":
+                self.scheduler.step(monitor)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                                 "seconds": round(time.perf_counter() - t0, 2)})
+            improved = monitor < self.best
+            self.best = min(self.best, monitor)
+            info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss} if improved else None
+            self.save(epoch + 1, out_path, info)
+            self.ranks.barrier()
+            val_text = f", validation {val_loss:.4g}" if val_loss is not None else ""
+            self.say((epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}: training loss {train_loss:.4g}"
+                                                f"{val_text}, lr {lr:.2g}, {time.perf_counter() - t0:.1f} s"
+                                                + (" (best so far, saved)" if improved else ""))
+        if self.ranks.main and not out_path.exists():  # e.g. resumed after the last epoch of an interrupted save
+            save_model(self.net, out_path)
+        self.say(1.0, f"done in {time.perf_counter() - t_start:.0f} s: {out_path}")
+
+
+def _say(progress: Progress, main: bool, fraction: float, message: str) -> None:
+    """Report on rank 0; a ``progress`` that returns False cancels the run."""
+    if main and progress(fraction, message) is False:
+        raise DblurDoseError("training cancelled; resume later from the checkpoint")
 
 
 def train(
@@ -353,53 +791,16 @@ def train(
     ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
     ``decoder_activation``, ``correction``: the architecture options of
     :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network).
-    See the module docstring.
+    ``patch`` and ``slab`` are in voxels and output slices; ``device``: "auto", "cpu", "cuda" or "mps".
+    See the module docstring; the run itself is a :class:`Trainer`.
     """
-    import torch
-    import torch.distributed as dist
-    from torch import nn
-
-    from ..devices import resolve_device
-    from .network import DblurDoseNet, ModelConfig, save_model
+    from .network import ModelConfig
 
     data_dir, out_path = Path(data_dir), Path(out_path)
-    progress = progress or _print_progress
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("patch", patch), ("slab", slab)):
-        if int(value) < 1:
-            raise DblurDoseError(f"the {name} must be at least 1, got {value}")
-    if not lr > 0:
-        raise DblurDoseError(f"the learning rate must be positive, got {lr}")
-    if schedule not in SCHEDULES:
-        raise DblurDoseError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if not 0 <= hot_fraction <= TISSUE_FRACTION:
-        raise DblurDoseError(f"the share of patches on hot voxels must be between 0 and {TISSUE_FRACTION}, "
-                             f"got {hot_fraction}")
-    if not relative_weight >= 0:
-        raise DblurDoseError(f"the relative-error weight must be 0 or more, got {relative_weight}")
-    if not 0 < warmup < 1:
-        raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    distributed = world > 1
-    if distributed:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-            dev = torch.device("cuda", local)
-        else:
-            dev = torch.device("cpu")
-        own_group = not dist.is_initialized()
-        if own_group:
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    else:
-        dev = resolve_device(device)
-    main = rank == 0
-
-    def say(fraction: float, message: str) -> None:
-        if main and progress(fraction, message) is False:
-            raise DblurDoseError("training cancelled; resume later from the checkpoint")
-
+    _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
+                   hot_fraction=hot_fraction, relative_weight=relative_weight, warmup=warmup)
+    ranks = _Ranks.start(device)
+    say = partial(_say, progress or _print_progress, ranks.main)
     manifest = read_manifest(data_dir)
     train_names, val_names = split_phantoms(manifest, seed, val_fraction)
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
@@ -412,162 +813,19 @@ def train(
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
     if not cases:
         raise DblurDoseError("no training volume holds any activity; check the data set")
-    nz_min = min(c.density.shape[0] for c in cases + val_cases)
-    ny_min = min(min(c.density.shape[1:]) for c in cases + val_cases)
-    slab = max(1, min(slab, batch_size, nz_min))
-    patch = min(patch, ny_min) // 16 * 16
-    if patch < 16:
-        raise DblurDoseError(f"volumes of {ny_min} voxels in-plane are too small for the U-Net (16 at least)")
-    n_slabs = max(1, batch_size // slab)
-    if steps_per_epoch is None:
-        area = sum(c.density.shape[0] * c.density.shape[1] * c.density.shape[2] for c in cases)
-        steps_per_epoch = max(1, math.ceil(area / (patch * patch * n_slabs * slab)))
-    local_steps = max(1, math.ceil(steps_per_epoch / world))
-
-    torch.manual_seed(seed)
-    net = DblurDoseNet(config).to(dev)
-    channels_last = dev.type == "cpu" and patch >= 64
-    if channels_last:  # oneDNN's preferred layouts (their one-time kernel setup costs more than tiny patches gain)
-        net.unet.to(memory_format=torch.channels_last)
-        if net.extractor is not None:
-            net.extractor.to(memory_format=torch.channels_last_3d)
-
-    class SlabModel(nn.Module):  # DistributedDataParallel hooks into forward()
-        def __init__(self, inner: DblurDoseNet) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x, dvk):
-            return self.inner.forward_slab(x, dvk)
-
-    model: nn.Module = SlabModel(net)
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    if schedule == "onecycle" and epochs * local_steps < 4:  # too short to warm up and decay: constant lr
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    elif schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=epochs * local_steps, anneal_strategy="cos",
-            pct_start=min(max(warmup, 2.0 / (epochs * local_steps)), 0.5),  # 2 warm-up steps at least
-            div_factor=25.0, final_div_factor=400.0)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience)
-    use_amp = amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
+    sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
+    options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp)
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
-                "batch_size": batch_size, "patch": patch, "slab": slab, "seed": seed,
-                "steps_per_epoch": steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
+                "batch_size": batch_size, "patch": sizes.patch, "slab": sizes.slab, "seed": seed,
+                "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
                 "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction,
                 "label_decays": label_decays, "relative_weight": relative_weight,
                 "decoder_activation": decoder_activation, "correction": correction}
-    ckpt_path = checkpoint_path(out_path)
-    start, history, best = 0, [], math.inf
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DblurDoseError(f"the checkpoint {ckpt_path} is unreadable ({type(exc).__name__}); delete it or "
-                                 "pass --no-resume to start over") from None
-        keys = ["variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule", "label_decays",
-                "relative_weight", "decoder_activation", "correction"]
-        if schedule == "onecycle":  # the schedule's length is part of its state
-            keys += ["epochs", "steps_per_epoch", "lr"]
-        changed = [k for k in keys if ckpt["settings"].get(k, "plateau" if k == "schedule" else None) != settings[k]]
-        if changed:
-            raise DblurDoseError(f"the checkpoint {ckpt_path} was made with other settings ({', '.join(changed)}); "
-                                 "use the same settings, another --out, or --no-resume to start over")
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best"])
-        say(start / epochs, f"resuming after epoch {start} from {ckpt_path}")
-
-    def to_device(arrays):
-        x, dvk, truth, w = (torch.from_numpy(a).to(dev, non_blocking=True) for a in arrays)
-        if channels_last and net.extractor is not None:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, dvk, truth, w
-
-    val_batches = validation_batches(val_cases, seed, n_slabs, slab, patch)
-
-    def mean_over_ranks(value: float) -> float:
-        if not distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=dev)
-        dist.all_reduce(t)
-        return float(t) / world
-
-    def validate() -> float | None:
-        if not val_batches:
-            return None
-        net.eval()
-        with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            losses = []
-            for arrays in val_batches:
-                x, dvk, truth, w = to_device(arrays)
-                pred = net.forward_slab(x, dvk if net.residual else None)
-                losses.append(float(training_loss(pred, truth, w, dvk, relative_weight)))
-        return mean_over_ranks(float(np.mean(losses)))
-
-    t_start = time.perf_counter()
-    if start == 0 and val_batches:  # the starting point of the validation curve
-        history = [{"epoch": 0, "train_loss": None, "val_loss": validate(), "lr": lr, "seconds": 0.0}]
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        net.train()
-        rng = np.random.default_rng([seed, epoch, rank])
-        total, last_report = 0.0, time.perf_counter()
-        for step in range(local_steps):
-            x, dvk, truth, w = to_device(sample_batch(cases, rng, n_slabs, slab, patch, hot_fraction))
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                pred = model(x, dvk if net.residual else None)
-            loss = training_loss(pred, truth, w, dvk, relative_weight)
-            if not torch.isfinite(loss):
-                raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower --lr "
-                                     "or check the data set for NaN values")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if schedule == "onecycle":
-                scheduler.step()
-            total += loss.item()
-            if time.perf_counter() - last_report > 60:
-                last_report = time.perf_counter()
-                say((epoch + (step + 1) / local_steps) / epochs,
-                    f"epoch {epoch + 1}/{epochs}: step {step + 1}/{local_steps}, loss {total / (step + 1):.4g}")
-        train_loss = mean_over_ranks(total / local_steps)
-        val_loss = validate()
-        monitor = val_loss if val_loss is not None else train_loss
-        if schedule == "plateau":
-            scheduler.step(monitor)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)})
-        improved = monitor < best
-        best = min(best, monitor)
-        if main:
-            if improved:
-                net.config.info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **settings}
-                save_model(net, out_path)
-            _atomic_torch_save({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                "history": history, "best": best, "settings": settings}, ckpt_path)
-            _save_curve(history, out_path.with_name(out_path.stem + ".loss.png"))
-        if distributed:
-            dist.barrier()
-        val_text = f", validation {val_loss:.4g}" if val_loss is not None else ""
-        say((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: training loss {train_loss:.4g}{val_text}, "
-                                  f"lr {optimizer.param_groups[0]['lr']:.2g}, {time.perf_counter() - t0:.1f} s"
-                                  + (" (best so far, saved)" if improved else ""))
-    if main and not out_path.exists():  # e.g. resumed after the last epoch of an interrupted save
-        save_model(net, out_path)
-    say(1.0, f"done in {time.perf_counter() - t_start:.0f} s: {out_path}")
-    if distributed and own_group:
-        dist.destroy_process_group()
+    trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say)
+    if resume:
+        trainer.resume(checkpoint_path(out_path))
+    trainer.fit(out_path)
+    ranks.close()
     return out_path
 
 
@@ -611,6 +869,7 @@ def add_train_arguments(subparser) -> None:
 
 
 def cmd_train(args) -> int:
+    """``dblurdose train``: :func:`train` with the parsed options; prints the model file (rank 0)."""
     path = train(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patch=args.patch,
                  seed=args.seed, device=args.device, resume=args.resume, variant=args.variant,
                  slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp, schedule=args.schedule,

@@ -1,0 +1,86 @@
+"""The evaluation's VOIs are the phantoms' one definition, and it reads a data set by io.dataset's names."""
+
+import json
+
+import numpy as np
+import pytest
+
+from DblurDoseLib.errors import DblurDoseError
+from DblurDoseLib.evaluation import evaluate
+from DblurDoseLib.io import dataset
+from DblurDoseLib.io.volume import Volume, write_volume
+from DblurDoseLib.simulation.vois import MIN_LESION_VOXELS, evaluation_vois
+
+NAMES = {1: "liver", 2: "kidney_left", 3: "spleen", 4: "vertebra_L3", 5: "vertebra_T12", 101: "lesion_1",
+         102: "lesion_2", 103: "lesion_3"}
+LESIONS = [{"label": 101, "name": "lesion_1", "organ": "liver"}, {"label": 102, "name": "lesion_2", "organ": "lung"},
+           {"label": 103, "name": "lesion_3", "organ": "liver"}]
+
+
+def labelmap() -> np.ndarray:
+    labels = np.zeros((6, 10, 10), np.int16)
+    labels[:, :5, :5] = 1  # liver
+    labels[1:3, 1:3, 1:3] = 101  # a liver lesion of 8 voxels
+    labels[4, 1, 1] = 103  # a liver lesion of one voxel: too small to evaluate, still part of the liver
+    labels[:, 6:, 6:] = 2
+    labels[:2, 6:, :3] = 3
+    labels[3:, 6:, :3] = 4
+    labels[0, 0, 8] = 5
+    labels[2:4, 7:9, 4:6] = 102  # a lung lesion of 8 voxels
+    return labels
+
+
+def test_liver_is_the_whole_organ_and_healthy_liver_the_label():
+    labels = labelmap()
+    vois = evaluation_vois(labels, NAMES, LESIONS)
+    assert list(vois) == ["lesion:lesion_1", "lesion:lesion_2", "kidney_left", "healthy_liver", "liver", "spleen",
+                          "lumbar_L2_L5"]
+    np.testing.assert_array_equal(vois["healthy_liver"], labels == 1)
+    np.testing.assert_array_equal(vois["liver"], np.isin(labels, [1, 101, 103]))  # not the lung's lesion
+    np.testing.assert_array_equal(vois["lumbar_L2_L5"], labels == 4)  # T12 is not lumbar
+    assert int(vois["lesion:lesion_1"].sum()) == MIN_LESION_VOXELS
+    assert "lesion:lesion_3" in evaluation_vois(labels, NAMES, LESIONS, min_lesion_voxels=1)
+
+
+def test_evaluate_vois_read_labels_json_with_the_same_definition():
+    labels = labelmap()
+    meta = json.loads(json.dumps({"label_names": {str(k): v for k, v in NAMES.items()}, "info": {"lesions": LESIONS}}))
+    found = evaluate.vois(labels, meta)
+    expected = evaluation_vois(labels, NAMES, LESIONS)
+    assert list(found) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name])
+    assert evaluate.group_of("lesion:lesion_1") == "lesion" and evaluate.group_of("liver") == "liver"
+    assert not hasattr(evaluate, "PAPER")
+
+
+def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
+    """One test phantom written with io.dataset's names: evaluate finds every file, with the DVK standing in
+    for the CNN, and an "ood" evaluation asks for the reconstructions it lacks."""
+    from DblurDoseLib.learning import inference
+
+    labels = labelmap()
+    spacing = (4.0, 4.0, 4.0)
+    folder = tmp_path / dataset.phantom_key(0)
+    folder.mkdir()
+    truth = np.where(labels > 0, 2.0, 0.1).astype(np.float32)
+    volumes = {"hu": np.zeros(labels.shape, np.float32), "density": np.ones(labels.shape, np.float32),
+               "labels": labels}
+    for name, array in volumes.items():
+        write_volume(Volume(array, spacing), folder / dataset.volume_file(name))
+    write_volume(Volume(truth, spacing), folder / dataset.truth_file())
+    (folder / dataset.LABEL_NAMES).write_text(json.dumps({"label_names": {str(k): v for k, v in NAMES.items()},
+                                                           "info": {"lesions": LESIONS}}))
+    for r in range(2):
+        write_volume(Volume(truth, spacing), folder / dataset.realisation_file("spect", r))
+        write_volume(Volume(truth * np.float32(1.1 + 0.1 * r), spacing), folder / dataset.realisation_file("dvk", r))
+    manifest = {"phantoms": {"p00": {"split": "test", "realisations": 2}}}
+    (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
+    results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
+    kidney = results["phantoms"]["p00"]["vois"]["kidney_left"]
+    assert kidney["dvk"]["mean_error"] == pytest.approx(15.0, rel=1e-4)  # the mean of 10% and 20%
+    assert "mc" not in kidney and results["families"] == {"p00": "anatomical"}
+    with pytest.raises(DblurDoseError, match="have no spect_ood_r0.nrrd.*out-of-mix"):
+        evaluate.evaluate(tmp_path, recon="ood", log=lambda m: None, device="cpu")
