@@ -3,7 +3,8 @@
 Layout, by pipeline stage (each sub-package imports only those above it in this list, and
 ``errors``/``devices``; ARCHITECTURE.md draws the data flow):
 
-* ``io``: volumes (NRRD, NIfTI, DICOM) in and out, atomic output files, DICOM export.
+* ``io``: volumes and segments (NRRD, NIfTI, DICOM) in and out, atomic output files, DICOM
+  export, Slicer's file formats, the training data set's file layout.
 * ``geometry``: the one resampler and grid builder, segments, registration.
 * ``physics``: nuclides, CT-to-density, dose-voxel kernels, the DVK convolution, Monte Carlo
   transport, time integration, radiobiology.

@@ -100,22 +100,13 @@ def evaluate(
     ``data generate --held-out``); ``None``: all, with the summary also given per family.
     """
     from ..io.volume import read_volume
-    from ..learning.inference import cnn_dose_rate, load_model
+    from ..learning.inference import load_model
 
     data_dir = Path(data_dir)
     manifest = layout.read_manifest(data_dir, complete=False)
     families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
-    tests = layout.phantoms_in(manifest, "test", family)
-    if not tests:
-        which = f" of the {family!r} family" if family else ""
-        raise DblurDoseError(f"{data_dir} has no test phantoms{which}; generate the data set with test phantoms"
-                             + (" (its held-out phantoms are the shapes family)" if family else ""))
+    tests = _test_phantoms(data_dir, manifest, family, recon)
     tag = layout.recon_tag(recon)
-    first = layout.realisation_file("spect", 0, tag)
-    missing = [k for k in tests if not (data_dir / k / first).exists()]
-    if missing:
-        hint = " (generate them with the out-of-mix reconstruction too)" if recon == "ood" else ""
-        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no {first}{hint}")
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
@@ -132,37 +123,71 @@ def evaluate(
         truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
-        estimates: dict[str, list[np.ndarray]] = {}
-        for r in range(n_real):
-            spect = read_volume(folder / layout.realisation_file("spect", r, tag))
-            dvk = read_volume(folder / layout.realisation_file("dvk", r, tag)).array
-            estimates.setdefault("dvk", []).append(dvk)
-            mc_path = folder / layout.realisation_file("mc_spect", r, tag)
-            if mc_path.exists():
-                estimates.setdefault("mc", []).append(read_volume(mc_path).array)
-            for name, model in models.items():
-                estimates.setdefault(name, []).append(cnn_dose_rate(spect, hu, density, dvk, device, model).array)
-        phantom: dict = {"vois": {}, "noise": {}}
-        for voi, mask in masks.items():
-            phantom["vois"][voi] = {
-                method: {k: _mean(voi_errors(e, truth, mask, hu.voxel_volume_ml)[k] for e in maps)
-                         for k in ("volume_ml", "true_mean", "mean", "mean_error", "nrmse",
-                                   *(f"DR{lv}_error" for lv in DR_LEVELS))}
-                for method, maps in estimates.items()
-            }
-        for organ in ("healthy_liver", "spleen"):
-            sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
-            if sphere is not None and n_real >= 2:
-                phantom["noise"][organ] = {m: ensemble_noise_percent(maps, sphere) for m, maps in estimates.items()}
-                phantom["noise"][organ]["voxels"] = int(sphere.sum())
+        estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device)
         if out is not None:
             _phantom_figures(Path(out), key, hu, truth, estimates, masks)
-        results["phantoms"][key] = phantom
+        results["phantoms"][key] = _phantom_results(estimates, truth, masks, hu, n_real)
     results["summary"] = summarise(results)
     results["summary_by_family"] = summarise_by_family(results)
     if out is not None:
         write_report(results, Path(out))
     return results
+
+
+def _test_phantoms(data_dir: Path, manifest: dict, family: str | None, recon: str) -> list[str]:
+    """The data set's test phantoms (of ``family``), refused when there are none or one lacks the
+    reconstructions asked for."""
+    tests = layout.phantoms_in(manifest, "test", family)
+    if not tests:
+        which = f" of the {family!r} family" if family else ""
+        raise DblurDoseError(f"{data_dir} has no test phantoms{which}; generate the data set with test phantoms"
+                             + (" (its held-out phantoms are the shapes family)" if family else ""))
+    first = layout.realisation_file("spect", 0, layout.recon_tag(recon))
+    missing = [k for k in tests if not (data_dir / k / first).exists()]
+    if missing:
+        hint = " (generate them with the out-of-mix reconstruction too)" if recon == "ood" else ""
+        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no {first}{hint}")
+    return tests
+
+
+def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndarray, models: dict,
+                       device: str) -> dict[str, list[np.ndarray]]:
+    """Dose-rate maps (mGy/h) of one test phantom per method and realisation: the DVK, SPECT + MC
+    where the data set holds it, and each model's CNN correction."""
+    from ..io.volume import read_volume
+    from ..learning.inference import cnn_dose_rate
+
+    estimates: dict[str, list[np.ndarray]] = {}
+    for r in range(n_real):
+        spect = read_volume(folder / layout.realisation_file("spect", r, tag))
+        dvk = read_volume(folder / layout.realisation_file("dvk", r, tag)).array
+        estimates.setdefault("dvk", []).append(dvk)
+        mc_path = folder / layout.realisation_file("mc_spect", r, tag)
+        if mc_path.exists():
+            estimates.setdefault("mc", []).append(read_volume(mc_path).array)
+        for name, model in models.items():
+            estimates.setdefault(name, []).append(cnn_dose_rate(spect, hu, density, dvk, device, model).array)
+    return estimates
+
+
+def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, masks: dict, hu,
+                     n_real: int) -> dict:
+    """One phantom's numbers: per VOI and method the errors averaged over realisations, and the
+    ensemble noise in background spheres of the healthy liver and spleen (two realisations or more)."""
+    phantom: dict = {"vois": {}, "noise": {}}
+    for voi, mask in masks.items():
+        phantom["vois"][voi] = {
+            method: {k: _mean(voi_errors(e, truth, mask, hu.voxel_volume_ml)[k] for e in maps)
+                     for k in ("volume_ml", "true_mean", "mean", "mean_error", "nrmse",
+                               *(f"DR{lv}_error" for lv in DR_LEVELS))}
+            for method, maps in estimates.items()
+        }
+    for organ in ("healthy_liver", "spleen"):
+        sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
+        if sphere is not None and n_real >= 2:
+            phantom["noise"][organ] = {m: ensemble_noise_percent(maps, sphere) for m, maps in estimates.items()}
+            phantom["noise"][organ]["voxels"] = int(sphere.sum())
+    return phantom
 
 
 def summarise_by_family(results: dict) -> dict:
@@ -191,16 +216,22 @@ def summarise(results: dict) -> dict:
                     noise.setdefault(method, []).append(v)
     table = {g: {m: {k: _mean(v) for k, v in rows.items()} for m, rows in ms.items()} for g, ms in groups.items()}
     summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
+    summary["improvement"] = _improvements(table, summary["noise"])
+    return summary
+
+
+def _improvements(table: dict, noise: dict) -> dict:
+    """The CNN's improvements (%) over the DVK and SPECT + MC: mean error and NRMSE per VOI group, noise."""
+    improvement: dict = {}
     for base in ("dvk", "mc"):
         for metric in ("mean_error", "nrmse"):
             for g, ms in table.items():
                 if "cnn" in ms and base in ms and ms[base][metric] > 0:
                     imp = (ms[base][metric] - ms["cnn"][metric]) / ms[base][metric] * 100.0
-                    summary["improvement"].setdefault(f"{metric}_vs_{base}", {})[g] = imp
-        if base in summary["noise"] and "cnn" in summary["noise"] and summary["noise"][base] > 0:
-            summary["improvement"][f"noise_vs_{base}"] = (
-                (summary["noise"][base] - summary["noise"]["cnn"]) / summary["noise"][base] * 100.0)
-    return summary
+                    improvement.setdefault(f"{metric}_vs_{base}", {})[g] = imp
+        if base in noise and "cnn" in noise and noise[base] > 0:
+            improvement[f"noise_vs_{base}"] = (noise[base] - noise["cnn"]) / noise[base] * 100.0
+    return improvement
 
 
 def _phantom_figures(out: Path, key: str, hu, truth, estimates, masks) -> None:
@@ -235,18 +266,48 @@ def _fmt(v: float) -> str:
 
 
 def write_report(results: dict, out: Path) -> Path:
-    """report.md (tables like the paper's Fig. 7, Table 1, Table 3) and results.json."""
+    """report.md (tables like the paper's Fig. 7, Table 1, Table 3) and results.json in ``out``.
+
+    Parameters
+    ----------
+    results : dict
+        What :func:`evaluate` returns (per phantom results and their summary).
+    out : Path
+        The report folder (made if missing); figures (*.png) already there are linked.
+
+    Returns
+    -------
+    Path
+        The written report.md.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     s = results["summary"]
     methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: ("dvk", "mc", "cnn").index(m)
                      if m in ("dvk", "mc", "cnn") else 9)
-    lines = ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
-             f"reconstructions); model: `{results['model']}`; "
-             f"test phantoms: {', '.join(results['phantoms'])}"
-             + "".join(f" ({fam}: {', '.join(k for k, f in results.get('families', {}).items() if f == fam)})"
-                       for fam in sorted(set(results.get("families", {}).values()))) + ".", "",
-             "## Mean dose-rate error and NRMSE per VOI (Fig. 7), averaged over phantoms and realisations", "",
+    lines = [*_report_header(results), *_error_section(s, methods), *_drvh_section(s, methods),
+             *_noise_section(results, methods), *_improvement_section(s),
+             *_family_section(results.get("summary_by_family", {}), methods), *_ablation_section(s, methods)]
+    figures = sorted(p.name for p in out.glob("*.png"))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _report_header(results: dict) -> list[str]:
+    """The report's title and what was evaluated: data set, reconstructions, model, phantoms by family."""
+    return ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
+            f"reconstructions); model: `{results['model']}`; "
+            f"test phantoms: {', '.join(results['phantoms'])}"
+            + "".join(f" ({fam}: {', '.join(k for k, f in results.get('families', {}).items() if f == fam)})"
+                      for fam in sorted(set(results.get("families", {}).values()))) + "."]
+
+
+def _error_section(s: dict, methods: list[str]) -> list[str]:
+    """Mean dose-rate error (%) and NRMSE per VOI and method (the paper's Fig. 7)."""
+    lines = ["", "## Mean dose-rate error and NRMSE per VOI (Fig. 7), averaged over phantoms and realisations", "",
              "| VOI | " + " | ".join(f"{m} mean err %" for m in methods) + " | "
              + " | ".join(f"{m} NRMSE" for m in methods) + " |",
              "|---|" + "---|" * (2 * len(methods))]
@@ -255,49 +316,70 @@ def write_report(results: dict, out: Path) -> Path:
             row = s["table"][g]
             lines.append(f"| {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error")) for m in methods) + " | "
                          + " | ".join(f"{row.get(m, {}).get('nrmse', float('nan')):.3f}" for m in methods) + " |")
-    lines += ["", "## DRVH statistics errors (%)", "", "| VOI | method | DR10 | DR30 | DR70 | DR90 |",
-              "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _drvh_section(s: dict, methods: list[str]) -> list[str]:
+    """Errors (%) of the DRVH statistics DR10..DR90 per VOI and method."""
+    lines = ["", "## DRVH statistics errors (%)", "", "| VOI | method | DR10 | DR30 | DR70 | DR90 |",
+             "|---|---|---|---|---|---|"]
     for g in VOI_GROUPS:
         for m in methods:
             row = s["table"].get(g, {}).get(m)
             if row:
                 lines.append(f"| {g} | {m} | " + " | ".join(_fmt(row[f'DR{lv}_error']) for lv in DR_LEVELS) + " |")
-    lines += ["", "## Ensemble noise in background spheres (Table 1), %", "",
-              "| phantom | region | voxels | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    return lines
+
+
+def _noise_section(results: dict, methods: list[str]) -> list[str]:
+    """Ensemble noise (%) in background spheres per phantom (the paper's Table 1)."""
+    lines = ["", "## Ensemble noise in background spheres (Table 1), %", "",
+             "| phantom | region | voxels | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     for key, ph in results["phantoms"].items():
         for organ, row in ph["noise"].items():
             lines.append(f"| {key} | {organ} | {row['voxels']} | " + " | ".join(_fmt(row.get(m)) for m in methods) + " |")
-    lines += ["", "## CNN improvement (%)", "", "| comparison | " + " | ".join(VOI_GROUPS) + " |",
-              "|---|" + "---|" * len(VOI_GROUPS)]
+    return lines
+
+
+def _improvement_section(s: dict) -> list[str]:
+    """The CNN's improvement (%) over the other methods per VOI group."""
+    lines = ["", "## CNN improvement (%)", "", "| comparison | " + " | ".join(VOI_GROUPS) + " |",
+             "|---|" + "---|" * len(VOI_GROUPS)]
     for key, row in s["improvement"].items():
         if isinstance(row, dict):
             lines.append(f"| {key} | " + " | ".join(_fmt(row.get(g)) for g in VOI_GROUPS) + " |")
         else:
             lines.append(f"| {key} | {_fmt(row)} |" + " |" * (len(VOI_GROUPS) - 1))
-    by_family = results.get("summary_by_family", {})
-    if len(by_family) > 1:
-        lines += ["", "## Mean dose-rate error % per virtual-patient family", "",
-                  "| family | VOI | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-        for fam, summary in by_family.items():
-            for g in VOI_GROUPS:
-                if g in summary["table"]:
-                    row = summary["table"][g]
-                    lines.append(f"| {fam} | {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error"))
-                                                                  for m in methods) + " |")
-    ablations = [m for m in methods if m.startswith("cnn_")]
-    if ablations:
-        lines += ["", "## Ablations (Table 3): mean dose-rate error %", "",
-                  "| VOI | " + " | ".join(["cnn", *ablations]) + " |", "|---|" + "---|" * (1 + len(ablations))]
+    return lines
+
+
+def _family_section(by_family: dict, methods: list[str]) -> list[str]:
+    """Mean dose-rate error (%) per virtual-patient family, when the test phantoms hold several."""
+    if len(by_family) <= 1:
+        return []
+    lines = ["", "## Mean dose-rate error % per virtual-patient family", "",
+             "| family | VOI | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for fam, summary in by_family.items():
         for g in VOI_GROUPS:
-            if g in s["table"]:
-                lines.append(f"| {g} | " + " | ".join(_fmt(s["table"][g].get(m, {}).get("mean_error"))
-                                                        for m in ["cnn", *ablations]) + " |")
-    figures = sorted(p.name for p in out.glob("*.png"))
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            if g in summary["table"]:
+                row = summary["table"][g]
+                lines.append(f"| {fam} | {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error"))
+                                                              for m in methods) + " |")
+    return lines
+
+
+def _ablation_section(s: dict, methods: list[str]) -> list[str]:
+    """Mean dose-rate error (%) of the ablation models beside the CNN (the paper's Table 3)."""
+    ablations = [m for m in methods if m.startswith("cnn_")]
+    if not ablations:
+        return []
+    lines = ["", "## Ablations (Table 3): mean dose-rate error %", "",
+             "| VOI | " + " | ".join(["cnn", *ablations]) + " |", "|---|" + "---|" * (1 + len(ablations))]
+    for g in VOI_GROUPS:
+        if g in s["table"]:
+            lines.append(f"| {g} | " + " | ".join(_fmt(s["table"][g].get(m, {}).get("mean_error"))
+                                                    for m in ["cnn", *ablations]) + " |")
+    return lines
 
 
 def add_evaluate_arguments(sub) -> None:

@@ -105,14 +105,15 @@ def standard_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
 
 
 def voi_masks(phantom: Phantom) -> dict[str, np.ndarray]:
-    """Boolean masks of the evaluation VOIs: the organ labels, each lesion, the liver with its
-    lesions, kidney sub-compartments, ``lumbar_L2_L5``, ``lungs`` and ``body``."""
+    """Boolean masks of the VOIs: each label by its name, then the evaluation's VOIs
+    (:func:`~DblurDoseLib.simulation.vois.evaluation_vois`: ``liver`` is the whole organ with its
+    lesions, ``healthy_liver`` the liver label, ``lesion:NAME``, ``lumbar_L2_L5``), kidney
+    sub-compartments, ``lungs`` and ``body``."""
+    from .vois import evaluation_vois
+
     labels = np.asarray(phantom.labels.array)
     out = {name: labels == value for value, name in phantom.label_names.items()}
-    out["healthy_liver"] = out.get("liver", labels == LABELS["liver"])
-    liver_lesions = [les["label"] for les in phantom.info.get("lesions", []) if les["organ"] == "liver"]
-    out["liver_with_lesions"] = np.isin(labels, [LABELS["liver"], *liver_lesions])
-    out["lumbar_L2_L5"] = np.isin(labels, LUMBAR_L2_L5)
+    out.update(evaluation_vois(labels, phantom.label_names, phantom.info.get("lesions", []), min_lesion_voxels=1))
     out["lungs"] = np.isin(labels, [LABELS["lung_left"], LABELS["lung_right"]])
     out["body"] = labels > 0
     if phantom.tissue is not None:
