@@ -85,6 +85,8 @@ SETTING_LABELS = {
     "nuclide": "no panel setting: the module computes Lu-177 only",
     "hu_calibration": '"HU to density table" (Advanced)',
     "register": '"Registration" selector (Absorbed dose)',
+    "spect_series": "the SPECT selector: load the series you want from the DICOM module (one volume per series)",
+    "ct_series": "the CT selector: load the series you want from the DICOM module (one volume per series)",
     "dicom_out": "DICOM export: right-click the output in the Data module > Export to DICOM",
 }
 

@@ -257,16 +257,15 @@ def _read_timepoint_volume(path: str, what: str):
     """A time point's SPECT or CT; a DICOM folder holding several series asks for that series' own folder."""
     import numpy as np
 
-    from .io.dicom import SERIES_FLAGS
+    from .io.dicom import SERIES_SETTINGS
     from .io.volume import read_volume
 
     try:
         return read_volume(path, dtype=None if what == "CT" else np.float32, what=what)
     except DblurDoseError as exc:
-        flag = SERIES_FLAGS[what]
-        if flag not in str(exc):
+        if SERIES_SETTINGS[what] not in exc.settings:
             raise
-        message = str(exc).split(f", or choose a series with {flag}")[0].split(f" Choose one with {flag} UID")[0]
+        message = str(exc).split(", or choose a series by its UID")[0].split(" Choose one by its series UID")[0]
         raise DblurDoseError(f"{message.rstrip('.')}; give that time point's {what} series folder or file "
                              "in --timepoint") from None
 
@@ -592,6 +591,7 @@ FLAGS = {
     "single_time_point": "--single-time-point", "fit": "--fit", "calibration_uncertainty": "--calibration-uncertainty",
     "earlier_cycles": "--earlier-cycles", "segments": "--seg", "nuclide": "--nuclide",
     "hu_calibration": "--hu-calibration", "register": "--register", "dicom_out": "--dicom-out",
+    "spect_series": "--spect-series", "ct_series": "--ct-series",
 }
 
 #: commands whose work is kept part by part and resumed by running them again

@@ -235,7 +235,7 @@ def test_several_ct_series_are_listed_then_chosen(study, pair, tmp_path, capsys)
         read_volume(folder, what="CT")
     message = str(info.value)
     assert "\n" not in message and ct_uid in message and other in message and "CT 1mm lung" in message
-    assert "24x24x24" in message and "--ct-series" in message
+    assert "24x24x24" in message and "Choose one by its series UID" in message and info.value.settings == ("ct_series",)
     assert read_volume(folder, what="CT", series_uid=other).metadata["series_description"] == "CT 1mm lung"
     args = ["dose", "--spect", str(nm), "--ct", str(folder), "--out", str(tmp_path / "out"), "--quiet"]
     assert main(args) == 2 and not (tmp_path / "out").exists()
@@ -341,7 +341,7 @@ def test_non_activity_units_are_refused_with_nothing_written(tmp_path, pair, cap
 
 def test_a_folder_without_the_wanted_modality_is_a_clear_error(tmp_path, pair):
     ct_series(tmp_path / "ct", pair[0], description="CT only")
-    with pytest.raises(DblurDoseError, match="no NM/PT series for the SPECT .*'CT only'.*--spect-series"):
+    with pytest.raises(DblurDoseError, match="no NM/PT series for the SPECT .*'CT only'.*choose a series by its UID"):
         read_volume(tmp_path / "ct", what="SPECT")
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: modalities each input is chosen by; other names (``what``) take any image series
 MODALITIES = {"SPECT": ("NM", "PT"), "CT": ("CT",)}
 #: command-line option choosing each input's series
-SERIES_FLAGS = {"SPECT": "--spect-series", "CT": "--ct-series"}
+SERIES_SETTINGS = {"SPECT": "spect_series", "CT": "ct_series"}
 #: slice gaps that differ by less than this share of their mean are resampled onto a regular grid
 GAP_TOLERANCE = 0.01
 
@@ -192,7 +192,7 @@ def choose_series(series: list[Series], what: str, where: Path, uid: str | None 
     DblurDoseError
         When no series, no series of that UID or modality, or several candidates are found.
     """
-    flag = SERIES_FLAGS.get(what, "a series UID")
+    settings = (SERIES_SETTINGS[what],) if what in SERIES_SETTINGS else ()
     listing = "; ".join(s.label() for s in series)
     if not series:
         raise DblurDoseError(f"no DICOM series found in {where} for the {what}; give the folder or file of the "
@@ -201,17 +201,17 @@ def choose_series(series: list[Series], what: str, where: Path, uid: str | None 
         chosen = [s for s in series if s.uid == uid and not s.excluded]
         if not chosen:
             raise DblurDoseError(f"no image series {uid} in {where} for the {what}; it holds: {listing}. "
-                                 f"Give one of those UIDs with {flag}")
+                                 "Give one of those series UIDs", settings=settings)
         return chosen[0]
     modalities = MODALITIES.get(what)
     candidates = [s for s in series if not s.excluded and (modalities is None or s.modality in modalities)]
     if not candidates:
         wanted = "/".join(modalities) if modalities else "image"
         raise DblurDoseError(f"no {wanted} series for the {what} in {where}; it holds: {listing}. Give the folder "
-                             f"or file of the {what} series, or choose a series with {flag}")
+                             f"or file of the {what} series, or choose a series by its UID", settings=settings)
     if len(candidates) > 1:
         raise DblurDoseError(f"{where} holds {len(candidates)} series for the {what}: "
-                             f"{'; '.join(s.label() for s in candidates)}. Choose one with {flag} UID")
+                             f"{'; '.join(s.label() for s in candidates)}. Choose one by its series UID", settings=settings)
     return candidates[0]
 
 
@@ -408,7 +408,7 @@ def _stack(frames: list[_Frame], label: str) -> tuple[np.ndarray, tuple, np.ndar
     orientations = np.array([f.orientation for f in frames])
     if np.abs(orientations - orientations[0]).max() > 1e-4:
         raise DblurDoseError(f"series {label} mixes slice orientations; give a series of one orientation "
-                             f"({SERIES_FLAGS['CT']}/{SERIES_FLAGS['SPECT']} or its own folder)")
+                             "(choose the series by its UID, or give its own folder)")
     if len({f.pixels.shape for f in frames}) > 1 or len({f.pixel_spacing for f in frames}) > 1:
         raise DblurDoseError(f"series {label} mixes image sizes or pixel spacings; give a series of one grid")
     row, column = frames[0].orientation[:3], frames[0].orientation[3:]
