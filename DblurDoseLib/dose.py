@@ -648,10 +648,11 @@ def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.
     if resampled.fraction_inside < 0.99:
         warnings.append(f"{1 - resampled.fraction_inside:.0%} of the SPECT activity lies outside the CT field and "
                         "is not counted; extend the CT if that activity matters")
-    activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
+    concentration = np.asarray(activity.array)  # a share of the total: the voxel volume cancels
     density = hu_to_density(hu, hu_calibration)
     tissue = density >= AIR_DENSITY_THRESHOLD
-    in_tissue = float(activity_bq[tissue].sum(dtype=np.float64)) / max(float(activity_bq.sum(dtype=np.float64)), 1e-30)
+    in_tissue = float(concentration[tissue].sum(dtype=np.float64)) / max(float(concentration.sum(dtype=np.float64)),
+                                                                         1e-30)
     if in_tissue < MIN_ACTIVITY_IN_TISSUE:
         raise DblurDoseError(
             f"only {in_tissue:.0%} of the SPECT activity lies on tissue in the CT (density >= {AIR_DENSITY_THRESHOLD} g/cm3); "

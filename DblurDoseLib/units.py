@@ -67,10 +67,7 @@ def spect_unit_key(text: str | None) -> str | None:
     """
     if not text:
         return None
-    spelled = str(text).strip().lower().replace(" ", "")
-    if spelled in _ALIASES:
-        return _ALIASES[spelled]
-    compact = spelled.replace("/", "").replace("_", "")
+    compact = str(text).strip().lower().replace(" ", "").replace("/", "").replace("_", "")
     for key, unit in SPECT_UNITS.items():
         if compact in (key, unit.label.lower().replace("/", ""), unit.ucum.lower().replace("/", "")):
             return key

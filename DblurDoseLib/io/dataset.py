@@ -38,8 +38,6 @@ DONE = "done.json"
 LABEL_NAMES = "labels.json"
 #: the anatomy of a phantom, one volume each on the CT grid: HU, g/cm3, Bq/mL, labelmap
 ANATOMY = ("hu", "density", "activity", "labels")
-#: the splits of a manifest's phantoms ("train" where unrecorded)
-SPLITS = ("train", "val", "test")
 #: the virtual-patient families ("anatomical" where unrecorded: manifests from before families)
 FAMILIES = ("anatomical", "shapes")
 #: the reconstructions of a phantom by name: the data set's own and the one outside the training mix
