@@ -106,6 +106,19 @@ def ensureLibraryImportable() -> None:
 ensureLibraryImportable()
 
 
+def preferPassiveOpenMP() -> None:
+    """Idle CPU threads of torch sleep instead of spinning (the library's ``devices.prefer_passive_openmp``):
+    effective only while torch is not yet loaded, so this runs when the module loads."""
+    try:
+        from DblurDoseLib.devices import prefer_passive_openmp
+    except ImportError:  # the library's own dependencies are installed later (ensureDependencies)
+        return
+    prefer_passive_openmp()
+
+
+preferPassiveOpenMP()
+
+
 #
 # DblurDose
 #

@@ -599,8 +599,10 @@ _RESUMABLE_COMMANDS = ("data", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .devices import prefer_passive_openmp
     from .errors import Terminated, is_allocation_failure, sigterm_unwinds
 
+    prefer_passive_openmp()  # before anything imports torch: idle threads sleep (see its docstring)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -229,3 +229,49 @@ def test_dose_and_dosimetry_take_the_same_unit_and_output_options():
     assert "SPECTs'" in options["dosimetry"]["--spect-units"].help
     assert "Parametric Map" in options["dose"]["--dicom-out"].help
     assert "RT Dose" in options["dosimetry"]["--dicom-out"].help
+
+
+_POLICY_AT_TORCH_IMPORT = """
+import os, sys
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":  # report the policy OpenMP would read now, and stop before any work
+            with open(sys.argv[2], "w") as f:
+                f.write(str(os.environ.get("OMP_WAIT_POLICY")))
+            os._exit(0)
+        return None
+sys.meta_path.insert(0, Hook())
+from DblurDoseLib.cli import main
+main(["demo", "--out", sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE"), ("passive", "passive")])
+def test_cli_lets_idle_threads_sleep_unless_the_user_chose(tmp_path, given, expected):
+    """OpenMP reads its wait policy when torch loads it: `dblurdose` must set PASSIVE before the first
+    torch import (spinning threads made the CNN 2x slower on a shared 2-core machine), and keep a
+    policy the user set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    seen = tmp_path / "policy.txt"
+    out = subprocess.run([sys.executable, "-c", _POLICY_AT_TORCH_IMPORT, str(tmp_path / "demo"), str(seen)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert seen.exists(), "the demo never imported torch:\n" + out.stdout + out.stderr
+    assert seen.read_text() == expected
+
+
+def test_passive_policy_is_not_claimed_once_torch_is_loaded():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, torch\nfrom DblurDoseLib.devices import prefer_passive_openmp\n"
+            "print(prefer_passive_openmp(), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "None"], out.stdout + out.stderr
