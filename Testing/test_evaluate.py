@@ -76,11 +76,26 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
         write_volume(Volume(truth * np.float32(1.1 + 0.1 * r), spacing), folder / dataset.realisation_file("dvk", r))
     manifest = {"phantoms": {"p00": {"split": "test", "realisations": 2}}}
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
-    monkeypatch.setattr(inference, "load_model", lambda *a, **k: None)
+    from types import SimpleNamespace
+
+    stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio"))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: stand_in)
     monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
-    results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
-    kidney = results["phantoms"]["p00"]["vois"]["kidney_left"]
+    results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", out=tmp_path / "report")
+    phantom = results["phantoms"]["p00"]
+    kidney = phantom["vois"]["kidney_left"]
     assert kidney["dvk"]["mean_error"] == pytest.approx(15.0, rel=1e-4)  # the mean of 10% and 20%
+    assert kidney["dvk"]["signed_error"] == pytest.approx(15.0, rel=1e-4)
     assert "mc" not in kidney and results["families"] == {"p00": "anatomical"}
+    # energy: the DVK deposits 1.1 and 1.2 times the truth's power (density 1 everywhere)
+    assert phantom["power"]["dvk"] == pytest.approx(1.15, rel=1e-5)
+    # a stand-in CNN that returns the DVK corrects by one constant (zero) everywhere: flagged, none at the floor
+    assert phantom["correction"]["cnn"] == {"floor_share": 0.0, "constant_share": 1.0}
+    sizes = results["summary"]["lesion_sizes"]  # lesions 1 and 2: 8 voxels of 64 mm3 each; lesion 3 too small
+    assert list(sizes) == ["under 1 mL"] and sizes["under 1 mL"]["lesions"] == 2
+    assert sizes["under 1 mL"]["dvk"]["signed_error"] == pytest.approx(15.0, rel=1e-4)
+    report = (tmp_path / "report" / "report.md").read_text()
+    for heading in ("## Lesions by size", "## Energy", "## CNN correction in tissue"):
+        assert heading in report
     with pytest.raises(DblurDoseError, match="have no spect_ood_r0.nrrd.*out-of-mix"):
         evaluate.evaluate(tmp_path, recon="ood", log=lambda m: None, device="cpu")

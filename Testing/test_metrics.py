@@ -109,3 +109,54 @@ def test_line_profile_samples_the_right_voxels():
     dist, values = line_profile(vol, (10.0, 2.0, 2.0), (48.0, 2.0, 2.0), n_points=20)
     np.testing.assert_allclose(dist, np.linspace(0, 38, 20))
     np.testing.assert_allclose(values, np.arange(20), atol=1e-5)
+
+
+def test_absorbed_power_ratio_weighs_by_mass_and_leaves_out_air():
+    from DblurDoseLib.evaluation.metrics import absorbed_power_ratio
+
+    rng = np.random.default_rng(0)
+    density = np.where(rng.random((8, 16, 16)) < 0.2, 0.001, rng.uniform(0.3, 1.9, (8, 16, 16)))
+    truth = rng.uniform(0.5, 5.0, density.shape)
+    estimate = 0.9 * truth
+    estimate[density < 0.1] = 1e6  # whatever lies in air does not count
+    assert absorbed_power_ratio(estimate, truth, density) == pytest.approx(0.9, rel=1e-12)
+    # mass matters: halving the dose rate in the densest half of the body lowers the power by their share
+    dense = density > np.median(density[density >= 0.1])
+    estimate = truth.copy()
+    estimate[dense] *= 0.5
+    body = density >= 0.1
+    expected = 1 - 0.5 * (truth * density)[dense & body].sum() / (truth * density)[body].sum()
+    assert absorbed_power_ratio(estimate, truth, density) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("correction", ["ratio", "additive"])
+def test_correction_diagnostics_find_a_dead_region_and_the_floor(correction):
+    """A live correction varies from voxel to voxel; a dead network region gives its bias, one value,
+    whatever the input. Built maps: 6% of tissue under one constant correction, 1% at the 5% floor."""
+    from DblurDoseLib.evaluation.metrics import correction_diagnostics
+
+    rng = np.random.default_rng(1)
+    shape = (20, 50, 50)
+    density = np.full(shape, 1.04)
+    density[:, :, :5] = 0.0012  # air: never counted
+    dvk = rng.uniform(2.0, 50.0, shape)  # additive: c never reaches the floor by itself
+    live_c = rng.normal(0.0, 0.2, shape)  # a live correction
+    u = rng.random(shape)
+    dead, floored = u < 0.06, (u >= 0.06) & (u < 0.07)
+
+    def cnn_map(c):
+        cnn = dvk * np.exp(c) if correction == "ratio" else dvk + c
+        cnn[floored] = 0.05 * dvk[floored]
+        return cnn.astype(np.float32)
+
+    tissue = density >= 0.1
+    got = correction_diagnostics(cnn_map(np.where(dead, -0.085, live_c)), dvk.astype(np.float32), density,
+                                 correction)
+    assert got["tissue_voxels"] == tissue.sum()
+    assert got["floor_share"] == pytest.approx((floored & tissue).sum() / tissue.sum(), rel=1e-9)
+    # live voxels whose correction happens to fall in the same bins add a few voxels in 10,000
+    assert got["constant_share"] == pytest.approx((dead & tissue).sum() / tissue.sum(), abs=5e-4)
+    assert got["constant_value"] == pytest.approx(-0.085, abs=1e-4)
+    live = correction_diagnostics(cnn_map(live_c), dvk.astype(np.float32), density, correction)
+    assert live["constant_share"] < 1e-3  # without the dead region no value repeats much
+    assert live["floor_share"] == got["floor_share"]

@@ -10,6 +10,7 @@ Writes ``report.md`` with PNG figures and ``results.json`` with every number.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,12 @@ import numpy as np
 from ..errors import DblurDoseError
 from ..io import dataset as layout
 from ..io.dataset import family_of
+from ..simulation.anatomy import LESION_SIZE_CLASSES_ML
 from ..simulation.vois import LESION_PREFIX, evaluation_vois
 from .metrics import (
     DR_LEVELS,
+    absorbed_power_ratio,
+    correction_diagnostics,
     drvh,
     drvh_bin_edges,
     ensemble_noise_percent,
@@ -34,6 +38,11 @@ from .metrics import (
 #: VOI groups as in the paper's Fig. 7.
 VOI_GROUPS = ("lesion", "kidney_left", "kidney_right", "liver", "healthy_liver", "spleen", "lumbar_L2_L5")
 SPHERE_RADIUS_MM = 15.0
+#: lesion size classes of the evaluation (voxelised true volume, mL): (label, lower bound inclusive, upper
+#: bound exclusive); the phantoms' classes (:data:`LESION_SIZE_CLASSES_ML`) and what falls under them
+LESION_SIZE_CLASSES = ((f"under {LESION_SIZE_CLASSES_ML[0][0]:g} mL", 0.0, LESION_SIZE_CLASSES_ML[0][0]),
+                       *((f"{lo:g}-{hi:g} mL" if math.isfinite(hi) else f"over {lo:g} mL", lo, hi)
+                         for lo, hi in LESION_SIZE_CLASSES_ML))
 
 
 def vois(labels: np.ndarray, label_meta: dict) -> dict[str, np.ndarray]:
@@ -70,6 +79,7 @@ def voi_errors(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray, voxel_
     tru = segment_statistics(truth, mask, voxel_ml)
     row = {"volume_ml": tru["volume_ml"], "true_mean": tru["mean"], "mean": est["mean"],
            "mean_error": abs(est["mean"] - tru["mean"]) / tru["mean"] * 100.0,
+           "signed_error": (est["mean"] - tru["mean"]) / tru["mean"] * 100.0,
            "nrmse": nrmse(estimate, truth, mask)}
     for level in DR_LEVELS:
         key = f"DR{level}"
@@ -110,6 +120,7 @@ def evaluate(
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
+    corrections = {name: m.config.correction for name, m in models.items() if m.residual}
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
@@ -126,7 +137,7 @@ def evaluate(
         estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device)
         if out is not None:
             _phantom_figures(Path(out), key, hu, truth, estimates, masks)
-        results["phantoms"][key] = _phantom_results(estimates, truth, masks, hu, n_real)
+        results["phantoms"][key] = _phantom_results(estimates, truth, masks, hu, n_real, density, corrections)
     results["summary"] = summarise(results)
     results["summary_by_family"] = summarise_by_family(results)
     if out is not None:
@@ -171,17 +182,26 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
 
 
 def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, masks: dict, hu,
-                     n_real: int) -> dict:
-    """One phantom's numbers: per VOI and method the errors averaged over realisations, and the
-    ensemble noise in background spheres of the healthy liver and spleen (two realisations or more)."""
-    phantom: dict = {"vois": {}, "noise": {}}
+                     n_real: int, density: np.ndarray, corrections: dict[str, str]) -> dict:
+    """One phantom's numbers: per VOI and method the errors averaged over realisations; the ensemble
+    noise in background spheres of the healthy liver and spleen (two realisations or more); each
+    method's whole-body absorbed power over the truth's (mean over realisations); and for each
+    residual CNN (``corrections``: method -> its correction kind) the share of tissue at the floor
+    (mean) and the largest share under one constant correction (largest over realisations)."""
+    phantom: dict = {"vois": {}, "noise": {}, "power": {}, "correction": {}}
     for voi, mask in masks.items():
         phantom["vois"][voi] = {
             method: {k: _mean(voi_errors(e, truth, mask, hu.voxel_volume_ml)[k] for e in maps)
-                     for k in ("volume_ml", "true_mean", "mean", "mean_error", "nrmse",
+                     for k in ("volume_ml", "true_mean", "mean", "mean_error", "signed_error", "nrmse",
                                *(f"DR{lv}_error" for lv in DR_LEVELS))}
             for method, maps in estimates.items()
         }
+    for method, maps in estimates.items():
+        phantom["power"][method] = _mean(absorbed_power_ratio(e, truth, density) for e in maps)
+    for method, kind in corrections.items():
+        diag = [correction_diagnostics(e, d, density, kind) for e, d in zip(estimates[method], estimates["dvk"])]
+        phantom["correction"][method] = {"floor_share": _mean(d["floor_share"] for d in diag),
+                                         "constant_share": max(d["constant_share"] for d in diag)}
     for organ in ("healthy_liver", "spleen"):
         sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
         if sphere is not None and n_real >= 2:
@@ -217,7 +237,36 @@ def summarise(results: dict) -> dict:
     table = {g: {m: {k: _mean(v) for k, v in rows.items()} for m, rows in ms.items()} for g, ms in groups.items()}
     summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
     summary["improvement"] = _improvements(table, summary["noise"])
+    phantoms = list(results["phantoms"].values())
+    summary["power"] = {m: _mean(ph.get("power", {}).get(m) for ph in phantoms)
+                        for m in {m for ph in phantoms for m in ph.get("power", {})}}
+    summary["correction"] = {
+        m: {"floor_share": _mean(ph["correction"][m]["floor_share"] for ph in phantoms if m in ph.get("correction", {})),
+            "constant_share": max(ph["correction"][m]["constant_share"] for ph in phantoms
+                                  if m in ph.get("correction", {}))}
+        for m in {m for ph in phantoms for m in ph.get("correction", {})}}
+    summary["lesion_sizes"] = lesion_size_table(results)
     return summary
+
+
+def lesion_size_table(results: dict) -> dict:
+    """Lesion errors per size class (:data:`LESION_SIZE_CLASSES`, by true volume) and method, over all
+    lesions of all phantoms: ``{class: {"lesions": n, method: {"mean_error", "signed_error", "nrmse"}}}``
+    (percent, percent, fraction; means over lesions)."""
+    rows: dict = {}
+    for phantom in results["phantoms"].values():
+        for voi, methods in phantom["vois"].items():
+            if group_of(voi) != "lesion":
+                continue
+            volume = next(iter(methods.values()))["volume_ml"]
+            label = next(c for c, lo, hi in LESION_SIZE_CLASSES if lo <= volume < hi)
+            row = rows.setdefault(label, {"lesions": 0})
+            row["lesions"] += 1
+            for method, errors in methods.items():
+                for k in ("mean_error", "signed_error", "nrmse"):
+                    row.setdefault(method, {}).setdefault(k, []).append(errors.get(k))
+    return {label: {k: (v if k == "lesions" else {e: _mean(x) for e, x in v.items()}) for k, v in rows[label].items()}
+            for label, _, _ in LESION_SIZE_CLASSES if label in rows}
 
 
 def _improvements(table: dict, noise: dict) -> dict:
@@ -286,7 +335,8 @@ def write_report(results: dict, out: Path) -> Path:
     methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: ("dvk", "mc", "cnn").index(m)
                      if m in ("dvk", "mc", "cnn") else 9)
     lines = [*_report_header(results), *_error_section(s, methods), *_drvh_section(s, methods),
-             *_noise_section(results, methods), *_improvement_section(s),
+             *_noise_section(results, methods), *_improvement_section(s), *_lesion_size_section(s, methods),
+             *_energy_section(results, methods), *_correction_section(results),
              *_family_section(results.get("summary_by_family", {}), methods), *_ablation_section(s, methods)]
     figures = sorted(p.name for p in out.glob("*.png"))
     if figures:
@@ -350,6 +400,45 @@ def _improvement_section(s: dict) -> list[str]:
             lines.append(f"| {key} | " + " | ".join(_fmt(row.get(g)) for g in VOI_GROUPS) + " |")
         else:
             lines.append(f"| {key} | {_fmt(row)} |" + " |" * (len(VOI_GROUPS) - 1))
+    return lines
+
+
+def _lesion_size_section(s: dict, methods: list[str]) -> list[str]:
+    """Lesion errors per size class, methods side by side."""
+    sizes = s.get("lesion_sizes", {})
+    if not sizes:
+        return []
+    lines = ["", "## Lesions by size: mean dose-rate error % (signed %) and NRMSE", "",
+             "| size | lesions | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for label, row in sizes.items():
+        cells = [f"{_fmt(row[m]['mean_error'])} ({row[m]['signed_error']:+.1f}), {row[m]['nrmse']:.3f}"
+                 if m in row else "-" for m in methods]
+        lines.append(f"| {label} | {row['lesions']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _energy_section(results: dict, methods: list[str]) -> list[str]:
+    """Whole-body absorbed power of each method over the truth's, per phantom and on average."""
+    if not any(ph.get("power") for ph in results["phantoms"].values()):
+        return []
+    lines = ["", "## Energy: whole-body absorbed power / the truth's", "",
+             "| phantom | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for key, ph in results["phantoms"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{ph['power'].get(m, float('nan')):.3f}" for m in methods) + " |")
+    mean = results["summary"].get("power", {})
+    lines.append("| mean | " + " | ".join(f"{mean.get(m, float('nan')):.3f}" for m in methods) + " |")
+    return lines
+
+
+def _correction_section(results: dict) -> list[str]:
+    """Per residual CNN and phantom: tissue at the inference floor, and the largest share under one
+    constant correction (a dead region of the network)."""
+    rows = [(key, m, d) for key, ph in results["phantoms"].items() for m, d in ph.get("correction", {}).items()]
+    if not rows:
+        return []
+    lines = ["", "## CNN correction in tissue: at the 5% floor, and under one constant value (% of tissue voxels)",
+             "", "| phantom | model | at the floor | one constant |", "|---|---|---|---|"]
+    lines += [f"| {key} | {m} | {100 * d['floor_share']:.3f} | {100 * d['constant_share']:.3f} |" for key, m, d in rows]
     return lines
 
 

@@ -407,3 +407,92 @@ def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence[Segment], n_
                      high: float(hi), "differential_fraction": float(d), "cumulative_fraction": float(c)}
                 )
     return rows
+
+
+def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray) -> float:
+    """Whole-body absorbed power of ``estimate`` over that of ``truth`` (dimensionless): the energy check.
+
+    Parameters
+    ----------
+    estimate, truth : np.ndarray
+        Dose-rate maps of one shape and unit (e.g. mGy/h).
+    density : np.ndarray
+        Mass density, g/cm3, same shape; voxels under the air threshold are left out.
+
+    Returns
+    -------
+    float
+        ``sum(estimate x density) / sum(truth x density)`` over the body: dose rate x mass is the
+        power deposited, so 1 means the map deposits the energy the truth does; below 1 it removes
+        energy. NaN where the truth deposits none.
+    """
+    from ..physics.density import AIR_DENSITY_THRESHOLD
+
+    body = np.asarray(density) >= AIR_DENSITY_THRESHOLD
+    rho = np.asarray(density, dtype=np.float64)[body]
+    est = float(np.dot(np.asarray(estimate, dtype=np.float64)[body], rho))
+    tru = float(np.dot(np.asarray(truth, dtype=np.float64)[body], rho))
+    return est / tru if tru > 0 else float("nan")
+
+
+#: a CNN voxel within this factor of the tissue floor counts as at the floor (the ratio correction
+#: approaches the floor without reaching it)
+AT_FLOOR_TOLERANCE = 1.01
+#: corrections equal to this fraction of their largest magnitude count as one value
+CONSTANT_RESOLUTION = 1e-5
+
+
+def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray, correction: str = "ratio",
+                           floor: float | None = None) -> dict[str, float]:
+    """How a CNN map corrects the DVK in tissue: the share held at the tissue floor, and the share where
+    the correction is one constant (a dead network region, whose output is the bias whatever the input).
+
+    Parameters
+    ----------
+    cnn, dvk : np.ndarray
+        The CNN's and the DVK's dose-rate maps, one shape and unit.
+    density : np.ndarray
+        Mass density, g/cm3; tissue is at or above the air threshold, where the DVK is positive.
+    correction : {"ratio", "additive"}
+        How the model corrects (its ``ModelConfig.correction``): the correction is ``log(cnn / dvk)``
+        or ``cnn - dvk``.
+    floor : float, optional
+        The inference floor as a fraction of the DVK (default :data:`~DblurDoseLib.learning.inference.TISSUE_FLOOR`).
+
+    Returns
+    -------
+    dict
+        ``tissue_voxels``; ``floor_share``: fraction of tissue voxels within :data:`AT_FLOOR_TOLERANCE`
+        of the floor; ``constant_share``: the largest fraction of tissue voxels (not at the floor) whose
+        corrections agree to :data:`CONSTANT_RESOLUTION` of the largest correction magnitude (or to a few
+        float32 rounding steps, if wider): two neighbouring bins of that width;
+        ``constant_value``: that correction (dimensionless log-ratio, or the map's unit for "additive").
+    """
+    from ..learning.inference import TISSUE_FLOOR
+    from ..physics.density import AIR_DENSITY_THRESHOLD
+
+    if correction not in ("ratio", "additive"):
+        raise DblurDoseError(f"unknown correction {correction!r}; choose ratio or additive")
+    floor = TISSUE_FLOOR if floor is None else floor
+    cnn, dvk = np.asarray(cnn, dtype=np.float64), np.asarray(dvk, dtype=np.float64)
+    tissue = (np.asarray(density) >= AIR_DENSITY_THRESHOLD) & (dvk > 0)
+    n = int(tissue.sum())
+    if n == 0:
+        raise DblurDoseError("no tissue voxel with a positive DVK dose rate: nothing to diagnose")
+    c_map, d_map = cnn[tissue], dvk[tissue]
+    at_floor = c_map <= floor * AT_FLOOR_TOLERANCE * d_map
+    live_c, live_d = c_map[~at_floor], d_map[~at_floor]
+    result = {"tissue_voxels": n, "floor_share": float(at_floor.sum()) / n, "constant_share": 0.0,
+              "constant_value": float("nan")}
+    if live_c.size:
+        corr = np.log(live_c / live_d) if correction == "ratio" else live_c - live_d
+        # float32 maps: a constant correction comes back to within a few units in the last place of the
+        # DVK (additive) or of 1 (ratio); the bins are wider than that, and two neighbours are counted together
+        ulp = float(np.finfo(np.float32).eps) * (float(live_d.max()) if correction == "additive" else 1.0)
+        step = max(CONSTANT_RESOLUTION * float(np.abs(corr).max()), 4 * ulp, 1e-30)
+        values, counts = np.unique(np.round(corr / step).astype(np.int64), return_counts=True)
+        pairs = counts.copy()
+        pairs[:-1] += np.where(np.diff(values) == 1, counts[1:], 0)
+        top = int(np.argmax(pairs))
+        result.update(constant_share=float(pairs[top]) / n, constant_value=float(values[top] * step))
+    return result
