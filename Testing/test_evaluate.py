@@ -99,3 +99,13 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
         assert heading in report
     with pytest.raises(DblurDoseError, match="have no spect_ood_r0.nrrd.*out-of-mix"):
         evaluate.evaluate(tmp_path, recon="ood", log=lambda m: None, device="cpu")
+    # training choices are compared on the validation phantoms, never on the test phantoms
+    with pytest.raises(DblurDoseError, match="has no validation phantoms"):
+        evaluate.evaluate(tmp_path, split="val", log=lambda m: None, device="cpu")
+    manifest["phantoms"]["p00"]["split"] = "val"
+    (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
+    val = evaluate.evaluate(tmp_path, split="val", log=lambda m: None, device="cpu", out=tmp_path / "val")
+    assert val["split"] == "val" and list(val["phantoms"]) == ["p00"]
+    assert "validation phantoms: p00" in (tmp_path / "val" / "report.md").read_text()
+    with pytest.raises(DblurDoseError, match="has no test phantoms"):
+        evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")

@@ -68,13 +68,22 @@ def _checkpoint(out):
     return torch.load(training.checkpoint_path(out), weights_only=True)
 
 
-def test_training_lowers_the_loss_and_writes_its_files(trained):
+def test_training_lowers_the_loss_and_writes_its_files(trained, dataset):
     out, messages = trained
     history = _checkpoint(out)["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[2]["train_loss"] < 0.8 * history[1]["train_loss"]
     assert min(h["val_loss"] for h in history[1:]) < history[0]["val_loss"]  # held-out phantoms improve too
     assert out.is_file() and out.with_name("model.loss.png").stat().st_size > 1000
+    # the weighted MSE alone is logged beside the loss: runs of different relative weights compare on it,
+    # and it is what validation_loss reports for the saved model
+    assert all(h["val_mse"] < h["val_loss"] for h in history)  # the relative term adds to the MSE
+    from DblurDoseLib.learning.network import load_model_file
+
+    info = load_model_file(out).config.info
+    again = training.validation_loss(out, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+                                     slab=FAST["slab"], patch=FAST["patch"])
+    assert info["val_mse"] == pytest.approx(again, rel=1e-4)
     assert messages[-1][0] == 1.0 and any("epoch 2/2" in m for _, m in messages)
 
 

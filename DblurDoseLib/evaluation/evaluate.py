@@ -101,6 +101,7 @@ def evaluate(
     log: Callable[[str], None] = print,
     recon: str = "",
     family: str | None = None,
+    split: str = "test",
 ) -> dict:
     """Evaluate every test phantom of a data set; returns (and writes) all numbers.
 
@@ -108,6 +109,8 @@ def evaluate(
     "ood" (those outside the training mix, ``spect_ood_r*``, from ``data generate --out-of-mix``).
     ``family``: only the test phantoms of this virtual-patient family ("anatomical", or "shapes":
     ``data generate --held-out``); ``None``: all, with the summary also given per family.
+    ``split``: "test" (the held-out phantoms, for the final figures) or "val" (the validation
+    phantoms: compare training choices there, never on the test phantoms).
     """
     from ..io.volume import read_volume
     from ..learning.inference import load_model
@@ -115,13 +118,13 @@ def evaluate(
     data_dir = Path(data_dir)
     manifest = layout.read_manifest(data_dir, complete=False)
     families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
-    tests = _test_phantoms(data_dir, manifest, family, recon)
+    tests = _test_phantoms(data_dir, manifest, family, recon, split)
     tag = layout.recon_tag(recon)
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
     corrections = {name: m.config.correction for name, m in models.items() if m.residual}
-    results: dict = {"data": str(data_dir), "recon": recon or "standard", "phantoms": {},
+    results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
     for key in tests:
@@ -145,19 +148,22 @@ def evaluate(
     return results
 
 
-def _test_phantoms(data_dir: Path, manifest: dict, family: str | None, recon: str) -> list[str]:
-    """The data set's test phantoms (of ``family``), refused when there are none or one lacks the
-    reconstructions asked for."""
-    tests = layout.phantoms_in(manifest, "test", family)
+def _test_phantoms(data_dir: Path, manifest: dict, family: str | None, recon: str, split: str = "test") -> list[str]:
+    """The data set's phantoms of ``split`` (and ``family``), refused when there are none or one lacks
+    the reconstructions asked for."""
+    if split not in ("test", "val"):
+        raise DblurDoseError(f"cannot evaluate the {split!r} split; choose test or val")
+    tests = layout.phantoms_in(manifest, split, family)
     if not tests:
         which = f" of the {family!r} family" if family else ""
-        raise DblurDoseError(f"{data_dir} has no test phantoms{which}; generate the data set with test phantoms"
+        name = "test" if split == "test" else "validation"
+        raise DblurDoseError(f"{data_dir} has no {name} phantoms{which}; generate the data set with {name} phantoms"
                              + (" (its held-out phantoms are the shapes family)" if family else ""))
     first = layout.realisation_file("spect", 0, layout.recon_tag(recon))
     missing = [k for k in tests if not (data_dir / k / first).exists()]
     if missing:
         hint = " (generate them with the out-of-mix reconstruction too)" if recon == "ood" else ""
-        raise DblurDoseError(f"{data_dir}: test phantoms {', '.join(missing)} have no {first}{hint}")
+        raise DblurDoseError(f"{data_dir}: phantoms {', '.join(missing)} have no {first}{hint}")
     return tests
 
 
@@ -350,7 +356,7 @@ def _report_header(results: dict) -> list[str]:
     """The report's title and what was evaluated: data set, reconstructions, model, phantoms by family."""
     return ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
             f"reconstructions); model: `{results['model']}`; "
-            f"test phantoms: {', '.join(results['phantoms'])}"
+            f"{'validation' if results.get('split') == 'val' else 'test'} phantoms: {', '.join(results['phantoms'])}"
             + "".join(f" ({fam}: {', '.join(k for k, f in results.get('families', {}).items() if f == fam)})"
                       for fam in sorted(set(results.get("families", {}).values()))) + "."]
 
@@ -484,6 +490,8 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--family", choices=("anatomical", "shapes"),
                    help="only the test phantoms of this virtual-patient family (default: all, also summarised "
                         "per family); shapes-family phantoms come from `data generate --held-out`")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the test phantoms (final figures) or the validation phantoms (to compare training choices)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.set_defaults(func=cmd_evaluate)
 
@@ -496,6 +504,6 @@ def cmd_evaluate(args) -> int:
         name, path = item.split("=", 1)
         ablations[name] = path
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
-             family=args.family)
+             family=args.family, split=args.split)
     print(Path(args.out) / "report.md")
     return 0

@@ -384,12 +384,13 @@ def _save_curve(history: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for key, style, label in (("train_loss", "o-", "training"), ("val_loss", "s-", "validation (held-out phantoms)")):
+    for key, style, label in (("train_loss", "o-", "training"), ("val_loss", "s-", "validation (held-out phantoms)"),
+                              ("val_mse", "^--", "validation, weighted MSE alone")):
         points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
         if points:
             ax.semilogy(*zip(*points), style, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("weighted MSE (scaled dose rate)")
+    ax.set_ylabel("loss (scaled dose rate)")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -650,21 +651,24 @@ class Trainer:
 
         return torch.autocast(self.ranks.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
-    def validate(self) -> float | None:
-        """The loss (:func:`training_loss`) on the fixed validation batches, averaged over them and the
-        processes; None without validation phantoms."""
+    def validate(self) -> tuple[float | None, float | None]:
+        """On the fixed validation batches, averaged over them and the processes: the loss
+        (:func:`training_loss`) and its weighted MSE alone (what :func:`validation_loss` reports,
+        comparable between runs whatever their relative weight); (None, None) without validation phantoms."""
         import torch
 
         if not self.val_batches:
-            return None
+            return None, None
         net = self.net.eval()
         with torch.no_grad(), self._autocast():
-            losses = []
+            losses, mses = [], []
             for arrays in self.val_batches:
                 x, dvk, truth, w = self._to_device(arrays)
                 pred = net.forward_slab(x, dvk if net.residual else None)
-                losses.append(float(training_loss(pred, truth, w, dvk, self.options.relative_weight)))
-        return self.ranks.mean(float(np.mean(losses)))
+                mses.append(float(training_loss(pred, truth, w, dvk, 0.0)))
+                losses.append(float(training_loss(pred, truth, w, dvk, self.options.relative_weight))
+                              if self.options.relative_weight else mses[-1])
+        return self.ranks.mean(float(np.mean(losses))), self.ranks.mean(float(np.mean(mses)))
 
     def train_epoch(self, epoch: int) -> float:
         """Epoch ``epoch`` (from 0): ``local_steps`` steps on batches drawn by (seed, epoch, rank); returns
@@ -722,24 +726,26 @@ class Trainer:
         opts = self.options
         t_start = time.perf_counter()
         if self.start == 0 and self.val_batches:  # the starting point of the validation curve
-            self.history = [{"epoch": 0, "train_loss": None, "val_loss": self.validate(), "lr": opts.lr,
-                             "seconds": 0.0}]
+            val_loss, val_mse = self.validate()
+            self.history = [{"epoch": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse,
+                             "lr": opts.lr, "seconds": 0.0}]
         for epoch in range(self.start, opts.epochs):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(epoch)
-            val_loss = self.validate()
+            val_loss, val_mse = self.validate()
             monitor = val_loss if val_loss is not None else train_loss
             if opts.schedule == "plateau":
                 self.scheduler.step(monitor)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                                 "seconds": round(time.perf_counter() - t0, 2)})
+            self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                                 "val_mse": val_mse, "lr": lr, "seconds": round(time.perf_counter() - t0, 2)})
             improved = monitor < self.best
             self.best = min(self.best, monitor)
-            info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss} if improved else None
+            info = ({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse}
+                    if improved else None)
             self.save(epoch + 1, out_path, info)
             self.ranks.barrier()
-            val_text = f", validation {val_loss:.4g}" if val_loss is not None else ""
+            val_text = f", validation {val_loss:.4g} (MSE {val_mse:.4g})" if val_loss is not None else ""
             self.say((epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}: training loss {train_loss:.4g}"
                                                 f"{val_text}, lr {lr:.2g}, {time.perf_counter() - t0:.1f} s"
                                                 + (" (best so far, saved)" if improved else ""))
