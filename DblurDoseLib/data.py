@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import DblurDoseError
 from .io import dataset as layout
-from .io.dataset import MANIFEST, truth_file
+from .io.dataset import MANIFEST, parse_range, truth_file
 from .simulation.spect import DEFAULT_CAMERA
 
 
@@ -203,23 +203,6 @@ def _acquisition(settings: DataSettings, n_views: int, voxel_mm: float, camera: 
                                        n_views=int(n_views), iterations=settings.iterations,
                                        subsets=settings.subsets,
                                        projection_oversampling=settings.projection_oversampling)
-
-
-def parse_range(text: str) -> list[int]:
-    """'0-13' or '0,2,5-7' -> phantom indices."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
-    except ValueError:
-        raise DblurDoseError(f"cannot read the phantom range {text!r}; write e.g. 0-13 or 0,2,5-7") from None
-    if not out or min(out) < 0:
-        raise DblurDoseError(f"the phantom range {text!r} is empty or negative")
-    return sorted(set(out))
 
 
 def _software_versions() -> dict[str, str]:

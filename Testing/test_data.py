@@ -21,9 +21,9 @@ def test_split_is_by_phantom_and_seeded():
 
 
 def test_parse_range():
-    assert data.parse_range("0-3,7") == [0, 1, 2, 3, 7]
+    assert dataset.parse_range("0-3,7") == [0, 1, 2, 3, 7]
     with pytest.raises(DblurDoseError, match="phantom range"):
-        data.parse_range("a-b")
+        dataset.parse_range("a-b")
 
 
 @pytest.mark.parametrize("argv, expect", [

@@ -340,3 +340,29 @@ def test_atomic_file_leaves_the_old_file_and_no_part_when_interrupted(tmp_path):
     with atomic_file(path) as tmp:
         tmp.write_text("new")
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_chosen_phantoms_train_and_validate_and_wrong_ones_are_refused():
+    """A run on chosen phantoms (learning curves against data size; a run that keeps resuming while the data
+    set grows): only those are read, the validation phantoms exclude them, and a phantom outside the
+    training split is refused with the ones there are."""
+    manifest = {"phantoms": {f"p0{i}": {"split": s} for i, s in enumerate(["test", "train", "train", "train", "val"])}}
+    train, val = training.split_phantoms(manifest, seed=0)
+    assert (train, val) == (["p01", "p02", "p03"], ["p04"])
+    assert training.choose_phantoms(manifest, train, val, [1, 3], None) == (["p01", "p03"], ["p04"])
+    assert training.choose_phantoms(manifest, train, val, [1], [2]) == (["p01"], ["p02"])
+    with pytest.raises(DblurDoseError, match="p00 as training phantoms.*are p01, p02, p03; choose among them"):
+        training.choose_phantoms(manifest, train, val, [0, 1], None)
+    with pytest.raises(DblurDoseError, match="p01 as validation phantoms"):
+        training.choose_phantoms(manifest, train, val, [1], [1])
+    with pytest.raises(DblurDoseError, match="p07 as validation"):
+        training.choose_phantoms(manifest, train, val, None, [7])
+
+
+def test_training_on_chosen_phantoms_records_them(dataset, tmp_path):
+    from DblurDoseLib.learning.network import load_model_file
+
+    out = tmp_path / "two.pt"
+    training.train(dataset, out, progress=lambda f, m: None, phantoms=[1, 2], **{**FAST, "epochs": 1})
+    info = load_model_file(out).config.info
+    assert info["train_phantoms"] == ["p01", "p02"] and "p01" not in info["val_phantoms"]

@@ -55,6 +55,29 @@ def phantom_key(index: int) -> str:
     return f"p{int(index):02d}"
 
 
+def parse_range(text: str) -> list[int]:
+    """Phantom indices from a range: '0-13' or '0,2,5-7' -> sorted unique indices.
+
+    Raises
+    ------
+    DblurDoseError
+        For text that is not a range, or an empty or negative one.
+    """
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise DblurDoseError(f"cannot read the phantom range {text!r}; write e.g. 0-13 or 0,2,5-7") from None
+    if not out or min(out) < 0:
+        raise DblurDoseError(f"the phantom range {text!r} is empty or negative")
+    return sorted(set(out))
+
+
 def volume_file(name: str) -> str:
     """The file of a phantom's volume ``name`` (one of :data:`ANATOMY`)."""
     return f"{name}.nrrd"

@@ -130,6 +130,43 @@ def split_phantoms(manifest: dict, seed: int, val_fraction: float = VAL_FRACTION
     return [p for p in train if p not in val], val
 
 
+def choose_phantoms(manifest: dict, train_names: list[str], val_names: list[str], phantoms: list[int] | None,
+                    val_phantoms: list[int] | None) -> tuple[list[str], list[str]]:
+    """The training and validation phantoms a run uses: :func:`split_phantoms`'s, or those the user names.
+
+    Parameters
+    ----------
+    manifest : dict
+        The data set's manifest (complete phantoms only).
+    train_names, val_names : list of str
+        The split's training and validation phantoms.
+    phantoms, val_phantoms : list of int, optional
+        Phantom indices to train and validate on instead: a smaller training set (learning curves
+        against data size), or a run that keeps its phantoms while the data set grows (so that it
+        resumes). Training phantoms must be in the training split; validation phantoms in the
+        validation split, or training phantoms not trained on.
+
+    Returns
+    -------
+    (list of str, list of str)
+        Sorted phantom keys.
+    """
+    train = train_names if phantoms is None else [layout.phantom_key(i) for i in phantoms]
+    val = val_names if val_phantoms is None else [layout.phantom_key(i) for i in val_phantoms]
+    if phantoms is not None and val_phantoms is None:
+        val = [v for v in val if v not in train]
+    for chosen, allowed, what in ((train, set(train_names), "training"),
+                                  (val, (set(val_names) | set(train_names)) - set(train), "validation")):
+        wrong = [k for k in chosen if k not in allowed]
+        if wrong:
+            have = ", ".join(sorted(allowed)) or "none"
+            raise DblurDoseError(f"cannot train with {', '.join(wrong)} as {what} phantoms: the data set's complete "
+                                 f"{what} phantoms here are {have}; choose among them")
+    if not train:
+        raise DblurDoseError("no training phantoms chosen; choose at least one")
+    return sorted(train), sorted(val)
+
+
 def _cache_dir(data_dir: Path, out_path: Path) -> Path:
     for folder in (data_dir / layout.CACHE, out_path.parent / (out_path.name + ".cache")):
         try:
@@ -785,6 +822,8 @@ def train(
     relative_weight: float = RELATIVE_WEIGHT,
     decoder_activation: str = "leaky",
     correction: str = "ratio",
+    phantoms: list[int] | None = None,
+    val_phantoms: list[int] | None = None,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -798,6 +837,8 @@ def train(
     ``decoder_activation``, ``correction``: the architecture options of
     :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network).
     ``patch`` and ``slab`` are in voxels and output slices; ``device``: "auto", "cpu", "cuda" or "mps".
+    ``phantoms``, ``val_phantoms``: indices of the phantoms to train and validate on (default: the
+    data set's split; see :func:`choose_phantoms`).
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     from .network import ModelConfig
@@ -808,7 +849,8 @@ def train(
     ranks = _Ranks.start(device)
     say = partial(_say, progress or _print_progress, ranks.main)
     manifest = read_manifest(data_dir)
-    train_names, val_names = split_phantoms(manifest, seed, val_fraction)
+    train_names, val_names = choose_phantoms(manifest, *split_phantoms(manifest, seed, val_fraction), phantoms,
+                                             val_phantoms)
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
                          correction=correction)
     cache = _cache_dir(data_dir, out_path)
@@ -868,6 +910,11 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
                         "full mc_truth.nrrd")
+    p.add_argument("--phantoms", metavar="RANGE",
+                   help="train on these training phantoms only, by index (e.g. 0,2-8): learning curves against data "
+                        "size, or a run that resumes while the data set grows (default: every training phantom)")
+    p.add_argument("--val-phantoms", metavar="RANGE",
+                   help="validate on these phantoms (default: the data set's validation phantoms)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -881,7 +928,9 @@ def cmd_train(args) -> int:
                  slab=args.slab, steps_per_epoch=args.steps_per_epoch, amp=args.amp, schedule=args.schedule,
                  warmup=args.warmup, hot_fraction=args.hot_fraction, label_decays=args.label_decays,
                  relative_weight=args.relative_weight, decoder_activation=args.decoder_activation,
-                 correction=args.correction)
+                 correction=args.correction,
+                 phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
+                 val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
