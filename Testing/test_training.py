@@ -173,7 +173,8 @@ def test_command_line_options(tmp_path):
                               "--no-resume"])
     assert args.func is training.cmd_train
     assert (args.epochs, args.batch_size, args.variant, args.resume, args.amp) == (3, 32, "2d", False, True)
-    assert (args.relative_weight, args.decoder_activation, args.correction) == (1.0, "leaky", "ratio")
+    # unset: train takes an --init model's options, else leaky and ratio (checked on a trained model below)
+    assert (args.relative_weight, args.decoder_activation, args.correction) == (1.0, None, None)
     v02 = parser.parse_args(["train", "--data", "D", "--out", "M.pt", "--relative-weight", "0",
                              "--decoder-activation", "relu", "--correction", "additive"])
     assert (v02.relative_weight, v02.decoder_activation, v02.correction) == (0.0, "relu", "additive")
@@ -366,3 +367,27 @@ def test_training_on_chosen_phantoms_records_them(dataset, tmp_path):
     training.train(dataset, out, progress=lambda f, m: None, phantoms=[1, 2], **{**FAST, "epochs": 1})
     info = load_model_file(out).config.info
     assert info["train_phantoms"] == ["p01", "p02"] and "p01" not in info["val_phantoms"]
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(trained, dataset, tmp_path):
+    """--init: the run starts where the model file ends (its validation loss before the first step is the
+    file's), takes the file's architecture options, records the file's checksum; a model of another
+    network is refused before any work."""
+    from DblurDoseLib.learning.network import load_model_file
+
+    start, _ = trained
+    base = load_model_file(start)
+    assert (base.config.decoder_activation, base.config.correction) == ("leaky", "ratio")  # the defaults
+    out = tmp_path / "tuned.pt"
+    training.train(dataset, out, progress=lambda f, m: None, init=start, **{**FAST, "epochs": 1})
+    history = _checkpoint(out)["history"]
+    before = training.validation_loss(start, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+                                      slab=FAST["slab"], patch=FAST["patch"])
+    assert history[0]["val_mse"] == pytest.approx(before, rel=1e-4)  # not a fresh random network
+    tuned = load_model_file(out)
+    assert tuned.config.info["init_sha256"] == base.sha256
+    assert (tuned.config.decoder_activation, tuned.config.correction) == (base.config.decoder_activation,
+                                                                          base.config.correction)
+    with pytest.raises(DblurDoseError, match="cannot start training from .*correction 'ratio' \\(asked: 'additive'\\)"):
+        training.train(dataset, tmp_path / "no.pt", init=start, correction="additive", **FAST)
+    assert not (tmp_path / "no.pt").exists()

@@ -595,7 +595,7 @@ def _optimiser(net, options: _Options, local_steps: int):
 
 #: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
 RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
-               "label_decays", "relative_weight", "decoder_activation", "correction")
+               "label_decays", "relative_weight", "decoder_activation", "correction", "init_sha256")
 #: a one-cycle schedule's length is part of its state
 RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
 
@@ -620,10 +620,12 @@ class Trainer:
         The run's settings, kept in the checkpoint and the model file's ``info``.
     say : callable
         ``say(fraction, message)``: progress of rank 0 (raises to cancel).
+    initial : dict, optional
+        A state dict to start from (fine-tuning) instead of the random initialisation.
     """
 
     def __init__(self, config: ModelConfig, cases: list[_Case], val_cases: list[_Case], sizes: _Sizes, options: _Options,
-                 ranks: _Ranks, settings: dict, say: Callable[[float, str], None]) -> None:
+                 ranks: _Ranks, settings: dict, say: Callable[[float, str], None], initial: dict | None = None) -> None:
         import torch
         from torch import nn
 
@@ -633,7 +635,10 @@ class Trainer:
             cases, sizes, options, ranks, settings, say)
         dev = ranks.device
         torch.manual_seed(options.seed)
-        self.net = DblurDoseNet(config).to(dev)
+        self.net = DblurDoseNet(config)
+        if initial is not None:  # fine-tuning: start from trained weights (train's init)
+            self.net.load_state_dict(initial)
+        self.net = self.net.to(dev)
         self.channels_last = dev.type == "cpu" and sizes.patch >= 64
         if self.channels_last:  # oneDNN's preferred layouts (their one-time kernel setup costs more than tiny patches gain)
             self.net.unet.to(memory_format=torch.channels_last)
@@ -820,10 +825,11 @@ def train(
     hot_fraction: float = HOT_FRACTION,
     label_decays: int | None = None,
     relative_weight: float = RELATIVE_WEIGHT,
-    decoder_activation: str = "leaky",
-    correction: str = "ratio",
+    decoder_activation: str | None = None,
+    correction: str | None = None,
     phantoms: list[int] | None = None,
     val_phantoms: list[int] | None = None,
+    init: str | os.PathLike | None = None,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -835,7 +841,9 @@ def train(
     (``mc_truth_d{N}.nrrd``, noisier) instead of the full one; validation stays on the full label.
     ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
     ``decoder_activation``, ``correction``: the architecture options of
-    :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network).
+    :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network; default:
+    those of ``init``, else "leaky" and "ratio"). ``init``: a model file to start from (fine-tuning),
+    of the same variant, working grid and options.
     ``patch`` and ``slab`` are in voxels and output slices; ``device``: "auto", "cpu", "cuda" or "mps".
     ``phantoms``, ``val_phantoms``: indices of the phantoms to train and validate on (default: the
     data set's split; see :func:`choose_phantoms`).
@@ -851,6 +859,10 @@ def train(
     manifest = read_manifest(data_dir)
     train_names, val_names = choose_phantoms(manifest, *split_phantoms(manifest, seed, val_fraction), phantoms,
                                              val_phantoms)
+    start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
+    if start is not None:
+        decoder_activation, correction = start.config.decoder_activation, start.config.correction
+    decoder_activation, correction = decoder_activation or "leaky", correction or "ratio"
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
                          correction=correction)
     cache = _cache_dir(data_dir, out_path)
@@ -868,13 +880,35 @@ def train(
                 "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
                 "lr": lr, "schedule": schedule, "epochs": epochs, "hot_fraction": hot_fraction,
                 "label_decays": label_decays, "relative_weight": relative_weight,
-                "decoder_activation": decoder_activation, "correction": correction}
-    trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say)
+                "decoder_activation": decoder_activation, "correction": correction,
+                "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None}
+    trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
+                      start.state_dict() if start is not None else None)
     if resume:
         trainer.resume(checkpoint_path(out_path))
     trainer.fit(out_path)
     ranks.close()
     return out_path
+
+
+def _initial_model(init, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
+                   correction: str | None):
+    """The model file to fine-tune from (None without one), refused when it cannot continue this run."""
+    from .network import load_model_file
+
+    if init is None:
+        return None
+    start = load_model_file(init)
+    cfg = start.config
+    wanted = {"variant": variant, "decoder_activation": decoder_activation or cfg.decoder_activation,
+              "correction": correction or cfg.correction}
+    differ = [f"{k} {getattr(cfg, k)!r} (asked: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if tuple(cfg.spacing) != tuple(spacing):
+        differ.append(f"working grid {cfg.spacing} mm (the data set's: {tuple(spacing)} mm)")
+    if differ:
+        raise DblurDoseError(f"cannot start training from {init}: its network has {', '.join(differ)}; start from a "
+                             "model of the same network and grid, or train from scratch")
+    return start
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -902,10 +936,15 @@ def add_train_arguments(subparser) -> None:
                    help="the paper's network, or an ablation (no DVK residual; 2D U-Net only)")
     p.add_argument("--relative-weight", type=float, default=RELATIVE_WEIGHT,
                    help="weight of the loss's relative-error term in the body (0: the weighted MSE alone, as v0.2)")
-    p.add_argument("--decoder-activation", default="leaky",
-                   help="U-Net decoder activation: leaky or relu (the paper's and v0.2's, with dead features)")
-    p.add_argument("--correction", default="ratio",
-                   help="ratio: DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2)")
+    p.add_argument("--decoder-activation", choices=("leaky", "relu"),
+                   help="U-Net decoder activation: leaky (default) or relu (the paper's and v0.2's, with dead "
+                        "features); with --init, that model's")
+    p.add_argument("--correction", choices=("ratio", "additive"),
+                   help="ratio (default): DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2); with "
+                        "--init, that model's")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this model file (same network and working grid) instead of random "
+                        "weights, e.g. the shipped weights")
     p.add_argument("--seed", type=int, default=0, help="random seed of initialisation and sampling (default 0)")
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
@@ -930,7 +969,8 @@ def cmd_train(args) -> int:
                  relative_weight=args.relative_weight, decoder_activation=args.decoder_activation,
                  correction=args.correction,
                  phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
-                 val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None)
+                 val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None,
+                 init=args.init)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
