@@ -129,7 +129,7 @@ def test_absorbed_power_ratio_weighs_by_mass_and_leaves_out_air():
     assert absorbed_power_ratio(estimate, truth, density) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("correction", ["ratio", "additive"])
+@pytest.mark.parametrize("correction", ["ratio", "additive", "floored"])
 def test_correction_diagnostics_find_a_dead_region_and_the_floor(correction):
     """A live correction varies from voxel to voxel; a dead network region gives its bias, one value,
     whatever the input. Built maps: 6% of tissue under one constant correction, 1% at the 5% floor."""

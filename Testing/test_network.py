@@ -180,7 +180,7 @@ def test_v02_config_maps_to_the_v02_network():
     assert old.state_dict().keys() == new.state_dict().keys()  # same parameters: options, not new layers
     with pytest.raises(DblurDoseError, match="choose one of leaky, relu"):
         ModelConfig(decoder_activation="gelu")
-    with pytest.raises(DblurDoseError, match="choose one of ratio, additive"):
+    with pytest.raises(DblurDoseError, match="choose one of ratio, additive, floored"):
         ModelConfig(correction="log")
 
 
@@ -252,7 +252,33 @@ def test_ratio_correction_stays_within_its_bounds_above_the_tissue_floor():
     assert abs(float(c.grad[500]) - 1.0) < 1e-12  # 1 + c near c = 0
 
 
-@pytest.mark.parametrize("config", [ModelConfig(), V02], ids=["v0.3", "v0.2"])
+def test_floored_correction_is_additive_above_the_floor_and_never_below_it():
+    """"floored": the additive correction (learning as v0.2's did) bent smoothly onto 1/20 of the DVK instead
+    of overshooting it: exactly the DVK at c = 0, additive to 1e-3 of the DVK wherever the dose is above
+    0.15 of the DVK; never under the floor, however negative the output; gradient 1 near c = 0, positive
+    everywhere."""
+    from DblurDoseLib.learning.inference import TISSUE_FLOOR
+    from DblurDoseLib.learning.network import RATIO_LIMIT
+
+    model = DblurDoseNet(ModelConfig(correction="floored"))
+    dvk = torch.rand(1, 1, 8, 8, dtype=torch.float64) * 100 + 0.01
+    assert torch.equal(model.correct(torch.zeros_like(dvk), dvk), dvk)
+    for frac, tol in ((-0.85, 1e-3), (-0.75, 1e-5), (-0.5, 1e-9), (0.3, 1e-12), (5.0, 1e-12)):  # dose (1 + frac) dvk
+        torch.testing.assert_close(model.correct(frac * dvk, dvk), (1 + frac) * dvk, rtol=tol, atol=0)
+    for out in (-1e6, -1e3 * float(dvk.max()), -float(dvk.max())):
+        ratio = model.correct(torch.full_like(dvk, out), dvk) / dvk
+        assert float(ratio.min()) >= (1 - 1e-6) / RATIO_LIMIT and 1 / RATIO_LIMIT >= TISSUE_FLOOR  # FLOOR_EPS
+    assert float((model.correct(torch.full_like(dvk, -1e6), dvk) / dvk).max()) < 1 / RATIO_LIMIT + 1e-9
+    c = torch.linspace(-1.2, 3, 421, dtype=torch.float64, requires_grad=True)  # the floor point is c = -0.95
+    dose = model.correct(c, torch.ones_like(c))
+    dose.sum().backward()
+    assert bool((c.grad > 0).all()) and abs(float(c.grad[120]) - 1.0) < 1e-6  # c = 0: additive
+    zero = model.correct(torch.tensor([0.5, -0.5], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    assert abs(float(zero[0]) - 0.5) < 1e-6 and abs(float(zero[1])) < 1e-6  # no DVK: max(c, 0), to FLOOR_EPS
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), V02, ModelConfig(correction="floored")],
+                         ids=["v0.3", "v0.2", "floored"])
 def test_zero_correction_and_folding_work_for_both_architectures(config):
     model = random_model(config)
     x, dvk = torch.randn(1, 2, 13, 24, 24), torch.rand(1, 1, 3, 24, 24)

@@ -453,9 +453,9 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         The CNN's and the DVK's dose-rate maps, one shape and unit.
     density : np.ndarray
         Mass density, g/cm3; tissue is at or above the air threshold, where the DVK is positive.
-    correction : {"ratio", "additive"}
+    correction : {"ratio", "additive", "floored"}
         How the model corrects (its ``ModelConfig.correction``): the correction is ``log(cnn / dvk)``
-        or ``cnn - dvk``.
+        ("ratio") or ``cnn - dvk``.
     floor : float, optional
         The inference floor as a fraction of the DVK (default :data:`~DblurDoseLib.learning.inference.TISSUE_FLOOR`).
 
@@ -471,8 +471,8 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
     from ..learning.inference import TISSUE_FLOOR
     from ..physics.density import AIR_DENSITY_THRESHOLD
 
-    if correction not in ("ratio", "additive"):
-        raise DblurDoseError(f"unknown correction {correction!r}; choose ratio or additive")
+    if correction not in ("ratio", "additive", "floored"):
+        raise DblurDoseError(f"unknown correction {correction!r}; choose ratio, additive or floored")
     floor = TISSUE_FLOOR if floor is None else floor
     cnn, dvk = np.asarray(cnn, dtype=np.float64), np.asarray(dvk, dtype=np.float64)
     tissue = (np.asarray(density) >= AIR_DENSITY_THRESHOLD) & (dvk > 0)
@@ -488,7 +488,7 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         corr = np.log(live_c / live_d) if correction == "ratio" else live_c - live_d
         # float32 maps: a constant correction comes back to within a few units in the last place of the
         # DVK (additive) or of 1 (ratio); the bins are wider than that, and two neighbours are counted together
-        ulp = float(np.finfo(np.float32).eps) * (float(live_d.max()) if correction == "additive" else 1.0)
+        ulp = float(np.finfo(np.float32).eps) * (float(live_d.max()) if correction != "ratio" else 1.0)
         step = max(CONSTANT_RESOLUTION * float(np.abs(corr).max()), 4 * ulp, 1e-30)
         values, counts = np.unique(np.round(corr / step).astype(np.int64), return_counts=True)
         pairs = counts.copy()

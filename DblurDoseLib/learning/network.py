@@ -67,10 +67,14 @@ PACK = 11  # slices per input pack
 HALF = PACK // 2  # slices either side of the centre
 VARIANTS = ("dblurdose", "no_residual", "2d")
 DECODER_ACTIVATIONS = ("leaky", "relu")
-CORRECTIONS = ("ratio", "additive")
+CORRECTIONS = ("ratio", "additive", "floored")
 #: the "ratio" correction multiplies the DVK by a factor in (1 / RATIO_LIMIT, RATIO_LIMIT); 1/20 is
 #: inference.TISSUE_FLOOR, so that the network itself never goes below the floor in tissue
 RATIO_LIMIT = 20.0
+#: the "floored" correction's transition to its floor (1 / RATIO_LIMIT of the DVK) is this fraction of the DVK wide
+FLOOR_WIDTH = 0.02
+#: scaled dose rate that keeps the "floored" transition's width positive where the DVK is 0
+FLOOR_EPS = 1e-6
 #: ModelConfig keys that model files of v0.2 and before lack, with the behaviour those files were trained with
 LEGACY_CONFIG = {"decoder_activation": "relu", "correction": "additive"}
 FORMAT = "dblurdosenet"
@@ -101,7 +105,8 @@ class ModelConfig:
     #: activation of the U-Net's decoder: "leaky" (LeakyReLU(0.1), no dead zone) or "relu" (v0.2)
     decoder_activation: str = "leaky"
     #: how the U-Net's output ``c`` corrects the DVK (residual variants): "ratio", dose = DVK x
-    #: exp(L tanh(c / L)) with L = ln(RATIO_LIMIT), or "additive", dose = DVK + c (v0.2); see DblurDoseNet
+    #: exp(L tanh(c / L)) with L = ln(RATIO_LIMIT); "additive", dose = DVK + c (v0.2); or "floored",
+    #: DVK + c smoothly kept above DVK / RATIO_LIMIT; see DblurDoseNet.correct
     correction: str = "ratio"
     version: int = FORMAT_VERSION
     #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
@@ -401,7 +406,14 @@ class DblurDoseNet(nn.Module):
         approached with a vanishing gradient) and zero wherever the DVK is (air, no activity).
         The factor is dimensionless, so the network learns a relative blur correction that does
         not depend on the dose level. The price: no dose where the DVK has none (beyond the DVK
-        kernel's range: the far photon tail). No-residual variant: ``out`` itself.
+        kernel's range: the far photon tail). "floored": ``dvk + out + lift``, where ``lift = s
+        [softplus(-u(out) / s) - softplus(-u(0) / s)]``, ``u(c) = (1 - f) dvk + c``, ``f = 1 / RATIO_LIMIT``,
+        ``s = FLOOR_WIDTH dvk + FLOOR_EPS``: the additive correction (exactly the DVK at out = 0; within
+        1e-3 of the DVK of additive wherever the dose is above 0.15 of the DVK, 1e-5 above 0.25) that
+        bends smoothly onto the floor ``f dvk`` instead of overshooting it (gradient ``sigmoid(u / s)``:
+        1 above the floor, falling to 0 an overshoot of about 0.4 of the DVK below it). Where the DVK
+        is 0 it is ``max(out, 0)``, smoothed over FLOOR_EPS.
+        No-residual variant: ``out`` itself.
         """
         if not self.residual:
             return out
@@ -409,6 +421,12 @@ class DblurDoseNet(nn.Module):
             raise ValueError(f"the {self.variant!r} network corrects the DVK map: pass dvk")
         if self.config.correction == "additive":
             return out + dvk
+        if self.config.correction == "floored":
+            c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+            width = FLOOR_WIDTH * dvk.clamp_min(0) + FLOOR_EPS
+            above = (1.0 - 1.0 / RATIO_LIMIT) * dvk  # the DVK's height above the floor
+            lift = width * (F.softplus(-(above + c) / width) - F.softplus(-above / width))
+            return dvk + c + lift
         limit = math.log(RATIO_LIMIT)
         c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
         return dvk * torch.exp(limit * torch.tanh(c / limit))

@@ -939,9 +939,9 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--decoder-activation", choices=("leaky", "relu"),
                    help="U-Net decoder activation: leaky (default) or relu (the paper's and v0.2's, with dead "
                         "features); with --init, that model's")
-    p.add_argument("--correction", choices=("ratio", "additive"),
-                   help="ratio (default): DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2); with "
-                        "--init, that model's")
+    p.add_argument("--correction", choices=("ratio", "additive", "floored"),
+                   help="ratio (default): DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2); floored: "
+                        "DVK + the output, bent smoothly onto 1/20 of the DVK; with --init, that model's")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model file (same network and working grid) instead of random "
                         "weights, e.g. the shipped weights")
