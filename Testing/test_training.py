@@ -391,3 +391,8 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(t
     with pytest.raises(DblurDoseError, match="cannot start training from .*correction 'ratio' \\(asked: 'additive'\\)"):
         training.train(dataset, tmp_path / "no.pt", init=start, correction="additive", **FAST)
     assert not (tmp_path / "no.pt").exists()
+    (tmp_path / "junk.pt").write_text("not a model")
+    for bad, why in ((tmp_path / "none.pt", "no such file"), (tmp_path / "junk.pt", "unreadable or corrupted")):
+        with pytest.raises(DblurDoseError, match=f"cannot start training from .*: .*{why}.*; name a model file") as exc:
+            training.train(dataset, tmp_path / "no.pt", init=bad, **FAST)
+        assert exc.value.settings == ()  # no pointer to the dose commands' model setting

@@ -898,7 +898,13 @@ def _initial_model(init, variant: str, spacing: tuple[float, ...], decoder_activ
 
     if init is None:
         return None
-    start = load_model_file(init)
+    fix = "name a model file written by `dblurdose train` (the shipped weights included), or train from scratch"
+    if not Path(init).is_file():
+        raise DblurDoseError(f"cannot start training from {init}: no such file; {fix}")
+    try:
+        start = load_model_file(init)
+    except DblurDoseError as exc:  # its own fix is about the shipped weights: say what is wrong, and this fix
+        raise DblurDoseError(f"cannot start training from {init}: {str(exc).split(';')[0]}; {fix}") from None
     cfg = start.config
     wanted = {"variant": variant, "decoder_activation": decoder_activation or cfg.decoder_activation,
               "correction": correction or cfg.correction}
