@@ -77,9 +77,9 @@ def voi_errors(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray, voxel_
     """Mean dose-rate error (%), NRMSE and DRx errors (%) of ``estimate`` against ``truth`` in ``mask``."""
     est = segment_statistics(estimate, mask, voxel_ml)
     tru = segment_statistics(truth, mask, voxel_ml)
+    signed = (est["mean"] - tru["mean"]) / tru["mean"] * 100.0
     row = {"volume_ml": tru["volume_ml"], "true_mean": tru["mean"], "mean": est["mean"],
-           "mean_error": abs(est["mean"] - tru["mean"]) / tru["mean"] * 100.0,
-           "signed_error": (est["mean"] - tru["mean"]) / tru["mean"] * 100.0,
+           "mean_error": abs(signed), "signed_error": signed,
            "nrmse": nrmse(estimate, truth, mask)}
     for level in DR_LEVELS:
         key = f"DR{level}"
@@ -118,7 +118,7 @@ def evaluate(
     data_dir = Path(data_dir)
     manifest = layout.read_manifest(data_dir, complete=False)
     families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
-    tests = _test_phantoms(data_dir, manifest, family, recon, split)
+    tests = _phantoms_to_evaluate(data_dir, manifest, family, recon, split)
     tag = layout.recon_tag(recon)
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
@@ -148,7 +148,7 @@ def evaluate(
     return results
 
 
-def _test_phantoms(data_dir: Path, manifest: dict, family: str | None, recon: str, split: str = "test") -> list[str]:
+def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, recon: str, split: str = "test") -> list[str]:
     """The data set's phantoms of ``split`` (and ``family``), refused when there are none or one lacks
     the reconstructions asked for."""
     if split not in ("test", "val"):
@@ -230,7 +230,13 @@ def summarise(results: dict) -> dict:
     """Averages per VOI group and method, and the CNN's improvements over DVK and SPECT+MC (%)."""
     groups: dict[str, dict[str, dict[str, list[float]]]] = {}
     noise: dict[str, list[float]] = {}
+    power: dict[str, list[float]] = {}
+    correction: dict[str, list[dict]] = {}
     for phantom in results["phantoms"].values():
+        for method, value in phantom.get("power", {}).items():
+            power.setdefault(method, []).append(value)
+        for method, diag in phantom.get("correction", {}).items():
+            correction.setdefault(method, []).append(diag)
         for voi, methods in phantom["vois"].items():
             g = groups.setdefault(group_of(voi), {})
             for method, row in methods.items():
@@ -243,14 +249,10 @@ def summarise(results: dict) -> dict:
     table = {g: {m: {k: _mean(v) for k, v in rows.items()} for m, rows in ms.items()} for g, ms in groups.items()}
     summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
     summary["improvement"] = _improvements(table, summary["noise"])
-    phantoms = list(results["phantoms"].values())
-    summary["power"] = {m: _mean(ph.get("power", {}).get(m) for ph in phantoms)
-                        for m in {m for ph in phantoms for m in ph.get("power", {})}}
-    summary["correction"] = {
-        m: {"floor_share": _mean(ph["correction"][m]["floor_share"] for ph in phantoms if m in ph.get("correction", {})),
-            "constant_share": max(ph["correction"][m]["constant_share"] for ph in phantoms
-                                  if m in ph.get("correction", {}))}
-        for m in {m for ph in phantoms for m in ph.get("correction", {})}}
+    summary["power"] = {m: _mean(v) for m, v in power.items()}
+    summary["correction"] = {m: {"floor_share": _mean(d["floor_share"] for d in diags),
+                                 "constant_share": max(d["constant_share"] for d in diags)}
+                             for m, diags in correction.items()}
     summary["lesion_sizes"] = lesion_size_table(results)
     return summary
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
+from ..learning.inference import TISSUE_FLOOR
+from ..physics.density import AIR_DENSITY_THRESHOLD
 
 if TYPE_CHECKING:
     from ..geometry.segments import Segment
@@ -426,8 +428,6 @@ def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.nd
         power deposited, so 1 means the map deposits the energy the truth does; below 1 it removes
         energy. NaN where the truth deposits none.
     """
-    from ..physics.density import AIR_DENSITY_THRESHOLD
-
     body = np.asarray(density) >= AIR_DENSITY_THRESHOLD
     rho = np.asarray(density, dtype=np.float64)[body]
     est = float(np.dot(np.asarray(estimate, dtype=np.float64)[body], rho))
@@ -468,8 +468,6 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         float32 rounding steps, if wider): two neighbouring bins of that width;
         ``constant_value``: that correction (dimensionless log-ratio, or the map's unit for "additive").
     """
-    from ..learning.inference import TISSUE_FLOOR
-    from ..physics.density import AIR_DENSITY_THRESHOLD
 
     if correction not in ("ratio", "additive", "floored"):
         raise DblurDoseError(f"unknown correction {correction!r}; choose ratio, additive or floored")
