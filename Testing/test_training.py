@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -388,7 +389,8 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(t
     assert tuned.config.info["init_sha256"] == base.sha256
     assert (tuned.config.decoder_activation, tuned.config.correction) == (base.config.decoder_activation,
                                                                           base.config.correction)
-    with pytest.raises(DblurDoseError, match="cannot start training from .*correction 'ratio' \\(asked: 'additive'\\)"):
+    with pytest.raises(DblurDoseError, match="cannot start training from .*correction 'ratio' \\(asked: 'additive'; "
+                                             "only 'additive' and 'floored' share"):
         training.train(dataset, tmp_path / "no.pt", init=start, correction="additive", **FAST)
     assert not (tmp_path / "no.pt").exists()
     (tmp_path / "junk.pt").write_text("not a model")
@@ -396,3 +398,35 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(t
         with pytest.raises(DblurDoseError, match=f"cannot start training from .*: .*{why}.*; name a model file") as exc:
             training.train(dataset, tmp_path / "no.pt", init=bad, **FAST)
         assert exc.value.settings == ()  # no pointer to the dose commands' model setting
+
+
+def test_fine_tuning_moves_weights_to_another_decoder_and_between_additive_and_floored(dataset, tmp_path):
+    """--init with --decoder-activation leaky --correction floored on an additive ReLU model (v0.2's network):
+    the run starts from exactly that model's weights read through the new options (its first validation
+    loss is that of those weights in the new network, written by hand here); a floored model does not
+    give its weights to a ratio run."""
+    from DblurDoseLib.learning.network import DblurDoseNet, load_model_file, save_model
+
+    fast = {**FAST, "epochs": 1}
+    additive = tmp_path / "additive.pt"
+    training.train(dataset, additive, progress=lambda f, m: None, decoder_activation="relu", correction="additive",
+                   **fast)
+    base = load_model_file(additive)
+    moved = DblurDoseNet(replace(base.config, decoder_activation="leaky", correction="floored", info={}))
+    moved.load_state_dict(base.state_dict())
+    by_hand = save_model(moved, tmp_path / "by_hand.pt")
+    expected = training.validation_loss(by_hand, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+                                        slab=FAST["slab"], patch=FAST["patch"])
+    assert expected != pytest.approx(training.validation_loss(additive, dataset, seed=FAST["seed"],
+                                                              batch_size=FAST["batch_size"], slab=FAST["slab"],
+                                                              patch=FAST["patch"]), rel=1e-6)  # the options act
+    out = tmp_path / "floored.pt"
+    training.train(dataset, out, progress=lambda f, m: None, init=additive, decoder_activation="leaky",
+                   correction="floored", **fast)
+    assert _checkpoint(out)["history"][0]["val_mse"] == pytest.approx(expected, rel=1e-4)
+    tuned = load_model_file(out)
+    assert (tuned.config.decoder_activation, tuned.config.correction) == ("leaky", "floored")
+    assert tuned.config.info["init_sha256"] == base.sha256
+    with pytest.raises(DblurDoseError, match="correction 'floored' \\(asked: 'ratio'; only"):
+        training.train(dataset, tmp_path / "no.pt", init=out, correction="ratio", **fast)
+    assert not (tmp_path / "no.pt").exists()

@@ -843,7 +843,10 @@ def train(
     ``decoder_activation``, ``correction``: the architecture options of
     :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network; default:
     those of ``init``, else "leaky" and "ratio"). ``init``: a model file to start from (fine-tuning),
-    of the same variant, working grid and options.
+    of the same variant and working grid. Its weights also serve another decoder activation (the
+    parameters are the same) and may move between the "additive" and "floored" corrections (both read
+    the output as a dose-rate term; they differ only near the floor); "ratio" reads it as a log factor,
+    so it neither takes nor gives weights of the other two.
     ``patch`` and ``slab`` are in voxels and output slices; ``device``: "auto", "cpu", "cuda" or "mps".
     ``phantoms``, ``val_phantoms``: indices of the phantoms to train and validate on (default: the
     data set's split; see :func:`choose_phantoms`).
@@ -861,7 +864,8 @@ def train(
                                              val_phantoms)
     start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
     if start is not None:
-        decoder_activation, correction = start.config.decoder_activation, start.config.correction
+        decoder_activation = decoder_activation or start.config.decoder_activation
+        correction = correction or start.config.correction
     decoder_activation, correction = decoder_activation or "leaky", correction or "ratio"
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
                          correction=correction)
@@ -906,9 +910,10 @@ def _initial_model(init, variant: str, spacing: tuple[float, ...], decoder_activ
     except DblurDoseError as exc:  # its own fix is about the shipped weights: say what is wrong, and this fix
         raise DblurDoseError(f"cannot start training from {init}: {str(exc).split(';')[0]}; {fix}") from None
     cfg = start.config
-    wanted = {"variant": variant, "decoder_activation": decoder_activation or cfg.decoder_activation,
-              "correction": correction or cfg.correction}
-    differ = [f"{k} {getattr(cfg, k)!r} (asked: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+    differ = [f"variant {cfg.variant!r} (asked: {variant!r})"] if cfg.variant != variant else []
+    if correction and correction != cfg.correction and "ratio" in (correction, cfg.correction):
+        differ.append(f"correction {cfg.correction!r} (asked: {correction!r}; only 'additive' and 'floored' "
+                      "share their weights)")
     if tuple(cfg.spacing) != tuple(spacing):
         differ.append(f"working grid {cfg.spacing} mm (the data set's: {tuple(spacing)} mm)")
     if differ:
@@ -950,7 +955,8 @@ def add_train_arguments(subparser) -> None:
                         "DVK + the output, bent smoothly onto 1/20 of the DVK; with --init, that model's")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model file (same network and working grid) instead of random "
-                        "weights, e.g. the shipped weights")
+                        "weights, e.g. the shipped weights; --decoder-activation may differ, and --correction may "
+                        "move between additive and floored")
     p.add_argument("--seed", type=int, default=0, help="random seed of initialisation and sampling (default 0)")
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
