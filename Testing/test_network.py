@@ -97,7 +97,7 @@ def test_residual_is_added_and_not_fed_in():
     dvk = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x, dvk) - model(x, torch.zeros_like(dvk)), dvk, atol=1e-5)
-        ratio = random_model()  # "ratio": the DVK times a factor that does not depend on it
+        ratio = random_model(ModelConfig(correction="ratio"))  # the DVK times a factor that does not depend on it
         torch.testing.assert_close(ratio(x, 2 * dvk), 2 * ratio(x, dvk))
         plain = random_model("no_residual")
         assert torch.equal(plain(x, dvk), plain(x))
@@ -170,9 +170,9 @@ def test_tap_sum_node_equals_autograd_of_slices(monkeypatch):
 
 def test_v02_config_maps_to_the_v02_network():
     """Model files without the architecture keys (v0.2) build v0.2's network (ReLU decoder, DVK added);
-    new models get the LeakyReLU decoder and the ratio correction."""
+    new models get the LeakyReLU decoder and the floored correction."""
     assert (V02.decoder_activation, V02.correction) == ("relu", "additive")
-    assert (ModelConfig().decoder_activation, ModelConfig().correction) == ("leaky", "ratio")
+    assert (ModelConfig().decoder_activation, ModelConfig().correction) == ("leaky", "floored")
     old, new = DblurDoseNet(V02), DblurDoseNet()
     assert {type(m) for m in old.unet.dec.modules()} >= {nn.ReLU} and not any(
         isinstance(m, nn.LeakyReLU) for m in old.unet.dec.modules())
@@ -238,7 +238,7 @@ def test_ratio_correction_stays_within_its_bounds_above_the_tissue_floor():
     from DblurDoseLib.learning.inference import TISSUE_FLOOR
     from DblurDoseLib.learning.network import RATIO_LIMIT
 
-    model = DblurDoseNet()
+    model = DblurDoseNet(ModelConfig(correction="ratio"))
     dvk = torch.rand(1, 1, 8, 8, dtype=torch.float64) + 0.1
     assert 1 / RATIO_LIMIT >= TISSUE_FLOOR
     for out, low, high in ((-1e6, 1 / RATIO_LIMIT, 1 / RATIO_LIMIT + 1e-9), (1e6, RATIO_LIMIT - 1e-6, RATIO_LIMIT),

@@ -89,7 +89,7 @@ def test_shipped_correction_is_not_capped_and_never_zeroes_tissue():
 
 @pytest.mark.xfail(load_model().config.correction == "additive", strict=True,
                    reason="the v0.2 weights (additive correction) drive 2% of this cylinder's tissue to the floor "
-                          "(issue 21); weights with the ratio correction must pass")
+                          "(issue 21); the next weights must pass")
 def test_shipped_correction_rarely_meets_the_floor_and_is_nowhere_one_constant():
     """Issue 21: the 5% tissue floor is a guard that nearly never acts (under 0.1% of tissue voxels), and
     no large region of tissue gets one constant correction (a dead network region: the v0.2 weights

@@ -442,7 +442,7 @@ AT_FLOOR_TOLERANCE = 1.01
 CONSTANT_RESOLUTION = 1e-5
 
 
-def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray, correction: str = "ratio",
+def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray, correction: str = "floored",
                            floor: float | None = None) -> dict[str, float]:
     """How a CNN map corrects the DVK in tissue: the share held at the tissue floor, and the share where
     the correction is one constant (a dead network region, whose output is the bias whatever the input).

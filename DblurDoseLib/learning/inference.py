@@ -18,8 +18,8 @@
    per-pack evaluation (``naive=True``) to float rounding.
 4. Test-time step (paper): clamp at 0 and zero where the centre-slice density < 0.1 g/cm3; and
    a safeguard of ours: in tissue the map is at least ``TISSUE_FLOOR`` (5%) of the DVK, so that
-   an overshooting negative correction never zeroes a tissue voxel (models with the "ratio"
-   correction, :meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`, stay above it by construction).
+   an overshooting negative correction never zeroes a tissue voxel (models with the "floored" or
+   "ratio" correction, :meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`, stay above it by construction).
    When the working grid is not the CT grid, what moves back is the network's correction
    (output minus the working-grid DVK, trilinear), added to the CT-grid DVK, so that the map
    keeps the CT grid's detail (the no-residual ablation moves its whole output); then the

@@ -842,7 +842,7 @@ def train(
     ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
     ``decoder_activation``, ``correction``: the architecture options of
     :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network; default:
-    those of ``init``, else "leaky" and "ratio"). ``init``: a model file to start from (fine-tuning),
+    those of ``init``, else "leaky" and "floored"). ``init``: a model file to start from (fine-tuning),
     of the same variant and working grid. Its weights also serve another decoder activation (the
     parameters are the same) and may move between the "additive" and "floored" corrections (both read
     the output as a dose-rate term; they differ only near the floor); "ratio" reads it as a log factor,
@@ -866,7 +866,7 @@ def train(
     if start is not None:
         decoder_activation = decoder_activation or start.config.decoder_activation
         correction = correction or start.config.correction
-    decoder_activation, correction = decoder_activation or "leaky", correction or "ratio"
+    decoder_activation, correction = decoder_activation or "leaky", correction or "floored"
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
                          correction=correction)
     cache = _cache_dir(data_dir, out_path)
@@ -951,8 +951,9 @@ def add_train_arguments(subparser) -> None:
                    help="U-Net decoder activation: leaky (default) or relu (the paper's and v0.2's, with dead "
                         "features); with --init, that model's")
     p.add_argument("--correction", choices=("ratio", "additive", "floored"),
-                   help="ratio (default): DVK x a factor in (1/20, 20); additive: DVK + the output (v0.2); floored: "
-                        "DVK + the output, bent smoothly onto 1/20 of the DVK; with --init, that model's")
+                   help="floored (default): DVK + the output, bent smoothly onto 1/20 of the DVK; additive: DVK + "
+                        "the output (v0.2); ratio: DVK x a factor in (1/20, 20) (learns poorly); with --init, that "
+                        "model's")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune: start from this model file (same network and working grid) instead of random "
                         "weights, e.g. the shipped weights; --decoder-activation may differ, and --correction may "
