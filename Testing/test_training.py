@@ -103,6 +103,28 @@ def test_saved_model_runs_through_cnn_dose_rate(trained, dataset):
     assert dose.array.max() > 0
 
 
+def test_batch_norm_statistics_are_the_average_of_each_epochs_second_half(trained):
+    """What validation and the saved model use: every batch norm's running statistics averaged over the
+    last epoch's second half of batches (not PyTorch's momentum, ruled by the last ten batches); the
+    momentum is back to PyTorch's after the epoch."""
+    from torch import nn
+
+    state = _checkpoint(trained[0])["model"]
+    counts = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    steps = FAST["steps_per_epoch"]
+    assert len(counts) >= 10 and set(counts.values()) == {steps - steps // 2}
+    net = torch.nn.Module()
+    net.bn = nn.BatchNorm2d(3)
+    net.bn(torch.randn(4, 3, 5, 5))
+    training._average_batch_norm_from_here(net)
+    batches = [torch.randn(4, 3, 5, 5) * (i + 1) + i for i in range(3)]
+    for b in batches:
+        net.bn(b)
+    torch.testing.assert_close(net.bn.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0))
+    training._average_batch_norm_from_here(net, training.BN_MOMENTUM)
+    assert net.bn.momentum == nn.BatchNorm2d(3).momentum and int(net.bn.num_batches_tracked) == 3
+
+
 def test_resume_continues_where_it_stopped(trained, dataset, tmp_path):
     out = tmp_path / "model.pt"
 
