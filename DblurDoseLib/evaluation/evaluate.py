@@ -205,9 +205,8 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
     for method, maps in estimates.items():
         phantom["power"][method] = _mean(absorbed_power_ratio(e, truth, density) for e in maps)
     for method, kind in corrections.items():
-        diag = [correction_diagnostics(e, d, density, kind) for e, d in zip(estimates[method], estimates["dvk"])]
-        phantom["correction"][method] = {"floor_share": _mean(d["floor_share"] for d in diag),
-                                         "constant_share": max(d["constant_share"] for d in diag)}
+        phantom["correction"][method] = _combine_diagnostics(
+            correction_diagnostics(e, d, density, kind) for e, d in zip(estimates[method], estimates["dvk"]))
     for organ in ("healthy_liver", "spleen"):
         sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
         if sphere is not None and n_real >= 2:
@@ -250,11 +249,17 @@ def summarise(results: dict) -> dict:
     summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
     summary["improvement"] = _improvements(table, summary["noise"])
     summary["power"] = {m: _mean(v) for m, v in power.items()}
-    summary["correction"] = {m: {"floor_share": _mean(d["floor_share"] for d in diags),
-                                 "constant_share": max(d["constant_share"] for d in diags)}
-                             for m, diags in correction.items()}
+    summary["correction"] = {m: _combine_diagnostics(diags) for m, diags in correction.items()}
     summary["lesion_sizes"] = lesion_size_table(results)
     return summary
+
+
+def _combine_diagnostics(diagnostics) -> dict:
+    """Correction diagnostics of several maps (realisations, phantoms) as one: the mean share of tissue at
+    the floor, and the largest share under one constant correction (a dead region shows in any map)."""
+    diagnostics = list(diagnostics)
+    return {"floor_share": _mean(d["floor_share"] for d in diagnostics),
+            "constant_share": max(d["constant_share"] for d in diagnostics)}
 
 
 def lesion_size_table(results: dict) -> dict:

@@ -435,8 +435,8 @@ def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.nd
     return est / tru if tru > 0 else float("nan")
 
 
-#: a CNN voxel within this factor of the tissue floor counts as at the floor (the ratio correction
-#: approaches the floor without reaching it)
+#: a CNN voxel within this factor of the tissue floor counts as at the floor (the floored and ratio
+#: corrections approach the floor without reaching it)
 AT_FLOOR_TOLERANCE = 1.01
 #: corrections equal to this fraction of their largest magnitude count as one value
 CONSTANT_RESOLUTION = 1e-5
@@ -468,9 +468,10 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         float32 rounding steps, if wider): two neighbouring bins of that width;
         ``constant_value``: that correction (dimensionless log-ratio, or the map's unit for "additive").
     """
+    from ..learning.network import CORRECTIONS  # torch: only where a CNN has run
 
-    if correction not in ("ratio", "additive", "floored"):
-        raise DblurDoseError(f"unknown correction {correction!r}; choose ratio, additive or floored")
+    if correction not in CORRECTIONS:
+        raise DblurDoseError(f"unknown correction {correction!r}; choose {', '.join(CORRECTIONS)}")
     floor = TISSUE_FLOOR if floor is None else floor
     cnn, dvk = np.asarray(cnn, dtype=np.float64), np.asarray(dvk, dtype=np.float64)
     tissue = (np.asarray(density) >= AIR_DENSITY_THRESHOLD) & (dvk > 0)

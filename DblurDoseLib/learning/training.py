@@ -871,7 +871,7 @@ def train(
     ``relative_weight``: the loss's relative-error term (:func:`training_loss`; 0 for the MSE alone).
     ``decoder_activation``, ``correction``: the architecture options of
     :class:`~DblurDoseLib.learning.network.ModelConfig` ("relu", "additive": v0.2's network; default:
-    those of ``init``, else "leaky" and "floored"). ``init``: a model file to start from (fine-tuning),
+    those of ``init``, else ModelConfig's: "leaky" and "floored"). ``init``: a model file to start from (fine-tuning),
     of the same variant and working grid. Its weights also serve another decoder activation (the
     parameters are the same) and may move between the "additive" and "floored" corrections (both read
     the output as a dose-rate term; they differ only near the floor); "ratio" reads it as a log factor,
@@ -892,12 +892,12 @@ def train(
     train_names, val_names = choose_phantoms(manifest, *split_phantoms(manifest, seed, val_fraction), phantoms,
                                              val_phantoms)
     start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
-    if start is not None:
-        decoder_activation = decoder_activation or start.config.decoder_activation
-        correction = correction or start.config.correction
-    decoder_activation, correction = decoder_activation or "leaky", correction or "floored"
-    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]), decoder_activation=decoder_activation,
-                         correction=correction)
+    options = {"decoder_activation": decoder_activation, "correction": correction}
+    if start is not None:  # unset options: the init model's
+        options = {k: v or getattr(start.config, k) for k, v in options.items()}
+    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]),
+                         **{k: v for k, v in options.items() if v})  # still unset: ModelConfig's defaults
+    decoder_activation, correction = config.decoder_activation, config.correction
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
              f"(held out: {', '.join(val_names) or 'none'})")
