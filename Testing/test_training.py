@@ -448,3 +448,27 @@ def test_fine_tuning_moves_weights_to_another_decoder_and_between_additive_and_f
     tuned = load_model_file(out)
     assert (tuned.config.decoder_activation, tuned.config.correction) == ("leaky", "floored")
     assert tuned.config.info["init_sha256"] == base.sha256
+
+
+def test_frozen_batch_norms_keep_their_statistics_while_the_weights_train(trained, dataset, tmp_path):
+    """--freeze-batch-norm-from 1 with --init: every batch norm keeps the start model's running statistics
+    (training normalises with them, as inference does) while the convolutions and the norms' own scale
+    and shift still learn; the setting is part of resuming; 0 is refused."""
+    from DblurDoseLib.learning.network import load_model_file
+
+    start, _ = trained
+    out = tmp_path / "frozen.pt"
+    training.train(dataset, out, progress=lambda f, m: None, init=start, freeze_batch_norm_from=1,
+                   **{**FAST, "epochs": 1})
+    before, after = load_model_file(start).state_dict(), _checkpoint(out)["model"]
+    stats = [k for k in before if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")]
+    assert len(stats) >= 30
+    for k in stats:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    learned = [k for k in before if k not in stats and not torch.equal(after[k], before[k])]
+    assert any(k.endswith("conv.weight") or ".0.weight" in k for k in learned)
+    assert any(k.endswith(".1.weight") for k in learned)  # a batch norm's scale (DoubleConv: conv, BN, act)
+    with pytest.raises(DblurDoseError, match="other settings.*freeze_batch_norm_from"):
+        training.train(dataset, out, progress=lambda f, m: None, init=start, **{**FAST, "epochs": 1})
+    with pytest.raises(DblurDoseError, match="first epoch with frozen batch norms must be at least 1, got 0"):
+        training.train(dataset, tmp_path / "no.pt", freeze_batch_norm_from=0, **FAST)
