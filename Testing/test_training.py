@@ -472,3 +472,22 @@ def test_frozen_batch_norms_keep_their_statistics_while_the_weights_train(traine
         training.train(dataset, out, progress=lambda f, m: None, init=start, **{**FAST, "epochs": 1})
     with pytest.raises(DblurDoseError, match="first epoch with frozen batch norms must be at least 1, got 0"):
         training.train(dataset, tmp_path / "no.pt", freeze_batch_norm_from=0, **FAST)
+
+
+def test_validation_loss_on_chosen_phantoms_and_with_batch_statistics(trained, dataset):
+    """validation_loss measures a model on any complete phantom (here one it trained on) and, asked, with
+    each batch's own statistics as in training: a different number from the running statistics' for a
+    trained network (the gap that frozen batch norms close), the same for the DVK (no batch norm acts)."""
+    model, _ = trained
+    opts = dict(seed=FAST["seed"], batch_size=FAST["batch_size"], slab=FAST["slab"], patch=FAST["patch"])
+    manifest = training.read_manifest(dataset)
+    trained_on = int(training.split_phantoms(manifest, FAST["seed"])[0][0][1:])
+    on_val = training.validation_loss(model, dataset, **opts)
+    on_train = training.validation_loss(model, dataset, **opts, phantoms=[trained_on])
+    batch_stats = training.validation_loss(model, dataset, **opts, phantoms=[trained_on], batch_statistics=True)
+    assert np.isfinite([on_val, on_train, batch_stats]).all()
+    assert on_train != pytest.approx(on_val, rel=1e-4) and batch_stats != pytest.approx(on_train, rel=1e-4)
+    assert training.validation_loss("dvk", dataset, **opts, phantoms=[trained_on], batch_statistics=True) == \
+        pytest.approx(training.validation_loss("dvk", dataset, **opts, phantoms=[trained_on]), rel=1e-6)
+    with pytest.raises(DblurDoseError, match="cannot measure on p42: not a complete phantom of .*; choose among p00"):
+        training.validation_loss(model, dataset, **opts, phantoms=[42])

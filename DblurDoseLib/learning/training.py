@@ -344,7 +344,8 @@ def validation_batches(val_cases: list[_Case], seed: int, n_slabs: int, slab: in
 
 
 def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, seed: int = 0, batch_size: int = 32,
-                    slab: int = 8, patch: int = 64, device: str | torch.device = "cpu") -> float:
+                    slab: int = 8, patch: int = 64, device: str | torch.device = "cpu", *,
+                    phantoms: list[int] | None = None, batch_statistics: bool = False) -> float:
     """The weighted MSE of a model file on the validation batches that :func:`train` with these settings
     uses: compares models, the DVK alone included, on equal terms.
 
@@ -358,6 +359,13 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
         As given to :func:`train` (patch in voxels).
     device : str or torch.device
         Where the network runs.
+    phantoms : list of int, optional
+        Measure on these phantoms (indices; any split, training phantoms included: how well a run fits
+        its own data) instead of the validation phantoms; the batches are drawn alike.
+    batch_statistics : bool
+        Normalise with each batch's own statistics, as in training, instead of the batch norms'
+        running statistics, as at inference (the default): the gap between the two is what
+        ``train``'s ``freeze_batch_norm_from`` closes.
 
     Returns
     -------
@@ -371,11 +379,18 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     _, val_names = split_phantoms(manifest, seed)
+    if phantoms is not None:
+        val_names = [layout.phantom_key(i) for i in phantoms]
+        missing = [k for k in val_names if k not in manifest["phantoms"]]
+        if missing:
+            raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
+                                 f"choose among {', '.join(sorted(manifest['phantoms']))}")
     if model_path == "dvk":
         net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
     else:
         net = load_model_file(model_path)
     cases = load_cases(data_dir, val_names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    net.train(batch_statistics)  # no gradient and no optimiser: the weights stay; running statistics are not used
     losses = []
     with torch.no_grad():
         for x, dvk, truth, w in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
