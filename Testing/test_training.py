@@ -230,6 +230,36 @@ def test_relative_term_counts_low_dose_tissue():
         training.train(Path("nowhere"), Path("m.pt"), relative_weight=-1)
 
 
+def test_normalised_slabs_weigh_a_hot_slab_as_much_as_a_cold_one(dataset, tmp_path):
+    """normalise_slabs: each slab's squared error over its DVK energy, averaged over slabs. The same 20% error
+    costs the same in a slab through a 100:1 lesion as in one of plain tissue (the plain MSE: 1e4 times
+    more); it is the per-slab ratio written out by hand; a run with it records it and resumes only with it."""
+    rng = np.random.default_rng(0)
+    cold = torch.from_numpy(rng.uniform(0.05, 0.2, (1, 1, 4, 8, 8)).astype(np.float32))
+    truth = torch.cat([cold, 100 * cold])  # slab 0 plain tissue, slab 1 the same pattern 100x hotter
+    dvk = 0.9 * truth
+    w = torch.full_like(truth, training.BODY_WEIGHT)
+    w[..., 0, :] = training.OUTSIDE_WEIGHT
+    err_cold, err_hot = truth.clone(), truth.clone()
+    err_cold[0] *= 1.2
+    err_hot[1] *= 1.2
+    plain = [float(training.training_loss(p, truth, w, dvk, 0.0)) for p in (err_cold, err_hot)]
+    assert plain[1] == pytest.approx(1e4 * plain[0], rel=1e-3)
+    norm = [float(training.training_loss(p, truth, w, dvk, 0.0, normalise_slabs=True)) for p in (err_cold, err_hot)]
+    assert norm[1] == pytest.approx(norm[0], rel=1e-4)
+    by_hand = float((w[0] * (0.2 * truth[0]) ** 2).sum() / (w[0] * dvk[0] ** 2).sum()) / 2
+    assert norm[0] == pytest.approx(by_hand, rel=1e-5)
+    air = torch.zeros_like(cold)  # a slab of air: its DVK energy is floored, not zero
+    air_loss = float(training.training_loss(air + 0.01, air, torch.full_like(air, 0.3), air, 0.0, normalise_slabs=True))
+    assert air_loss == pytest.approx(0.01 ** 2 / training.SLAB_FLOOR ** 2, rel=1e-4)
+    out = tmp_path / "norm.pt"
+    fast = {**FAST, "epochs": 1, "steps_per_epoch": 2}
+    training.train(dataset, out, progress=lambda f, m: None, normalise_slabs=True, **fast)
+    assert _checkpoint(out)["settings"]["normalise_slabs"] is True
+    with pytest.raises(DblurDoseError, match="other settings.*normalise_slabs"):
+        training.train(dataset, out, progress=lambda f, m: None, **fast)
+
+
 @pytest.mark.slow
 def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
     """torchrun with 2 processes (gloo on the CPU): trains, and only rank 0 writes files and prints."""
