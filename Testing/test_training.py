@@ -260,6 +260,29 @@ def test_normalised_slabs_weigh_a_hot_slab_as_much_as_a_cold_one(dataset, tmp_pa
         training.train(dataset, out, progress=lambda f, m: None, **fast)
 
 
+def test_gradient_noise_of_a_hot_lesion_falls_with_normalised_slabs(trained, tmp_path):
+    """gradient_noise on a data set where one phantom's lesions are 100x hotter: under the plain MSE the
+    batches through them rule the gradient (its largest norm many times the median, a large share of
+    the squared norms in a tenth of the batches, a larger noise scale); normalised slabs even it out."""
+    data = make_dataset(tmp_path / "data")
+    folder = data / "p01"
+    hot = read_volume(folder / "mc_truth.nrrd").array
+    hot = hot > 0.5 * hot.max()
+    for name in ("mc_truth", "spect_r0", "spect_r1", "dvk_r0", "dvk_r1"):
+        vol = read_volume(folder / f"{name}.nrrd")
+        a = vol.array.copy()
+        a[hot] *= 100
+        write_volume(Volume(a, vol.spacing), folder / f"{name}.nrrd", overwrite=True)
+    opts = dict(batches=16, batch_size=8, slab=4, patch=32)
+    plain = training.gradient_noise(trained[0], data, [1, 2, 3, 4], **opts)
+    norm = training.gradient_noise(trained[0], data, [1, 2, 3, 4], normalise_slabs=True, **opts)
+    for r in (plain, norm):
+        assert 0.1 <= r["top_decile_share"] <= 1 and r["grad_max"] >= r["grad_median"] > 0 and r["loss_max"] > 0
+    assert plain["grad_max"] / plain["grad_median"] > 2 * norm["grad_max"] / norm["grad_median"]
+    assert plain["top_decile_share"] > 1.5 * norm["top_decile_share"]
+    assert plain["noise_scale"] > 3 * norm["noise_scale"]
+
+
 @pytest.mark.slow
 def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
     """torchrun with 2 processes (gloo on the CPU): trains, and only rank 0 writes files and prints."""

@@ -407,6 +407,71 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
     return float(np.mean(losses))
 
 
+def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int], batches: int = 48,
+                   seed: int = 123, batch_size: int = 32, slab: int = 8, patch: int = 64,
+                   hot_fraction: float = HOT_FRACTION, relative_weight: float = 0.0,
+                   normalise_slabs: bool = False) -> dict:
+    """How noisy the training gradient is at a model's weights: ``batches`` training batches of ``phantoms``
+    (drawn as in training, batch norms frozen), one gradient each.
+
+    Parameters
+    ----------
+    model_path : str or path
+        A model file.
+    data_dir : str or path
+        The data set.
+    phantoms : list of int
+        Phantom indices to draw from (any complete phantoms).
+    batches, seed : int
+        Number of batches and their draw.
+    batch_size, slab, patch, hot_fraction :
+        As given to :func:`train`.
+    relative_weight, normalise_slabs :
+        The loss (:func:`training_loss`).
+
+    Returns
+    -------
+    dict
+        ``loss_median``, ``loss_max``; ``grad_median``, ``grad_max`` (gradient norms); ``top_decile_share``:
+        the share of the sum of squared gradient norms in the tenth of the batches with the largest;
+        ``noise_scale``: tr(Sigma) / |E g|^2, with E g's squared norm corrected for the noise of its
+        estimate, the number of batches whose mean gradient would be as large as its noise (inf when
+        the mean is not resolved).
+    """
+    import torch
+
+    from .network import SlabForward, load_model_file
+
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    net = load_model_file(model_path)
+    names = [layout.phantom_key(i) for i in phantoms]
+    cases = load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    net.train()
+    _freeze_batch_norm(net)
+    model = SlabForward(net)
+    rng = np.random.default_rng(seed)
+    grads, losses = [], []
+    for _ in range(batches):
+        x, dvk, truth, w = (torch.from_numpy(a) for a in sample_batch(cases, rng, max(1, batch_size // slab), slab,
+                                                                      patch, hot_fraction))
+        loss = training_loss(model(x, dvk if net.residual else None), truth, w, dvk, relative_weight, normalise_slabs)
+        net.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]).double())
+        losses.append(float(loss.detach()))
+    g = torch.stack(grads)
+    mean = g.mean(0)
+    trace = float(((g - mean) ** 2).sum(1).mean()) * batches / max(batches - 1, 1)
+    signal = float((mean ** 2).sum()) - trace / batches
+    sq = np.sort((g.norm(dim=1) ** 2).numpy())[::-1]
+    norms = np.sqrt(sq)
+    return {"loss_median": float(np.median(losses)), "loss_max": float(np.max(losses)),
+            "grad_median": float(np.median(norms)), "grad_max": float(norms[0]),
+            "top_decile_share": float(sq[:max(1, batches // 10)].sum() / sq.sum()),
+            "noise_scale": trace / signal if signal > 0 else math.inf}
+
+
 def training_loss(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, dvk: torch.Tensor,
                   relative_weight: float = RELATIVE_WEIGHT, normalise_slabs: bool = False) -> torch.Tensor:
     """The training loss of a batch (see the module docstring).
