@@ -949,7 +949,9 @@ def _freeze_batch_norm(net) -> None:
     the batch holds; inference normalises by fixed statistics. The weights are fitted to the first
     and used with the second. Measured on data set v03: fine-tuning the v0.2 weights on 8 phantoms
     (pilot F, the MSE alone) lowered their loss with batch statistics (p00: 0.42 -> 0.39) and raised
-    it with the running ones that inference uses (0.28 -> 0.45)."""
+    it with the running ones that inference uses (0.28 -> 0.45). Frozen from the start of that fine-tune
+    (pilot I) the fit was no better, though: the mismatch is real, but it was not what held those runs
+    back (see the model card)."""
     from torch import nn
 
     for m in net.modules():
