@@ -281,6 +281,10 @@ def test_gradient_noise_of_a_hot_lesion_falls_with_normalised_slabs(trained, tmp
     assert plain["grad_max"] / plain["grad_median"] > 2 * norm["grad_max"] / norm["grad_median"]
     assert plain["top_decile_share"] > 1.5 * norm["top_decile_share"]
     assert plain["noise_scale"] > 3 * norm["noise_scale"]
+    with pytest.raises(DblurDoseError, match="cannot measure on p42: not a complete phantom"):
+        training.gradient_noise(trained[0], data, [1, 42], **opts)
+    with pytest.raises(DblurDoseError, match="at least 2 batches, got 1"):
+        training.gradient_noise(trained[0], data, [1], **{**opts, "batches": 1})
 
 
 @pytest.mark.slow
@@ -525,6 +529,8 @@ def test_frozen_batch_norms_keep_their_statistics_while_the_weights_train(traine
         training.train(dataset, out, progress=lambda f, m: None, init=start, **{**FAST, "epochs": 1})
     with pytest.raises(DblurDoseError, match="first epoch with frozen batch norms must be at least 1, got 0"):
         training.train(dataset, tmp_path / "no.pt", freeze_batch_norm_from=0, **FAST)
+    with pytest.raises(DblurDoseError, match=r"frozen batch norms \(3\) is after the last \(2\); choose an epoch"):
+        training.train(dataset, tmp_path / "no.pt", freeze_batch_norm_from=3, **FAST)
 
 
 def test_validation_loss_on_chosen_phantoms_and_with_batch_statistics(trained, dataset):

@@ -381,22 +381,7 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
     """
     import torch
 
-    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
-
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir)
-    _, val_names = split_phantoms(manifest, seed)
-    if phantoms is not None:
-        val_names = [layout.phantom_key(i) for i in phantoms]
-        missing = [k for k in val_names if k not in manifest["phantoms"]]
-        if missing:
-            raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
-                                 f"choose among {', '.join(sorted(manifest['phantoms']))}")
-    if model_path == "dvk":
-        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
-    else:
-        net = load_model_file(model_path)
-    cases = load_cases(data_dir, val_names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    net, cases = _model_and_cases(model_path, data_dir, phantoms, seed)
     net.train(batch_statistics)  # no gradient and no optimiser: the weights stay; running statistics are not used
     losses = []
     with torch.no_grad():
@@ -405,6 +390,26 @@ def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, 
             pred = net.forward_slab(x, dvk if net.residual else None)
             losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
     return float(np.mean(losses))
+
+
+def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int] | None,
+                     seed: int = 0):
+    """A model file ("dvk": the DVK alone) and the volumes of ``phantoms`` (indices of complete phantoms; None:
+    the validation phantoms of :func:`split_phantoms` with ``seed``) to measure it on."""
+    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
+
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    names = split_phantoms(manifest, seed)[1] if phantoms is None else [layout.phantom_key(i) for i in phantoms]
+    missing = [k for k in names if k not in manifest["phantoms"]]
+    if missing:
+        raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
+                             f"choose among {', '.join(sorted(manifest['phantoms']))}")
+    if model_path == "dvk":
+        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
+    else:
+        net = load_model_file(model_path)
+    return net, load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
 
 
 def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int], batches: int = 48,
@@ -440,13 +445,11 @@ def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, p
     """
     import torch
 
-    from .network import SlabForward, load_model_file
+    from .network import SlabForward
 
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir)
-    net = load_model_file(model_path)
-    names = [layout.phantom_key(i) for i in phantoms]
-    cases = load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    if int(batches) < 2:
+        raise DblurDoseError(f"the gradient noise needs at least 2 batches, got {batches}")
+    net, cases = _model_and_cases(model_path, data_dir, phantoms)
     net.train()
     _freeze_batch_norm(net)
     model = SlabForward(net)
@@ -462,7 +465,7 @@ def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, p
         losses.append(float(loss.detach()))
     g = torch.stack(grads)
     mean = g.mean(0)
-    trace = float(((g - mean) ** 2).sum(1).mean()) * batches / max(batches - 1, 1)
+    trace = float(((g - mean) ** 2).sum(1).mean()) * batches / (batches - 1)
     signal = float((mean ** 2).sum()) - trace / batches
     sq = np.sort((g.norm(dim=1) ** 2).numpy())[::-1]
     norms = np.sqrt(sq)
@@ -563,6 +566,9 @@ def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: f
     for name, value in named:
         if int(value) < 1:
             raise DblurDoseError(f"the {name} must be at least 1, got {value}")
+    if freeze_batch_norm_from is not None and freeze_batch_norm_from > epochs:
+        raise DblurDoseError(f"the first epoch with frozen batch norms ({freeze_batch_norm_from}) is after the last "
+                             f"({epochs}); choose an epoch from 1 to {epochs}, or leave the batch norms unfrozen")
     if not lr > 0:
         raise DblurDoseError(f"the learning rate must be positive, got {lr}")
     if schedule not in SCHEDULES:
@@ -818,11 +824,11 @@ class Trainer:
         net = self.net.eval()
         with torch.no_grad(), self._autocast():
             losses, mses = [], []
+            opts = self.options
             for arrays in self.val_batches:
                 x, dvk, truth, w = self._to_device(arrays)
                 pred = net.forward_slab(x, dvk if net.residual else None)
                 mses.append(float(training_loss(pred, truth, w, dvk, 0.0)))
-                opts = self.options
                 losses.append(float(training_loss(pred, truth, w, dvk, opts.relative_weight, opts.normalise_slabs))
                               if opts.relative_weight or opts.normalise_slabs else mses[-1])
         return self.ranks.mean(float(np.mean(losses))), self.ranks.mean(float(np.mean(mses)))
