@@ -565,10 +565,12 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dblurdose`` parser: dose, dosimetry, kernel and demo here; data, train and evaluate from their modules."""
+    """The ``dblurdose`` parser: dose, dosimetry, kernel and demo here; data, train, validate and evaluate from
+    their modules."""
     from .data import add_data_arguments
     from .evaluation.evaluate import add_evaluate_arguments
     from .learning.training import add_train_arguments
+    from .learning.validation import add_validate_arguments
 
     parser = argparse.ArgumentParser(
         prog="dblurdose", description="Voxel-level Lu-177 dose-rate maps from SPECT/CT (DVK and DblurDoseNet)."
@@ -576,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, help="what to do (dblurdose COMMAND --help)")
     for add_parser in (_add_dose_parser, _add_dosimetry_parser, _add_kernel_parser, _add_demo_parser,
-                       add_data_arguments, add_train_arguments, add_evaluate_arguments):
+                       add_data_arguments, add_train_arguments, add_validate_arguments, add_evaluate_arguments):
         add_parser(sub)
     return parser
 

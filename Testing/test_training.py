@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.io.volume import Volume, read_volume, write_volume
-from DblurDoseLib.learning import training
+from DblurDoseLib.learning import training, validation
 from DblurDoseLib.learning.inference import cnn_dose_rate, load_model
 
 SPACING = (10.0, 10.0, 15.0)  # coarse voxels: a patient-sized body in a tiny grid
@@ -82,10 +82,15 @@ def test_training_lowers_the_loss_and_writes_its_files(trained, dataset):
     from DblurDoseLib.learning.network import load_model_file
 
     info = load_model_file(out).config.info
-    again = training.validation_loss(out, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+    again = validation.validation_loss(out, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
                                      slab=FAST["slab"], patch=FAST["patch"])
     assert info["val_mse"] == pytest.approx(again, rel=1e-4)
     assert messages[-1][0] == 1.0 and any("epoch 2/2" in m for _, m in messages)
+    # beside the best epoch's model: the last epoch's, the checkpoint's weights exactly
+    last = load_model_file(training.last_model_path(out))
+    assert training.last_model_path(out).name == "model.last.pt" and last.config.info["epoch"] == 2
+    weights = _checkpoint(out)["model"]
+    assert all(torch.equal(v, weights[k]) for k, v in last.state_dict().items())
 
 
 def test_saved_model_runs_through_cnn_dose_rate(trained, dataset):
@@ -274,17 +279,17 @@ def test_gradient_noise_of_a_hot_lesion_falls_with_normalised_slabs(trained, tmp
         a[hot] *= 100
         write_volume(Volume(a, vol.spacing), folder / f"{name}.nrrd", overwrite=True)
     opts = dict(batches=16, batch_size=8, slab=4, patch=32)
-    plain = training.gradient_noise(trained[0], data, [1, 2, 3, 4], **opts)
-    norm = training.gradient_noise(trained[0], data, [1, 2, 3, 4], normalise_slabs=True, **opts)
+    plain = validation.gradient_noise(trained[0], data, [1, 2, 3, 4], **opts)
+    norm = validation.gradient_noise(trained[0], data, [1, 2, 3, 4], normalise_slabs=True, **opts)
     for r in (plain, norm):
         assert 0.1 <= r["top_decile_share"] <= 1 and r["grad_max"] >= r["grad_median"] > 0 and r["loss_max"] > 0
     assert plain["grad_max"] / plain["grad_median"] > 2 * norm["grad_max"] / norm["grad_median"]
     assert plain["top_decile_share"] > 1.5 * norm["top_decile_share"]
     assert plain["noise_scale"] > 3 * norm["noise_scale"]
     with pytest.raises(DblurDoseError, match="cannot measure on p42: not a complete phantom"):
-        training.gradient_noise(trained[0], data, [1, 42], **opts)
+        validation.gradient_noise(trained[0], data, [1, 42], **opts)
     with pytest.raises(DblurDoseError, match="at least 2 batches, got 1"):
-        training.gradient_noise(trained[0], data, [1], **{**opts, "batches": 1})
+        validation.gradient_noise(trained[0], data, [1], **{**opts, "batches": 1})
 
 
 @pytest.mark.slow
@@ -308,7 +313,8 @@ def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path):
                            str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("epoch 1/1:") == 1  # rank 0 reports, rank 1 is silent
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model.loss.png", "model.pt", "model.pt.ckpt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.last.pt", "model.loss.png", "model.pt",
+                                                            "model.pt.ckpt"]
     assert load_model(out, device="cpu").config.info["epoch"] == 1
 
 
@@ -461,7 +467,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(t
     out = tmp_path / "tuned.pt"
     training.train(dataset, out, progress=lambda f, m: None, init=start, **{**FAST, "epochs": 1})
     history = _checkpoint(out)["history"]
-    before = training.validation_loss(start, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+    before = validation.validation_loss(start, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
                                       slab=FAST["slab"], patch=FAST["patch"])
     assert history[0]["val_mse"] == pytest.approx(before, rel=1e-4)  # not a fresh random network
     tuned = load_model_file(out)
@@ -493,9 +499,9 @@ def test_fine_tuning_moves_weights_to_another_decoder_and_between_additive_and_f
     moved = DblurDoseNet(replace(base.config, decoder_activation="leaky", correction="floored", info={}))
     moved.load_state_dict(base.state_dict())
     by_hand = save_model(moved, tmp_path / "by_hand.pt")
-    expected = training.validation_loss(by_hand, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
+    expected = validation.validation_loss(by_hand, dataset, seed=FAST["seed"], batch_size=FAST["batch_size"],
                                         slab=FAST["slab"], patch=FAST["patch"])
-    assert expected != pytest.approx(training.validation_loss(additive, dataset, seed=FAST["seed"],
+    assert expected != pytest.approx(validation.validation_loss(additive, dataset, seed=FAST["seed"],
                                                               batch_size=FAST["batch_size"], slab=FAST["slab"],
                                                               patch=FAST["patch"]), rel=1e-6)  # the options act
     out = tmp_path / "floored.pt"
@@ -541,12 +547,55 @@ def test_validation_loss_on_chosen_phantoms_and_with_batch_statistics(trained, d
     opts = dict(seed=FAST["seed"], batch_size=FAST["batch_size"], slab=FAST["slab"], patch=FAST["patch"])
     manifest = training.read_manifest(dataset)
     trained_on = int(training.split_phantoms(manifest, FAST["seed"])[0][0][1:])
-    on_val = training.validation_loss(model, dataset, **opts)
-    on_train = training.validation_loss(model, dataset, **opts, phantoms=[trained_on])
-    batch_stats = training.validation_loss(model, dataset, **opts, phantoms=[trained_on], batch_statistics=True)
+    on_val = validation.validation_loss(model, dataset, **opts)
+    on_train = validation.validation_loss(model, dataset, **opts, phantoms=[trained_on])
+    batch_stats = validation.validation_loss(model, dataset, **opts, phantoms=[trained_on], batch_statistics=True)
     assert np.isfinite([on_val, on_train, batch_stats]).all()
     assert on_train != pytest.approx(on_val, rel=1e-4) and batch_stats != pytest.approx(on_train, rel=1e-4)
-    assert training.validation_loss("dvk", dataset, **opts, phantoms=[trained_on], batch_statistics=True) == \
-        pytest.approx(training.validation_loss("dvk", dataset, **opts, phantoms=[trained_on]), rel=1e-6)
+    assert validation.validation_loss("dvk", dataset, **opts, phantoms=[trained_on], batch_statistics=True) == \
+        pytest.approx(validation.validation_loss("dvk", dataset, **opts, phantoms=[trained_on]), rel=1e-6)
     with pytest.raises(DblurDoseError, match="cannot measure on p42: not a complete phantom of .*; choose among p00"):
-        training.validation_loss(model, dataset, **opts, phantoms=[42])
+        validation.validation_loss(model, dataset, **opts, phantoms=[42])
+
+
+def test_validate_command_compares_models_over_seeds_and_phantom_sets(trained, dataset, capsys):
+    """`dblurdose validate` prints, per model and phantom set, the mean of validation_loss over the seeds
+    and its standard error, one column per phantom set: the trained model beats the DVK on its own training
+    phantoms; bad options get one line."""
+    from DblurDoseLib.cli import main
+
+    out, _ = trained
+    last = training.last_model_path(out)
+    opts = dict(batch_size=FAST["batch_size"], slab=FAST["slab"], patch=FAST["patch"])
+    trained_on = [int(p[1:]) for p in load_model(out, device="cpu").config.info["train_phantoms"]][:2]
+    pool = ",".join(str(i) for i in trained_on)
+    argv = ["validate", "--data", str(dataset), "--model", "dvk", str(last), "--phantoms", pool, "--phantoms",
+            str(trained_on[0]), "--seeds", "2", "--batch-size", "8", "--slab", "4", "--patch", "32"]
+    assert main(argv) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("dvk", str(last)):
+            rows[cells[0]] = [tuple(float(v) for v in c.replace("(x", "+-").rstrip(")").split("+-"))
+                              for c in cells[1:]]
+    assert set(rows) == {"dvk", str(last)}
+    dvk_seeds = [validation.validation_loss("dvk", dataset, seed=s, phantoms=trained_on, **opts) for s in (0, 1)]
+    for model, ((pooled, se, *ratio), (single, *_)) in rows.items():
+        seeds = [validation.validation_loss(model, dataset, seed=s, phantoms=trained_on, **opts) for s in (0, 1)]
+        assert pooled == pytest.approx(np.mean(seeds), abs=6e-5)
+        assert se == pytest.approx(np.std(seeds, ddof=1) / np.sqrt(2), abs=6e-5) and se > 0
+        if model != "dvk":  # the paired ratio to the first model (the DVK) on the same batches
+            r = np.divide(seeds, dvk_seeds)
+            assert ratio == pytest.approx([r.mean(), r.std(ddof=1) / np.sqrt(2)], abs=6e-4)
+        assert single == pytest.approx(np.mean([validation.validation_loss(model, dataset, seed=s,
+                                                                           phantoms=trained_on[:1], **opts)
+                                                for s in (0, 1)]), abs=6e-5)
+    assert rows[str(last)][0][0] < 0.9 * rows["dvk"][0][0]
+    for bad, message in ((["--seeds", "0"], "number of seeds must be at least 1"),
+                         (["--patch", "40"], "patch must be a multiple of 16"),
+                         (["--phantoms", "42"], "cannot measure on p42")):
+        assert main(argv[:5] + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert main(["validate", "--data", str(dataset), "--model", str(out.with_name("none.pt"))]) == 2
+    assert "weights not found" in capsys.readouterr().err

@@ -44,8 +44,9 @@ trained is the network used (with batch statistics, a batch of hot patches norma
 patch in it differently from how inference will).
 
 Every epoch: a checkpoint ``OUT.ckpt`` (model, optimiser, scheduler, history; ``resume``
-continues from it), the loss curve ``OUT.loss.png``, and the model file ``OUT`` rewritten
-whenever the validation loss is the best so far. Volumes are cached as ``.npy`` files
+continues from it), the loss curve ``OUT.loss.png``, the last epoch's model file ``NAME.last.pt``
+(for ``OUT`` = ``NAME.pt``), and the model file ``OUT`` rewritten whenever the validation loss is
+the best so far. :mod:`~DblurDoseLib.learning.validation` compares such files (``dblurdose validate``). Volumes are cached as ``.npy`` files
 (memory-mapped) in ``DIR/.cache`` (or beside ``OUT`` when ``DIR`` is read-only).
 
 Devices: CUDA with mixed precision (bf16 where supported, else fp16 with loss scaling), then
@@ -350,131 +351,6 @@ def validation_batches(val_cases: list[_Case], seed: int, n_slabs: int, slab: in
     return [sample_batch(val_cases, rng, n_slabs, slab, patch) for _ in range(VAL_BATCHES)] if val_cases else []
 
 
-def validation_loss(model_path: str | os.PathLike, data_dir: str | os.PathLike, seed: int = 0, batch_size: int = 32,
-                    slab: int = 8, patch: int = 64, device: str | torch.device = "cpu", *,
-                    phantoms: list[int] | None = None, batch_statistics: bool = False) -> float:
-    """The weighted MSE of a model file on the validation batches that :func:`train` with these settings
-    uses: compares models, the DVK alone included, on equal terms.
-
-    Parameters
-    ----------
-    model_path : str or path
-        A model file, or "dvk" (the DVK itself: a network with a zero correction).
-    data_dir : str or path
-        The data set.
-    seed, batch_size, slab, patch : int
-        As given to :func:`train` (patch in voxels).
-    device : str or torch.device
-        Where the network runs.
-    phantoms : list of int, optional
-        Measure on these phantoms (indices; any split, training phantoms included: how well a run fits
-        its own data) instead of the validation phantoms; the batches are drawn alike.
-    batch_statistics : bool
-        Normalise with each batch's own statistics, as in training, instead of the batch norms'
-        running statistics, as at inference (the default): the gap between the two is what
-        ``train``'s ``freeze_batch_norm_from`` closes.
-
-    Returns
-    -------
-    float
-        The mean weighted MSE of the scaled dose rate (dimensionless).
-    """
-    import torch
-
-    net, cases = _model_and_cases(model_path, data_dir, phantoms, seed)
-    net.train(batch_statistics)  # no gradient and no optimiser: the weights stay; running statistics are not used
-    losses = []
-    with torch.no_grad():
-        for x, dvk, truth, w in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
-            x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in (x, dvk, truth, w))
-            pred = net.forward_slab(x, dvk if net.residual else None)
-            losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
-    return float(np.mean(losses))
-
-
-def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int] | None,
-                     seed: int = 0):
-    """A model file ("dvk": the DVK alone) and the volumes of ``phantoms`` (indices of complete phantoms; None:
-    the validation phantoms of :func:`split_phantoms` with ``seed``) to measure it on."""
-    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
-
-    data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir)
-    names = split_phantoms(manifest, seed)[1] if phantoms is None else [layout.phantom_key(i) for i in phantoms]
-    missing = [k for k in names if k not in manifest["phantoms"]]
-    if missing:
-        raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
-                             f"choose among {', '.join(sorted(manifest['phantoms']))}")
-    if model_path == "dvk":
-        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
-    else:
-        net = load_model_file(model_path)
-    return net, load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
-
-
-def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int], batches: int = 48,
-                   seed: int = 123, batch_size: int = 32, slab: int = 8, patch: int = 64,
-                   hot_fraction: float = HOT_FRACTION, relative_weight: float = 0.0,
-                   normalise_slabs: bool = False) -> dict:
-    """How noisy the training gradient is at a model's weights: ``batches`` training batches of ``phantoms``
-    (drawn as in training, batch norms frozen), one gradient each.
-
-    Parameters
-    ----------
-    model_path : str or path
-        A model file.
-    data_dir : str or path
-        The data set.
-    phantoms : list of int
-        Phantom indices to draw from (any complete phantoms).
-    batches, seed : int
-        Number of batches and their draw.
-    batch_size, slab, patch, hot_fraction :
-        As given to :func:`train`.
-    relative_weight, normalise_slabs :
-        The loss (:func:`training_loss`).
-
-    Returns
-    -------
-    dict
-        ``loss_median``, ``loss_max``; ``grad_median``, ``grad_max`` (gradient norms); ``top_decile_share``:
-        the share of the sum of squared gradient norms in the tenth of the batches with the largest;
-        ``noise_scale``: tr(Sigma) / |E g|^2, with E g's squared norm corrected for the noise of its
-        estimate, the number of batches whose mean gradient would be as large as its noise (inf when
-        the mean is not resolved).
-    """
-    import torch
-
-    from .network import SlabForward
-
-    if int(batches) < 2:
-        raise DblurDoseError(f"the gradient noise needs at least 2 batches, got {batches}")
-    net, cases = _model_and_cases(model_path, data_dir, phantoms)
-    net.train()
-    _freeze_batch_norm(net)
-    model = SlabForward(net)
-    rng = np.random.default_rng(seed)
-    grads, losses = [], []
-    for _ in range(batches):
-        x, dvk, truth, w = (torch.from_numpy(a) for a in sample_batch(cases, rng, max(1, batch_size // slab), slab,
-                                                                      patch, hot_fraction))
-        loss = training_loss(model(x, dvk if net.residual else None), truth, w, dvk, relative_weight, normalise_slabs)
-        net.zero_grad()
-        loss.backward()
-        grads.append(torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]).double())
-        losses.append(float(loss.detach()))
-    g = torch.stack(grads)
-    mean = g.mean(0)
-    trace = float(((g - mean) ** 2).sum(1).mean()) * batches / (batches - 1)
-    signal = float((mean ** 2).sum()) - trace / batches
-    sq = np.sort((g.norm(dim=1) ** 2).numpy())[::-1]
-    norms = np.sqrt(sq)
-    return {"loss_median": float(np.median(losses)), "loss_max": float(np.max(losses)),
-            "grad_median": float(np.median(norms)), "grad_max": float(norms[0]),
-            "top_decile_share": float(sq[:max(1, batches // 10)].sum() / sq.sum()),
-            "noise_scale": trace / signal if signal > 0 else math.inf}
-
-
 def training_loss(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, dvk: torch.Tensor,
                   relative_weight: float = RELATIVE_WEIGHT, normalise_slabs: bool = False) -> torch.Tensor:
     """The training loss of a batch (see the module docstring).
@@ -554,6 +430,14 @@ def checkpoint_path(out_path: str | os.PathLike) -> Path:
     """The checkpoint file of a run writing the model file ``out_path``: ``OUT.ckpt`` beside it."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.name + ".ckpt")
+
+
+def last_model_path(out_path: str | os.PathLike) -> Path:
+    """The model file of a run's last finished epoch, beside its best one ``out_path``: ``NAME.last.pt`` for
+    ``NAME.pt`` (a fine-tune's one-cycle schedule ends on the weights it was planned for; the validation
+    loss of a few batches may favour an earlier epoch by chance)."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}.last{out_path.suffix}")
 
 
 def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: float, schedule: str,
@@ -875,15 +759,16 @@ class Trainer:
             _average_batch_norm_from_here(net, BN_MOMENTUM)
         return self.ranks.mean(total / sizes.local_steps)
 
-    def save(self, epoch: int, out_path: Path, model_info: dict | None) -> None:
-        """Rank 0: the checkpoint and loss curve of ``epoch`` (from 1), and the model file when
-        ``model_info`` is given (the best validation loss so far)."""
+    def save(self, epoch: int, out_path: Path, model_info: dict, best: bool) -> None:
+        """Rank 0: the checkpoint, loss curve and last-epoch model file (:func:`last_model_path`) of ``epoch``
+        (from 1), and the model file ``out_path`` when ``best`` (the best validation loss so far)."""
         from .network import save_model
 
         if not self.ranks.main:
             return
-        if model_info is not None:
-            self.net.config.info = {**model_info, **self.settings}
+        self.net.config.info = {**model_info, **self.settings}
+        save_model(self.net, last_model_path(out_path))
+        if best:
             save_model(self.net, out_path)
         _atomic_torch_save({"epoch": epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -914,9 +799,8 @@ class Trainer:
                                  "val_mse": val_mse, "lr": lr, "seconds": round(time.perf_counter() - t0, 2)})
             improved = monitor < self.best
             self.best = min(self.best, monitor)
-            info = ({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse}
-                    if improved else None)
-            self.save(epoch + 1, out_path, info)
+            info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse}
+            self.save(epoch + 1, out_path, info, improved)
             self.ranks.barrier()
             val_text = f", validation {val_loss:.4g} (MSE {val_mse:.4g})" if val_loss is not None else ""
             self.say((epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}: training loss {train_loss:.4g}"
@@ -924,7 +808,8 @@ class Trainer:
                                                 + (" (best so far, saved)" if improved else ""))
         if self.ranks.main and not out_path.exists():  # e.g. resumed after the last epoch of an interrupted save
             save_model(self.net, out_path)
-        self.say(1.0, f"done in {time.perf_counter() - t_start:.0f} s: {out_path}")
+        self.say(1.0, f"done in {time.perf_counter() - t_start:.0f} s: {out_path} (best validation loss), "
+                      f"{last_model_path(out_path)} (last epoch)")
 
 
 def _average_batch_norm_from_here(net, momentum: float | None = None) -> None:
