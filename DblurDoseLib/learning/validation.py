@@ -100,7 +100,7 @@ def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike,
     names = split_phantoms(manifest, seed)[1] if phantoms is None else [layout.phantom_key(i) for i in phantoms]
     if not names:
         raise DblurDoseError(f"{data_dir} has no validation phantoms; name the phantoms to measure on "
-                             "(--phantoms, e.g. 10,11)")
+                             "(the phantoms setting, e.g. 10,11)")
     missing = [k for k in names if k not in manifest["phantoms"]]
     if missing:
         raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
