@@ -80,7 +80,10 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
 
     stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio"))
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: stand_in)
-    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
+    def stand_in_cnn(spect, hu, density, dvk, device, model):  # the DVK, held at the floor on the first slice
+        return hu.with_array(np.concatenate([0.05 * dvk[:1], dvk[1:]]).astype(np.float32))
+
+    monkeypatch.setattr(inference, "cnn_dose_rate", stand_in_cnn)
     results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", out=tmp_path / "report")
     phantom = results["phantoms"]["p00"]
     kidney = phantom["vois"]["kidney_left"]
@@ -89,8 +92,14 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     assert "mc" not in kidney and results["families"] == {"p00": "anatomical"}
     # energy: the DVK deposits 1.1 and 1.2 times the truth's power (density 1 everywhere)
     assert phantom["power"]["dvk"] == pytest.approx(1.15, rel=1e-5)
-    # a stand-in CNN that returns the DVK corrects by one constant (zero) everywhere: flagged, none at the floor
-    assert phantom["correction"]["cnn"] == {"floor_share": 0.0, "constant_share": 1.0}
+    # a stand-in CNN that returns the DVK corrects by one constant (zero) everywhere but on its first slice, held
+    # at the floor, where the truth is 1/1.1 and 1/1.2 of the DVK (an overshoot): flagged with the truth it misses
+    tissue = truth > 0
+    on_floor = tissue[0].sum() / tissue.sum()
+    diag = phantom["correction"]["cnn"]
+    assert diag["floor_share"] == pytest.approx(on_floor) and diag["constant_share"] == pytest.approx(1 - on_floor)
+    assert diag["floor_truth_ratio"] == pytest.approx((1 / 1.1 + 1 / 1.2) / 2, rel=1e-5)
+    assert diag["floor_truth_share"] == pytest.approx(truth[0].sum() / truth.sum(), rel=1e-5)
     sizes = results["summary"]["lesion_sizes"]  # lesions 1 and 2: 8 voxels of 64 mm3 each; lesion 3 too small
     assert list(sizes) == ["under 1 mL"] and sizes["under 1 mL"]["lesions"] == 2
     assert sizes["under 1 mL"]["dvk"]["signed_error"] == pytest.approx(15.0, rel=1e-4)

@@ -159,4 +159,14 @@ def test_correction_diagnostics_find_a_dead_region_and_the_floor(correction):
     assert got["constant_value"] == pytest.approx(-0.085, abs=1e-4)
     live = correction_diagnostics(cnn_map(live_c), dvk.astype(np.float32), density, correction)
     assert live["constant_share"] < 1e-3  # without the dead region no value repeats much
-    assert live["floor_share"] == got["floor_share"]
+    assert live["floor_share"] == got["floor_share"] and "floor_truth_ratio" not in live
+    # with the truth: at the floor it is 0.4 x the DVK (an overshoot: the CNN gives 0.05 x), elsewhere the DVK
+    truth = np.where(floored, 0.4 * dvk, dvk)
+    judged = correction_diagnostics(cnn_map(live_c), dvk.astype(np.float32), density, correction, truth=truth)
+    at = floored & tissue
+    assert judged["floor_truth_ratio"] == pytest.approx(0.4, rel=1e-6)
+    assert judged["floor_truth_share"] == pytest.approx(truth[at].sum() / truth[tissue].sum(), rel=1e-9)
+    right = correction_diagnostics(cnn_map(live_c), dvk.astype(np.float32), density, correction,
+                                   truth=np.where(floored, 0.01 * dvk, dvk))
+    assert right["floor_truth_ratio"] == pytest.approx(0.01, rel=1e-6)  # the floor is right there
+    assert np.isnan(correction_diagnostics(dvk, dvk, density, correction, truth=truth)["floor_truth_ratio"])

@@ -193,7 +193,8 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
     noise in background spheres of the healthy liver and spleen (two realisations or more); each
     method's whole-body absorbed power over the truth's (mean over realisations); and for each
     residual CNN (``corrections``: method -> its correction kind) the share of tissue at the floor
-    (mean) and the largest share under one constant correction (largest over realisations)."""
+    (mean), whether the truth there is as low (:func:`correction_diagnostics` with the truth), and the
+    largest share under one constant correction (largest over realisations)."""
     phantom: dict = {"vois": {}, "noise": {}, "power": {}, "correction": {}}
     for voi, mask in masks.items():
         phantom["vois"][voi] = {
@@ -206,7 +207,7 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
         phantom["power"][method] = _mean(absorbed_power_ratio(e, truth, density) for e in maps)
     for method, kind in corrections.items():
         phantom["correction"][method] = _combine_diagnostics(
-            correction_diagnostics(e, d, density, kind) for e, d in zip(estimates[method], estimates["dvk"]))
+            correction_diagnostics(e, d, density, kind, truth=truth) for e, d in zip(estimates[method], estimates["dvk"]))
     for organ in ("healthy_liver", "spleen"):
         sphere = background_sphere(masks.get(organ, np.zeros(1, bool)), hu.spacing) if organ in masks else None
         if sphere is not None and n_real >= 2:
@@ -256,10 +257,15 @@ def summarise(results: dict) -> dict:
 
 def _combine_diagnostics(diagnostics) -> dict:
     """Correction diagnostics of several maps (realisations, phantoms) as one: the mean share of tissue at
-    the floor, and the largest share under one constant correction (a dead region shows in any map)."""
+    the floor, and there the truth over the DVK and the share of the true dose rate (means over the maps
+    that have floor voxels), and the largest share under one constant correction (a dead region shows in
+    any map)."""
     diagnostics = list(diagnostics)
-    return {"floor_share": _mean(d["floor_share"] for d in diagnostics),
-            "constant_share": max(d["constant_share"] for d in diagnostics)}
+    out = {"floor_share": _mean(d["floor_share"] for d in diagnostics),
+           "constant_share": max(d["constant_share"] for d in diagnostics)}
+    for key in ("floor_truth_ratio", "floor_truth_share"):
+        out[key] = _mean(d.get(key) for d in diagnostics if d["floor_share"] > 0)
+    return out
 
 
 def lesion_size_table(results: dict) -> dict:
@@ -323,8 +329,8 @@ def _phantom_figures(out: Path, key: str, hu, truth, estimates, masks) -> None:
                     f"{key}: cumulative DRVH of {target}", styles)
 
 
-def _fmt(v: float) -> str:
-    return "-" if v is None or not np.isfinite(v) else f"{v:.1f}"
+def _fmt(v: float, digits: int = 1) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 def write_report(results: dict, out: Path) -> Path:
@@ -449,9 +455,15 @@ def _correction_section(results: dict) -> list[str]:
     rows = [(key, m, d) for key, ph in results["phantoms"].items() for m, d in ph.get("correction", {}).items()]
     if not rows:
         return []
-    lines = ["", "## CNN correction in tissue: at the 5% floor, and under one constant value (% of tissue voxels)",
-             "", "| phantom | model | at the floor | one constant |", "|---|---|---|---|"]
-    lines += [f"| {key} | {m} | {100 * d['floor_share']:.3f} | {100 * d['constant_share']:.3f} |" for key, m, d in rows]
+    lines = ["", "## CNN correction in tissue: at the 5% floor, and under one constant value",
+             "", "At the floor: % of tissue voxels; there, the truth over the DVK (median; 0.05 or less: the floor is "
+             "right, above it the correction overshoots) and % of the tissue's true dose rate. One constant: "
+             "% of tissue voxels.", "",
+             "| phantom | model | at the floor | truth / DVK there | true dose there | one constant |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {key} | {m} | {100 * d['floor_share']:.3f} | {_fmt(d.get('floor_truth_ratio'), 3)} | "
+              f"{_fmt(100 * d.get('floor_truth_share', float('nan')), 3)} | {100 * d['constant_share']:.3f} |"
+              for key, m, d in rows]
     return lines
 
 

@@ -443,7 +443,7 @@ CONSTANT_RESOLUTION = 1e-5
 
 
 def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray, correction: str = "floored",
-                           floor: float | None = None) -> dict[str, float]:
+                           floor: float | None = None, truth: np.ndarray | None = None) -> dict[str, float]:
     """How a CNN map corrects the DVK in tissue: the share held at the tissue floor, and the share where
     the correction is one constant (a dead network region, whose output is the bias whatever the input).
 
@@ -458,6 +458,9 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         ("ratio") or ``cnn - dvk``.
     floor : float, optional
         The inference floor as a fraction of the DVK (default :data:`~DblurDoseLib.learning.inference.TISSUE_FLOOR`).
+    truth : np.ndarray, optional
+        The true dose-rate map (same unit): whether the floor is right where it acts (the truth is as low
+        as the floor) or an overshoot (the truth is well above it).
 
     Returns
     -------
@@ -467,6 +470,9 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
         corrections agree to :data:`CONSTANT_RESOLUTION` of the largest correction magnitude (or to a few
         float32 rounding steps, if wider): two neighbouring bins of that width;
         ``constant_value``: that correction (dimensionless log-ratio, or the map's unit for "additive").
+        With ``truth``: ``floor_truth_ratio``, the median of truth / DVK over the voxels at the floor (at
+        or below ``floor``: the floor is right there; NaN without such voxels), and ``floor_truth_share``,
+        their share of the tissue's true dose rate.
     """
     from ..learning.network import CORRECTIONS  # torch: only where a CNN has run
 
@@ -483,6 +489,12 @@ def correction_diagnostics(cnn: np.ndarray, dvk: np.ndarray, density: np.ndarray
     live_c, live_d = c_map[~at_floor], d_map[~at_floor]
     result = {"tissue_voxels": n, "floor_share": float(at_floor.sum()) / n, "constant_share": 0.0,
               "constant_value": float("nan")}
+    if truth is not None:
+        t_map = np.asarray(truth, dtype=np.float64)[tissue]
+        result["floor_truth_ratio"] = float(np.median(t_map[at_floor] / d_map[at_floor])) if at_floor.any() \
+            else float("nan")
+        total = float(t_map.sum())
+        result["floor_truth_share"] = float(t_map[at_floor].sum()) / total if total > 0 else float("nan")
     if live_c.size:
         corr = np.log(live_c / live_d) if correction == "ratio" else live_c - live_d
         # float32 maps: a constant correction comes back to within a few units in the last place of the
