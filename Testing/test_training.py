@@ -599,3 +599,31 @@ def test_validate_command_compares_models_over_seeds_and_phantom_sets(trained, d
         assert message in err and len(err.splitlines()) == 1
     assert main(["validate", "--data", str(dataset), "--model", str(out.with_name("none.pt"))]) == 2
     assert "weights not found" in capsys.readouterr().err
+
+
+def test_cpu_bf16_trains_in_bfloat16_and_validates_and_saves_in_float32(dataset, tmp_path):
+    """`train --cpu-bf16`: the training forward pass convolves in bfloat16 (autocast), validation in float32
+    (so that validation losses compare with float32 runs), and the model file holds float32 weights; recorded."""
+    from torch import nn
+
+    from DblurDoseLib.learning.network import load_model_file
+
+    seen = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            seen.append((torch.is_grad_enabled(), output.dtype))
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        out = tmp_path / "bf16.pt"
+        training.train(dataset, out, **{**FAST, "epochs": 1}, cpu_bf16=True, progress=lambda f, m: None)
+    finally:
+        handle.remove()
+    assert {dtype for grad, dtype in seen if grad} == {torch.bfloat16}
+    assert {dtype for grad, dtype in seen if not grad} == {torch.float32}
+    history = _checkpoint(out)["history"]
+    assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["val_mse"])
+    model = load_model_file(out)
+    assert model.config.info["cpu_bf16"] is True
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())

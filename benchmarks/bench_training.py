@@ -7,7 +7,8 @@ on the values. Medians of ``--repeats`` steps after one warm-up step, all in one
 round robin over the rows (so that a change in the machine's load hits every row alike); the
 ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like; the row
 "v0.2 autograd tap sums" is the v0.2 training step (``network.TAP_SUM_NODE = False``) for the
-row below it.
+row below it; the row "bf16" is ``train --cpu-bf16`` (the forward pass under bfloat16 autocast), for
+the 3D slab-8 row above it.
 
     python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
 """
@@ -24,9 +25,10 @@ from DblurDoseLib.learning import network
 from DblurDoseLib.learning.network import DblurDoseNet
 
 
-def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True):
+def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True, bf16: bool = False):
     """One training step as a function returning its (step, forward) seconds; ``tap_sum_node=False``:
-    the v0.2 backward of the extractor's tap sums (autograd of slices)."""
+    the v0.2 backward of the extractor's tap sums (autograd of slices); ``bf16``: the forward pass under
+    bfloat16 autocast (``train --cpu-bf16``)."""
     torch.manual_seed(0)
     net = DblurDoseNet(variant)
     net.unet.to(memory_format=torch.channels_last)
@@ -42,7 +44,9 @@ def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: boo
     def step() -> tuple[float, float]:
         network.TAP_SUM_NODE = tap_sum_node
         t0 = time.perf_counter()
-        loss = (net.forward_slab(x, dvk) - truth).pow(2).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = net.forward_slab(x, dvk)
+        loss = (pred.float() - truth).pow(2).mean()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -62,9 +66,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
           f"{args.patch}x{args.patch}, median of {args.repeats} steps")
-    rows = [("dblurdose", 4, True), ("dblurdose", 8, False), ("dblurdose", 8, True), ("dblurdose", 16, True),
-            ("2d", 4, True), ("2d", 8, True)]
-    steps = [make_step(variant, slab, args.patch, args.batch, node) for variant, slab, node in rows]
+    rows = [("dblurdose", 4, True, False), ("dblurdose", 8, False, False), ("dblurdose", 8, True, False),
+            ("dblurdose", 8, True, True), ("dblurdose", 16, True, False), ("2d", 4, True, False), ("2d", 8, True, False)]
+    steps = [make_step(variant, slab, args.patch, args.batch, node, bf16) for variant, slab, node, bf16 in rows]
     times = [[] for _ in rows]
     for i in range(args.repeats + 1):  # round robin: a change of machine load hits every row alike
         for step, store in zip(steps, times):
@@ -72,10 +76,10 @@ def main() -> None:
             if i:  # the first round warms up
                 store.append(t)
     base = None
-    for (variant, slab, node), store in zip(rows, times):
+    for (variant, slab, node, bf16), store in zip(rows, times):
         step, fwd = (statistics.median(t[k] for t in store) for k in (0, 1))
         base = base or step
-        label = "" if node else " (v0.2 autograd tap sums)"
+        label = (" (v0.2 autograd tap sums)" if not node else "") + (" bf16" if bf16 else "")
         print(f"{variant:10s} slab {slab:2d}{label}: step {step:.2f} s (forward {fwd:.2f} s), "
               f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row")
 

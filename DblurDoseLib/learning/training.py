@@ -50,7 +50,7 @@ the best so far. :mod:`~DblurDoseLib.learning.validation` compares such files (`
 (memory-mapped) in ``DIR/.cache`` (or beside ``OUT`` when ``DIR`` is read-only).
 
 Devices: CUDA with mixed precision (bf16 where supported, else fp16 with loss scaling), then
-MPS, then CPU (float32). Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains with
+MPS, then CPU (float32; with ``cpu_bf16`` the forward pass in bf16). Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains with
 DistributedDataParallel on its own GPU (``LOCAL_RANK``) or on the CPU (gloo); only rank 0
 writes files and prints.
 """
@@ -573,6 +573,7 @@ class _Options:
     amp: bool
     freeze_batch_norm_from: int | None = None
     normalise_slabs: bool = False
+    cpu_bf16: bool = False
 
 
 def _optimiser(net, options: _Options, local_steps: int):
@@ -653,8 +654,10 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.model,
                                                              device_ids=[dev.index] if dev.type == "cuda" else None)
         self.optimizer, self.scheduler = _optimiser(self.net, options, sizes.local_steps)
-        self.use_amp = options.amp and dev.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        # mixed precision: on CUDA unless amp is off; on the CPU when asked (bf16, float32 weights and optimiser)
+        self.use_amp = (options.amp and dev.type == "cuda") or (options.cpu_bf16 and dev.type == "cpu")
+        self.amp_dtype = torch.bfloat16 if dev.type == "cpu" or (self.use_amp and torch.cuda.is_bf16_supported()) \
+            else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.start, self.history, self.best = 0, [], math.inf
         self.val_batches = validation_batches(val_cases, options.seed, sizes.n_slabs, sizes.slab, sizes.patch)
@@ -692,10 +695,13 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x, dvk, truth, w
 
-    def _autocast(self):
+    def _autocast(self, training: bool = True):
+        """Mixed precision where it is on; validation on the CPU stays float32, so that validation losses
+        compare between runs with and without ``cpu_bf16``."""
         import torch
 
-        return torch.autocast(self.ranks.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+        on = self.use_amp and (training or self.ranks.device.type == "cuda")
+        return torch.autocast(self.ranks.device.type, dtype=self.amp_dtype, enabled=on)
 
     def validate(self) -> tuple[float | None, float | None]:
         """On the fixed validation batches, averaged over them and the processes: the loss
@@ -706,7 +712,7 @@ class Trainer:
         if not self.val_batches:
             return None, None
         net = self.net.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(training=False):
             losses, mses = [], []
             opts = self.options
             for arrays in self.val_batches:
@@ -886,6 +892,7 @@ def train(
     init: str | os.PathLike | None = None,
     freeze_batch_norm_from: int | None = None,
     normalise_slabs: bool = False,
+    cpu_bf16: bool = False,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -909,6 +916,9 @@ def train(
     data set's split; see :func:`choose_phantoms`).
     ``freeze_batch_norm_from``: the first epoch (from 1) whose batch norms keep and use their running
     statistics in training (:func:`_freeze_batch_norm`; 1 suits fine-tuning with ``init``); default never.
+    ``cpu_bf16``: on the CPU, the forward pass in bfloat16 (autocast; weights, optimiser and validation stay
+    float32): about half the step time on CPUs with native bf16 (AMX, AVX512-BF16), slower on others
+    (``benchmarks/bench_training.py``).
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     from .network import ModelConfig
@@ -939,7 +949,7 @@ def train(
         raise DblurDoseError("no training volume holds any activity; check the data set")
     sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
     options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp,
-                       freeze_batch_norm_from, normalise_slabs)
+                       freeze_batch_norm_from, normalise_slabs, cpu_bf16)
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": sizes.patch, "slab": sizes.slab, "seed": seed,
                 "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
@@ -947,7 +957,8 @@ def train(
                 "label_decays": label_decays, "relative_weight": relative_weight,
                 "decoder_activation": decoder_activation, "correction": correction,
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
-                "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs}
+                "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
+                "cpu_bf16": cpu_bf16}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1038,6 +1049,9 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="on the CPU, the forward pass in bfloat16 (weights and validation float32): about 2x faster "
+                        "steps on CPUs with AMX or AVX512-BF16, slower on others")
     p.set_defaults(func=cmd_train)
 
 
@@ -1052,7 +1066,7 @@ def cmd_train(args) -> int:
                  phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
                  val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
-                 normalise_slabs=args.normalise_slabs)
+                 normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
