@@ -46,11 +46,13 @@ patch in it differently from how inference will).
 Every epoch: a checkpoint ``OUT.ckpt`` (model, optimiser, scheduler, history; ``resume``
 continues from it), the loss curve ``OUT.loss.png``, the last epoch's model file ``NAME.last.pt``
 (for ``OUT`` = ``NAME.pt``), and the model file ``OUT`` rewritten whenever the validation loss is
-the best so far. :mod:`~DblurDoseLib.learning.validation` compares such files (``dblurdose validate``). Volumes are cached as ``.npy`` files
+the best so far. :mod:`~DblurDoseLib.learning.validation` compares such files (``dblurdose
+validate``). Volumes are cached as ``.npy`` files
 (memory-mapped) in ``DIR/.cache`` (or beside ``OUT`` when ``DIR`` is read-only).
 
 Devices: CUDA with mixed precision (bf16 where supported, else fp16 with loss scaling), then
-MPS, then CPU (float32; with ``cpu_bf16`` the forward pass in bf16). Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains with
+MPS, then CPU (float32; with ``cpu_bf16`` the forward pass in bf16). Under ``torchrun``
+(``WORLD_SIZE`` > 1) every process trains with
 DistributedDataParallel on its own GPU (``LOCAL_RANK``) or on the CPU (gloo); only rank 0
 writes files and prints.
 """

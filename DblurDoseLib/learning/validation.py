@@ -89,14 +89,18 @@ def _mean_loss(net, cases: list, seed: int, batch_size: int, slab: int, patch: i
 
 def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int] | None,
                      seed: int = 0, device: str | torch.device = "cpu"):
-    """A model file ("dvk": the DVK alone) and the volumes of ``phantoms`` (indices of complete phantoms; None:
-    the validation phantoms of :func:`~DblurDoseLib.learning.training.split_phantoms` with ``seed``) to measure it
-    on; the network on ``device`` ("auto", "cpu", "cuda", "mps")."""
-    from ..devices import resolve_device
-    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
-
+    """A model file ("dvk": the DVK alone) on ``device`` and the volumes of ``phantoms`` (see
+    :func:`_phantom_names`) to measure it on."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
+    net = _load_net(model_path, manifest, device)
+    names = _phantom_names(manifest, data_dir, phantoms, seed)
+    return net, load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+
+
+def _phantom_names(manifest: dict, data_dir: Path, phantoms: list[int] | None, seed: int) -> list[str]:
+    """The keys of ``phantoms`` (indices of complete phantoms; None: the validation phantoms of
+    :func:`~DblurDoseLib.learning.training.split_phantoms` with ``seed``), refused when missing."""
     names = split_phantoms(manifest, seed)[1] if phantoms is None else [layout.phantom_key(i) for i in phantoms]
     if not names:
         raise DblurDoseError(f"{data_dir} has no validation phantoms; name the phantoms to measure on "
@@ -105,12 +109,20 @@ def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike,
     if missing:
         raise DblurDoseError(f"cannot measure on {', '.join(missing)}: not a complete phantom of {data_dir}; "
                              f"choose among {', '.join(sorted(manifest['phantoms']))}")
+    return names
+
+
+def _load_net(model_path: str | os.PathLike, manifest: dict, device: str | torch.device):
+    """A model file, or "dvk" (a network with a zero correction on the data set's grid), on ``device``
+    ("auto", "cpu", "cuda", "mps")."""
+    from ..devices import resolve_device
+    from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
+
     if model_path == "dvk":
-        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"])))).eval()
+        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"]))))
     else:
         net = load_model_file(model_path)
-    net = net.to(resolve_device(device))
-    return net, load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    return net.eval().to(resolve_device(device))
 
 
 def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, phantoms: list[int], batches: int = 48,
@@ -209,14 +221,20 @@ def compare_models(models: list[str], data_dir: str | os.PathLike, phantom_sets:
         raise DblurDoseError(f"the patch must be a multiple of 16 voxels (the U-Net halves it 4 times), got {patch}")
     if not models:
         raise DblurDoseError("name at least one model to measure (a model file, or dvk)")
-    sets = phantom_sets or [None]
-    out: dict[str, list[list[float]]] = {}
-    for model in models:
-        rows = []
-        for phantoms in sets:
-            net, cases = _model_and_cases(model, data_dir, phantoms, 0, device)
-            rows.append([_mean_loss(net, cases, s, batch_size, slab, patch, batch_statistics) for s in range(seeds)])
-        out[model] = rows
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    sets = [_phantom_names(manifest, data_dir, phantoms, 0) for phantoms in phantom_sets or [None]]
+    nets = {model: _load_net(model, manifest, device) for model in models}
+    cache = _cache_dir(data_dir, Path(str(models[0])))
+    out: dict[str, list[list[float]]] = {model: [] for model in nets}
+    for names in sets:
+        cases: dict = {}  # read once per phantom set and input/label scaling (the same for all models so far)
+        for model, net in nets.items():
+            scaling = (net.config.spect_scale_ml, net.config.dose_scale)
+            if scaling not in cases:
+                cases[scaling] = load_cases(data_dir, names, manifest, net.config, cache)
+            out[model].append([_mean_loss(net, cases[scaling], s, batch_size, slab, patch, batch_statistics)
+                               for s in range(seeds)])
     return out
 
 
