@@ -599,6 +599,8 @@ def test_validate_command_compares_models_over_seeds_and_phantom_sets(trained, d
         assert message in err and len(err.splitlines()) == 1
     assert main(["validate", "--data", str(dataset), "--model", str(out.with_name("none.pt"))]) == 2
     assert "weights not found" in capsys.readouterr().err
+    assert main(["validate", "--data", str(dataset), "--model", str(training.checkpoint_path(out))]) == 2
+    assert "is a training checkpoint, not a model file; use" in capsys.readouterr().err
 
 
 def test_cpu_bf16_trains_in_bfloat16_and_validates_and_saves_in_float32(dataset, tmp_path):

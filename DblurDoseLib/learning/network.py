@@ -594,6 +594,10 @@ def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu")
     except Exception as exc:  # a truncated or damaged zip, or not a torch file at all
         raise DblurDoseError(f"the DblurDoseNet weights file {path} is unreadable or corrupted "
                              f"({type(exc).__name__}); {fix}", settings=("model",)) from None
+    if isinstance(payload, dict) and {"model", "optimizer", "settings"} <= payload.keys():
+        raise DblurDoseError(f"{path} is a training checkpoint, not a model file; use the model files `dblurdose "
+                             "train` writes beside it: NAME.pt (best validation loss) or NAME.last.pt (last epoch)",
+                             settings=("model",))
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DblurDoseError(f"{path} is not a DblurDoseNet model file (as written by `dblurdose train`); {fix}",
                              settings=("model",))
