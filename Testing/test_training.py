@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -629,3 +630,28 @@ def test_cpu_bf16_trains_in_bfloat16_and_validates_and_saves_in_float32(dataset,
     model = load_model_file(out)
     assert model.config.info["cpu_bf16"] is True
     assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="torch.compile on the CPU "
+                    "needs a C++ compiler")
+def test_compiled_training_step_trains_as_the_eager_one(dataset, tmp_path):
+    """`train --compile`: the step that torch.compile builds is used (graphs compiled) and trains as the eager
+    step does: the same losses, epoch by epoch, to float32 rounding (the same batches, seed and updates)."""
+    import torch._dynamo
+
+    from DblurDoseLib.learning.network import load_model_file
+
+    opts = {**FAST, "epochs": 1, "patch": 16, "slab": 2, "steps_per_epoch": 4}
+    eager = training.train(dataset, tmp_path / "eager.pt", **opts, progress=lambda f, m: None)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = training.train(dataset, tmp_path / "compiled.pt", **opts, compile_step=True,
+                              progress=lambda f, m: None)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch._dynamo.reset()
+    h_eager, h_comp = _checkpoint(eager)["history"], _checkpoint(compiled)["history"]
+    for a, b in zip(h_eager[1:], h_comp[1:], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_mse"] == pytest.approx(a["val_mse"], rel=1e-3)
+    assert load_model_file(compiled).config.info["compile_step"] is True
+    assert load_model_file(eager).config.info["compile_step"] is False

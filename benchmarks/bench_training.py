@@ -8,7 +8,8 @@ round robin over the rows (so that a change in the machine's load hits every row
 ratios against the first row (the v0.1 training: 3D, slab 4) compare like with like; the row
 "v0.2 autograd tap sums" is the v0.2 training step (``network.TAP_SUM_NODE = False``) for the
 row below it; the row "bf16" is ``train --cpu-bf16`` (the forward pass under bfloat16 autocast), for
-the 3D slab-8 row above it.
+the 3D slab-8 row above it; the rows "compiled" are ``train --compile`` (the step built by
+torch.compile; its compile time falls in the warm-up round and is printed apart), without and with bf16.
 
     python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
 """
@@ -25,16 +26,19 @@ from DblurDoseLib.learning import network
 from DblurDoseLib.learning.network import DblurDoseNet
 
 
-def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True, bf16: bool = False):
+def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True, bf16: bool = False,
+              compiled: bool = False):
     """One training step as a function returning its (step, forward) seconds; ``tap_sum_node=False``:
     the v0.2 backward of the extractor's tap sums (autograd of slices); ``bf16``: the forward pass under
-    bfloat16 autocast (``train --cpu-bf16``)."""
+    bfloat16 autocast (``train --cpu-bf16``); ``compiled``: the forward (and so the backward) built by
+    torch.compile (``train --compile``)."""
     torch.manual_seed(0)
     net = DblurDoseNet(variant)
     net.unet.to(memory_format=torch.channels_last)
     if net.extractor is not None:
         net.extractor.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
+    forward = torch.compile(network.SlabForward(net)) if compiled else net.forward_slab
     n = max(1, batch // slab)
     x = torch.rand(n, 2, slab + 10, patch, patch)
     if net.extractor is not None:
@@ -45,7 +49,7 @@ def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: boo
         network.TAP_SUM_NODE = tap_sum_node
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = net.forward_slab(x, dvk)
+            pred = forward(x, dvk)
         loss = (pred.float() - truth).pow(2).mean()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -66,22 +70,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
           f"{args.patch}x{args.patch}, median of {args.repeats} steps")
-    rows = [("dblurdose", 4, True, False), ("dblurdose", 8, False, False), ("dblurdose", 8, True, False),
-            ("dblurdose", 8, True, True), ("dblurdose", 16, True, False), ("2d", 4, True, False), ("2d", 8, True, False)]
-    steps = [make_step(variant, slab, args.patch, args.batch, node, bf16) for variant, slab, node, bf16 in rows]
-    times = [[] for _ in rows]
+    rows = [("dblurdose", 4, True, False, False), ("dblurdose", 8, False, False, False),
+            ("dblurdose", 8, True, False, False), ("dblurdose", 8, True, True, False),
+            ("dblurdose", 8, True, False, True), ("dblurdose", 8, True, True, True),
+            ("dblurdose", 16, True, False, False), ("2d", 4, True, False, False), ("2d", 8, True, False, False)]
+    steps = [make_step(variant, slab, args.patch, args.batch, node, bf16, compiled)
+             for variant, slab, node, bf16, compiled in rows]
+    times, warm = [[] for _ in rows], [0.0 for _ in rows]
     for i in range(args.repeats + 1):  # round robin: a change of machine load hits every row alike
-        for step, store in zip(steps, times):
+        for k, (step, store) in enumerate(zip(steps, times)):
             t = step()
-            if i:  # the first round warms up
+            if i:  # the first round warms up (and compiles)
                 store.append(t)
+            else:
+                warm[k] = t[0]
     base = None
-    for (variant, slab, node, bf16), store in zip(rows, times):
+    for (variant, slab, node, bf16, compiled), store, first in zip(rows, times, warm):
         step, fwd = (statistics.median(t[k] for t in store) for k in (0, 1))
         base = base or step
-        label = (" (v0.2 autograd tap sums)" if not node else "") + (" bf16" if bf16 else "")
+        label = ((" (v0.2 autograd tap sums)" if not node else "") + (" compiled" if compiled else "")
+                 + (" bf16" if bf16 else ""))
         print(f"{variant:10s} slab {slab:2d}{label}: step {step:.2f} s (forward {fwd:.2f} s), "
-              f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row")
+              f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row"
+              + (f"; first step (compiling) {first:.0f} s" if compiled else ""))
 
 if __name__ == "__main__":
     main()

@@ -576,6 +576,7 @@ class _Options:
     freeze_batch_norm_from: int | None = None
     normalise_slabs: bool = False
     cpu_bf16: bool = False
+    compile_step: bool = False
 
 
 def _optimiser(net, options: _Options, local_steps: int):
@@ -655,6 +656,8 @@ class Trainer:
         if ranks.distributed:
             self.model = nn.parallel.DistributedDataParallel(self.model,
                                                              device_ids=[dev.index] if dev.type == "cuda" else None)
+        if options.compile_step:  # built at the first step (and once more if the batch norms change mode)
+            self.model = torch.compile(self.model)
         self.optimizer, self.scheduler = _optimiser(self.net, options, sizes.local_steps)
         # mixed precision: on CUDA unless amp is off; on the CPU when asked (bf16, float32 weights and optimiser)
         self.use_amp = (options.amp and dev.type == "cuda") or (options.cpu_bf16 and dev.type == "cpu")
@@ -725,6 +728,17 @@ class Trainer:
                               if opts.relative_weight or opts.normalise_slabs else mses[-1])
         return self.ranks.mean(float(np.mean(losses))), self.ranks.mean(float(np.mean(mses)))
 
+    def _forward_train(self, x, dvk):
+        """The training forward pass; a step that ``torch.compile`` cannot build is refused with its fix."""
+        try:
+            return self.model(x, dvk)
+        except Exception as exc:
+            if not self.options.compile_step or not type(exc).__module__.startswith("torch._"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DblurDoseError(f"torch.compile could not build the training step ({type(exc).__name__}: {first}); "
+                                 "train without compiling, or install the C++ compiler it needs on the CPU") from None
+
     def train_epoch(self, epoch: int) -> float:
         """Epoch ``epoch`` (from 0): ``local_steps`` steps on batches drawn by (seed, epoch, rank); returns
         the mean training loss over the steps and processes. Reports every minute. The batch norms'
@@ -746,7 +760,7 @@ class Trainer:
             x, dvk, truth, w = self._to_device(sample_batch(self.cases, rng, sizes.n_slabs, sizes.slab, sizes.patch,
                                                             opts.hot_fraction))
             with self._autocast():
-                pred = self.model(x, dvk if net.residual else None)
+                pred = self._forward_train(x, dvk if net.residual else None)
             loss = training_loss(pred, truth, w, dvk, opts.relative_weight, opts.normalise_slabs)
             if not torch.isfinite(loss):
                 raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower the "
@@ -895,6 +909,7 @@ def train(
     freeze_batch_norm_from: int | None = None,
     normalise_slabs: bool = False,
     cpu_bf16: bool = False,
+    compile_step: bool = False,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -921,6 +936,9 @@ def train(
     ``cpu_bf16``: on the CPU, the forward pass in bfloat16 (autocast; weights, optimiser and validation stay
     float32): about half the step time on CPUs with native bf16 (AMX, AVX512-BF16), slower on others
     (``benchmarks/bench_training.py``).
+    ``compile_step``: the training forward (and so backward) pass built by ``torch.compile`` (Inductor; on the
+    CPU it needs a C++ compiler): its first step takes a minute or two to compile, every later one about half
+    the time (``benchmarks/bench_training.py``); the weights are the same network's, validation runs uncompiled.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     from .network import ModelConfig
@@ -951,7 +969,7 @@ def train(
         raise DblurDoseError("no training volume holds any activity; check the data set")
     sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
     options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp,
-                       freeze_batch_norm_from, normalise_slabs, cpu_bf16)
+                       freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step)
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": sizes.patch, "slab": sizes.slab, "seed": seed,
                 "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
@@ -960,7 +978,7 @@ def train(
                 "decoder_activation": decoder_activation, "correction": correction,
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
-                "cpu_bf16": cpu_bf16}
+                "cpu_bf16": cpu_bf16, "compile_step": compile_step}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1054,6 +1072,9 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--cpu-bf16", action="store_true",
                    help="on the CPU, the forward pass in bfloat16 (weights and validation float32): about 2x faster "
                         "steps on CPUs with AMX or AVX512-BF16, slower on others")
+    p.add_argument("--compile", dest="compile_step", action="store_true",
+                   help="build the training step with torch.compile: a minute or two at the start, then about half "
+                        "the step time (on the CPU it needs a C++ compiler)")
     p.set_defaults(func=cmd_train)
 
 
@@ -1068,7 +1089,7 @@ def cmd_train(args) -> int:
                  phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
                  val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
-                 normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16)
+                 normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
