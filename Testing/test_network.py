@@ -277,6 +277,34 @@ def test_floored_correction_is_additive_above_the_floor_and_never_below_it():
     assert abs(float(zero[0]) - 0.5) < 1e-6 and abs(float(zero[1])) < 1e-6  # no DVK: max(c, 0), to FLOOR_EPS
 
 
+def test_floor_leak_keeps_the_values_and_lets_gradient_through_the_floor_in_training_only():
+    """The floored correction's training leak (``floor_leak`` g): the same doses; below the floor, where the
+    plain gradient is 0 to float precision, at least g reaches the output; above it, still 1 (additive);
+    in eval mode (validation, inference) no leak."""
+    model = DblurDoseNet(ModelConfig(correction="floored"))
+    c = torch.linspace(-3.0, 1.0, 401, dtype=torch.float64)  # the floor point is c = -0.95 for a DVK of 1
+
+    def dose_and_grad(leak, training):
+        model.floor_leak = leak
+        model.train(training)
+        x = c.clone().requires_grad_(True)
+        dose = model.correct(x, torch.ones_like(x))
+        dose.sum().backward()
+        return dose.detach(), x.grad
+
+    plain, g_plain = dose_and_grad(0.0, True)
+    leaky, g_leak = dose_and_grad(0.25, True)
+    assert torch.equal(plain, leaky)
+    deep = c < -1.5  # an overshoot of 0.55 x the DVK below the floor and more
+    assert float(g_plain[deep].max()) < 1e-10 and float(g_leak[deep].min()) > 0.25 - 1e-9
+    above = c > -0.5
+    torch.testing.assert_close(g_leak[above], g_plain[above], rtol=0, atol=1e-9)
+    assert abs(float(g_leak[300]) - 1.0) < 1e-9  # c = 0: additive
+    assert bool((g_leak >= g_plain).all()) and float(g_leak.max()) <= 1.0 + 1e-9
+    _, g_eval = dose_and_grad(0.25, False)
+    torch.testing.assert_close(g_eval, g_plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("config", [ModelConfig(), V02, ModelConfig(correction="floored")],
                          ids=["v0.3", "v0.2", "floored"])
 def test_zero_correction_and_folding_work_for_both_architectures(config):

@@ -266,6 +266,33 @@ def test_normalised_slabs_weigh_a_hot_slab_as_much_as_a_cold_one(dataset, tmp_pa
         training.train(dataset, out, progress=lambda f, m: None, **fast)
 
 
+def test_floor_leak_is_set_in_training_recorded_and_refused_where_it_means_nothing(dataset, tmp_path, monkeypatch):
+    """train(floor_leak=g): the network trains with the leak (the value its correction sees), the run records
+    it and resumes only with it; refused for the additive correction and outside 0-1, before reading data."""
+    from DblurDoseLib.learning.network import DblurDoseNet
+
+    seen = []
+    plain_correct = DblurDoseNet.correct
+
+    def correct(self, out, dvk):
+        seen.append((self.training, self.floor_leak))
+        return plain_correct(self, out, dvk)
+
+    monkeypatch.setattr(DblurDoseNet, "correct", correct)
+    out = tmp_path / "leak.pt"
+    fast = {**FAST, "epochs": 1, "steps_per_epoch": 2}
+    training.train(dataset, out, progress=lambda f, m: None, floor_leak=0.3, **fast)
+    assert {leak for train_mode, leak in seen if train_mode} == {0.3}
+    assert _checkpoint(out)["settings"]["floor_leak"] == 0.3
+    with pytest.raises(DblurDoseError, match="other settings.*floor_leak"):
+        training.train(dataset, out, progress=lambda f, m: None, **fast)
+    with pytest.raises(DblurDoseError, match="needs the 'floored' correction, not 'additive'"):
+        training.train(dataset, tmp_path / "a.pt", progress=lambda f, m: None, correction="additive",
+                       floor_leak=0.3, **fast)
+    with pytest.raises(DblurDoseError, match="gradient leak must be between 0 and 1, got 1.5"):
+        training.train(Path("nowhere"), Path("m.pt"), floor_leak=1.5)
+
+
 def test_gradient_noise_of_a_hot_lesion_falls_with_normalised_slabs(trained, tmp_path):
     """gradient_noise on a data set where one phantom's lesions are 100x hotter: under the plain MSE the
     batches through them rule the gradient (its largest norm many times the median, a large share of

@@ -444,7 +444,7 @@ def last_model_path(out_path: str | os.PathLike) -> Path:
 
 def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: float, schedule: str,
                    hot_fraction: float, relative_weight: float, warmup: float,
-                   freeze_batch_norm_from: int | None = None) -> None:
+                   freeze_batch_norm_from: int | None = None, floor_leak: float = 0.0) -> None:
     """Refuse option values that :func:`train` cannot use (before anything is read)."""
     named = (("epochs", epochs), ("batch size", batch_size), ("patch", patch), ("slab", slab))
     if freeze_batch_norm_from is not None:
@@ -464,6 +464,8 @@ def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: f
                              f"got {hot_fraction}")
     if not relative_weight >= 0:
         raise DblurDoseError(f"the relative-error weight must be 0 or more, got {relative_weight}")
+    if not 0 <= floor_leak <= 1:
+        raise DblurDoseError(f"the floor's gradient leak must be between 0 and 1, got {floor_leak}")
     if not 0 < warmup < 1:
         raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
 
@@ -577,6 +579,7 @@ class _Options:
     normalise_slabs: bool = False
     cpu_bf16: bool = False
     compile_step: bool = False
+    floor_leak: float = 0.0
 
 
 def _optimiser(net, options: _Options, local_steps: int):
@@ -601,9 +604,9 @@ def _optimiser(net, options: _Options, local_steps: int):
 #: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
 RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
                "label_decays", "relative_weight", "decoder_activation", "correction", "init_sha256",
-               "freeze_batch_norm_from", "normalise_slabs")
+               "freeze_batch_norm_from", "normalise_slabs", "floor_leak")
 #: what a checkpoint that lacks a resume key (an older version's) was made with; others: None
-RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False}
+RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0}
 #: a one-cycle schedule's length is part of its state
 RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
 
@@ -647,6 +650,7 @@ class Trainer:
         if initial is not None:  # fine-tuning: start from trained weights (train's init)
             self.net.load_state_dict(initial)
         self.net = self.net.to(dev)
+        self.net.floor_leak = options.floor_leak
         self.channels_last = dev.type == "cpu" and sizes.patch >= 64
         if self.channels_last:  # oneDNN's preferred layouts (their one-time kernel setup costs more than tiny patches gain)
             self.net.unet.to(memory_format=torch.channels_last)
@@ -910,6 +914,7 @@ def train(
     normalise_slabs: bool = False,
     cpu_bf16: bool = False,
     compile_step: bool = False,
+    floor_leak: float = 0.0,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -939,6 +944,9 @@ def train(
     ``compile_step``: the training forward (and so backward) pass built by ``torch.compile`` (Inductor; on the
     CPU it needs a C++ compiler): its first step takes a minute or two to compile, every later one about half
     the time (``benchmarks/bench_training.py``); the weights are the same network's, validation runs uncompiled.
+    ``floor_leak``: the "floored" correction's training gradient below the floor, at least this share of the
+    additive one (:meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`; values unchanged), so that a
+    fine-tune can lift tissue its start weights put deep below the floor; 0: the plain gradient.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     from .network import ModelConfig
@@ -946,7 +954,7 @@ def train(
     data_dir, out_path = Path(data_dir), Path(out_path)
     _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
                    hot_fraction=hot_fraction, relative_weight=relative_weight, warmup=warmup,
-                   freeze_batch_norm_from=freeze_batch_norm_from)
+                   freeze_batch_norm_from=freeze_batch_norm_from, floor_leak=floor_leak)
     ranks = _Ranks.start(device)
     say = partial(_say, progress or _print_progress, ranks.main)
     manifest = read_manifest(data_dir)
@@ -959,6 +967,9 @@ def train(
     config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]),
                          **{k: v for k, v in options.items() if v})  # still unset: ModelConfig's defaults
     decoder_activation, correction = config.decoder_activation, config.correction
+    if floor_leak and correction != "floored":
+        raise DblurDoseError(f"a gradient leak through the floor needs the 'floored' correction, not {correction!r}; "
+                             "train the floored correction, or leave the leak at 0")
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
              f"(held out: {', '.join(val_names) or 'none'})")
@@ -969,7 +980,7 @@ def train(
         raise DblurDoseError("no training volume holds any activity; check the data set")
     sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
     options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp,
-                       freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step)
+                       freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step, floor_leak)
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": sizes.patch, "slab": sizes.slab, "seed": seed,
                 "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
@@ -978,7 +989,7 @@ def train(
                 "decoder_activation": decoder_activation, "correction": correction,
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
-                "cpu_bf16": cpu_bf16, "compile_step": compile_step}
+                "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1057,6 +1068,10 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--normalise-slabs", action="store_true",
                    help="each slab's squared error relative to its DVK energy, so that slabs through hot lesions do "
                         "not rule the loss and the gradients (default: the plain weighted MSE)")
+    p.add_argument("--floor-leak", type=float, default=0.0, metavar="G",
+                   help="floored correction: in training, at least this share (0-1) of the gradient still reaches "
+                        "output below the floor, so that tissue the --init weights put deep below it can be lifted "
+                        "(default 0)")
     p.add_argument("--seed", type=int, default=0, help="random seed of initialisation and sampling (default 0)")
     p.add_argument("--label-decays", type=int, metavar="N",
                    help="train on the nested partial label of N decays (mc_truth_dN.nrrd; noisier) instead of the "
@@ -1089,7 +1104,8 @@ def cmd_train(args) -> int:
                  phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
                  val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
-                 normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step)
+                 normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step,
+                 floor_leak=args.floor_leak)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
