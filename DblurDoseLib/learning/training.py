@@ -949,7 +949,6 @@ def train(
     fine-tune can lift tissue its start weights put deep below the floor; 0: the plain gradient.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
-    from .network import ModelConfig
 
     data_dir, out_path = Path(data_dir), Path(out_path)
     _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
@@ -961,15 +960,8 @@ def train(
     train_names, val_names = choose_phantoms(manifest, *split_phantoms(manifest, seed, val_fraction), phantoms,
                                              val_phantoms)
     start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
-    options = {"decoder_activation": decoder_activation, "correction": correction}
-    if start is not None:  # unset options: the init model's
-        options = {k: v or getattr(start.config, k) for k, v in options.items()}
-    config = ModelConfig(variant=variant, spacing=tuple(manifest["spacing"]),
-                         **{k: v for k, v in options.items() if v})  # still unset: ModelConfig's defaults
+    config = _run_config(start, variant, tuple(manifest["spacing"]), decoder_activation, correction, floor_leak)
     decoder_activation, correction = config.decoder_activation, config.correction
-    if floor_leak and correction != "floored":
-        raise DblurDoseError(f"a gradient leak through the floor needs the 'floored' correction, not {correction!r}; "
-                             "train the floored correction, or leave the leak at 0")
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
              f"(held out: {', '.join(val_names) or 'none'})")
@@ -997,6 +989,22 @@ def train(
     trainer.fit(out_path)
     ranks.close()
     return out_path
+
+
+def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
+                correction: str | None, floor_leak: float):
+    """The network to train: the asked options, else those of the model ``start`` (fine-tuning), else
+    ModelConfig's defaults; a floor leak is refused where there is no floor."""
+    from .network import ModelConfig
+
+    options = {"decoder_activation": decoder_activation, "correction": correction}
+    if start is not None:  # unset options: the init model's
+        options = {k: v or getattr(start.config, k) for k, v in options.items()}
+    config = ModelConfig(variant=variant, spacing=spacing, **{k: v for k, v in options.items() if v})
+    if floor_leak and config.correction != "floored":
+        raise DblurDoseError(f"a gradient leak through the floor needs the 'floored' correction, not "
+                             f"{config.correction!r}; train the floored correction, or leave the leak at 0")
+    return config
 
 
 def _initial_model(init, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
