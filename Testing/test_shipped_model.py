@@ -34,6 +34,10 @@ def test_shipped_model_loads_with_its_working_grid_and_provenance():
     assert len(cfg.info["train_phantoms"]) >= 6  # v0.2: 6 (+1 validation) of the --mix set; see the model card
 
 
+#: the water cylinder's activity concentrations before the blur (Bq/mL): the hot sphere (on the background), the background
+SPHERE_BQ_ML, BACKGROUND_BQ_ML = 2e5, 5e3
+
+
 def water_cylinder_case():
     """A blurred hot sphere on a warm background in a water cylinder: CT grid, density, activity, DVK."""
     shape, spacing = (32, 64, 64), (1.96, 1.96, 3.0)
@@ -47,7 +51,8 @@ def water_cylinder_case():
     # a blurred hot sphere on a warm background, as a SPECT shows it (Bq/mL)
     from scipy.ndimage import gaussian_filter
 
-    act = np.broadcast_to(np.where(sphere, 2e5, 0.0) + np.where(body, 5e3, 0.0), shape).astype(np.float32)
+    act = np.broadcast_to(np.where(sphere, SPHERE_BQ_ML, 0.0) + np.where(body, BACKGROUND_BQ_ML, 0.0),
+                          shape).astype(np.float32)
     act = gaussian_filter(act, (1.5, 2.5, 2.5)).astype(np.float32) * body
     kernel = get_kernel("Lu-177", spacing)
     dvk = dvk_dose_rate(act * np.float32(ct.voxel_volume_ml), density, kernel.electron, kernel.photon, device="cpu")
@@ -58,7 +63,7 @@ def water_cylinder_truth(ct, density, sphere):
     """The cylinder's true dose rate (mGy/h): the DVK of the unblurred activity (sphere and background, as
     ``water_cylinder_case`` makes them before blurring), exact in uniform water."""
     body = density > 0.5
-    sharp = (np.where(np.broadcast_to(sphere, density.shape), 2e5, 0.0) + 5e3) * body
+    sharp = (np.where(np.broadcast_to(sphere, density.shape), SPHERE_BQ_ML, 0.0) + BACKGROUND_BQ_ML) * body
     kernel = get_kernel("Lu-177", ct.spacing)
     return dvk_dose_rate((sharp * ct.voxel_volume_ml).astype(np.float32), density, kernel.electron, kernel.photon,
                          device="cpu")

@@ -289,6 +289,9 @@ def test_floor_leak_is_set_in_training_recorded_and_refused_where_it_means_nothi
     with pytest.raises(DblurDoseError, match="needs the 'floored' correction, not 'additive'"):
         training.train(dataset, tmp_path / "a.pt", progress=lambda f, m: None, correction="additive",
                        floor_leak=0.3, **fast)
+    with pytest.raises(DblurDoseError, match="not the 'no_residual' ablation"):
+        training.train(dataset, tmp_path / "n.pt", progress=lambda f, m: None, variant="no_residual",
+                       floor_leak=0.3, **fast)
     with pytest.raises(DblurDoseError, match="gradient leak must be between 0 and 1, got 1.5"):
         training.train(Path("nowhere"), Path("m.pt"), floor_leak=1.5)
 

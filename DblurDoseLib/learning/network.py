@@ -434,10 +434,10 @@ class DblurDoseNet(nn.Module):
             c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
             width = FLOOR_WIDTH * dvk.clamp_min(0) + FLOOR_EPS
             above = (1.0 - 1.0 / RATIO_LIMIT) * dvk  # the DVK's height above the floor
-            lift = width * (F.softplus(-(above + c) / width) - F.softplus(-above / width))
+            below = -(above + c) / width  # -u / s
+            lift = width * (F.softplus(below) - F.softplus(-above / width))
             if self.training and self.floor_leak:  # a gradient that leaks through the floor, values unchanged
-                leak = (self.floor_leak * torch.sigmoid(-(above + c) / width)).detach()
-                lift = lift + leak * (c - c.detach())
+                lift = lift + (self.floor_leak * torch.sigmoid(below)).detach() * (c - c.detach())
             return dvk + c + lift
         limit = math.log(RATIO_LIMIT)
         c = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out

@@ -942,14 +942,14 @@ def train(
     float32): about half the step time on CPUs with native bf16 (AMX, AVX512-BF16), slower on others
     (``benchmarks/bench_training.py``).
     ``compile_step``: the training forward (and so backward) pass built by ``torch.compile`` (Inductor; on the
-    CPU it needs a C++ compiler): its first step takes a minute or two to compile, every later one about half
-    the time (``benchmarks/bench_training.py``); the weights are the same network's, validation runs uncompiled.
+    CPU it needs a C++ compiler): its first step takes a minute or two to compile, every later one a tenth to a
+    sixth less time here (``benchmarks/bench_training.py``); the weights are the same network's, validation runs
+    uncompiled.
     ``floor_leak``: the "floored" correction's training gradient below the floor, at least this share of the
     additive one (:meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`; values unchanged), so that a
     fine-tune can lift tissue its start weights put deep below the floor; 0: the plain gradient.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
-
     data_dir, out_path = Path(data_dir), Path(out_path)
     _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
                    hot_fraction=hot_fraction, relative_weight=relative_weight, warmup=warmup,
@@ -994,13 +994,16 @@ def train(
 def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
                 correction: str | None, floor_leak: float):
     """The network to train: the asked options, else those of the model ``start`` (fine-tuning), else
-    ModelConfig's defaults; a floor leak is refused where there is no floor."""
+    ModelConfig's defaults; a floor leak is refused where there is no floor (another correction, or none)."""
     from .network import ModelConfig
 
     options = {"decoder_activation": decoder_activation, "correction": correction}
     if start is not None:  # unset options: the init model's
         options = {k: v or getattr(start.config, k) for k, v in options.items()}
     config = ModelConfig(variant=variant, spacing=spacing, **{k: v for k, v in options.items() if v})
+    if floor_leak and variant == "no_residual":
+        raise DblurDoseError("a gradient leak through the floor needs a network that corrects the DVK, not the "
+                             "'no_residual' ablation (it has no floor); leave the leak at 0")
     if floor_leak and config.correction != "floored":
         raise DblurDoseError(f"a gradient leak through the floor needs the 'floored' correction, not "
                              f"{config.correction!r}; train the floored correction, or leave the leak at 0")
@@ -1096,8 +1099,8 @@ def add_train_arguments(subparser) -> None:
                    help="on the CPU, the forward pass in bfloat16 (weights and validation float32): about 2x faster "
                         "steps on CPUs with AMX or AVX512-BF16, slower on others")
     p.add_argument("--compile", dest="compile_step", action="store_true",
-                   help="build the training step with torch.compile: a minute or two at the start, then about half "
-                        "the step time (on the CPU it needs a C++ compiler)")
+                   help="build the training step with torch.compile: a minute or two at the start, then a tenth to "
+                        "a sixth less time per step (on the CPU it needs a C++ compiler)")
     p.set_defaults(func=cmd_train)
 
 
