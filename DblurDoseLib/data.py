@@ -86,6 +86,14 @@ class DataSettings:
         val = set(order[n_test:n_test + n_val])
         return {i: ("test" if i in test else "val" if i in val else "train") for i in self.indices()}
 
+    def generation_order(self) -> list[int]:
+        """Every phantom in the order a data job makes them: training phantoms first, then validation, then
+        test, then held-out (index order within each), so that a job stopped part way leaves phantoms to
+        train on. The order changes nothing that is drawn or made: each phantom has its own seed."""
+        split, held = self.split(), set(int(i) for i in self.held_out)
+        rank = {"train": 0, "val": 1, "test": 2}
+        return sorted(self.indices(), key=lambda i: (3 if i in held else rank[split[i]], i))
+
 
 #: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network sees what users
 #: bring, not one camera and one reconstruction). Per phantom: the camera (a key of spect.CAMERAS), the views
@@ -462,8 +470,9 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False)
-                   for i in settings.indices()]
+        order = settings.generation_order()  # submitted in order and with falling priority: first made first
+        futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False,
+                                 priority=len(order) - n) for n, i in enumerate(order)]
         for n, future in enumerate(as_completed(futures), 1):
             result = future.result()
             record(result)

@@ -20,6 +20,16 @@ def test_split_is_by_phantom_and_seeded():
     assert split != data.DataSettings(seed=7).split()
 
 
+def test_generation_order_makes_training_phantoms_first():
+    settings = data.DataSettings(phantoms=list(range(12)), held_out=[10, 11], n_test=3, n_val=2)
+    split = settings.split()
+    order = settings.generation_order()
+    assert sorted(order) == settings.indices()
+    ranks = [("train", "val", "test").index(split[i]) if i not in (10, 11) else 3 for i in order]
+    assert ranks == sorted(ranks) and ranks[0] == 0 and ranks[-1] == 3  # train, val, test, held-out
+    assert [i for i in order if split[i] == "train"] == sorted(i for i in split if split[i] == "train")
+
+
 def test_parse_range():
     assert dataset.parse_range("0-3,7") == [0, 1, 2, 3, 7]
     with pytest.raises(DblurDoseError, match="phantom range"):
@@ -54,13 +64,17 @@ def test_dask_runs_each_phantom_once_and_writes_manifest(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     def fake(out, index, settings, split, log=print):
         (tmp_path / f"ran_{index}").touch()  # tasks are serialised to the workers: leave a trace on disk
+        with open(tmp_path / "order.txt", "a") as f:
+            f.write(f"{index}\n")
         return {"index": index, "split": split, "timings_s": {}}
 
     monkeypatch.setattr(data, "generate_phantom", fake)
     settings = data.DataSettings(phantoms=[0, 1, 2, 3], n_test=1)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         path = data.generate(tmp_path, settings, scheduler=cluster.scheduler_address, log=lambda m: None)
     manifest = json.loads(path.read_text())
+    ran = [int(line) for line in (tmp_path / "order.txt").read_text().split()]
+    assert ran == settings.generation_order() and settings.split()[ran[-1]] == "test"  # the test phantom last
     assert sorted(p.name for p in tmp_path.glob("ran_*")) == ["ran_0", "ran_1", "ran_2", "ran_3"]
     assert sorted(manifest["phantoms"]) == ["p00", "p01", "p02", "p03"]
     assert [p["split"] for p in manifest["phantoms"].values()].count("test") == 1
