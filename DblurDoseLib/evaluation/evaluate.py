@@ -497,8 +497,9 @@ def _ablation_section(s: dict, methods: list[str]) -> list[str]:
 
 
 def add_evaluate_arguments(sub) -> None:
-    p = sub.add_parser("evaluate", help="the paper's evaluation on a data set's test phantoms")
-    p.add_argument("--data", required=True, help="data set folder (from `dblurdose data generate`)")
+    p = sub.add_parser("evaluate", help="the paper's evaluation on a data set's test phantoms, or on the sphere "
+                                        "phantom with an exact truth (--spheres)")
+    p.add_argument("--data", help="data set folder (from `dblurdose data generate`)")
     p.add_argument("--model", help="model file (default: the shipped weights)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=FILE",
                    help="an ablation model to compare, e.g. no_residual=nores.pt (repeatable)")
@@ -512,6 +513,14 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the test phantoms (final figures) or the validation phantoms (to compare training choices)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    g = p.add_argument_group("sphere phantom (no data set: six IEC spheres in water, whose true dose rate is exact)")
+    g.add_argument("--spheres", action="store_true", help="evaluate on the sphere phantom instead of a data set")
+    g.add_argument("--chain", action="append", metavar="CHAIN",
+                   help="SPECT chain: in-mix, in-mix-sharp, out-of-mix, or fwhm=F (an ideal Gaussian system of F mm); "
+                        "repeatable (default: the three named)")
+    g.add_argument("--contrast", type=float, default=8.0, help="sphere to background activity ratio (default 8)")
+    g.add_argument("--counts", type=float, default=1e7, help="expected photopeak counts (default 1e7)")
+    g.add_argument("--realisations", type=int, default=3, help="Poisson realisations (default 3)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -522,7 +531,27 @@ def cmd_evaluate(args) -> int:
             raise DblurDoseError(f"cannot read the ablation model {item!r}; write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
+    if args.spheres:
+        return _evaluate_spheres(args, ablations)
+    if not args.data:
+        raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
              family=args.family, split=args.split)
     print(Path(args.out) / "report.md")
+    return 0
+
+
+def _evaluate_spheres(args, ablations: dict[str, str]) -> int:
+    """``dblurdose evaluate --spheres``: :func:`~DblurDoseLib.evaluation.spheres.evaluate_spheres` of the model
+    and the ablations, report written to ``--out``."""
+    from ..devices import resolve_device
+    from ..learning.inference import load_model
+    from .spheres import SPHERE_CHAINS, evaluate_spheres, write_sphere_report
+
+    device = str(resolve_device(args.device))
+    models = {"cnn": load_model(args.model, device=device)}
+    models.update({f"cnn_{name}": load_model(path, device=device) for name, path in ablations.items()})
+    results = evaluate_spheres(models, args.chain or list(SPHERE_CHAINS), args.contrast, args.counts,
+                               args.realisations, device=device)
+    print(write_sphere_report(results, args.out))
     return 0

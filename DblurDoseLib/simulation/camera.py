@@ -301,3 +301,25 @@ def system_sensitivity_cps_per_mbq(acq: SpectAcquisition | None = None) -> float
     mu_nai = _NAI_MU_RHO_208KEV * (208.0 / acq.photopeak_kev) ** 1.5 * _NAI_DENSITY
     absorbed = 1.0 - math.exp(-mu_nai * acq.crystal_thickness_cm)
     return geometric * _gamma_yield(acq.photopeak_kev) * absorbed * 1e6
+
+
+#: Acquisitions and reconstructions of training phantoms with ``mix`` (so that the network sees what users
+#: bring, not one camera and one reconstruction). Per phantom: the camera (a key of CAMERAS), the views
+#: and the voxel size (mm, uniform in the range); per realisation: OSEM and the post-filter (FWHM, mm).
+#: OSEM subsets are drawn among ``subsets`` that divide the views, iterations among ``iterations``, keeping
+#: iterations x subsets (subset updates) within ``osem_updates`` (4x8 to 16x8). Test phantoms keep the
+#: preset's own setting (DataSettings: its camera, views, voxel size and OSEM, no filter).
+TRAINING_MIX = {
+    "camera": ("siemens-intevo-me", "ge-discovery-670-megp"),
+    "n_views": (60, 64, 90, 96, 120, 128),
+    "voxel_mm": (4.4, 4.8),  # range: GE 4.418, Philips 4.664, Siemens 4.7952 (128 matrix, zoom 1), paper 4.8
+    "iterations": (4, 6, 8, 10, 12, 16),
+    "subsets": (4, 6, 8, 10),
+    "osem_updates": (32, 128),  # iterations x subsets, inclusive
+    "postfilter_fwhm_mm": (0.0, 0.0, 0.0, 4.0, 6.0, 8.0),  # no filter half the time, else 4-8 mm
+}
+#: A reconstruction of the test phantoms outside that mix: the held-out vendor (Philips MEGP, a collimator
+#: and crystal never in training), voxel size below the mix (Siemens 128 matrix at zoom 1.23), OSEM 2x16
+#: (iterations and subsets outside the mix, 32 updates: the edge), a heavier post-filter; 128 views (the edge).
+OUT_OF_MIX = {"camera": "philips-brightview-megp", "n_views": 128, "voxel_mm": 3.9, "iterations": 2, "subsets": 16,
+              "postfilter_fwhm_mm": 10.0}
