@@ -59,6 +59,8 @@ class DataSettings:
     out_of_mix: bool = False  # test phantoms: also reconstructed with OUT_OF_MIX (spect_ood_r*)
     camera: str = DEFAULT_CAMERA  # spect.CAMERAS key of phantoms whose camera is not drawn from the mix
     held_out: list[int] = field(default_factory=list)  # made by the "shapes" family; always test, not in n_test
+    #: made by the "water" family (simulation.phantom_water): always training, truth the DVK of the true activity
+    water: list[int] = field(default_factory=list)
     #: validation phantoms ("val" split): acquired from the training mix like training phantoms, but with a
     #: truth of ``test_decays`` so that label-noise and training choices are judged against a clean truth
     n_val: int = 0
@@ -67,20 +69,27 @@ class DataSettings:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
 
     def indices(self) -> list[int]:
-        """Every phantom of the data set: ``phantoms`` and ``held_out``."""
-        return sorted(set(int(i) for i in self.phantoms) | set(int(i) for i in self.held_out))
+        """Every phantom of the data set: ``phantoms``, ``held_out`` and ``water``."""
+        return sorted(set(int(i) for i in (*self.phantoms, *self.held_out, *self.water)))
 
     def family(self, index: int) -> str:
-        """The virtual-patient family of phantom ``index``: "shapes" if held out, else "anatomical"."""
+        """The virtual-patient family of phantom ``index``: "shapes" if held out, "water" if a water
+        phantom, else "anatomical"."""
+        if int(index) in set(int(i) for i in self.water):
+            return "water"
         return "shapes" if int(index) in set(int(i) for i in self.held_out) else "anatomical"
 
     def split(self) -> dict[int, str]:
         """Train/val/test by whole phantom (never by slice), chosen by the data-set seed; held-out
-        (shapes-family) phantoms are always "test" and do not count in ``n_test``. The "val"
+        (shapes-family) phantoms are always "test" and water-family ones always "train"; neither counts in
+        ``n_test``. The "val"
         phantoms follow the test ones in the same permutation (at least one phantom stays "train")."""
-        held = set(int(i) for i in self.held_out)
+        held, water = set(int(i) for i in self.held_out), set(int(i) for i in self.water)
+        if held & water:
+            raise DblurDoseError(f"phantoms {sorted(held & water)} are both held out and water phantoms; give each "
+                                 "index one family")
         rng = np.random.default_rng(self.seed)
-        order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms if int(i) not in held))]
+        order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms if int(i) not in held | water))]
         n_test = min(self.n_test, max(len(order) - 1, 0))
         n_val = min(self.n_val, max(len(order) - n_test - 1, 0))
         test = set(order[:n_test]) | held
@@ -273,9 +282,12 @@ class _PhantomJob:
         """The virtual patient: HU, density, activity, labelmap and its names (``labels.json``)."""
         from .simulation.phantom import make_phantom
         from .simulation.phantom_shapes import make_shapes_phantom
+        from .simulation.phantom_water import make_water_phantom
 
         s, time_days = self.settings, self.info["time_days"]
-        if self.info["family"] == "shapes":
+        if self.info["family"] == "water":
+            ph = make_water_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days)
+        elif self.info["family"] == "shapes":
             ph = make_shapes_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days)
         else:  # test phantoms hold two lesions or more in each size class (1-5, 5-20, > 20 mL)
             ph = make_phantom(self.seed, shape=s.shape, spacing=s.spacing, time_days=time_days,
@@ -325,6 +337,15 @@ class _PhantomJob:
             dose, _ = monte_carlo_dose_rate(bq, density, int(self.settings.spect_mc_decays), self.seed + 1000 + r,
                                             threads=self.settings.threads)
             _write(dose, self.path("mc_spect", r, tag))
+
+    def make_exact_truth(self, hu, activity) -> None:
+        """Water family: the label is the DVK of the true activity (exact in water; no Monte Carlo), with a
+        zero uncertainty, computed as the data set's DVK maps are."""
+        from .dose import compute_dose_rate_maps
+
+        dose = compute_dose_rate_maps(activity, hu, ("dvk",))["dvk"]
+        _write(dose.with_array(np.zeros(dose.shape, np.float32)), self.folder / truth_file(uncertainty=True))
+        _write(dose, self.folder / truth_file())
 
     def make_truth(self, decays: int, density, activity) -> None:
         """The label, in LABEL_BATCHES nested batches (:func:`nested_monte_carlo_dose_rate`): the means over
@@ -384,6 +405,9 @@ def generate_phantom(out: str | os.PathLike, index: int, settings: DataSettings,
         job.part(f"spect{tag}", job.files("spect_native", tag) + job.files("spect", tag),
                  partial(job.make_spect, tag, hu, density, activity))
         job.part(f"dvk{tag}", job.files("dvk", tag), partial(job.make_dvk, tag, hu))
+    if job.info["family"] == "water":
+        job.part("exact_truth", [truth_file(), truth_file(uncertainty=True)], partial(job.make_exact_truth, hu, activity))
+        return {"index": index, **job.info, "timings_s": job.done}
     truth_decays = int(settings.test_decays if split in ("test", "val") else settings.decays)
     labels = [truth_file(n, u) for n in nested_levels(truth_decays)[:-1] for u in (False, True)]
     job.part("mc_truth", labels + [truth_file(), truth_file(uncertainty=True)],
@@ -412,7 +436,9 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text()).get("settings", {})
         new = json.loads(json.dumps(asdict(settings)))  # as the manifest stores it (tuples as lists)
-        changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE and old.get(k) != new.get(k))
+        default = json.loads(json.dumps(asdict(DataSettings())))  # a key an older manifest lacks had its default
+        changed = sorted(k for k in set(old) | set(new)
+                         if k not in _RESUMABLE and old.get(k, default.get(k)) != new.get(k))
         if changed:
             raise DblurDoseError(
                 f"{out} holds a data set made with other settings ({', '.join(changed)} differ): resuming would mix "
@@ -473,7 +499,7 @@ def add_data_arguments(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, help="data step (generate)")
     g = dsub.add_parser("generate", help="generate or resume a data set")
     g.add_argument("--out", required=True, help="data folder (outside git)")
-    g.add_argument("--phantoms", default="0-13", help="phantom indices, e.g. 0-13")
+    g.add_argument("--phantoms", help="phantom indices, e.g. 0-13 (default 0-13, or none with --water)")
     g.add_argument("--realisations", type=int, default=3, help="Poisson realisations per phantom")
     g.add_argument("--decays", type=float, default=3e7, help="Monte Carlo decays for training truth")
     g.add_argument("--test-decays", type=float, default=1e8, help="Monte Carlo decays for test truth")
@@ -483,7 +509,8 @@ def add_data_arguments(sub) -> None:
                    help="grid and SPECT settings: paper (512x512x130 CT at 0.98x0.98x3 mm, 128 views, OSEM 16x4, "
                         "2x oversampled projection); cpu (256x256x130 at 1.96x1.96x3 mm, 64 views, OSEM 8x4, no "
                         "oversampling: a data set that 2 CPU cores make in under an hour); small (48x96x96 CT at "
-                        "5.2x5.2x8.1 mm, 32^3 SPECT at 15.6 mm, 32 views, 4x4 OSEM: a quick look)")
+                        "5.2x5.2x8.1 mm, 32^3 SPECT at 15.6 mm, 32 views, 4x4 OSEM: a quick look); water (the cpu "
+                        "preset on a 192x160x80 CT and 80x80x52 SPECT: for water-family data sets)")
     g.add_argument("--small", action="store_const", const="small", dest="preset", help="the same as --preset small")
     g.add_argument("--views", type=int, help="SPECT views over 360 degrees (overrides the preset)")
     g.add_argument("--iterations", type=int, help="OSEM iterations (overrides the preset)")
@@ -494,6 +521,9 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--out-of-mix", action="store_true",
                    help="test phantoms: also reconstruct the same data with settings outside the mix (OUT_OF_MIX), "
                         "for `dblurdose evaluate --recon ood`")
+    g.add_argument("--water", default="",
+                   help="indices of water-family phantoms (objects in water, truth the DVK of the true activity: exact, "
+                        "no Monte Carlo; always training), e.g. 100-159; use --preset water for a data set of them alone")
     g.add_argument("--held-out", default="",
                    help="extra phantom indices, e.g. 14-17, made by the differently built 'shapes' family "
                         "(DblurDoseLib.simulation.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
@@ -511,7 +541,10 @@ SMALL = dict(shape=(48, 96, 96), spacing=(5.2, 5.2, 8.125), spect_matrix=(32, 32
 #: the paper's geometry at half the in-plane resolution, with a lighter acquisition model
 CPU = dict(shape=(130, 256, 256), spacing=(1.96, 1.96, 3.0), n_views=64, iterations=8, subsets=4,
            projection_oversampling=1)
-PRESETS = {"paper": {}, "cpu": CPU, "small": SMALL}
+#: the cpu preset on a smaller field (376 x 314 x 240 mm CT, 384 x 384 x 250 mm SPECT) for water-family
+#: data sets, whose bodies it holds: the SPECT costs a quarter of the cpu preset's
+WATER = dict(CPU, shape=(80, 160, 192), spect_matrix=(80, 80, 52))
+PRESETS = {"paper": {}, "cpu": CPU, "small": SMALL, "water": WATER}
 
 
 def cmd_data(args) -> int:
@@ -529,7 +562,9 @@ def cmd_data(args) -> int:
     if args.validation < 0:
         raise DblurDoseError("the number of validation phantoms must be 0 or more")
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
-    settings = DataSettings(phantoms=parse_range(args.phantoms), realisations=args.realisations, decays=args.decays,
+    phantoms = args.phantoms if args.phantoms is not None else ("" if args.water else "0-13")
+    settings = DataSettings(phantoms=parse_range(phantoms) if phantoms else [], realisations=args.realisations,
+                            decays=args.decays, water=parse_range(args.water) if args.water else [],
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
                             held_out=parse_range(args.held_out) if args.held_out else [], n_val=args.validation,

@@ -41,6 +41,9 @@ def test_parse_range():
     (["--preset", "cpu"], dict(shape=(130, 256, 256), spacing=(1.96, 1.96, 3.0), n_views=64, iterations=8,
                                projection_oversampling=1)),
     (["--small", "--views", "16", "--iterations", "2"], dict(shape=(48, 96, 96), n_views=16, iterations=2)),
+    (["--preset", "water", "--water", "0-2"], dict(shape=(80, 160, 192), spacing=(1.96, 1.96, 3.0), phantoms=[],
+                                                   water=[0, 1, 2], spect_matrix=(80, 80, 52))),
+    (["--water", "20-21"], dict(phantoms=[], water=[20, 21])),
 ])
 def test_presets_and_overrides_reach_the_settings(argv, expect, monkeypatch, tmp_path):
     from DblurDoseLib.cli import main

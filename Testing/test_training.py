@@ -486,6 +486,32 @@ def test_training_on_chosen_phantoms_records_them(dataset, tmp_path):
     assert info["train_phantoms"] == ["p01", "p02"] and "p01" not in info["val_phantoms"]
 
 
+def test_extra_data_sets_join_the_training_and_are_recorded_or_refused(dataset, tmp_path, monkeypatch):
+    """--extra-data: every training phantom of another data set joins the training volumes (validation stays on
+    the main set); a set of other voxels, or without training phantoms, is refused."""
+    from DblurDoseLib.learning.network import load_model_file
+
+    extra = make_dataset(tmp_path / "extra", n_phantoms=3, n_test=1, seed=5)
+    seen = []
+    real = training.load_cases
+    monkeypatch.setattr(training, "load_cases", lambda d, names, *a, **k: seen.append((Path(d), names)) or real(d, names, *a, **k))
+    out = tmp_path / "with_extra.pt"
+    training.train(dataset, out, progress=lambda f, m: None, extra_data=[extra], **{**FAST, "epochs": 1})
+    info = load_model_file(out).config.info
+    assert info["extra_data"] == [{"data": str(extra.resolve()), "phantoms": ["p01", "p02"]}]
+    assert (extra, ["p01", "p02"]) in seen and not any(d == extra and "p00" in n for d, n in seen)
+    with pytest.raises(DblurDoseError, match="other settings.*extra_data"):  # it resumes only with its extra data
+        training.train(dataset, out, progress=lambda f, m: None, **{**FAST, "epochs": 1})
+    manifest = json.loads((extra / "manifest.json").read_text())
+    (extra / "manifest.json").write_text(json.dumps({**manifest, "spacing": [2.0, 2.0, 3.0]}))
+    with pytest.raises(DblurDoseError, match="same preset"):
+        training.train(dataset, tmp_path / "x.pt", progress=lambda f, m: None, extra_data=[extra], **FAST)
+    only_test = {k: {**v, "split": "test"} for k, v in manifest["phantoms"].items()}
+    (extra / "manifest.json").write_text(json.dumps({**manifest, "phantoms": only_test}))
+    with pytest.raises(DblurDoseError, match="no training phantom"):
+        training.train(dataset, tmp_path / "y.pt", progress=lambda f, m: None, extra_data=[extra], **FAST)
+
+
 def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_network(trained, dataset, tmp_path):
     """--init: the run starts where the model file ends (its validation loss before the first step is the
     file's), takes the file's architecture options, records the file's checksum; a model of another

@@ -63,7 +63,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -604,9 +604,9 @@ def _optimiser(net, options: _Options, local_steps: int):
 #: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
 RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
                "label_decays", "relative_weight", "decoder_activation", "correction", "init_sha256",
-               "freeze_batch_norm_from", "normalise_slabs", "floor_leak")
+               "freeze_batch_norm_from", "normalise_slabs", "floor_leak", "extra_data")
 #: what a checkpoint that lacks a resume key (an older version's) was made with; others: None
-RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0}
+RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0, "extra_data": []}
 #: a one-cycle schedule's length is part of its state
 RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
 
@@ -915,6 +915,7 @@ def train(
     cpu_bf16: bool = False,
     compile_step: bool = False,
     floor_leak: float = 0.0,
+    extra_data: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -948,6 +949,9 @@ def train(
     ``floor_leak``: the "floored" correction's training gradient below the floor, at least this share of the
     additive one (:meth:`~DblurDoseLib.learning.network.DblurDoseNet.correct`; values unchanged), so that a
     fine-tune can lift tissue its start weights put deep below the floor; 0: the plain gradient.
+    ``extra_data``: more data sets (of the same voxel spacing) whose training phantoms all join the training
+    volumes, on their full labels (e.g. a water-family data set, ``data generate --water``); validation stays
+    on ``data_dir``'s phantoms. Batches draw volumes uniformly, so each set weighs by its number of volumes.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -967,6 +971,8 @@ def train(
              f"(held out: {', '.join(val_names) or 'none'})")
     label = label_file(data_dir, train_names, label_decays)
     cases = load_cases(data_dir, train_names, manifest, config, cache, label)
+    extra = _extra_cases(extra_data, manifest, config, out_path)
+    cases += [case for _, _, set_cases in extra for case in set_cases]
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
     if not cases:
         raise DblurDoseError("no training volume holds any activity; check the data set")
@@ -981,7 +987,8 @@ def train(
                 "decoder_activation": decoder_activation, "correction": correction,
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
-                "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak}
+                "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak,
+                "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra]}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -989,6 +996,25 @@ def train(
     trainer.fit(out_path)
     ranks.close()
     return out_path
+
+
+def _extra_cases(extra_data: Sequence[str | os.PathLike], manifest: dict, config: ModelConfig,
+                 out_path: Path) -> list[tuple[str, list[str], list]]:
+    """(resolved path, training phantom keys, training volumes) of each extra data set (:func:`train`);
+    refused where its voxel spacing is not the main data set's, or it has no training phantom."""
+    out = []
+    for path in extra_data:
+        path = Path(path)
+        extra = read_manifest(path)
+        if [float(v) for v in extra["spacing"]] != [float(v) for v in manifest["spacing"]]:
+            raise DblurDoseError(f"{path} has voxels of {extra['spacing']} mm, the training data set "
+                                 f"{manifest['spacing']} mm; generate it with the same preset")
+        names = layout.phantoms_in(extra, "train")
+        if not names:
+            raise DblurDoseError(f"{path} holds no training phantom; give a data set with training phantoms")
+        out.append((str(path.resolve()), names,
+                    load_cases(path, names, extra, config, _cache_dir(path, out_path), layout.truth_file())))
+    return out
 
 
 def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
@@ -1092,6 +1118,9 @@ def add_train_arguments(subparser) -> None:
                         "size, or a run that resumes while the data set grows (default: every training phantom)")
     p.add_argument("--val-phantoms", metavar="RANGE",
                    help="validate on these phantoms (default: the data set's validation phantoms)")
+    p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="another data set whose training phantoms all join the training (same preset's voxels; e.g. "
+                        "a water-family set from `data generate --water`); repeatable; validation stays on --data")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -1114,6 +1143,7 @@ def cmd_train(args) -> int:
                  correction=args.correction,
                  phantoms=layout.parse_range(args.phantoms) if args.phantoms else None,
                  val_phantoms=layout.parse_range(args.val_phantoms) if args.val_phantoms else None,
+                 extra_data=args.extra_data,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
                  normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step,
                  floor_leak=args.floor_leak)
