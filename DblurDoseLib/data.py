@@ -85,9 +85,10 @@ class DataSettings:
         ``n_test``. The "val"
         phantoms follow the test ones in the same permutation (at least one phantom stays "train")."""
         held, water = set(int(i) for i in self.held_out), set(int(i) for i in self.water)
-        if held & water:
-            raise DblurDoseError(f"phantoms {sorted(held & water)} are both held out and water phantoms; give each "
-                                 "index one family")
+        for other, what in ((held, "held out"), (set(int(i) for i in self.phantoms), "patient-like")):
+            if other & water:
+                raise DblurDoseError(f"phantoms {sorted(other & water)} are both {what} and water phantoms; give each "
+                                     "index one family")
         rng = np.random.default_rng(self.seed)
         order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms if int(i) not in held | water))]
         n_test = min(self.n_test, max(len(order) - 1, 0))

@@ -86,12 +86,29 @@ def test_unknown_chains_and_bad_settings_are_refused():
         sp.evaluate_spheres({}, ["fwhm=10"], realisations=0)
 
 
-def test_evaluate_without_data_or_spheres_is_one_line(capsys):
+@pytest.mark.parametrize("argv", [
+    ["evaluate"],  # neither a data set nor the sphere phantom
+    ["evaluate", "--spheres", "--data", "somewhere"],  # both: one would be ignored
+    ["evaluate", "--spheres", "--split", "val"],
+    ["evaluate", "--data", "somewhere", "--counts", "3e6"],  # a sphere setting without the sphere phantom
+    ["evaluate", "--data", "somewhere", "--chain", "in-mix"],
+])
+def test_evaluate_refuses_what_it_would_ignore_in_one_line(argv, capsys, tmp_path, monkeypatch):
     from DblurDoseLib import cli
 
-    assert cli.main(["evaluate"]) != 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) != 0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "sphere phantom" in err
+    assert len(err.splitlines()) == 1 and "sphere phantom" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_noise_free_chain_is_imaged_once(phantom):
+    """fwhm=F has no noise: one image (and so one CNN run) whatever the realisations asked for, and no
+    ensemble noise."""
+    assert len(sp.sphere_spect(phantom, "fwhm=12", realisations=3)) == 1
+    results = sp.evaluate_spheres({}, ["fwhm=12"], realisations=3, log=lambda m: None)
+    assert results["chains"]["fwhm=12"]["noise"] == {}
 
 
 @pytest.fixture(scope="module")

@@ -502,6 +502,9 @@ def test_extra_data_sets_join_the_training_and_are_recorded_or_refused(dataset, 
     assert (extra, ["p01", "p02"]) in seen and not any(d == extra and "p00" in n for d, n in seen)
     with pytest.raises(DblurDoseError, match="other settings.*extra_data"):  # it resumes only with its extra data
         training.train(dataset, out, progress=lambda f, m: None, **{**FAST, "epochs": 1})
+    for twice in ([dataset], [extra, extra]):
+        with pytest.raises(DblurDoseError, match="name each extra data set once"):
+            training.train(dataset, tmp_path / "z.pt", progress=lambda f, m: None, extra_data=twice, **FAST)
     manifest = json.loads((extra / "manifest.json").read_text())
     (extra / "manifest.json").write_text(json.dumps({**manifest, "spacing": [2.0, 2.0, 3.0]}))
     with pytest.raises(DblurDoseError, match="same preset"):

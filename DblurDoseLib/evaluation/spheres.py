@@ -171,7 +171,8 @@ def sphere_spect(phantom: SpherePhantom, chain: str | dict, counts: float = 1e7,
     A SPECT chain (:data:`SPHERE_CHAINS`) is simulated and reconstructed by
     :func:`~DblurDoseLib.simulation.spect.simulate_spect` with ``counts`` expected photopeak counts and
     moved onto the CT grid (activity conserved); ``{"fwhm_mm": F}`` blurs the true activity by a
-    Gaussian of F mm FWHM (no noise: every realisation is the same; what spills into the air stays there).
+    Gaussian of F mm FWHM: one image whatever ``realisations`` (no noise, so no two differ; what spills into
+    the air stays there).
     """
     from ..geometry.resample import resample_activity
 
@@ -183,7 +184,7 @@ def sphere_spect(phantom: SpherePhantom, chain: str | dict, counts: float = 1e7,
         # as a camera images it: what spills out of the body stays in the image (reflected at the grid's
         # edges, far from the body, so the total activity is kept)
         blurred = gaussian_filter(phantom.activity.array.astype(np.float64), sigma, mode="reflect")
-        return [phantom.activity.with_array(blurred.astype(np.float32))] * int(realisations)
+        return [phantom.activity.with_array(blurred.astype(np.float32))]
     from ..simulation.camera import SpectAcquisition
     from ..simulation.spect import simulate_spect
 
@@ -224,7 +225,7 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         ``settings`` and, per chain name, ``vois`` (VOI -> method -> ``volume_ml``, ``true_mean`` (mGy/h),
         ``mean``, ``signed_error`` (%, mean over realisations) and ``nrmse``), ``power`` (method -> absorbed
         power over the truth's), ``noise`` (method -> ensemble noise (%) in the background, two realisations
-        or more) and ``correction`` (model -> :func:`~DblurDoseLib.evaluation.metrics.correction_diagnostics`).
+        or more; none for a noise-free Gaussian chain) and ``correction`` (model -> :func:`~DblurDoseLib.evaluation.metrics.correction_diagnostics`).
     """
     from ..learning.inference import load_model
 

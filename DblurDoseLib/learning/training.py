@@ -971,7 +971,7 @@ def train(
              f"(held out: {', '.join(val_names) or 'none'})")
     label = label_file(data_dir, train_names, label_decays)
     cases = load_cases(data_dir, train_names, manifest, config, cache, label)
-    extra = _extra_cases(extra_data, manifest, config, out_path)
+    extra = _extra_cases(extra_data, data_dir, manifest, config, out_path)
     cases += [case for _, _, set_cases in extra for case in set_cases]
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
     if not cases:
@@ -998,13 +998,16 @@ def train(
     return out_path
 
 
-def _extra_cases(extra_data: Sequence[str | os.PathLike], manifest: dict, config: ModelConfig,
+def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manifest: dict, config: ModelConfig,
                  out_path: Path) -> list[tuple[str, list[str], list]]:
     """(resolved path, training phantom keys, training volumes) of each extra data set (:func:`train`);
-    refused where its voxel spacing is not the main data set's, or it has no training phantom."""
+    refused where it is the training data set itself or given twice, its voxel spacing is not the training
+    data set's, or it has no training phantom."""
     out = []
     for path in extra_data:
         path = Path(path)
+        if path.resolve() in [data_dir.resolve(), *(Path(p) for p, _, _ in out)]:
+            raise DblurDoseError(f"{path} is the training data set or given twice; name each extra data set once")
         extra = read_manifest(path)
         if [float(v) for v in extra["spacing"]] != [float(v) for v in manifest["spacing"]]:
             raise DblurDoseError(f"{path} has voxels of {extra['spacing']} mm, the training data set "
