@@ -109,6 +109,7 @@ def test_a_noise_free_chain_is_imaged_once(phantom):
     assert len(sp.sphere_spect(phantom, "fwhm=12", realisations=3)) == 1
     results = sp.evaluate_spheres({}, ["fwhm=12"], realisations=3, log=lambda m: None)
     assert results["chains"]["fwhm=12"]["noise"] == {}
+    assert results["chains"]["fwhm=12"]["resolution"]["fwhm_mm"] == pytest.approx(12, abs=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,9 @@ def test_shipped_cnn_on_the_in_mix_spect_chain(shipped_in_mix, tmp_path):
     assert all(e < -10 for e in dvk) and dvk == sorted(dvk), dvk  # names sort by diameter here
     for name in ("sphere_28mm", "sphere_37mm"):
         assert vois[name]["cnn"]["signed_error"] > vois[name]["dvk"]["signed_error"] + 3, vois[name]
+    assert 10 < results["chains"]["in-mix"]["resolution"]["fwhm_mm"] < 20  # the chain's Gaussian-equivalent FWHM
     path = sp.write_sphere_report(results, tmp_path)
-    assert path.read_text().count("| sphere_") == 6
+    assert path.read_text().count("| sphere_") == 6 and "Gaussian-equivalent FWHM 1" in path.read_text()
     assert json.loads((tmp_path / "spheres.json").read_text())["settings"]["realisations"] == 1
 
 

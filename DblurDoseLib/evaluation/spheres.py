@@ -185,19 +185,28 @@ def sphere_spect(phantom: SpherePhantom, chain: str | dict, counts: float = 1e7,
         # edges, far from the body, so the total activity is kept)
         blurred = gaussian_filter(phantom.activity.array.astype(np.float64), sigma, mode="reflect")
         return [phantom.activity.with_array(blurred.astype(np.float32))]
-    from ..simulation.camera import SpectAcquisition
     from ..simulation.spect import simulate_spect
 
+    acq, density = chain_acquisition(phantom, settings)
+    images = simulate_spect(phantom.activity, density, counts, seed, acq, realisations=int(realisations))
+    return [resample_activity(image, phantom.hu) for image in images]
+
+
+def chain_acquisition(phantom: SpherePhantom, chain: str | dict):
+    """A camera chain's acquisition over the phantom (a SPECT field that holds its body, square in x and y) and
+    the phantom's density (g/cm3, a Volume on its CT grid): what :func:`sphere_spect` simulates."""
+    from ..physics.density import hu_to_density
+    from ..simulation.camera import SpectAcquisition
+
+    settings = chain_settings(chain)
+    if "fwhm_mm" in settings:
+        raise DblurDoseError("an ideal Gaussian chain has no camera to simulate")
     camera, voxel = settings.pop("camera"), float(settings.pop("voxel_mm"))
     extent = np.asarray(phantom.hu.shape[::-1]) * np.asarray(phantom.hu.spacing)
     side = int(math.ceil(max(extent[:2]) / voxel)) + 2  # square in x and y: pytomography rotates it
     matrix = (side, side, int(math.ceil(extent[2] / voxel)) + 2)
     acq = SpectAcquisition.for_camera(camera, matrix=matrix, voxel_mm=voxel, **settings)
-    from ..physics.density import hu_to_density
-
-    density = phantom.hu.with_array(hu_to_density(phantom.hu.array).astype(np.float32))
-    images = simulate_spect(phantom.activity, density, counts, seed, acq, realisations=int(realisations))
-    return [resample_activity(image, phantom.hu) for image in images]
+    return acq, phantom.hu.with_array(hu_to_density(phantom.hu.array).astype(np.float32))
 
 
 def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = tuple(SPHERE_CHAINS),
@@ -225,9 +234,12 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         ``settings`` and, per chain name, ``vois`` (VOI -> method -> ``volume_ml``, ``true_mean`` (mGy/h),
         ``mean``, ``signed_error`` (%, mean over realisations) and ``nrmse``), ``power`` (method -> absorbed
         power over the truth's), ``noise`` (method -> ensemble noise (%) in the background, two realisations
-        or more; none for a noise-free Gaussian chain) and ``correction`` (model -> :func:`~DblurDoseLib.evaluation.metrics.correction_diagnostics`).
+        or more; none for a noise-free Gaussian chain), ``correction`` (model ->
+        :func:`~DblurDoseLib.evaluation.metrics.correction_diagnostics`) and ``resolution`` (the chain's
+        Gaussian-equivalent FWHM: :func:`~DblurDoseLib.evaluation.resolution.gaussian_equivalent_fwhm`).
     """
     from ..learning.inference import load_model
+    from .resolution import gaussian_equivalent_fwhm, gaussian_recovery_table
 
     if int(realisations) < 1 or not counts > 0:
         raise DblurDoseError(f"the sphere phantom needs at least one realisation and positive counts, got "
@@ -237,11 +249,13 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
                 "chains": {_chain_name(c): chain_settings(c) for c in chains}}
     phantom = sphere_phantom(contrast)
     truth = sphere_truth(phantom, device)
+    table = gaussian_recovery_table(phantom)
     results: dict = {"settings": settings, "chains": {}}
     for chain in chains:
         log(f"sphere phantom: SPECT chain {_chain_name(chain)}")
         spects = sphere_spect(phantom, chain, counts, realisations, seed)
-        results["chains"][_chain_name(chain)] = _chain_results(phantom, truth, spects, models, device)
+        results["chains"][_chain_name(chain)] = {**_chain_results(phantom, truth, spects, models, device),
+                                                 "resolution": gaussian_equivalent_fwhm(chain, phantom, table)}
     return results
 
 
@@ -289,8 +303,8 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
 
 
 def sphere_report(results: dict) -> str:
-    """Markdown tables of :func:`evaluate_spheres`: per chain, the signed mean dose-rate error (%) of each
-    method per sphere and in the background, then the absorbed power, the ensemble noise, the share of
+    """Markdown tables of :func:`evaluate_spheres`: per chain, its Gaussian-equivalent FWHM, the signed mean
+    dose-rate error (%) of each method per sphere and in the background, then the absorbed power, the ensemble noise, the share of
     tissue at the CNN's floor (with the truth over the DVK there: near 0.05 the floor is right, above it the
     correction overshoots) and the largest share under one constant correction."""
     s = results["settings"]
@@ -299,7 +313,7 @@ def sphere_report(results: dict) -> str:
              "Signed error of the mean dose rate against the truth (%); negative: under-estimated."]
     for chain, res in results["chains"].items():
         methods = list(next(iter(res["vois"].values())))
-        lines += ["", f"## {chain}: {json.dumps(s['chains'][chain])}", "",
+        lines += ["", f"## {chain}: {json.dumps(s['chains'][chain])}", *_resolution_lines(res.get("resolution")), "",
                   "| VOI | mL | truth (mGy/h) | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
         for voi, row in res["vois"].items():
             first = row[methods[0]]
@@ -317,6 +331,16 @@ def sphere_report(results: dict) -> str:
                 f"{100 * res['correction'][m]['constant_share']:.2f}" if m in res["correction"] else "-"
                 for m in methods) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _resolution_lines(resolution: dict | None) -> list[str]:
+    """The chain's Gaussian-equivalent FWHM under its heading (none for results written before it existed)."""
+    if not resolution:
+        return []
+    per = [v for v in resolution["per_sphere_mm"].values() if math.isfinite(v)]
+    spread = f", sphere by sphere {min(per):.1f}-{max(per):.1f} mm" if per else ""
+    return ["", f"Gaussian-equivalent FWHM {resolution['fwhm_mm']:.1f} mm (the ideal Gaussian system that recovers "
+                f"the spheres' activity as this chain does without noise{spread})."]
 
 
 def write_sphere_report(results: dict, out: str | os.PathLike) -> Path:
