@@ -521,6 +521,9 @@ def add_evaluate_arguments(sub) -> None:
     g.add_argument("--contrast", type=float, help="sphere to background activity ratio (default 8)")
     g.add_argument("--counts", type=float, help="expected photopeak counts (default 1e7)")
     g.add_argument("--realisations", type=int, help="Poisson realisations (default 3)")
+    g.add_argument("--deconvolve", type=int, action="append", metavar="N",
+                   help="also the DVK of the SPECT after N Richardson-Lucy iterations with a Gaussian of the chain's "
+                        "Gaussian-equivalent FWHM (a reference that knows the blur); repeatable")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -531,14 +534,14 @@ def cmd_evaluate(args) -> int:
             raise DblurDoseError(f"cannot read the ablation model {item!r}; write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
-    sphere_options = [args.chain, args.contrast, args.counts, args.realisations]
+    sphere_options = [args.chain, args.contrast, args.counts, args.realisations, args.deconvolve]
     if args.spheres:
         if args.data or args.recon != "standard" or args.family or args.split != "test":
             raise DblurDoseError("the sphere phantom is evaluated without a data set: leave out the data set and the "
                                  "choice of its phantoms and reconstructions, or evaluate them apart")
         return _evaluate_spheres(args, ablations)
     if any(value is not None for value in sphere_options):
-        raise DblurDoseError("the SPECT chain, contrast, counts and realisations are the sphere phantom's settings; "
+        raise DblurDoseError("the SPECT chain, contrast, counts, realisations and deconvolution are the sphere phantom's settings; "
                              "ask for the sphere phantom, or leave them out to evaluate a data set")
     if not args.data:
         raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
@@ -560,6 +563,7 @@ def _evaluate_spheres(args, ablations: dict[str, str]) -> int:
     models.update({f"cnn_{name}": load_model(path, device=device) for name, path in ablations.items()})
     given = {k: v for k, v in (("contrast", args.contrast), ("counts", args.counts),
                                 ("realisations", args.realisations)) if v is not None}
-    results = evaluate_spheres(models, args.chain or list(SPHERE_CHAINS), device=device, **given)
+    results = evaluate_spheres(models, args.chain or list(SPHERE_CHAINS), device=device,
+                               deconvolution=args.deconvolve or (), **given)
     print(write_sphere_report(results, args.out))
     return 0

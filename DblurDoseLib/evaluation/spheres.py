@@ -211,7 +211,8 @@ def chain_acquisition(phantom: SpherePhantom, chain: str | dict):
 
 def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = tuple(SPHERE_CHAINS),
                      contrast: float = 8.0, counts: float = 1e7, realisations: int = 3, seed: int = 0,
-                     device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+                     device: str = "cpu", log: Callable[[str], None] = print,
+                     deconvolution: Sequence[int] = ()) -> dict:
     """The DVK and each model on the sphere phantom through each SPECT chain, against the exact truth.
 
     Parameters
@@ -227,6 +228,10 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         Where the DVK and the CNN run.
     log : callable
         Gets a line per chain.
+    deconvolution : sequence of int
+        For each number N, the method ``dvk_rlN``: the DVK of the SPECT after N Richardson-Lucy iterations
+        with a Gaussian of the chain's Gaussian-equivalent FWHM (:mod:`.deconvolution`: what a deconvolution
+        that knows the blur recovers).
 
     Returns
     -------
@@ -239,11 +244,14 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         Gaussian-equivalent FWHM: :func:`~DblurDoseLib.evaluation.resolution.gaussian_equivalent_fwhm`).
     """
     from ..learning.inference import load_model
+    from .deconvolution import richardson_lucy
     from .resolution import gaussian_equivalent_fwhm, gaussian_recovery_table
 
     if int(realisations) < 1 or not counts > 0:
         raise DblurDoseError(f"the sphere phantom needs at least one realisation and positive counts, got "
                              f"{realisations} and {counts:g}")
+    if any(int(n) != n or n < 1 for n in deconvolution):
+        raise DblurDoseError(f"Richardson-Lucy iterations must be whole numbers of at least 1, got {list(deconvolution)}")
     models = {"cnn": load_model(device=device)} if models is None else dict(models)
     settings = {"contrast": contrast, "counts": counts, "realisations": int(realisations), "seed": seed,
                 "chains": {_chain_name(c): chain_settings(c) for c in chains}}
@@ -253,9 +261,11 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
     results: dict = {"settings": settings, "chains": {}}
     for chain in chains:
         log(f"sphere phantom: SPECT chain {_chain_name(chain)}")
+        resolution = gaussian_equivalent_fwhm(chain, phantom, table)
         spects = sphere_spect(phantom, chain, counts, realisations, seed)
-        results["chains"][_chain_name(chain)] = {**_chain_results(phantom, truth, spects, models, device),
-                                                 "resolution": gaussian_equivalent_fwhm(chain, phantom, table)}
+        restored = {f"dvk_rl{n}": [richardson_lucy(s, resolution["fwhm_mm"], n) for s in spects] for n in deconvolution}
+        results["chains"][_chain_name(chain)] = {**_chain_results(phantom, truth, spects, models, device, restored),
+                                                 "resolution": resolution}
     return results
 
 
@@ -264,8 +274,9 @@ def _chain_name(chain: str | dict) -> str:
 
 
 def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volume], models: dict,
-                   device: str) -> dict:
-    """One chain's numbers (:func:`evaluate_spheres`)."""
+                   device: str, restored: dict[str, list[Volume]] | None = None) -> dict:
+    """One chain's numbers (:func:`evaluate_spheres`); ``restored``: method -> deconvolved SPECTs, each
+    evaluated through the DVK."""
     from ..learning.inference import cnn_dose_rate
     from ..physics.density import hu_to_density
     from .evaluate import voi_errors
@@ -278,6 +289,8 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
         maps["dvk"].append(dvk)
         for name, model in models.items():
             maps[name].append(cnn_dose_rate(spect, phantom.hu, density, dvk, device, model).array)
+    for name, images in (restored or {}).items():
+        maps[name] = [dvk_map(image, phantom.hu, device) for image in images]
     vois = {**phantom.spheres, "background": phantom.background}
     voxel_ml = phantom.hu.voxel_volume_ml
     out: dict = {"vois": {}, "power": {}, "noise": {}, "correction": {}}
