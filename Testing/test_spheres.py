@@ -92,7 +92,6 @@ def test_unknown_chains_and_bad_settings_are_refused():
     ["evaluate", "--spheres", "--split", "val"],
     ["evaluate", "--data", "somewhere", "--counts", "3e6"],  # a sphere setting without the sphere phantom
     ["evaluate", "--data", "somewhere", "--chain", "in-mix"],
-    ["evaluate", "--data", "somewhere", "--deconvolve", "20"],
 ])
 def test_evaluate_refuses_what_it_would_ignore_in_one_line(argv, capsys, tmp_path, monkeypatch):
     from DblurDoseLib import cli

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,7 @@ def evaluate(
     recon: str = "",
     family: str | None = None,
     split: str = "test",
+    deconvolution: Sequence[int] = (),
 ) -> dict:
     """Evaluate every test phantom of a data set; returns (and writes) all numbers.
 
@@ -111,6 +112,9 @@ def evaluate(
     ``data generate --held-out``); ``None``: all, with the summary also given per family.
     ``split``: "test" (the held-out phantoms, for the final figures) or "val" (the validation
     phantoms: compare training choices there, never on the test phantoms).
+    ``deconvolution``: for each number N the reference method ``dvk_rlN``, the DVK of each realisation's
+    SPECT (its native grid) after N Richardson-Lucy iterations with a Gaussian of its chain's
+    Gaussian-equivalent FWHM (:mod:`.deconvolution`; the chain as the manifest records it).
     """
     from ..io.volume import read_volume
     from ..learning.inference import load_model
@@ -124,6 +128,9 @@ def evaluate(
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
     corrections = {name: m.config.correction for name, m in models.items() if m.residual}
+    if any(int(n) != n or n < 1 for n in deconvolution):
+        raise DblurDoseError(f"Richardson-Lucy iterations must be whole numbers of at least 1, got {list(deconvolution)}")
+    fwhms: dict[str, float] = {}  # chain (JSON) -> Gaussian-equivalent FWHM (mm), each chain measured once
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
@@ -138,6 +145,9 @@ def evaluate(
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
         estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device)
+        if deconvolution:
+            chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon)
+            estimates.update(_deconvolved_estimates(folder, chains, tag, hu, deconvolution, fwhms, device))
         if out is not None:
             _phantom_figures(Path(out), key, hu, truth, estimates, masks)
         results["phantoms"][key] = _phantom_results(estimates, truth, masks, hu, n_real, density, corrections)
@@ -185,6 +195,45 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
         for name, model in models.items():
             estimates.setdefault(name, []).append(cnn_dose_rate(spect, hu, density, dvk, device, model).array)
     return estimates
+
+
+def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list[dict]:
+    """The SPECT chain of each realisation of a phantom, as its manifest entry records it: camera, views,
+    voxel size (mm) and the realisation's OSEM and post-filter; ``recon`` "ood": the out-of-mix chain."""
+    plan = entry.get("spect_ood" if recon == "ood" else "spect")
+    wanted = ("camera", "n_views", "voxel_mm")
+    if not isinstance(plan, dict) or any(k not in plan for k in wanted):
+        raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; the "
+                             "deconvolution reference needs a data set made by a newer dblurdose")
+    if recon == "ood":
+        return [{k: plan[k] for k in (*wanted, "iterations", "subsets", "postfilter_fwhm_mm") if k in plan}] * n_real
+    recons = plan.get("reconstructions", [])
+    if len(recons) < n_real:
+        raise DblurDoseError(f"the manifest records {len(recons)} reconstructions for {key}'s {n_real} realisations")
+    return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
+
+
+def _deconvolved_estimates(folder: Path, chains: list[dict], tag: str, hu, deconvolution: Sequence[int],
+                           fwhms: dict[str, float], device: str) -> dict[str, list[np.ndarray]]:
+    """The ``dvk_rlN`` maps (mGy/h) of one phantom, per realisation (:func:`evaluate`); ``fwhms`` caches
+    each chain's Gaussian-equivalent FWHM across phantoms."""
+    from ..geometry.resample import resample_activity
+    from ..io.volume import read_volume
+    from .deconvolution import richardson_lucy
+    from .resolution import gaussian_equivalent_fwhm
+    from .spheres import dvk_map
+
+    out: dict[str, list[np.ndarray]] = {f"dvk_rl{n}": [] for n in deconvolution}
+    for r, chain in enumerate(chains):
+        name = json.dumps(chain, sort_keys=True)
+        if name not in fwhms:
+            fwhms[name] = gaussian_equivalent_fwhm(chain)["fwhm_mm"]
+        native = read_volume(folder / layout.realisation_file("spect_native", r, tag))
+        native = native.with_array(np.maximum(native.array, 0))  # OSEM is non-negative; a stray negative is noise
+        for n in deconvolution:
+            activity = resample_activity(richardson_lucy(native, fwhms[name], int(n)), hu)
+            out[f"dvk_rl{n}"].append(dvk_map(activity, hu, device))
+    return out
 
 
 def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, masks: dict, hu,
@@ -513,6 +562,9 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the test phantoms (final figures) or the validation phantoms (to compare training choices)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--deconvolve", type=int, action="append", default=[], metavar="N",
+                   help="also a reference that knows the blur: the DVK of the SPECT after N Richardson-Lucy iterations "
+                        "with a Gaussian of its chain's Gaussian-equivalent FWHM; repeatable")
     g = p.add_argument_group("sphere phantom (no data set: six IEC spheres in water, whose true dose rate is exact)")
     g.add_argument("--spheres", action="store_true", help="evaluate on the sphere phantom instead of a data set")
     g.add_argument("--chain", action="append", metavar="CHAIN",
@@ -521,9 +573,6 @@ def add_evaluate_arguments(sub) -> None:
     g.add_argument("--contrast", type=float, help="sphere to background activity ratio (default 8)")
     g.add_argument("--counts", type=float, help="expected photopeak counts (default 1e7)")
     g.add_argument("--realisations", type=int, help="Poisson realisations (default 3)")
-    g.add_argument("--deconvolve", type=int, action="append", metavar="N",
-                   help="also the DVK of the SPECT after N Richardson-Lucy iterations with a Gaussian of the chain's "
-                        "Gaussian-equivalent FWHM (a reference that knows the blur); repeatable")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -534,19 +583,19 @@ def cmd_evaluate(args) -> int:
             raise DblurDoseError(f"cannot read the ablation model {item!r}; write NAME=FILE, e.g. no_residual=nores.pt")
         name, path = item.split("=", 1)
         ablations[name] = path
-    sphere_options = [args.chain, args.contrast, args.counts, args.realisations, args.deconvolve]
+    sphere_options = [args.chain, args.contrast, args.counts, args.realisations]
     if args.spheres:
         if args.data or args.recon != "standard" or args.family or args.split != "test":
             raise DblurDoseError("the sphere phantom is evaluated without a data set: leave out the data set and the "
                                  "choice of its phantoms and reconstructions, or evaluate them apart")
         return _evaluate_spheres(args, ablations)
     if any(value is not None for value in sphere_options):
-        raise DblurDoseError("the SPECT chain, contrast, counts, realisations and deconvolution are the sphere phantom's settings; "
+        raise DblurDoseError("the SPECT chain, contrast, counts and realisations are the sphere phantom's settings; "
                              "ask for the sphere phantom, or leave them out to evaluate a data set")
     if not args.data:
         raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
-             family=args.family, split=args.split)
+             family=args.family, split=args.split, deconvolution=args.deconvolve)
     print(Path(args.out) / "report.md")
     return 0
 
@@ -564,6 +613,6 @@ def _evaluate_spheres(args, ablations: dict[str, str]) -> int:
     given = {k: v for k, v in (("contrast", args.contrast), ("counts", args.counts),
                                 ("realisations", args.realisations)) if v is not None}
     results = evaluate_spheres(models, args.chain or list(SPHERE_CHAINS), device=device,
-                               deconvolution=args.deconvolve or (), **given)
+                               deconvolution=args.deconvolve, **given)
     print(write_sphere_report(results, args.out))
     return 0
