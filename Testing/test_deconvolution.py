@@ -53,3 +53,12 @@ def test_the_sphere_evaluation_reports_the_deconvolution_at_the_chains_fwhm(tmp_
     assert "dvk_rl15" in sp.write_sphere_report(results, tmp_path).read_text()
     with pytest.raises(DblurDoseError, match="whole numbers"):
         sp.evaluate_spheres({}, ["fwhm=12"], deconvolution=[0], log=lambda m: None)
+
+
+def test_a_chain_outside_the_measured_range_is_refused_in_one_line(phantom, blurred):
+    from DblurDoseLib.evaluation.deconvolution import deconvolved_dvk
+
+    with pytest.raises(DblurDoseError, match="outside 1-40 mm.*without the reference"):
+        deconvolved_dvk(blurred, phantom.hu, float("nan"), 5)
+    with pytest.raises(DblurDoseError, match="outside 1-40 mm"):
+        sp.evaluate_spheres({}, ["fwhm=60"], realisations=1, deconvolution=[5], log=lambda m: None)

@@ -128,8 +128,10 @@ def evaluate(
     for name, path in (ablations or {}).items():
         models[f"cnn_{name}"] = load_model(path, device=device)
     corrections = {name: m.config.correction for name, m in models.items() if m.residual}
-    if any(int(n) != n or n < 1 for n in deconvolution):
-        raise DblurDoseError(f"Richardson-Lucy iterations must be whole numbers of at least 1, got {list(deconvolution)}")
+    if deconvolution:
+        from .deconvolution import check_iterations
+
+        check_iterations(deconvolution)
     fwhms: dict[str, float] = {}  # chain (JSON) -> Gaussian-equivalent FWHM (mm), each chain measured once
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
@@ -217,11 +219,9 @@ def _deconvolved_estimates(folder: Path, chains: list[dict], tag: str, hu, decon
                            fwhms: dict[str, float], device: str) -> dict[str, list[np.ndarray]]:
     """The ``dvk_rlN`` maps (mGy/h) of one phantom, per realisation (:func:`evaluate`); ``fwhms`` caches
     each chain's Gaussian-equivalent FWHM across phantoms."""
-    from ..geometry.resample import resample_activity
     from ..io.volume import read_volume
-    from .deconvolution import richardson_lucy
+    from .deconvolution import deconvolved_dvk
     from .resolution import gaussian_equivalent_fwhm
-    from .spheres import dvk_map
 
     out: dict[str, list[np.ndarray]] = {f"dvk_rl{n}": [] for n in deconvolution}
     for r, chain in enumerate(chains):
@@ -229,10 +229,8 @@ def _deconvolved_estimates(folder: Path, chains: list[dict], tag: str, hu, decon
         if name not in fwhms:
             fwhms[name] = gaussian_equivalent_fwhm(chain)["fwhm_mm"]
         native = read_volume(folder / layout.realisation_file("spect_native", r, tag))
-        native = native.with_array(np.maximum(native.array, 0))  # OSEM is non-negative; a stray negative is noise
         for n in deconvolution:
-            activity = resample_activity(richardson_lucy(native, fwhms[name], int(n)), hu)
-            out[f"dvk_rl{n}"].append(dvk_map(activity, hu, device))
+            out[f"dvk_rl{n}"].append(deconvolved_dvk(native, hu, fwhms[name], n, device))
     return out
 
 

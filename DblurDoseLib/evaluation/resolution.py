@@ -24,10 +24,21 @@ import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
-from .spheres import SpherePhantom, chain_settings, sphere_phantom, sphere_spect
+from ..simulation.camera import _FWHM_TO_SIGMA
+from .spheres import SpherePhantom, chain_acquisition, chain_settings, sphere_phantom, sphere_spect
 
 #: the Gaussian FWHMs (mm) on which the recovery coefficients are tabulated and interpolated
 FWHM_GRID_MM = tuple(float(f) for f in np.arange(1.0, 40.5, 0.5))
+
+
+def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float]) -> np.ndarray:
+    """The ideal Gaussian imaging system: ``array`` [z, y, x] blurred by an isotropic Gaussian of FWHM
+    ``fwhm_mm`` (mm) on a grid of spacing ``spacing_xyz`` (mm), float64, reflected at the grid's edges (so
+    its sum is kept)."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = [fwhm_mm * _FWHM_TO_SIGMA / s for s in spacing_xyz[::-1]]
+    return gaussian_filter(np.asarray(array, dtype=np.float64), sigma, mode="reflect")
 
 
 def recovery_coefficients(image: np.ndarray, phantom: SpherePhantom) -> dict[str, float]:
@@ -50,7 +61,6 @@ def noise_free_spect(phantom: SpherePhantom, chain: str | dict) -> Volume:
         return sphere_spect(phantom, settings)[0]
     from ..geometry.resample import resample_activity
     from ..simulation.spect import simulate_projections
-    from .spheres import chain_acquisition
 
     acq, density = chain_acquisition(phantom, settings)
     sim = simulate_projections(phantom.activity, density, 1e7, acq)
@@ -117,5 +127,5 @@ def gaussian_equivalent_fwhm(chain: str | dict, phantom: SpherePhantom | None = 
             "rms_recovery_misfit": float(np.sqrt(np.mean((target - matched) ** 2)))}
 
 
-__all__ = ["FWHM_GRID_MM", "gaussian_equivalent_fwhm", "gaussian_recovery_table", "noise_free_spect",
+__all__ = ["FWHM_GRID_MM", "gaussian_blur", "gaussian_equivalent_fwhm", "gaussian_recovery_table", "noise_free_spect",
            "recovery_coefficients"]

@@ -178,12 +178,11 @@ def sphere_spect(phantom: SpherePhantom, chain: str | dict, counts: float = 1e7,
 
     settings = chain_settings(chain)
     if "fwhm_mm" in settings:
-        from scipy.ndimage import gaussian_filter
+        from .resolution import gaussian_blur
 
-        sigma = [settings["fwhm_mm"] / (2 * math.sqrt(2 * math.log(2))) / s for s in phantom.hu.spacing[::-1]]
         # as a camera images it: what spills out of the body stays in the image (reflected at the grid's
         # edges, far from the body, so the total activity is kept)
-        blurred = gaussian_filter(phantom.activity.array.astype(np.float64), sigma, mode="reflect")
+        blurred = gaussian_blur(phantom.activity.array, settings["fwhm_mm"], phantom.hu.spacing)
         return [phantom.activity.with_array(blurred.astype(np.float32))]
     from ..simulation.spect import simulate_spect
 
@@ -244,14 +243,13 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         Gaussian-equivalent FWHM: :func:`~DblurDoseLib.evaluation.resolution.gaussian_equivalent_fwhm`).
     """
     from ..learning.inference import load_model
-    from .deconvolution import richardson_lucy
+    from .deconvolution import check_iterations
     from .resolution import gaussian_equivalent_fwhm, gaussian_recovery_table
 
     if int(realisations) < 1 or not counts > 0:
         raise DblurDoseError(f"the sphere phantom needs at least one realisation and positive counts, got "
                              f"{realisations} and {counts:g}")
-    if any(int(n) != n or n < 1 for n in deconvolution):
-        raise DblurDoseError(f"Richardson-Lucy iterations must be whole numbers of at least 1, got {list(deconvolution)}")
+    check_iterations(deconvolution)
     models = {"cnn": load_model(device=device)} if models is None else dict(models)
     settings = {"contrast": contrast, "counts": counts, "realisations": int(realisations), "seed": seed,
                 "chains": {_chain_name(c): chain_settings(c) for c in chains}}
@@ -263,9 +261,9 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         log(f"sphere phantom: SPECT chain {_chain_name(chain)}")
         resolution = gaussian_equivalent_fwhm(chain, phantom, table)
         spects = sphere_spect(phantom, chain, counts, realisations, seed)
-        restored = {f"dvk_rl{n}": [richardson_lucy(s, resolution["fwhm_mm"], n) for s in spects] for n in deconvolution}
-        results["chains"][_chain_name(chain)] = {**_chain_results(phantom, truth, spects, models, device, restored),
-                                                 "resolution": resolution}
+        results["chains"][_chain_name(chain)] = {
+            **_chain_results(phantom, truth, spects, models, device, deconvolution, resolution["fwhm_mm"]),
+            "resolution": resolution}
     return results
 
 
@@ -274,11 +272,12 @@ def _chain_name(chain: str | dict) -> str:
 
 
 def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volume], models: dict,
-                   device: str, restored: dict[str, list[Volume]] | None = None) -> dict:
-    """One chain's numbers (:func:`evaluate_spheres`); ``restored``: method -> deconvolved SPECTs, each
-    evaluated through the DVK."""
+                   device: str, deconvolution: Sequence[int] = (), fwhm_mm: float = float("nan")) -> dict:
+    """One chain's numbers (:func:`evaluate_spheres`); ``deconvolution``: the Richardson-Lucy iterations of
+    the ``dvk_rlN`` references, with a Gaussian of ``fwhm_mm`` (the chain's Gaussian-equivalent FWHM)."""
     from ..learning.inference import cnn_dose_rate
     from ..physics.density import hu_to_density
+    from .deconvolution import deconvolved_dvk
     from .evaluate import voi_errors
     from .metrics import absorbed_power_ratio, correction_diagnostics, ensemble_noise_percent
 
@@ -289,8 +288,8 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
         maps["dvk"].append(dvk)
         for name, model in models.items():
             maps[name].append(cnn_dose_rate(spect, phantom.hu, density, dvk, device, model).array)
-    for name, images in (restored or {}).items():
-        maps[name] = [dvk_map(image, phantom.hu, device) for image in images]
+    for n in deconvolution:
+        maps[f"dvk_rl{n}"] = [deconvolved_dvk(spect, phantom.hu, fwhm_mm, n, device) for spect in spects]
     vois = {**phantom.spheres, "background": phantom.background}
     voxel_ml = phantom.hu.voxel_volume_ml
     out: dict = {"vois": {}, "power": {}, "noise": {}, "correction": {}}
