@@ -183,7 +183,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
         hu_calibration=calibration, clip_negative=args.clip_negative, model=args.model,
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, memory_gb=args.memory_gb,
         progress=_progress_printer(args.quiet),
-        report=report,
+        report=report, spect_fwhm_mm=args.spect_fwhm,
     )
     _warn(units.warnings + report.get("warnings", []) + dicom_warnings)
     provenance = _dose_provenance(args, spect, ct, units)
@@ -472,6 +472,10 @@ def _add_dose_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
+    p.add_argument("--spect-fwhm", type=float, metavar="MM",
+                   help="the SPECT's Gaussian-equivalent FWHM in mm (recovery coefficients of the IEC spheres for "
+                        "this camera and reconstruction): needed by a CNN model that deconvolves its input "
+                        "(`dblurdose train --deconvolve`)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
                    help=f"peak memory budget of the run in GB (default {DEFAULT_MEMORY_GB:g}): the DVK's FFT and the "
@@ -593,7 +597,7 @@ FLAGS = {
     "single_time_point": "--single-time-point", "fit": "--fit", "calibration_uncertainty": "--calibration-uncertainty",
     "earlier_cycles": "--earlier-cycles", "segments": "--seg", "nuclide": "--nuclide",
     "hu_calibration": "--hu-calibration", "register": "--register", "dicom_out": "--dicom-out",
-    "spect_series": "--spect-series", "ct_series": "--ct-series",
+    "spect_series": "--spect-series", "ct_series": "--ct-series", "spect_fwhm": "--spect-fwhm",
 }
 
 #: commands whose work is kept part by part and resumed by running them again

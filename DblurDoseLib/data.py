@@ -494,10 +494,82 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
     return manifest_path
 
 
+def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str = "",
+                        progress: Callable[[float, str], object] | None = None) -> Path:
+    """The inputs of a network that deconvolves (``train`` with ``deconvolve``): for each realisation of every
+    finished phantom, its SPECT after ``iterations`` Richardson-Lucy iterations at its chain's resolution (on
+    the CT grid) and that SPECT's DVK, written beside the data set's own files
+    (:func:`~DblurDoseLib.io.dataset.deconvolved_file`); nothing existing is changed.
+
+    Each distinct chain's Gaussian-equivalent FWHM (mm; minutes each) is measured once and kept in the data
+    set's ``resolution.json``; finished files are skipped, so a stopped run resumes where it stopped.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike
+        The data set (``data generate``).
+    iterations : int
+        Richardson-Lucy iterations, at least 1.
+    recon : str
+        "" (the data set's own reconstructions) or "ood" (the out-of-mix ones, where made).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    Path
+        The data set folder.
+    """
+    from .evaluation.evaluate import recorded_chains
+    from .evaluation.resolution import chain_resolution
+    from .io.outputs import atomic_file
+    from .io.volume import read_volume
+    from .physics.deconvolution import deconvolved_on_grid
+
+    if int(iterations) != iterations or iterations < 1:
+        raise DblurDoseError(f"Richardson-Lucy iterations must be a whole number of at least 1, got {iterations}")
+    data_dir, tag = Path(data_dir), layout.recon_tag(recon)
+    manifest = layout.read_manifest(data_dir, complete=False)
+    table_path = data_dir / layout.RESOLUTION
+    table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+
+    def save_table() -> None:
+        with atomic_file(table_path, ".part.json") as tmp:
+            Path(tmp).write_text(json.dumps(table, indent=1))
+
+    keys = sorted(manifest["phantoms"])
+    for i, key in enumerate(keys):
+        entry, folder = manifest["phantoms"][key], data_dir / key
+        n_real = layout.realisations_of(entry)
+        if not (folder / layout.realisation_file("spect_native", 0, tag)).is_file():
+            continue  # this reconstruction was not made for this phantom
+        hu = None
+        for r, chain in enumerate(recorded_chains(entry, key, n_real, recon)):
+            spect_file, dvk_file = (folder / layout.deconvolved_file(s, iterations, r, tag) for s in ("spect", "dvk"))
+            if spect_file.is_file() and dvk_file.is_file():
+                continue
+            fwhm = chain_resolution(chain, table, save_table)
+            hu = read_volume(folder / layout.volume_file("hu")) if hu is None else hu
+            sharp = deconvolved_on_grid(read_volume(folder / layout.realisation_file("spect_native", r, tag)), hu,
+                                        fwhm, int(iterations))
+            _write(sharp, spect_file)
+            _write(_dvk_of(sharp, hu), dvk_file)
+        if progress is not None:
+            progress((i + 1) / len(keys), f"{key}: deconvolved ({i + 1}/{len(keys)})")
+    return data_dir
+
+
+def _dvk_of(activity, hu):
+    """The DVK dose rate (mGy/h) of an activity map (Bq/mL) on its CT, as the data set's DVK maps are made."""
+    from .dose import compute_dose_rate_maps
+
+    return compute_dose_rate_maps(activity, hu, ("dvk",), activity_range_mbq=None)["dvk"]
+
+
 def add_data_arguments(sub) -> None:
     """`dblurdose data generate ...`"""
     p = sub.add_parser("data", help="generate training/test data (virtual patients, SPECT, DVK, Monte Carlo)")
-    dsub = p.add_subparsers(dest="data_command", required=True, help="data step (generate)")
+    dsub = p.add_subparsers(dest="data_command", required=True, help="data step (generate, deconvolve)")
     g = dsub.add_parser("generate", help="generate or resume a data set")
     g.add_argument("--out", required=True, help="data folder (outside git)")
     g.add_argument("--phantoms", help="phantom indices, e.g. 0-13 (default 0-13, or none with --water)")
@@ -535,6 +607,20 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
     g.add_argument("--seed", type=int, default=2022, help="base random seed of the phantoms, SPECT noise and Monte Carlo (default 2022)")
     g.set_defaults(func=cmd_data)
+    d = dsub.add_parser("deconvolve", help="add Richardson-Lucy deconvolved SPECTs and their DVKs to a data set "
+                                           "(the inputs of `dblurdose train --deconvolve N`); resumable")
+    d.add_argument("--data", required=True, help="data set folder")
+    d.add_argument("--iterations", type=int, required=True, metavar="N", help="Richardson-Lucy iterations")
+    d.add_argument("--recon", choices=("standard", "ood"), default="standard",
+                   help="the data set's own reconstructions (default) or the out-of-mix ones")
+    d.set_defaults(func=cmd_data_deconvolve)
+
+
+def cmd_data_deconvolve(args) -> int:
+    """``dblurdose data deconvolve``: :func:`deconvolve_data_set`; prints the data set folder."""
+    print(deconvolve_data_set(args.data, args.iterations, "" if args.recon == "standard" else args.recon,
+                              progress=lambda f, m: print(f"[{100 * f:3.0f}%] {m}", file=sys.stderr, flush=True)))
+    return 0
 
 
 SMALL = dict(shape=(48, 96, 96), spacing=(5.2, 5.2, 8.125), spect_matrix=(32, 32, 26), spect_voxel_mm=15.6,

@@ -388,7 +388,8 @@ def memory_plan(spect: Volume, ct: Volume, methods: Sequence[str], kernel: Kerne
     base = None if resident is None else max(resident - np.asarray(ct.array).nbytes - np.asarray(spect.array).nbytes,
                                              0.0)
     return plan_memory(ct.shape, spect.shape, methods, kernel_shapes, work_shape=work, ct_itemsize=ct_itemsize,
-                       memory_gb=memory_gb, base_bytes=base, device_type=dev.type)
+                       memory_gb=memory_gb, base_bytes=base, device_type=dev.type,
+                       deconvolve=bool(network is not None and network.config.deconvolution_iterations))
 
 
 def compute_dose_rate_maps(
@@ -410,6 +411,7 @@ def compute_dose_rate_maps(
     memory_gb: float = DEFAULT_MEMORY_GB,
     progress: Progress | None = None,
     report: dict | None = None,
+    spect_fwhm_mm: float | None = None,
 ) -> dict[str, Volume]:
     """Dose-rate maps on the CT grid, one per method: mGy/h, or nGy/(MBq s) with ``per_mbq``.
 
@@ -456,6 +458,10 @@ def compute_dose_rate_maps(
         Receives what was done: activity totals (MBq), resampling factor, kernel source, the memory
         plan (``report["memory"]``, GB), units, and warnings (``report["warnings"]``: options that
         do not apply).
+    spect_fwhm_mm : float, optional
+        The SPECT's Gaussian-equivalent FWHM (mm; :mod:`DblurDoseLib.evaluation.resolution`), which a CNN
+        model that deconvolves its input (``ModelConfig.deconvolution_iterations``) needs; such a model
+        is refused without it. Other runs ignore it (with a warning).
 
     Returns
     -------
@@ -478,6 +484,7 @@ def compute_dose_rate_maps(
         from .learning.inference import load_model
 
         network = load_model(model, device=device)
+    deconvolution = _deconvolution(network, spect_fwhm_mm, warnings)
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
@@ -497,14 +504,17 @@ def compute_dose_rate_maps(
     activity, resampled, density = activity_on_ct(bqml, ct, hu, hu_calibration, warnings)
     total_mbq = resampled.inside_target_bq / 1e6
 
+    cnn_activity = _deconvolved_activity(bqml, activity, deconvolution, step)
     step(0.2, "DVK convolution")
-    results = _dose_rates(activity, ct, density, methods, kernel, network, plan, scale_electron_only, device, step)
+    results = _dose_rates(activity, ct, density, methods, kernel, network, plan, scale_electron_only, device, step,
+                          cnn_activity)
     if per_mbq:
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}
     results = {m: v for m, v in results.items() if m in methods}
     _check_finite(results)
-    _record_provenance(results, per_mbq, nuclide, spect_units, kernel, scale_electron_only, hu_calibration, network)
+    _record_provenance(results, per_mbq, nuclide, spect_units, kernel, scale_electron_only, hu_calibration, network,
+                       deconvolution)
     if report is not None:
         report.update(
             total_activity_mbq=total_mbq,
@@ -664,37 +674,66 @@ def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.
     return activity, resampled, density
 
 
+def _deconvolution(network, spect_fwhm_mm: float | None, warnings: list[str]) -> tuple[float, int] | None:
+    """(FWHM in mm, Richardson-Lucy iterations) when the CNN's model deconvolves its input, else None; such a
+    model without the SPECT's resolution is refused, and a resolution no model uses is warned of."""
+    from .physics.deconvolution import check_fwhm
+
+    iterations = network.config.deconvolution_iterations if network is not None else 0
+    if not iterations:
+        if spect_fwhm_mm is not None:
+            warnings.append("the SPECT's resolution (FWHM) is ignored: only a CNN model that deconvolves its input "
+                            "uses it")
+        return None
+    if spect_fwhm_mm is None:
+        raise DblurDoseError("this CNN model deconvolves the SPECT before the network and needs its resolution: give "
+                             "the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and reconstruction "
+                             "on the IEC sphere phantom", settings=("spect_fwhm",))
+    return check_fwhm(spect_fwhm_mm, "the SPECT's resolution"), iterations
+
+
+def _deconvolved_activity(bqml: Volume, activity: Volume, deconvolution: tuple[float, int] | None,
+                          step: Callable[[float, str], None]) -> Volume | None:
+    """The CNN's input activity (Bq/mL, on ``activity``'s CT grid) where its model deconvolves: ``bqml`` (the
+    SPECT's grid) after Richardson-Lucy at (FWHM mm, iterations) ``deconvolution``; else None."""
+    if deconvolution is None:
+        return None
+    from .physics.deconvolution import deconvolved_on_grid
+
+    step(0.15, "deconvolving the SPECT for the CNN")
+    return deconvolved_on_grid(bqml, activity, *deconvolution)
+
+
 def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tuple[str, ...], kernel, network,
-                plan, scale_electron_only: bool, device: str, step: Callable[[float, str], None]) -> dict[str, Volume]:
-    """The DVK map (mGy/h), and the CNN's when asked, on the CT grid; allocation failures become user errors."""
+                plan, scale_electron_only: bool, device: str, step: Callable[[float, str], None],
+                cnn_activity: Volume | None = None) -> dict[str, Volume]:
+    """The DVK map (mGy/h), and the CNN's when asked, on the CT grid; allocation failures become user errors.
+    ``cnn_activity``: the network's input activity (Bq/mL, CT grid) where it is not ``activity`` (a model that
+    deconvolves: then its residual base is that activity's DVK, convolved as the DVK method's)."""
     from .physics.dvk import dvk_dose_rate
 
-    activity_bq = np.asarray(activity.array) * np.float32(ct.voxel_volume_ml)
-    results: dict[str, Volume] = {}
     fix = ("run on the CPU (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
            if device != "cpu" else "close other programs or crop the CT to the SPECT field")
     settings = ("device",) if device != "cpu" else ()
-    with memory_errors_as_dblurdose("the DVK convolution", fix, settings=settings):
-        dvk = dvk_dose_rate(
-            activity_bq,
-            density,
-            kernel.electron,
-            kernel.photon,
-            kernel.medium_density,
-            scaling="electron" if scale_electron_only else "all",
-            device=device,
-            max_bytes=plan.dvk_bytes if plan.on_host else None,
-            progress=lambda f: step(0.2 + 0.6 * f, "DVK convolution"),
-        )
-    del activity_bq  # the CNN stage needs its memory (see DblurDoseLib.memory)
-    results["dvk"] = ct.with_array(dvk)
+
+    def convolve(source: Volume, start: float, share: float) -> np.ndarray:
+        activity_bq = np.asarray(source.array) * np.float32(ct.voxel_volume_ml)
+        with memory_errors_as_dblurdose("the DVK convolution", fix, settings=settings):
+            return dvk_dose_rate(activity_bq, density, kernel.electron, kernel.photon, kernel.medium_density,
+                                 scaling="electron" if scale_electron_only else "all", device=device,
+                                 max_bytes=plan.dvk_bytes if plan.on_host else None,
+                                 progress=lambda f: step(start + share * f, "DVK convolution"))
+
+    dvk = convolve(activity, 0.2, 0.6 if cnn_activity is None else 0.3)
+    results: dict[str, Volume] = {"dvk": ct.with_array(dvk)}
     if "cnn" in methods:
         from .learning.inference import cnn_dose_rate
 
+        base = dvk if cnn_activity is None else convolve(cnn_activity, 0.5, 0.3)
         step(0.8, "CNN correction")
         with memory_errors_as_dblurdose("the CNN correction", fix, settings=settings):
-            results["cnn"] = cnn_dose_rate(activity, ct, density, dvk, device=device, model=network,
-                                           max_bytes=plan.cnn_bytes if plan.on_host else None)
+            results["cnn"] = cnn_dose_rate(activity if cnn_activity is None else cnn_activity, ct, density, base, device=device,
+                                           model=network, max_bytes=plan.cnn_bytes if plan.on_host else None)
     return results
 
 
@@ -709,7 +748,8 @@ def _check_finite(results: dict[str, Volume]) -> None:
 
 
 def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, spect_units: str, kernel,
-                       scale_electron_only: bool, hu_calibration: np.ndarray | None, network) -> None:
+                       scale_electron_only: bool, hu_calibration: np.ndarray | None, network,
+                       deconvolution: tuple[float, int] | None = None) -> None:
     """What made each map, in its metadata (written into the output files' headers)."""
     from . import __version__
 
@@ -726,3 +766,6 @@ def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, 
         volume.metadata.update({**made_by, "method": method})
         if method == "cnn":
             volume.metadata["model_sha256"] = getattr(network, "sha256", "unknown")
+            if deconvolution is not None:
+                volume.metadata["spect_fwhm_mm"] = f"{deconvolution[0]:g}"
+                volume.metadata["deconvolution"] = f"Richardson-Lucy, {deconvolution[1]} iterations"

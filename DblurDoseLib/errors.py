@@ -18,7 +18,7 @@ SETTINGS = (
     "spect", "ct", "spect_units", "calibration", "duration", "any_activity", "clip_negative", "method",
     "model", "device", "memory_gb", "out", "overwrite", "timepoints", "administration_time",
     "administered_mbq", "single_time_point", "fit", "calibration_uncertainty", "earlier_cycles", "segments",
-    "nuclide", "hu_calibration", "register", "dicom_out", "spect_series", "ct_series",
+    "nuclide", "hu_calibration", "register", "dicom_out", "spect_series", "ct_series", "spect_fwhm",
 )
 
 

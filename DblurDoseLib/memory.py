@@ -142,6 +142,7 @@ def plan_memory(
     memory_gb: float = DEFAULT_MEMORY_GB,
     base_bytes: float | None = None,
     device_type: str = "cpu",
+    deconvolve: bool = False,
 ) -> MemoryPlan:
     """Estimate the peak memory of :func:`~DblurDoseLib.dose.compute_dose_rate_maps` and split the budget.
 
@@ -166,6 +167,9 @@ def plan_memory(
         (``DEFAULT_BASE_BYTES`` where unknown).
     device_type : str
         'cpu', or 'cuda'/'mps' (then the FFT and chunks are not host memory).
+    deconvolve : bool
+        The CNN's model deconvolves the SPECT (Richardson-Lucy on the SPECT grid in float64, then its
+        activity and DVK held on the CT grid beside the DVK method's).
 
     Returns
     -------
@@ -187,6 +191,8 @@ def plan_memory(
     on_host = device_type == "cpu"
     ct_grid = 3 * _F32 * n  # activity (Bq/mL), activity per voxel (Bq), density (g/cm3)
     held = ct_itemsize * n + 3 * _F32 * ns + ct_grid
+    if deconvolve and "cnn" in methods:  # the deconvolved activity and its DVK; Richardson-Lucy's float64 arrays
+        held += 2 * _F32 * n + 4 * 8 * ns
     # DVK: the FFT gets what is left of the budget, at most the whole padded grid, at least one z-slab
     lz, ly, lx = padded_shape((nz, ny, nx), kernel_shapes)
     per_voxel = fft_bytes_per_padded_voxel(len(kernel_shapes))

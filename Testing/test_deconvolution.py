@@ -1,4 +1,4 @@
-"""The deconvolution reference of the sphere evaluation (evaluation/deconvolution.py)."""
+"""Richardson-Lucy deconvolution (physics/deconvolution.py) and the sphere evaluation's reference ``dvk_rlN``."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from DblurDoseLib.errors import DblurDoseError
 from DblurDoseLib.evaluation import resolution as res
 from DblurDoseLib.evaluation import spheres as sp
-from DblurDoseLib.evaluation.deconvolution import richardson_lucy
+from DblurDoseLib.physics.deconvolution import richardson_lucy
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,10 @@ def test_the_sphere_evaluation_reports_the_deconvolution_at_the_chains_fwhm(tmp_
 
 
 def test_a_chain_outside_the_measured_range_is_refused_in_one_line(phantom, blurred):
-    from DblurDoseLib.evaluation.deconvolution import deconvolved_dvk
+    from DblurDoseLib.physics.deconvolution import deconvolved_on_grid
 
-    with pytest.raises(DblurDoseError, match="outside 1-40 mm.*without the reference"):
-        deconvolved_dvk(blurred, phantom.hu, float("nan"), 5)
-    with pytest.raises(DblurDoseError, match="outside 1-40 mm"):
+    for fwhm in (float("nan"), 0.5, 41.0):
+        with pytest.raises(DblurDoseError, match="1-40 mm"):
+            deconvolved_on_grid(blurred, phantom.hu, fwhm, 5)
+    with pytest.raises(DblurDoseError, match="outside 1-40 mm.*without deconvolution"):
         sp.evaluate_spheres({}, ["fwhm=60"], realisations=1, deconvolution=[5], log=lambda m: None)

@@ -79,7 +79,7 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     from types import SimpleNamespace
 
-    stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio"))
+    stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio", deconvolution_iterations=0))
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: stand_in)
     def stand_in_cnn(spect, hu, density, dvk, device, model):  # the DVK, held at the floor on the first slice
         return hu.with_array(np.concatenate([0.05 * dvk[:1], dvk[1:]]).astype(np.float32))
@@ -135,7 +135,7 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     labels = np.zeros((24, 32, 32), np.int16)
     labels[2:22, 4:28, 4:28] = 2  # a kidney-sized block of tissue around...
     labels[9:15, 13:19, 13:19] = 101  # ...a 14 mL lesion
-    hu = Volume(np.zeros(labels.shape, np.float32), spacing)
+    hu = Volume(np.where(labels > 0, 0.0, -1000.0).astype(np.float32), spacing)  # tissue in air
     activity = hu.with_array(np.where(labels == 101, 8e4, np.where(labels > 0, 1e4, 0.0)).astype(np.float32))
     blurred = hu.with_array(gaussian_filter(activity.array, fwhm / 2.3548 / 4.0, mode="reflect"))
     folder = tmp_path / dataset.phantom_key(0)
@@ -155,7 +155,8 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     asked = []
     monkeypatch.setattr(resolution, "gaussian_equivalent_fwhm", lambda c: asked.append(c) or {"fwhm_mm": fwhm})
-    monkeypatch.setattr(inference, "load_model", lambda *a, **k: SimpleNamespace(residual=False))
+    plain = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: plain)
     monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
     results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", out=tmp_path / "report", deconvolution=[20])
     assert asked == [{**chain, **recon}]
@@ -163,6 +164,28 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     assert lesion["dvk"]["signed_error"] < -15, lesion["dvk"]
     assert abs(lesion["dvk_rl20"]["signed_error"]) < 0.5 * abs(lesion["dvk"]["signed_error"]), lesion
     assert "dvk_rl20" in (tmp_path / "report" / "report.md").read_text()
+    rl20 = lesion["dvk_rl20"]["signed_error"]
+    # a model that deconvolves gets the deconvolved SPECT and its DVK (a stand-in returning its base: dvk_rl20)
+    sharp = SimpleNamespace(residual=True, config=SimpleNamespace(correction="floored", deconvolution_iterations=20))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: sharp)
+    results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
+    lesion = results["phantoms"]["p00"]["vois"]["lesion:lesion_1"]
+    assert lesion["cnn"]["signed_error"] == pytest.approx(rl20, rel=1e-5)
+    # data deconvolve writes those inputs and keeps the chain's FWHM in the data set: measured once, then read
+    from DblurDoseLib.data import deconvolve_data_set
+
+    deconvolve_data_set(tmp_path, 20)
+    assert len(asked) == 3  # two evaluations above, one data-set run; none after it
+    assert json.loads((tmp_path / dataset.RESOLUTION).read_text())[dataset.resolution_key({**chain, **recon})][
+        "fwhm_mm"] == fwhm
+    files = [folder / dataset.deconvolved_file(stem, 20, 0) for stem in ("spect", "dvk")]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    deconvolve_data_set(tmp_path, 20)  # resumed: nothing redone
+    assert [f.stat().st_mtime_ns for f in files] == stamps and len(asked) == 3
+    again = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", deconvolution=[20])
+    assert len(asked) == 3
+    # the files' DVK is the dose command's (its kernel's medium density), the evaluation's own dvk_map's: within 0.5%
+    assert again["phantoms"]["p00"]["vois"]["lesion:lesion_1"]["cnn"]["signed_error"] == pytest.approx(rl20, abs=0.5)
     del manifest["phantoms"]["p00"]["spect"]
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DblurDoseError, match="records no SPECT chain"):

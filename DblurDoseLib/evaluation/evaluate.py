@@ -129,10 +129,13 @@ def evaluate(
         models[f"cnn_{name}"] = load_model(path, device=device)
     corrections = {name: m.config.correction for name, m in models.items() if m.residual}
     if deconvolution:
-        from .deconvolution import check_iterations
+        from ..physics.deconvolution import check_iterations
 
         check_iterations(deconvolution)
-    fwhms: dict[str, float] = {}  # chain (JSON) -> Gaussian-equivalent FWHM (mm), each chain measured once
+    # each chain's Gaussian-equivalent FWHM: the data set's record (data deconvolve), else measured once per run
+    resolution_file = data_dir / layout.RESOLUTION
+    fwhms: dict = json.loads(resolution_file.read_text()) if resolution_file.is_file() else {}
+    sharpened = sorted({*deconvolution, *(m.config.deconvolution_iterations for m in models.values())} - {0})
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
@@ -146,10 +149,12 @@ def evaluate(
         truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
-        estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device)
-        if deconvolution:
-            chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon)
-            estimates.update(_deconvolved_estimates(folder, chains, tag, hu, deconvolution, fwhms, device))
+        chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened else []
+        inputs = {(n, r): _deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
+                  for n in sharpened for r, chain in enumerate(chains)}
+        estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs)
+        for n in deconvolution:
+            estimates[f"dvk_rl{n}"] = [inputs[n, r][1] for r in range(n_real)]
         if out is not None:
             _phantom_figures(Path(out), key, hu, truth, estimates, masks)
         results["phantoms"][key] = _phantom_results(estimates, truth, masks, hu, n_real, density, corrections)
@@ -180,9 +185,10 @@ def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, re
 
 
 def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndarray, models: dict,
-                       device: str) -> dict[str, list[np.ndarray]]:
+                       device: str, deconvolved: dict | None = None) -> dict[str, list[np.ndarray]]:
     """Dose-rate maps (mGy/h) of one test phantom per method and realisation: the DVK, SPECT + MC
-    where the data set holds it, and each model's CNN correction."""
+    where the data set holds it, and each model's CNN correction (a model that deconvolves on its inputs in
+    ``deconvolved``: (iterations, realisation) -> :func:`_deconvolved_inputs`)."""
     from ..io.volume import read_volume
     from ..learning.inference import cnn_dose_rate
 
@@ -195,7 +201,9 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
         if mc_path.exists():
             estimates.setdefault("mc", []).append(read_volume(mc_path).array)
         for name, model in models.items():
-            estimates.setdefault(name, []).append(cnn_dose_rate(spect, hu, density, dvk, device, model).array)
+            n = model.config.deconvolution_iterations
+            source, base = deconvolved[n, r] if n else (spect, dvk)
+            estimates.setdefault(name, []).append(cnn_dose_rate(source, hu, density, base, device, model).array)
     return estimates
 
 
@@ -215,23 +223,28 @@ def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list
     return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
 
 
-def _deconvolved_estimates(folder: Path, chains: list[dict], tag: str, hu, deconvolution: Sequence[int],
-                           fwhms: dict[str, float], device: str) -> dict[str, list[np.ndarray]]:
-    """The ``dvk_rlN`` maps (mGy/h) of one phantom, per realisation (:func:`evaluate`); ``fwhms`` caches
-    each chain's Gaussian-equivalent FWHM across phantoms."""
+def _deconvolved_inputs(folder: Path, r: int, tag: str, iterations: int, chain: dict, fwhms: dict, hu,
+                        device: str) -> tuple:
+    """Realisation ``r``'s SPECT after ``iterations`` Richardson-Lucy iterations at its chain's
+    Gaussian-equivalent FWHM (Volume, Bq/mL, CT grid) and its DVK (mGy/h): the data set's files where
+    ``data deconvolve`` made them, else computed from its native SPECT (``fwhms``: the chains' FWHMs, kept
+    across phantoms)."""
     from ..io.volume import read_volume
-    from .deconvolution import deconvolved_dvk
-    from .resolution import gaussian_equivalent_fwhm
+    from ..physics.deconvolution import deconvolved_on_grid
+    from .resolution import chain_resolution
+    from .spheres import dvk_map
 
-    out: dict[str, list[np.ndarray]] = {f"dvk_rl{n}": [] for n in deconvolution}
-    for r, chain in enumerate(chains):
-        name = json.dumps(chain, sort_keys=True)
-        if name not in fwhms:
-            fwhms[name] = gaussian_equivalent_fwhm(chain)["fwhm_mm"]
-        native = read_volume(folder / layout.realisation_file("spect_native", r, tag))
-        for n in deconvolution:
-            out[f"dvk_rl{n}"].append(deconvolved_dvk(native, hu, fwhms[name], n, device))
-    return out
+    files = [folder / layout.deconvolved_file(stem, iterations, r, tag) for stem in ("spect", "dvk")]
+    if all(f.is_file() for f in files):
+        return read_volume(files[0]), read_volume(files[1]).array
+    fwhm = chain_resolution(chain, fwhms)
+    if not math.isfinite(fwhm):
+        raise DblurDoseError(f"{folder.name}: the SPECT chain of realisation {r} has a Gaussian-equivalent FWHM "
+                             "outside 1-40 mm, so there is no Gaussian to deconvolve it with; evaluate it without "
+                             "deconvolution")
+    sharp = deconvolved_on_grid(read_volume(folder / layout.realisation_file("spect_native", r, tag)), hu, fwhm,
+                                iterations)
+    return sharp, dvk_map(sharp, hu, device)
 
 
 def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, masks: dict, hu,

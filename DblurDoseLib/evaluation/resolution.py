@@ -18,27 +18,17 @@ of the sphere evaluation, on which the CNN's recovery can be read against the in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
-from ..simulation.camera import _FWHM_TO_SIGMA
+from ..physics.deconvolution import FWHM_RANGE_MM
 from .spheres import SpherePhantom, chain_acquisition, chain_settings, sphere_phantom, sphere_spect
 
 #: the Gaussian FWHMs (mm) on which the recovery coefficients are tabulated and interpolated
-FWHM_GRID_MM = tuple(float(f) for f in np.arange(1.0, 40.5, 0.5))
-
-
-def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float]) -> np.ndarray:
-    """The ideal Gaussian imaging system: ``array`` [z, y, x] blurred by an isotropic Gaussian of FWHM
-    ``fwhm_mm`` (mm) on a grid of spacing ``spacing_xyz`` (mm), float64, reflected at the grid's edges (so
-    its sum is kept)."""
-    from scipy.ndimage import gaussian_filter
-
-    sigma = [fwhm_mm * _FWHM_TO_SIGMA / s for s in spacing_xyz[::-1]]
-    return gaussian_filter(np.asarray(array, dtype=np.float64), sigma, mode="reflect")
+FWHM_GRID_MM = tuple(float(f) for f in np.arange(FWHM_RANGE_MM[0], FWHM_RANGE_MM[1] + 0.5, 0.5))
 
 
 def recovery_coefficients(image: np.ndarray, phantom: SpherePhantom) -> dict[str, float]:
@@ -127,5 +117,22 @@ def gaussian_equivalent_fwhm(chain: str | dict, phantom: SpherePhantom | None = 
             "rms_recovery_misfit": float(np.sqrt(np.mean((target - matched) ** 2)))}
 
 
-__all__ = ["FWHM_GRID_MM", "gaussian_blur", "gaussian_equivalent_fwhm", "gaussian_recovery_table", "noise_free_spect",
+def chain_resolution(chain: dict, table: dict, saved: Callable[[], object] | None = None) -> float:
+    """A data set's chain's Gaussian-equivalent FWHM (mm), looked up in ``table`` (a data set's
+    ``resolution.json``: :func:`~DblurDoseLib.io.dataset.resolution_key` -> its record) or measured
+    (:func:`gaussian_equivalent_fwhm`, minutes) and added to it; ``saved`` is then called, so that a long run
+    keeps each measurement. NaN where the chain lies outside 1-40 mm."""
+    from ..io.dataset import resolution_key
+
+    key = resolution_key(chain)
+    if key not in table:
+        measured = gaussian_equivalent_fwhm(chain)
+        table[key] = {"chain": chain, **{k: v for k, v in measured.items() if k != "recovery"}}
+        if saved is not None:
+            saved()
+    value = table[key].get("fwhm_mm")
+    return float("nan") if value is None else float(value)
+
+
+__all__ = ["FWHM_GRID_MM", "chain_resolution", "gaussian_equivalent_fwhm", "gaussian_recovery_table", "noise_free_spect",
            "recovery_coefficients"]

@@ -178,7 +178,7 @@ def sphere_spect(phantom: SpherePhantom, chain: str | dict, counts: float = 1e7,
 
     settings = chain_settings(chain)
     if "fwhm_mm" in settings:
-        from .resolution import gaussian_blur
+        from ..physics.deconvolution import gaussian_blur
 
         # as a camera images it: what spills out of the body stays in the image (reflected at the grid's
         # edges, far from the body, so the total activity is kept)
@@ -243,7 +243,7 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         Gaussian-equivalent FWHM: :func:`~DblurDoseLib.evaluation.resolution.gaussian_equivalent_fwhm`).
     """
     from ..learning.inference import load_model
-    from .deconvolution import check_iterations
+    from ..physics.deconvolution import check_iterations
     from .resolution import gaussian_equivalent_fwhm, gaussian_recovery_table
 
     if int(realisations) < 1 or not counts > 0:
@@ -274,22 +274,31 @@ def _chain_name(chain: str | dict) -> str:
 def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volume], models: dict,
                    device: str, deconvolution: Sequence[int] = (), fwhm_mm: float = float("nan")) -> dict:
     """One chain's numbers (:func:`evaluate_spheres`); ``deconvolution``: the Richardson-Lucy iterations of
-    the ``dvk_rlN`` references, with a Gaussian of ``fwhm_mm`` (the chain's Gaussian-equivalent FWHM)."""
+    the ``dvk_rlN`` references, with a Gaussian of ``fwhm_mm`` (the chain's Gaussian-equivalent FWHM), which
+    a model that deconvolves its input is given too."""
     from ..learning.inference import cnn_dose_rate
+    from ..physics.deconvolution import deconvolved_on_grid
     from ..physics.density import hu_to_density
-    from .deconvolution import deconvolved_dvk
     from .evaluate import voi_errors
     from .metrics import absorbed_power_ratio, correction_diagnostics, ensemble_noise_percent
 
     density = hu_to_density(phantom.hu.array).astype(np.float32)
     maps: dict[str, list[np.ndarray]] = {"dvk": [], **{name: [] for name in models}}
+    sharpened = sorted({*deconvolution, *(m.config.deconvolution_iterations for m in models.values())} - {0})
+    if sharpened and not math.isfinite(fwhm_mm):
+        raise DblurDoseError("this SPECT chain's Gaussian-equivalent FWHM lies outside 1-40 mm, so there is no "
+                             "Gaussian to deconvolve it with; evaluate this chain without deconvolution")
     for spect in spects:
         dvk = dvk_map(spect, phantom.hu, device)
         maps["dvk"].append(dvk)
+        sharp = {n: deconvolved_on_grid(spect, phantom.hu, fwhm_mm, n) for n in sharpened}
+        sharp = {n: (v, dvk_map(v, phantom.hu, device)) for n, v in sharp.items()}
+        for n in deconvolution:
+            maps.setdefault(f"dvk_rl{n}", []).append(sharp[n][1])
         for name, model in models.items():
-            maps[name].append(cnn_dose_rate(spect, phantom.hu, density, dvk, device, model).array)
-    for n in deconvolution:
-        maps[f"dvk_rl{n}"] = [deconvolved_dvk(spect, phantom.hu, fwhm_mm, n, device) for spect in spects]
+            n = model.config.deconvolution_iterations
+            source, base = sharp[n] if n else (spect, dvk)
+            maps[name].append(cnn_dose_rate(source, phantom.hu, density, base, device, model).array)
     vois = {**phantom.spheres, "background": phantom.background}
     voxel_ml = phantom.hu.voxel_volume_ml
     out: dict = {"vois": {}, "power": {}, "noise": {}, "correction": {}}

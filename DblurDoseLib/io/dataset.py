@@ -17,6 +17,10 @@
     DIR/pNN/mc_truth_unc.nrrd      its relative uncertainty (1 sigma)
     DIR/pNN/mc_truth_d{N}.nrrd     the nested partial label: mean over the first N decays (+ ``_unc``)
     DIR/pNN/done.json              per-part timings (s)
+    DIR/pNN/spect{T}_rl{N}_r{R}.nrrd  ``data deconvolve``: spect{T}_native_r{R} after N Richardson-Lucy
+                                   iterations at its chain's resolution, on the CT grid (activity conserved)
+    DIR/pNN/dvk{T}_rl{N}_r{R}.nrrd    its DVK dose rate, mGy/h
+    DIR/resolution.json            ``data deconvolve``: each reconstruction's Gaussian-equivalent FWHM (mm)
     DIR/.cache/pNN/NAME.npy        training's memory-mapped copies of the volumes
 
 ``NN`` is the phantom index (two digits at least), ``R`` the Poisson realisation, ``T`` the
@@ -46,6 +50,8 @@ RECON_TAGS = {"": "", "standard": "", "ood": "_ood"}
 REALISATION_STEMS = ("spect_native", "spect", "dvk", "mc_spect")
 #: stem of the Monte Carlo label files
 TRUTH_STEM = "mc_truth"
+#: each reconstruction's chain and Gaussian-equivalent FWHM (mm), by chain: see :func:`resolution_key`
+RESOLUTION = "resolution.json"
 #: training's memory-mappable copies of the volumes (``.npy``), one sub-folder per phantom
 CACHE = ".cache"
 
@@ -113,6 +119,21 @@ def realisation_file(stem: str, realisation: int, tag: str = "") -> str:
     if stem == "spect_native":  # the tag names the reconstruction: spect_ood_native_r0
         return f"spect{tag}_native_r{int(realisation)}.nrrd"
     return f"{stem}{tag}_r{int(realisation)}.nrrd"
+
+
+def deconvolved_file(stem: str, iterations: int, realisation: int, tag: str = "") -> str:
+    """The file of a realisation's deconvolved SPECT (``stem`` "spect", Bq/mL, CT grid) or of its DVK
+    (``stem`` "dvk", mGy/h), after ``iterations`` Richardson-Lucy iterations: e.g. ``spect_rl10_r0.nrrd``,
+    ``dvk_ood_rl10_r2.nrrd``."""
+    if stem not in ("spect", "dvk"):
+        raise ValueError(f"unknown deconvolved volume {stem!r}; 'spect' or 'dvk'")
+    return f"{stem}{tag}_rl{int(iterations)}_r{int(realisation)}.nrrd"
+
+
+def resolution_key(chain: dict) -> str:
+    """The key of a SPECT chain (camera, views, voxel size, OSEM, post-filter) in :data:`RESOLUTION`: its
+    settings as sorted JSON, so that realisations sharing a chain share one measurement."""
+    return json.dumps(chain, sort_keys=True)
 
 
 def realisation_files(stem: str, realisations: int, tag: str = "") -> list[str]:

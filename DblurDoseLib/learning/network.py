@@ -108,6 +108,11 @@ class ModelConfig:
     #: DVK + c smoothly kept above DVK / RATIO_LIMIT; "additive", dose = DVK + c (v0.2); or "ratio",
     #: dose = DVK x exp(L tanh(c / L)) with L = ln(RATIO_LIMIT); see DblurDoseNet.correct
     correction: str = "floored"
+    #: Richardson-Lucy iterations applied to the SPECT before the network (0: none, v0.2). With N > 0 the
+    #: network's SPECT input and its residual base are the deconvolved SPECT (a Gaussian of the SPECT's
+    #: Gaussian-equivalent FWHM, :mod:`DblurDoseLib.physics.deconvolution`) and its DVK: the FWHM is then
+    #: needed at inference
+    deconvolution_iterations: int = 0
     version: int = FORMAT_VERSION
     #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
     info: dict = field(default_factory=dict)
@@ -122,6 +127,10 @@ class ModelConfig:
             if getattr(self, key) not in allowed:
                 raise DblurDoseError(f"unknown {key} {getattr(self, key)!r} in the model config; choose one of "
                                      f"{', '.join(allowed)}")
+        n = self.deconvolution_iterations
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 0:
+            raise DblurDoseError(f"the model config's deconvolution iterations must be a whole number >= 0, got {n!r}")
+        self.deconvolution_iterations = int(n)
         if self.pack != PACK:
             raise DblurDoseError(f"this version handles packs of {PACK} slices, the model file says {self.pack}")
 

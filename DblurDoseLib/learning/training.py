@@ -276,8 +276,7 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: Mode
         body, hot = (np.sort(np.random.default_rng(0).choice(v, 200_000, replace=False)) if v.size > 200_000 else v
                      for v in (body, hot))
         for r in range(layout.realisations_of(manifest["phantoms"][name])):
-            spect = _array(folder / layout.realisation_file("spect", r), cache)
-            dvk = _array(folder / layout.realisation_file("dvk", r), cache)
+            spect, dvk = (_array(folder / path, cache) for path in _input_files(folder, r, config))
             if not (spect.shape == dvk.shape == density.shape == truth.shape):
                 raise DblurDoseError(f"{folder}: volumes of realisation {r} are not on one grid; regenerate the phantom")
             total = float(np.sum(spect, dtype=np.float64)) * voxel_ml
@@ -286,6 +285,20 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: Mode
             cases.append(_Case(name, spect, dvk, density, truth, config.spect_scale_ml / total,
                                config.dose_scale / total, body, hot))
     return cases
+
+
+def _input_files(folder: Path, realisation: int, config: ModelConfig) -> tuple[str, str]:
+    """The SPECT and DVK files a realisation gives the network: the data set's own, or those deconvolved
+    with the config's Richardson-Lucy iterations (refused in one line where the data set lacks them)."""
+    n = config.deconvolution_iterations
+    if not n:
+        return layout.realisation_file("spect", realisation), layout.realisation_file("dvk", realisation)
+    names = layout.deconvolved_file("spect", n, realisation), layout.deconvolved_file("dvk", n, realisation)
+    if not all((folder / f).is_file() for f in names):
+        raise DblurDoseError(f"{folder} has no SPECT deconvolved with {n} Richardson-Lucy iterations for realisation "
+                             f"{realisation} ({names[0]}); derive the deconvolved inputs of the data set first (data "
+                             "deconvolve), or train without deconvolution")
+    return names
 
 
 def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int,
@@ -916,6 +929,7 @@ def train(
     compile_step: bool = False,
     floor_leak: float = 0.0,
     extra_data: Sequence[str | os.PathLike] = (),
+    deconvolve: int = 0,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -952,6 +966,9 @@ def train(
     ``extra_data``: more data sets (of the same voxel spacing) whose training phantoms all join the training
     volumes, on their full labels (e.g. a water-family data set, ``data generate --water``); validation stays
     on ``data_dir``'s phantoms. Batches draw volumes uniformly, so each set weighs by its number of volumes.
+    ``deconvolve``: train a network whose inputs are the SPECT after this many Richardson-Lucy iterations at its
+    chain's resolution and that SPECT's DVK (``ModelConfig.deconvolution_iterations``; the files written by
+    ``data deconvolve``, in every data set used); 0: the SPECT as reconstructed.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -964,7 +981,8 @@ def train(
     train_names, val_names = choose_phantoms(manifest, *split_phantoms(manifest, seed, val_fraction), phantoms,
                                              val_phantoms)
     start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
-    config = _run_config(start, variant, tuple(manifest["spacing"]), decoder_activation, correction, floor_leak)
+    config = _run_config(start, variant, tuple(manifest["spacing"]), decoder_activation, correction, floor_leak,
+                         deconvolve)
     decoder_activation, correction = config.decoder_activation, config.correction
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
@@ -988,7 +1006,8 @@ def train(
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
                 "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak,
-                "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra]}
+                "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra],
+                "deconvolve": deconvolve}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1021,15 +1040,17 @@ def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manife
 
 
 def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
-                correction: str | None, floor_leak: float):
+                correction: str | None, floor_leak: float, deconvolve: int = 0):
     """The network to train: the asked options, else those of the model ``start`` (fine-tuning), else
-    ModelConfig's defaults; a floor leak is refused where there is no floor (another correction, or none)."""
+    ModelConfig's defaults; a floor leak is refused where there is no floor (another correction, or none).
+    ``deconvolve``: the Richardson-Lucy iterations of its inputs, whatever ``start`` used (same weights)."""
     from .network import ModelConfig
 
     options = {"decoder_activation": decoder_activation, "correction": correction}
     if start is not None:  # unset options: the init model's
         options = {k: v or getattr(start.config, k) for k, v in options.items()}
-    config = ModelConfig(variant=variant, spacing=spacing, **{k: v for k, v in options.items() if v})
+    config = ModelConfig(variant=variant, spacing=spacing, deconvolution_iterations=deconvolve,
+                         **{k: v for k, v in options.items() if v})
     if floor_leak and variant == "no_residual":
         raise DblurDoseError("a gradient leak through the floor needs a network that corrects the DVK, not the "
                              "'no_residual' ablation (it has no floor); leave the leak at 0")
@@ -1124,6 +1145,11 @@ def add_train_arguments(subparser) -> None:
     p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="another data set whose training phantoms all join the training (same preset's voxels; e.g. "
                         "a water-family set from `data generate --water`); repeatable; validation stays on --data")
+    p.add_argument("--deconvolve", type=int, default=0, metavar="N",
+                   help="a network on the SPECT deconvolved with N Richardson-Lucy iterations at its chain's "
+                        "resolution, and on that SPECT's DVK (files of `dblurdose data deconvolve --iterations N`); "
+                        "using it then needs the SPECT's resolution (dose --spect-fwhm). Default 0: the SPECT as "
+                        "reconstructed")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -1149,7 +1175,7 @@ def cmd_train(args) -> int:
                  extra_data=args.extra_data,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
                  normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step,
-                 floor_leak=args.floor_leak)
+                 floor_leak=args.floor_leak, deconvolve=args.deconvolve)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..physics.deconvolution import FWHM_TO_SIGMA
 
 #: Lu-177 208 keV gamma yield per decay (ICRP-107); used when icrp107-database is unavailable.
 LU177_208KEV_YIELD = 0.11
@@ -27,7 +28,6 @@ _NAI_DENSITY = 3.667
 _NAI_MU_RHO_208KEV = 0.28
 #: Packing constant of hexagonal holes in the geometric-efficiency formula (Cherry, Sorenson & Phelps).
 _HEX_HOLE_K = 0.26
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
 @dataclass(frozen=True)
@@ -249,16 +249,16 @@ def collimator_resolution_params(acq: SpectAcquisition) -> tuple[float, float, f
     diameter, _septa, length = collimator_geometry_cm(acq.collimator)
     mu_lead = attenuation_coefficients(acq.photopeak_kev)["lead"] * 11.35
     l_eff = length - 2.0 / mu_lead
-    slope = diameter / l_eff * _FWHM_TO_SIGMA
-    intercept = diameter * _FWHM_TO_SIGMA
-    intrinsic = acq.intrinsic_fwhm_mm / 10.0 * _FWHM_TO_SIGMA
+    slope = diameter / l_eff * FWHM_TO_SIGMA
+    intercept = diameter * FWHM_TO_SIGMA
+    intrinsic = acq.intrinsic_fwhm_mm / 10.0 * FWHM_TO_SIGMA
     return slope, intercept, intrinsic
 
 
 def system_resolution_fwhm_mm(acq: SpectAcquisition, distance_mm: float) -> float:
     """Planar system resolution (FWHM, mm) at ``distance_mm`` from the collimator face."""
     a, b, c = collimator_resolution_params(acq)
-    return math.sqrt((a * distance_mm / 10.0 + b) ** 2 + c**2) / _FWHM_TO_SIGMA * 10.0
+    return math.sqrt((a * distance_mm / 10.0 + b) ** 2 + c**2) / FWHM_TO_SIGMA * 10.0
 
 
 def _gamma_yield(energy_kev: float) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
-from .camera import _FWHM_TO_SIGMA
+from .camera import FWHM_TO_SIGMA
 from .projector import SpectSystem, _to_array, pytomography
 
 Progress = Callable[[float, str], object]  # progress(fraction in [0, 1], message), as elsewhere in the library
@@ -84,7 +84,7 @@ def reconstruct(
     if fwhm > 0:  # counts are kept: the filter's mass outside the field is folded back ("nearest")
         from scipy.ndimage import gaussian_filter
 
-        sigma_vox = fwhm * _FWHM_TO_SIGMA / np.asarray(system.grid.spacing[::-1], dtype=np.float64)
+        sigma_vox = fwhm * FWHM_TO_SIGMA / np.asarray(system.grid.spacing[::-1], dtype=np.float64)
         bq_per_voxel = gaussian_filter(bq_per_voxel, sigma_vox, mode="nearest")
     out = system.grid.with_array((bq_per_voxel / system.grid.voxel_volume_ml).astype(np.float32))
     out.metadata = {"units": "Bq/mL", "calibration_cps_per_mbq": f"{system.sensitivity_cps_per_mbq:.10g}",

@@ -66,9 +66,9 @@ from ..geometry.resample import resample_box
 from ..io.volume import Volume
 from ..physics.density import AIR_DENSITY_THRESHOLD
 from .camera import (
-    _FWHM_TO_SIGMA,
     CAMERAS,
     DEFAULT_CAMERA,
+    FWHM_TO_SIGMA,
     LU177_208KEV_YIELD,
     Camera,
     SpectAcquisition,
@@ -111,7 +111,7 @@ def _gaussian_rz(proj: np.ndarray, fwhm_mm: float, voxel_mm: float) -> np.ndarra
         return proj
     from scipy.ndimage import gaussian_filter
 
-    sigma = fwhm_mm * _FWHM_TO_SIGMA / voxel_mm
+    sigma = fwhm_mm * FWHM_TO_SIGMA / voxel_mm
     return gaussian_filter(proj, sigma=(0.0, sigma, sigma), mode="constant", truncate=4.0)
 
 
