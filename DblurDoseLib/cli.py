@@ -387,7 +387,7 @@ def cmd_dosimetry(args: argparse.Namespace) -> int:
         points, segments, method=args.method, fit=args.fit, single_time_point=args.single_time_point,
         register=args.register, administered_mbq=args.administered_mbq,
         calibration_rel_uncertainty=args.calibration_uncertainty / 100.0,
-        dose_options={"device": args.device, "model": args.model},
+        dose_options={"device": args.device, "model": args.model, "spect_fwhm_mm": args.spect_fwhm},
         activity_range_mbq=None if args.any_activity else ACTIVITY_RANGE_MBQ, progress=_progress_printer(args.quiet),
     )
     rows, cycle_warnings = add_earlier_cycles(dose_rows(result), args.earlier_cycles)
@@ -451,6 +451,14 @@ def _add_spect_unit_options(p: argparse.ArgumentParser, spects: str) -> None:
                    help="acquisition duration in seconds (with --spect-units counts; default: from the DICOM tags)")
 
 
+def _add_spect_fwhm_option(p: argparse.ArgumentParser) -> None:
+    """--spect-fwhm, shared by ``dose`` and ``dosimetry``."""
+    p.add_argument("--spect-fwhm", type=float, metavar="MM",
+                   help="the SPECT's Gaussian-equivalent FWHM in mm (recovery coefficients of the IEC spheres for "
+                        "this camera and reconstruction): needed by a CNN model that deconvolves its input "
+                        "(`dblurdose train --deconvolve`)")
+
+
 def _add_output_options(p: argparse.ArgumentParser, overwrite_help: str, dicom_out_help: str) -> None:
     """--overwrite, --dicom-out and --quiet, shared by ``dose`` and ``dosimetry`` (each with its own help)."""
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
@@ -472,10 +480,7 @@ def _add_dose_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg", help="labelmap or Slicer .seg.nrrd: writes stats.csv and drvh.csv")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn/all (default: the shipped weights), "
                                    "e.g. one made by `dblurdose train`")
-    p.add_argument("--spect-fwhm", type=float, metavar="MM",
-                   help="the SPECT's Gaussian-equivalent FWHM in mm (recovery coefficients of the IEC spheres for "
-                        "this camera and reconstruction): needed by a CNN model that deconvolves its input "
-                        "(`dblurdose train --deconvolve`)")
+    _add_spect_fwhm_option(p)
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
                    help=f"peak memory budget of the run in GB (default {DEFAULT_MEMORY_GB:g}): the DVK's FFT and the "
@@ -526,6 +531,7 @@ def _add_dosimetry_parser(sub: argparse._SubParsersAction) -> None:
                    help="output folders of this patient's earlier `dblurdose dosimetry` cycles: doses.csv gains "
                         "the absorbed dose and BED summed over the cycles, per VOI of the same name")
     p.add_argument("--model", help="DblurDoseNet model file for --method cnn (default: the shipped weights)")
+    _add_spect_fwhm_option(p)
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_spect_unit_options(p, "SPECTs'")
     p.add_argument("--any-activity", action="store_true",

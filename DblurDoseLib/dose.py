@@ -484,7 +484,7 @@ def compute_dose_rate_maps(
         from .learning.inference import load_model
 
         network = load_model(model, device=device)
-    deconvolution = _deconvolution(network, spect_fwhm_mm, warnings)
+    deconvolution = deconvolution_of(network, spect_fwhm_mm, warnings)
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
@@ -674,7 +674,7 @@ def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.
     return activity, resampled, density
 
 
-def _deconvolution(network, spect_fwhm_mm: float | None, warnings: list[str]) -> tuple[float, int] | None:
+def deconvolution_of(network, spect_fwhm_mm: float | None, warnings: list[str]) -> tuple[float, int] | None:
     """(FWHM in mm, Richardson-Lucy iterations) when the CNN's model deconvolves its input, else None; such a
     model without the SPECT's resolution is refused, and a resolution no model uses is warned of."""
     from .physics.deconvolution import check_fwhm

@@ -121,3 +121,15 @@ def test_training_reads_the_deconvolved_inputs_or_names_the_missing_step(tmp_pat
         load_cases(tmp_path, ["p00"], manifest, ModelConfig(spacing=ct.spacing, deconvolution_iterations=9),
                    tmp_path / "c3")
     assert read_volume(folder / layout.deconvolved_file("spect", 4, 0)).shape == ct.shape
+
+
+def test_dosimetry_refuses_a_deconvolving_model_without_the_resolution_before_any_work(scene, monkeypatch):
+    from DblurDoseLib import dosimetry
+    from DblurDoseLib.io.volume import Segment
+
+    _, ct, spect, sphere, model = scene
+    points = [dosimetry.TimePoint(spect, ct, t, f"time point {i + 1}") for i, t in enumerate((24.0, 96.0))]
+    monkeypatch.setattr(dosimetry, "_rates_at_time_points", lambda *a, **k: pytest.fail("work before the check"))
+    with pytest.raises(DblurDoseError, match="needs its resolution"):
+        dosimetry.absorbed_dose(points, [Segment("sphere", sphere)], method="cnn", register="none",
+                                dose_options={"model": model, "device": "cpu"}, activity_range_mbq=None)
