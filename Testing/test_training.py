@@ -714,3 +714,28 @@ def test_compiled_training_step_trains_as_the_eager_one(dataset, tmp_path):
         assert b["val_mse"] == pytest.approx(a["val_mse"], rel=1e-3)
     assert load_model_file(compiled).config.info["compile_step"] is True
     assert load_model_file(eager).config.info["compile_step"] is False
+
+
+def test_a_deconvolving_network_trains_and_validates_on_the_deconvolved_inputs(dataset, tmp_path):
+    """train(deconvolve=N) reads the data set's spect_rlN / dvk_rlN files and records N in the model; validate
+    measures the "dvk_rlN" base and such a model on those files, not on the plain ones of a "dvk" beside them
+    (stand-in files here: a base equal to the label, so its loss is zero where the DVK's is not)."""
+    from DblurDoseLib.io import dataset as layout
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data, ignore=shutil.ignore_patterns(".cache"))
+    manifest = training.read_manifest(data)
+    for key, entry in manifest["phantoms"].items():
+        truth = read_volume(data / key / "mc_truth.nrrd")
+        for r in range(entry["realisations"]):
+            shutil.copy(data / key / f"spect_r{r}.nrrd", data / key / layout.deconvolved_file("spect", 3, r))
+            write_volume(truth, data / key / layout.deconvolved_file("dvk", 3, r))
+    out = training.train(data, tmp_path / "sharp.pt", progress=lambda f, m: None, deconvolve=3,
+                         **{**FAST, "epochs": 1})
+    assert load_model(out, device="cpu").config.deconvolution_iterations == 3
+    opts = dict(batch_size=FAST["batch_size"], slab=FAST["slab"], patch=FAST["patch"], seeds=1)
+    losses = validation.compare_models(["dvk", "dvk_rl3", str(out)], data, **opts)
+    dvk, base, model = (losses[k][0][0] for k in ("dvk", "dvk_rl3", str(out)))
+    assert base == pytest.approx(0.0, abs=1e-9) and dvk > 1e-3
+    assert model == pytest.approx(validation.validation_loss(out, data, seed=0, **{k: v for k, v in opts.items()
+                                                                                  if k != "seeds"}), rel=1e-5)

@@ -7,7 +7,8 @@ draws for several models at once and is the ``dblurdose validate`` command, the 
 comparisons name. :func:`gradient_noise` measures how noisy the training gradient is at a model's weights.
 
 Each model is a model file (``dblurdose train`` writes ``OUT``, the best validation loss, and ``OUT.last.pt``
-(``.last`` before the suffix), the last epoch) or "dvk": the DVK itself, a network with a zero correction.
+(``.last`` before the suffix), the last epoch), "dvk": the DVK itself, a network with a zero correction, or
+"dvk_rlN": the DVK of the SPECT after N Richardson-Lucy iterations (the data set's ``data deconvolve`` files).
 """
 
 from __future__ import annotations
@@ -113,13 +114,16 @@ def _phantom_names(manifest: dict, data_dir: Path, phantoms: list[int] | None, s
 
 
 def _load_net(model_path: str | os.PathLike, manifest: dict, device: str | torch.device):
-    """A model file, or "dvk" (a network with a zero correction on the data set's grid), on ``device``
-    ("auto", "cpu", "cuda", "mps")."""
+    """A model file, "dvk" (a network with a zero correction on the data set's grid: the DVK alone) or
+    "dvk_rlN" (the same on the SPECT deconvolved with N Richardson-Lucy iterations: the DVK of the
+    deconvolved SPECT), on ``device`` ("auto", "cpu", "cuda", "mps")."""
     from ..devices import resolve_device
     from .network import DblurDoseNet, ModelConfig, load_model_file, zero_correction
 
-    if model_path == "dvk":
-        net = zero_correction(DblurDoseNet(ModelConfig(spacing=tuple(manifest["spacing"]))))
+    name = str(model_path)
+    if name == "dvk" or (name.startswith("dvk_rl") and name[6:].isdigit()):
+        config = ModelConfig(spacing=tuple(manifest["spacing"]), deconvolution_iterations=int(name[6:] or 0))
+        net = zero_correction(DblurDoseNet(config))
     else:
         net = load_model_file(model_path)
     return net.eval().to(resolve_device(device))
@@ -197,7 +201,7 @@ def compare_models(models: list[str], data_dir: str | os.PathLike, phantom_sets:
     Parameters
     ----------
     models : list of str
-        Model files, or "dvk".
+        Model files, "dvk" or "dvk_rlN".
     data_dir : str or path
         The data set.
     phantom_sets : list of (list of int or None), optional
@@ -228,9 +232,9 @@ def compare_models(models: list[str], data_dir: str | os.PathLike, phantom_sets:
     cache = _cache_dir(data_dir, Path(str(models[0])))
     out: dict[str, list[list[float]]] = {model: [] for model in nets}
     for names in sets:
-        cases: dict = {}  # read once per phantom set and input/label scaling (the same for all models so far)
+        cases: dict = {}  # read once per phantom set, input/label scaling and input deconvolution
         for model, net in nets.items():
-            scaling = (net.config.spect_scale_ml, net.config.dose_scale)
+            scaling = (net.config.spect_scale_ml, net.config.dose_scale, net.config.deconvolution_iterations)
             if scaling not in cases:
                 cases[scaling] = load_cases(data_dir, names, manifest, net.config, cache)
             out[model].append([_mean_loss(net, cases[scaling], s, batch_size, slab, patch, batch_statistics)
@@ -267,7 +271,8 @@ def add_validate_arguments(subparser) -> None:
         "validate", help="compare models (and the DVK) by the validation MSE on chosen phantoms of a data set")
     p.add_argument("--data", required=True, help="data set folder written by `dblurdose data generate`")
     p.add_argument("--model", nargs="+", required=True, metavar="MODEL",
-                   help="model files (e.g. a run's OUT and OUT.last.pt), or dvk for the DVK alone")
+                   help="model files (e.g. a run's OUT and OUT.last.pt), dvk for the DVK alone, or dvk_rlN for the "
+                        "DVK of the SPECT after N Richardson-Lucy iterations (`data deconvolve` files)")
     p.add_argument("--phantoms", action="append", metavar="RANGE",
                    help="phantoms measured as one pool, e.g. 10,11 (repeatable: one column each; any complete "
                         "phantom, training phantoms included; default: the validation phantoms)")
