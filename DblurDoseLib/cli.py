@@ -579,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     their modules."""
     from .data import add_data_arguments
     from .evaluation.evaluate import add_evaluate_arguments
+    from .evaluation.resolution import add_resolution_arguments
     from .learning.training import add_train_arguments
     from .learning.validation import add_validate_arguments
 
@@ -588,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dblurdose {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, help="what to do (dblurdose COMMAND --help)")
     for add_parser in (_add_dose_parser, _add_dosimetry_parser, _add_kernel_parser, _add_demo_parser,
-                       add_data_arguments, add_train_arguments, add_validate_arguments, add_evaluate_arguments):
+                       add_data_arguments, add_train_arguments, add_validate_arguments, add_evaluate_arguments,
+                       add_resolution_arguments):
         add_parser(sub)
     return parser
 

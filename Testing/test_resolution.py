@@ -64,3 +64,41 @@ def test_a_post_filter_adds_its_width_in_quadrature(phantom, table):
     assert filtered["fwhm_mm"] == pytest.approx(math.hypot(plain["fwhm_mm"], 10.0), abs=0.8), (plain, filtered)
     recovery = list(plain["recovery"].values())
     assert recovery == sorted(recovery) and recovery[-1] < 0.9, recovery
+
+
+def _measured(contrast: float, fwhm: float) -> dict:
+    """RC_mean of each IEC sphere (by diameter, mm) of an ideal Gaussian system, as a physicist would measure them."""
+    ph = sp.sphere_phantom(contrast=contrast)
+    rc = res.recovery_coefficients(sp.sphere_spect(ph, {"fwhm_mm": fwhm})[0].array, ph)
+    return {float(name[len("sphere_"):-len("mm")]): v for name, v in rc.items()}
+
+
+def test_measured_recovery_coefficients_give_the_systems_fwhm_at_their_contrast():
+    """fwhm_from_recovery inverts the IEC recovery curve: all six spheres or any three give the system's FWHM, at
+    the measurement's contrast; the background's spill-in makes a 4:1 measurement read wrong as an 8:1 one."""
+    four = _measured(4.0, 12.0)
+    assert res.fwhm_from_recovery(four, contrast=4.0)["fwhm_mm"] == pytest.approx(12.0, abs=0.05)
+    three = {d: four[d] for d in (13.0, 22.0, 37.0)}
+    assert res.fwhm_from_recovery(three, contrast=4.0)["fwhm_mm"] == pytest.approx(12.0, abs=0.05)
+    assert abs(res.fwhm_from_recovery(four, contrast=8.0)["fwhm_mm"] - 12.0) > 0.3
+    sharper = res.fwhm_from_recovery(_measured(8.0, 7.0))
+    assert sharper["fwhm_mm"] == pytest.approx(7.0, abs=0.05) and sharper["rms_recovery_misfit"] < 1e-3
+
+
+@pytest.mark.parametrize("recovery, message", [({10.0: 0.3}, "two or more"), ({11.0: 0.3, 13.0: 0.4}, "two or more"),
+                                               ({10.0: 0.3, 13.0: 3.0}, "between 0 and 2")])
+def test_bad_recovery_coefficients_are_refused_in_one_line(recovery, message):
+    with pytest.raises(DblurDoseError, match=message):
+        res.fwhm_from_recovery(recovery)
+
+
+def test_the_resolution_command_prints_the_fwhm(capsys):
+    from DblurDoseLib.cli import main
+
+    rc = _measured(8.0, 10.0)
+    assert main(["resolution", "--recovery", *(f"{d:g}={v:.4f}" for d, v in rc.items())]) == 0
+    assert "Gaussian-equivalent FWHM 10.0 mm" in capsys.readouterr().out
+    assert main(["resolution", "--recovery", "10=1.3", "37=1.2"]) == 2  # no Gaussian of 1-40 mm: RC_max values?
+    assert "RC_mean" in capsys.readouterr().err
+    assert main(["resolution", "--recovery", "10:0.2"]) == 2
+    assert "DIAMETER=RC" in capsys.readouterr().err
