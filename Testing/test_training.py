@@ -475,6 +475,16 @@ def test_chosen_phantoms_train_and_validate_and_wrong_ones_are_refused():
         training.choose_phantoms(manifest, train, val, [1], [1])
     with pytest.raises(DblurDoseError, match="p07 as validation"):
         training.choose_phantoms(manifest, train, val, None, [7])
+    # without a "val" split the seed draws validation phantoms from "train": named ones may still train
+    no_val = {"phantoms": {k: {"split": "train" if v["split"] == "val" else v["split"]}
+                           for k, v in manifest["phantoms"].items()}}
+    train, val = training.split_phantoms(no_val, seed=0)
+    drawn = int(val[0][1:])
+    everything = [i for i in range(1, 5) if i != drawn]
+    assert training.choose_phantoms(no_val, train, val, [drawn, everything[0]], [everything[1]]) == (
+        sorted([f"p0{drawn}", f"p0{everything[0]}"]), [f"p0{everything[1]}"])
+    with pytest.raises(DblurDoseError, match="p00 as training phantoms"):
+        training.choose_phantoms(no_val, train, val, [0, drawn], None)
 
 
 def test_training_on_chosen_phantoms_records_them(dataset, tmp_path):

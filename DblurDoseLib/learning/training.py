@@ -162,8 +162,9 @@ def choose_phantoms(manifest: dict, train_names: list[str], val_names: list[str]
     phantoms, val_phantoms : list of int, optional
         Phantom indices to train and validate on instead: a smaller training set (learning curves
         against data size), or a run that keeps its phantoms while the data set grows (so that it
-        resumes). Training phantoms must be in the training split; validation phantoms in the
-        validation split, or training phantoms not trained on.
+        resumes). Training phantoms must be in the data set's "train" split (those the seed drew for
+        validation, where it has no "val" split, included); validation phantoms in the validation
+        split, or training phantoms not trained on.
 
     Returns
     -------
@@ -174,8 +175,9 @@ def choose_phantoms(manifest: dict, train_names: list[str], val_names: list[str]
     val = val_names if val_phantoms is None else [layout.phantom_key(i) for i in val_phantoms]
     if phantoms is not None and val_phantoms is None:
         val = [v for v in val if v not in train]
-    for chosen, allowed, what in ((train, set(train_names), "training"),
-                                  (val, (set(val_names) | set(train_names)) - set(train), "validation")):
+    trainable = set(train_names) | (set(val_names) & set(layout.phantoms_in(manifest, "train")))
+    for chosen, allowed, what in ((train, trainable, "training"),
+                                  (val, (set(val_names) | trainable) - set(train), "validation")):
         wrong = [k for k in chosen if k not in allowed]
         if wrong:
             have = ", ".join(sorted(allowed)) or "none"
