@@ -520,14 +520,12 @@ def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str
     Path
         The data set folder.
     """
-    from .evaluation.evaluate import recorded_chains
-    from .evaluation.resolution import chain_resolution
+    from .evaluation.evaluate import deconvolved_inputs, recorded_chains
     from .io.outputs import atomic_file
     from .io.volume import read_volume
-    from .physics.deconvolution import deconvolved_on_grid
+    from .physics.deconvolution import check_iterations
 
-    if int(iterations) != iterations or iterations < 1:
-        raise DblurDoseError(f"Richardson-Lucy iterations must be a whole number of at least 1, got {iterations}")
+    check_iterations([iterations])
     data_dir, tag = Path(data_dir), layout.recon_tag(recon)
     manifest = layout.read_manifest(data_dir, complete=False)
     table_path = data_dir / layout.RESOLUTION
@@ -548,22 +546,13 @@ def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str
             spect_file, dvk_file = (folder / layout.deconvolved_file(s, iterations, r, tag) for s in ("spect", "dvk"))
             if spect_file.is_file() and dvk_file.is_file():
                 continue
-            fwhm = chain_resolution(chain, table, save_table)
             hu = read_volume(folder / layout.volume_file("hu")) if hu is None else hu
-            sharp = deconvolved_on_grid(read_volume(folder / layout.realisation_file("spect_native", r, tag)), hu,
-                                        fwhm, int(iterations))
+            sharp, dvk = deconvolved_inputs(folder, r, tag, int(iterations), chain, table, hu, "cpu", save_table)
             _write(sharp, spect_file)
-            _write(_dvk_of(sharp, hu), dvk_file)
+            _write(hu.with_array(dvk), dvk_file)
         if progress is not None:
             progress((i + 1) / len(keys), f"{key}: deconvolved ({i + 1}/{len(keys)})")
     return data_dir
-
-
-def _dvk_of(activity, hu):
-    """The DVK dose rate (mGy/h) of an activity map (Bq/mL) on its CT, as the data set's DVK maps are made."""
-    from .dose import compute_dose_rate_maps
-
-    return compute_dose_rate_maps(activity, hu, ("dvk",), activity_range_mbq=None)["dvk"]
 
 
 def add_data_arguments(sub) -> None:

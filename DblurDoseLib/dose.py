@@ -729,11 +729,11 @@ def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tupl
     if "cnn" in methods:
         from .learning.inference import cnn_dose_rate
 
-        base = dvk if cnn_activity is None else convolve(cnn_activity, 0.5, 0.3)
+        source, base = (activity, dvk) if cnn_activity is None else (cnn_activity, convolve(cnn_activity, 0.5, 0.3))
         step(0.8, "CNN correction")
         with memory_errors_as_dblurdose("the CNN correction", fix, settings=settings):
-            results["cnn"] = cnn_dose_rate(activity if cnn_activity is None else cnn_activity, ct, density, base, device=device,
-                                           model=network, max_bytes=plan.cnn_bytes if plan.on_host else None)
+            results["cnn"] = cnn_dose_rate(source, ct, density, base, device=device, model=network,
+                                           max_bytes=plan.cnn_bytes if plan.on_host else None)
     return results
 
 

@@ -184,7 +184,7 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     assert [f.stat().st_mtime_ns for f in files] == stamps and len(asked) == 3
     again = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", deconvolution=[20])
     assert len(asked) == 3
-    # the files' DVK is the dose command's (its kernel's medium density), the evaluation's own dvk_map's: within 0.5%
+    # the files hold what the evaluation computed before (one function makes both)
     assert again["phantoms"]["p00"]["vois"]["lesion:lesion_1"]["cnn"]["signed_error"] == pytest.approx(rl20, abs=0.5)
     del manifest["phantoms"]["p00"]["spect"]
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))

@@ -118,6 +118,7 @@ def evaluate(
     """
     from ..io.volume import read_volume
     from ..learning.inference import load_model
+    from .spheres import deconvolution_iterations
 
     data_dir = Path(data_dir)
     manifest = layout.read_manifest(data_dir, complete=False)
@@ -135,7 +136,7 @@ def evaluate(
     # each chain's Gaussian-equivalent FWHM: the data set's record (data deconvolve), else measured once per run
     resolution_file = data_dir / layout.RESOLUTION
     fwhms: dict = json.loads(resolution_file.read_text()) if resolution_file.is_file() else {}
-    sharpened = sorted({*deconvolution, *(m.config.deconvolution_iterations for m in models.values())} - {0})
+    sharpened = deconvolution_iterations(deconvolution, models)
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
@@ -150,7 +151,7 @@ def evaluate(
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
         chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened else []
-        inputs = {(n, r): _deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
+        inputs = {(n, r): deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
                   for n in sharpened for r, chain in enumerate(chains)}
         estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs)
         for n in deconvolution:
@@ -188,7 +189,7 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
                        device: str, deconvolved: dict | None = None) -> dict[str, list[np.ndarray]]:
     """Dose-rate maps (mGy/h) of one test phantom per method and realisation: the DVK, SPECT + MC
     where the data set holds it, and each model's CNN correction (a model that deconvolves on its inputs in
-    ``deconvolved``: (iterations, realisation) -> :func:`_deconvolved_inputs`)."""
+    ``deconvolved``: (iterations, realisation) -> :func:`deconvolved_inputs`)."""
     from ..io.volume import read_volume
     from ..learning.inference import cnn_dose_rate
 
@@ -213,8 +214,8 @@ def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list
     plan = entry.get("spect_ood" if recon == "ood" else "spect")
     wanted = ("camera", "n_views", "voxel_mm")
     if not isinstance(plan, dict) or any(k not in plan for k in wanted):
-        raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; the "
-                             "deconvolution reference needs a data set made by a newer dblurdose")
+        raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; "
+                             "deconvolution needs each chain: regenerate the data set with a newer dblurdose")
     if recon == "ood":
         return [{k: plan[k] for k in (*wanted, "iterations", "subsets", "postfilter_fwhm_mm") if k in plan}] * n_real
     recons = plan.get("reconstructions", [])
@@ -223,25 +224,22 @@ def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list
     return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
 
 
-def _deconvolved_inputs(folder: Path, r: int, tag: str, iterations: int, chain: dict, fwhms: dict, hu,
-                        device: str) -> tuple:
+def deconvolved_inputs(folder: Path, r: int, tag: str, iterations: int, chain: dict, fwhms: dict, hu,
+                       device: str, saved: Callable[[], object] | None = None) -> tuple:
     """Realisation ``r``'s SPECT after ``iterations`` Richardson-Lucy iterations at its chain's
     Gaussian-equivalent FWHM (Volume, Bq/mL, CT grid) and its DVK (mGy/h): the data set's files where
-    ``data deconvolve`` made them, else computed from its native SPECT (``fwhms``: the chains' FWHMs, kept
-    across phantoms)."""
+    ``data deconvolve`` made them, else computed from its native SPECT, as ``data deconvolve`` computes them
+    (``fwhms``: the chains' FWHMs, kept across phantoms; ``saved``: called after a new measurement)."""
     from ..io.volume import read_volume
-    from ..physics.deconvolution import deconvolved_on_grid
+    from ..physics.deconvolution import check_fwhm, deconvolved_on_grid
     from .resolution import chain_resolution
     from .spheres import dvk_map
 
     files = [folder / layout.deconvolved_file(stem, iterations, r, tag) for stem in ("spect", "dvk")]
     if all(f.is_file() for f in files):
         return read_volume(files[0]), read_volume(files[1]).array
-    fwhm = chain_resolution(chain, fwhms)
-    if not math.isfinite(fwhm):
-        raise DblurDoseError(f"{folder.name}: the SPECT chain of realisation {r} has a Gaussian-equivalent FWHM "
-                             "outside 1-40 mm, so there is no Gaussian to deconvolve it with; evaluate it without "
-                             "deconvolution")
+    fwhm = check_fwhm(chain_resolution(chain, fwhms, saved), f"{folder.name}: the resolution of realisation {r}'s "
+                      "SPECT chain", "leave this chain out of the deconvolution")
     sharp = deconvolved_on_grid(read_volume(folder / layout.realisation_file("spect_native", r, tag)), hu, fwhm,
                                 iterations)
     return sharp, dvk_map(sharp, hu, device)

@@ -74,6 +74,21 @@ def _match(target: np.ndarray, table: np.ndarray, grid: np.ndarray) -> float:
     return float("nan") if best in (0, len(fine) - 1) else float(fine[best])
 
 
+def _fit(target: np.ndarray, table: np.ndarray, names: Sequence) -> dict:
+    """Recovery coefficients ``target`` (one per column of ``table``, named ``names``) matched to the Gaussian
+    table: the FWHM (mm; NaN outside the grid), per sphere the FWHM matching it alone, and the rms misfit."""
+    grid = np.asarray(FWHM_GRID_MM)
+    fwhm = _match(target, table, grid)
+    # beyond the grid a small sphere's recovery stops falling (its neighbours spill in), so a sphere alone can
+    # match a FWHM inside it: outside the grid no sphere is matched
+    per_sphere = {name: _match(target[k:k + 1], table[:, k:k + 1], grid) if math.isfinite(fwhm) else float("nan")
+                  for k, name in enumerate(names)}
+    matched = (np.array([np.interp(fwhm, grid, table[:, k]) for k in range(len(target))])
+               if math.isfinite(fwhm) else np.full(len(target), np.nan))
+    return {"fwhm_mm": fwhm, "per_sphere_mm": per_sphere,
+            "rms_recovery_misfit": float(np.sqrt(np.mean((target - matched) ** 2)))}
+
+
 def gaussian_equivalent_fwhm(chain: str | dict, phantom: SpherePhantom | None = None,
                              table: np.ndarray | None = None) -> dict:
     """The chain's Gaussian-equivalent FWHM on the IEC spheres (module docstring).
@@ -105,16 +120,7 @@ def gaussian_equivalent_fwhm(chain: str | dict, phantom: SpherePhantom | None = 
         raise DblurDoseError(f"a recovery table of shape {table.shape} does not belong to this phantom "
                              f"({len(grid)} FWHMs x {len(phantom.spheres)} spheres)")
     recovery = recovery_coefficients(noise_free_spect(phantom, chain).array, phantom)
-    target = np.array(list(recovery.values()))
-    fwhm = _match(target, table, grid)
-    # beyond the grid a small sphere's recovery stops falling (its neighbours spill in), so a sphere alone can
-    # match a FWHM inside it: outside the grid no sphere is matched
-    per_sphere = {name: _match(target[k:k + 1], table[:, k:k + 1], grid) if math.isfinite(fwhm) else float("nan")
-                  for k, name in enumerate(recovery)}
-    matched = (np.array([np.interp(fwhm, grid, table[:, k]) for k in range(len(target))])
-               if math.isfinite(fwhm) else np.full(len(target), np.nan))
-    return {"fwhm_mm": fwhm, "per_sphere_mm": per_sphere, "recovery": recovery,
-            "rms_recovery_misfit": float(np.sqrt(np.mean((target - matched) ** 2)))}
+    return {**_fit(np.array(list(recovery.values())), table, list(recovery)), "recovery": recovery}
 
 
 def chain_resolution(chain: dict, table: dict, saved: Callable[[], object] | None = None) -> float:
@@ -165,17 +171,11 @@ def fwhm_from_recovery(recovery: dict[float, float], contrast: float = 8.0) -> d
         raise DblurDoseError("recovery coefficients are ratios of measured to true concentration, between 0 and 2; "
                              f"got {sorted(recovery.values())}")
     phantom = sphere_phantom(contrast=contrast)
-    grid, names = np.asarray(FWHM_GRID_MM), list(phantom.spheres)
-    columns = [names.index(f"sphere_{float(d):g}mm") for d in sorted(recovery, key=float)]
-    table = gaussian_recovery_table(phantom)[:, columns]
-    target = np.array([recovery[d] for d in sorted(recovery, key=float)], dtype=np.float64)
-    fwhm = _match(target, table, grid)
-    per_sphere = {float(d): _match(target[k:k + 1], table[:, k:k + 1], grid) for k, d in
-                  enumerate(sorted(recovery, key=float))}
-    matched = np.array([np.interp(fwhm, grid, table[:, k]) for k in range(len(target))]) if math.isfinite(fwhm) \
-        else np.full(len(target), np.nan)
-    return {"fwhm_mm": fwhm, "per_sphere_mm": per_sphere,
-            "rms_recovery_misfit": float(np.sqrt(np.mean((target - matched) ** 2)))}
+    diameters = sorted(float(d) for d in recovery)
+    names = list(phantom.spheres)
+    table = gaussian_recovery_table(phantom)[:, [names.index(f"sphere_{d:g}mm") for d in diameters]]
+    target = np.array([recovery[d] for d in diameters], dtype=np.float64)
+    return _fit(target, table, diameters)
 
 
 def _parse_recovery(items: Sequence[str]) -> dict[float, float]:

@@ -144,7 +144,14 @@ def dvk_map(activity: Volume, hu: Volume, device: str = "cpu") -> np.ndarray:
 
     kernel = get_kernel("Lu-177", hu.spacing)
     bq = (activity.array * np.float32(hu.voxel_volume_ml)).astype(np.float32)
-    return dvk_dose_rate(bq, hu_to_density(hu.array).astype(np.float32), kernel.electron, kernel.photon, device=device)
+    return dvk_dose_rate(bq, hu_to_density(hu.array).astype(np.float32), kernel.electron, kernel.photon,
+                         kernel.medium_density, device=device)
+
+
+def deconvolution_iterations(references: Sequence[int], models: dict) -> list[int]:
+    """The Richardson-Lucy iteration counts an evaluation needs: its ``dvk_rlN`` references' and those of the
+    models that deconvolve their input (increasing, without 0)."""
+    return sorted({*references, *(m.config.deconvolution_iterations for m in models.values())} - {0})
 
 
 def chain_settings(chain: str | dict) -> dict:
@@ -277,17 +284,16 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
     the ``dvk_rlN`` references, with a Gaussian of ``fwhm_mm`` (the chain's Gaussian-equivalent FWHM), which
     a model that deconvolves its input is given too."""
     from ..learning.inference import cnn_dose_rate
-    from ..physics.deconvolution import deconvolved_on_grid
+    from ..physics.deconvolution import check_fwhm, deconvolved_on_grid
     from ..physics.density import hu_to_density
     from .evaluate import voi_errors
     from .metrics import absorbed_power_ratio, correction_diagnostics, ensemble_noise_percent
 
     density = hu_to_density(phantom.hu.array).astype(np.float32)
     maps: dict[str, list[np.ndarray]] = {"dvk": [], **{name: [] for name in models}}
-    sharpened = sorted({*deconvolution, *(m.config.deconvolution_iterations for m in models.values())} - {0})
-    if sharpened and not math.isfinite(fwhm_mm):
-        raise DblurDoseError("this SPECT chain's Gaussian-equivalent FWHM lies outside 1-40 mm, so there is no "
-                             "Gaussian to deconvolve it with; evaluate this chain without deconvolution")
+    sharpened = deconvolution_iterations(deconvolution, models)
+    if sharpened:
+        check_fwhm(fwhm_mm, "this SPECT chain's resolution", "evaluate this chain without deconvolution")
     for spect in spects:
         dvk = dvk_map(spect, phantom.hu, device)
         maps["dvk"].append(dvk)

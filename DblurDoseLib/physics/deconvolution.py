@@ -40,18 +40,21 @@ def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float
     return gaussian_filter(np.asarray(array, dtype=np.float64), sigma, mode="reflect")
 
 
-def check_fwhm(fwhm_mm: float | None, what: str = "the SPECT's resolution") -> float:
+#: the fix :func:`check_fwhm` names by default: where a user's SPECT resolution comes from
+MEASURE_FWHM = "measure it on the IEC sphere phantom (recovery coefficients) for this camera and reconstruction"
+
+
+def check_fwhm(fwhm_mm: float | None, what: str = "the SPECT's resolution", fix: str = MEASURE_FWHM) -> float:
     """``fwhm_mm`` as a float if it is a Gaussian-equivalent FWHM a deconvolution accepts
-    (:data:`FWHM_RANGE_MM`, mm); else a one-line :class:`DblurDoseError` naming the range."""
+    (:data:`FWHM_RANGE_MM`, mm); else a one-line :class:`DblurDoseError` naming the range and ``fix``."""
     low, high = FWHM_RANGE_MM
     try:
         value = float(fwhm_mm)
     except (TypeError, ValueError):
         value = float("nan")
     if not (math.isfinite(value) and low <= value <= high):
-        raise DblurDoseError(f"{what} must be a Gaussian-equivalent FWHM of {low:g}-{high:g} mm, got {fwhm_mm}; "
-                             "measure it on the IEC sphere phantom (recovery coefficients) for this camera and "
-                             "reconstruction")
+        raise DblurDoseError(f"{what} ({fwhm_mm} mm) lies outside {low:g}-{high:g} mm, the Gaussian-equivalent "
+                             f"FWHMs a deconvolution accepts; {fix}")
     return value
 
 
@@ -90,7 +93,7 @@ def richardson_lucy(image: Volume, fwhm_mm: float, iterations: int) -> Volume:
 
 def check_iterations(iterations: Sequence[int]) -> None:
     """Refuse reference iteration counts that are not whole numbers of at least 1 (one line, DblurDoseError)."""
-    if any(int(n) != n or n < 1 for n in iterations):
+    if any(isinstance(n, bool) or int(n) != n or n < 1 for n in iterations):
         raise DblurDoseError(f"Richardson-Lucy iterations must be whole numbers of at least 1, got {list(iterations)}")
 
 
@@ -120,4 +123,4 @@ def deconvolved_on_grid(spect: Volume, target: Volume, fwhm_mm: float, iteration
     return resample_activity(sharp, target)
 
 
-__all__ = ["FWHM_RANGE_MM", "FWHM_TO_SIGMA", "check_fwhm", "check_iterations", "deconvolved_on_grid", "gaussian_blur", "richardson_lucy"]
+__all__ = ["FWHM_RANGE_MM", "FWHM_TO_SIGMA", "MEASURE_FWHM", "check_fwhm", "check_iterations", "deconvolved_on_grid", "gaussian_blur", "richardson_lucy"]
