@@ -32,6 +32,9 @@ from .io.dataset import MANIFEST, parse_range, truth_file
 from .simulation.camera import OUT_OF_MIX, TRAINING_MIX  # noqa: F401 (the data set's mix; tests and callers use data.*)
 from .simulation.spect import DEFAULT_CAMERA
 
+#: What a data job makes first (DataSettings.generation_order): the training phantoms, or the ones that judge a network.
+GENERATION_FIRST = ("train", "test")
+
 
 @dataclass
 class DataSettings:
@@ -97,13 +100,18 @@ class DataSettings:
         val = set(order[n_test:n_test + n_val])
         return {i: ("test" if i in test else "val" if i in val else "train") for i in self.indices()}
 
-    def generation_order(self) -> list[int]:
-        """Every phantom in the order a data job makes them: training phantoms first, then validation, then
-        test, then held-out (index order within each), so that a job stopped part way leaves phantoms to
-        train on. The order changes nothing that is drawn or made: each phantom has its own seed."""
+    def generation_order(self, first: str = "train") -> list[int]:
+        """Every phantom in the order a data job makes them (index order within each group).
+
+        ``first="train"``: training phantoms, then validation, test and held-out ones, so that a job stopped
+        part way leaves phantoms to train on. ``first="test"``: validation, test and held-out phantoms, then
+        training ones, so that a data set part made already holds the phantoms that judge a network. The order
+        changes nothing that is drawn or made (each phantom has its own seed): a job may resume in either."""
+        if first not in GENERATION_FIRST:
+            raise DblurDoseError(f"unknown generation order {first!r}; use one of {', '.join(GENERATION_FIRST)}")
         split, held = self.split(), set(int(i) for i in self.held_out)
-        rank = {"train": 0, "val": 1, "test": 2}
-        return sorted(self.indices(), key=lambda i: (3 if i in held else rank[split[i]], i))
+        rank = {"train": 0, "val": 1, "test": 2} if first == "train" else {"val": 0, "test": 1, "train": 3}
+        return sorted(self.indices(), key=lambda i: (2.5 if i in held else rank[split[i]], i))
 
 
 # TRAINING_MIX and OUT_OF_MIX (the acquisitions of training phantoms, and the one outside them) live with the
@@ -424,16 +432,17 @@ _RESUMABLE = ("threads",)
 
 
 def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, scheduler: str | None = None,
-             log: Callable[[str], None] = print) -> Path:
+             log: Callable[[str], None] = print, first: str = "train") -> Path:
     """Generate (or resume) a data set; phantoms run as Dask tasks. Returns the manifest path.
 
     ``scheduler``: address of an existing Dask scheduler; otherwise a local cluster of ``workers``
-    processes is started (and closed at the end).
+    processes is started (and closed at the end). ``first``: which phantoms are made first
+    (:meth:`DataSettings.generation_order`); not a setting of the data set, so a job may resume in either order.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    split = settings.split()
+    split, order = settings.split(), settings.generation_order(first)  # order: submitted in order, first made first
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text()).get("settings", {})
         new = json.loads(json.dumps(asdict(settings)))  # as the manifest stores it (tuples as lists)
@@ -480,9 +489,8 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        order = settings.generation_order()  # submitted in order and with falling priority: first made first
         futures = [client.submit(generate_phantom, str(out), i, settings, split[i], print, pure=False,
-                                 priority=len(order) - n) for n, i in enumerate(order)]
+                                 priority=len(order) - n) for n, i in enumerate(order)]  # falling priority
         for n, future in enumerate(as_completed(futures), 1):
             result = future.result()
             record(result)
@@ -594,6 +602,10 @@ def add_data_arguments(sub) -> None:
                         "validation loss for `dblurdose train`)")
     g.add_argument("--workers", type=int, default=1, help="local Dask workers (phantoms in parallel)")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
+    g.add_argument("--first", choices=GENERATION_FIRST, default="train",
+                   help="which phantoms to make first: train (default; a job stopped part way leaves phantoms to train "
+                        "on) or test (validation, test and held-out first: a fixed test set early); changes nothing "
+                        "that is made, and a job may resume in either order")
     g.add_argument("--seed", type=int, default=2022, help="base random seed of the phantoms, SPECT noise and Monte Carlo (default 2022)")
     g.set_defaults(func=cmd_data)
     d = dsub.add_parser("deconvolve", help="add Richardson-Lucy deconvolved SPECTs and their DVKs to a data set "
@@ -651,6 +663,6 @@ def cmd_data(args) -> int:
             if value < 1:
                 raise DblurDoseError(f"the number of {what} must be at least 1")
             setattr(settings, name, value)
-    path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler)
+    path = generate(args.out, settings, workers=args.workers, scheduler=args.scheduler, first=args.first)
     print(path)
     return 0

@@ -28,6 +28,14 @@ def test_generation_order_makes_training_phantoms_first():
     ranks = [("train", "val", "test").index(split[i]) if i not in (10, 11) else 3 for i in order]
     assert ranks == sorted(ranks) and ranks[0] == 0 and ranks[-1] == 3  # train, val, test, held-out
     assert [i for i in order if split[i] == "train"] == sorted(i for i in split if split[i] == "train")
+    first = settings.generation_order("test")  # the phantoms that judge a network first, then the training ones
+    assert sorted(first) == sorted(order)
+    ranks = [("val", "test").index(split[i]) if split[i] != "train" and i not in (10, 11) else 2 if i in (10, 11)
+             else 3 for i in first]
+    assert ranks == sorted(ranks) and ranks[0] == 0 and ranks[-1] == 3  # val, test, held-out, train
+    assert {i for i in first[:7]} == {i for i in split if split[i] != "train"}
+    with pytest.raises(DblurDoseError, match="unknown generation order 'val'; use one of train, test"):
+        settings.generation_order("val")
 
 
 def test_parse_range():
@@ -82,6 +90,11 @@ def test_dask_runs_each_phantom_once_and_writes_manifest(tmp_path, monkeypatch):
     assert sorted(manifest["phantoms"]) == ["p00", "p01", "p02", "p03"]
     assert [p["split"] for p in manifest["phantoms"].values()].count("test") == 1
     assert manifest["settings"]["seed"] == settings.seed and "numpy" in manifest["software"]
+    (tmp_path / "order.txt").unlink()  # the same data set resumed with the test phantom first: not refused
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        data.generate(tmp_path, settings, scheduler=cluster.scheduler_address, log=lambda m: None, first="test")
+    ran = [int(line) for line in (tmp_path / "order.txt").read_text().split()]
+    assert ran == settings.generation_order("test") != settings.generation_order() and settings.split()[ran[0]] == "test"
 
 
 @pytest.mark.slow
