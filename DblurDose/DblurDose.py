@@ -69,8 +69,8 @@ SETTING_LABELS = {
     "model": "no panel setting: the module uses the installed DblurDoseNet weights; another model file goes "
              "through the Python console, computeDoseRateMaps(..., model=path)",
     "device": '"Device" selector (Computation)',
-    "spect_fwhm": "no panel setting: the installed weights do not deconvolve; a model that does goes through the "
-                  "Python console, computeDoseRateMaps(..., model=path, spect_fwhm_mm=FWHM in mm)",
+    "spect_fwhm": "no panel setting: from the Python console, computeDoseRateMaps(..., spect_fwhm_mm=FWHM in mm) "
+                  "keeps the CNN's map consistent with the SPECT (and feeds a model that deconvolves)",
     "memory_gb": "no panel setting: close other programs or crop the CT to the SPECT's field (Crop Volume "
                  "module); from the Python console, computeDoseRateMaps(..., memory_gb=...)",
     "out": "the output nodes: the module adds them to the scene (File > Save to keep them)",

@@ -455,8 +455,9 @@ def _add_spect_fwhm_option(p: argparse.ArgumentParser) -> None:
     """--spect-fwhm, shared by ``dose`` and ``dosimetry``."""
     p.add_argument("--spect-fwhm", type=float, metavar="MM",
                    help="the SPECT's Gaussian-equivalent FWHM in mm (recovery coefficients of the IEC spheres for "
-                        "this camera and reconstruction): needed by a CNN model that deconvolves its input "
-                        "(`dblurdose train --deconvolve`)")
+                        "this camera and reconstruction: `dblurdose resolution`): the CNN's map is then kept "
+                        "consistent with the SPECT at the scales the camera resolves; needed by a CNN model that "
+                        "deconvolves its input (`dblurdose train --deconvolve`)")
 
 
 def _add_output_options(p: argparse.ArgumentParser, overwrite_help: str, dicom_out_help: str) -> None:

@@ -350,7 +350,7 @@ def unused_option_warnings(methods: Sequence[str], spect_units: str, calibration
 
 def memory_plan(spect: Volume, ct: Volume, methods: Sequence[str], kernel: Kernel, ct_itemsize: int,
                 scale_electron_only: bool, network: DblurDoseNet | None, device: torch.device | str,
-                memory_gb: float) -> MemoryPlan:
+                memory_gb: float, consistent: bool = False) -> MemoryPlan:
     """The :class:`~DblurDoseLib.memory.MemoryPlan` of a run from its inputs' shapes (nothing computed).
 
     Parameters
@@ -371,6 +371,8 @@ def memory_plan(spect: Volume, ct: Volume, methods: Sequence[str], kernel: Kerne
         Where the convolution runs (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
     memory_gb : float
         The memory budget (GB, 1e9 bytes).
+    consistent : bool
+        The CNN's map is made consistent with the SPECT (a resolution was given).
 
     Returns
     -------
@@ -389,7 +391,8 @@ def memory_plan(spect: Volume, ct: Volume, methods: Sequence[str], kernel: Kerne
                                              0.0)
     return plan_memory(ct.shape, spect.shape, methods, kernel_shapes, work_shape=work, ct_itemsize=ct_itemsize,
                        memory_gb=memory_gb, base_bytes=base, device_type=dev.type,
-                       deconvolve=bool(network is not None and network.config.deconvolution_iterations))
+                       deconvolve=bool(network is not None and network.config.deconvolution_iterations),
+                       consistent=consistent)
 
 
 def compute_dose_rate_maps(
@@ -459,9 +462,11 @@ def compute_dose_rate_maps(
         plan (``report["memory"]``, GB), units, and warnings (``report["warnings"]``: options that
         do not apply).
     spect_fwhm_mm : float, optional
-        The SPECT's Gaussian-equivalent FWHM (mm; :mod:`DblurDoseLib.evaluation.resolution`), which a CNN
-        model that deconvolves its input (``ModelConfig.deconvolution_iterations``) needs; such a model
-        is refused without it. Other runs ignore it (with a warning).
+        The SPECT's Gaussian-equivalent FWHM (mm; :mod:`DblurDoseLib.evaluation.resolution`). With it the
+        CNN's map is kept consistent with the SPECT at the scales the camera resolves
+        (:mod:`DblurDoseLib.physics.consistency`: its energy becomes the DVK's, a smooth excess goes), and a
+        CNN model that deconvolves its input (``ModelConfig.deconvolution_iterations``), refused without it,
+        deconvolves at it. Runs without the CNN ignore it (with a warning).
 
     Returns
     -------
@@ -484,7 +489,9 @@ def compute_dose_rate_maps(
         from .learning.inference import load_model
 
         network = load_model(model, device=device)
-    deconvolution = deconvolution_of(network, spect_fwhm_mm, warnings)
+    fwhm = spect_resolution_of(network, spect_fwhm_mm, warnings)
+    iterations = network.config.deconvolution_iterations if network is not None else 0
+    deconvolution = (fwhm, iterations) if fwhm is not None and iterations else None
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
@@ -497,7 +504,8 @@ def compute_dose_rate_maps(
     bqml = checked_activity(spect, ct, hu, spect_units, calibration_cps_per_mbq, duration_s, clip_negative,
                             activity_range_mbq, nuclide)
     kernel = get_kernel(nuclide, ct.spacing)
-    plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb)
+    plan = memory_plan(spect, ct, methods, kernel, hu.dtype.itemsize, scale_electron_only, network, device, memory_gb,
+                       consistent=fwhm is not None)
     check_memory(plan)  # before any large array is made
 
     step(0.1, "resampling the SPECT onto the CT grid")
@@ -507,14 +515,14 @@ def compute_dose_rate_maps(
     cnn_activity = _deconvolved_activity(bqml, activity, deconvolution, step)
     step(0.2, "DVK convolution")
     results = _dose_rates(activity, ct, density, methods, kernel, network, plan, scale_electron_only, device, step,
-                          cnn_activity)
+                          cnn_activity, fwhm)
     if per_mbq:
         factor = np.float32(NGY_PER_MBQ_S / total_mbq)
         results = {m: v.with_array(v.array * factor) for m, v in results.items()}
     results = {m: v for m, v in results.items() if m in methods}
     _check_finite(results)
     _record_provenance(results, per_mbq, nuclide, spect_units, kernel, scale_electron_only, hu_calibration, network,
-                       deconvolution)
+                       fwhm, deconvolution)
     if report is not None:
         report.update(
             total_activity_mbq=total_mbq,
@@ -674,22 +682,25 @@ def activity_on_ct(bqml: Volume, ct: Volume, hu: np.ndarray, hu_calibration: np.
     return activity, resampled, density
 
 
-def deconvolution_of(network, spect_fwhm_mm: float | None, warnings: list[str]) -> tuple[float, int] | None:
-    """(FWHM in mm, Richardson-Lucy iterations) when the CNN's model deconvolves its input, else None; such a
-    model without the SPECT's resolution is refused, and a resolution no model uses is warned of."""
+def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str]) -> float | None:
+    """The SPECT's Gaussian-equivalent FWHM (mm, checked) where the CNN runs and it is given, else None.
+
+    With it the CNN's map is made consistent with the SPECT (:mod:`DblurDoseLib.physics.consistency`), and a
+    model that deconvolves its input (``ModelConfig.deconvolution_iterations``) deconvolves at it; such a
+    model is refused without it, and a resolution given to a run without the CNN is warned of."""
     from .physics.deconvolution import check_fwhm
 
-    iterations = network.config.deconvolution_iterations if network is not None else 0
-    if not iterations:
+    if network is None:
         if spect_fwhm_mm is not None:
-            warnings.append("the SPECT's resolution (FWHM) is ignored: only a CNN model that deconvolves its input "
-                            "uses it")
+            warnings.append("the SPECT's resolution (FWHM) is ignored: only the CNN method uses it")
         return None
     if spect_fwhm_mm is None:
-        raise DblurDoseError("this CNN model deconvolves the SPECT before the network and needs its resolution: give "
-                             "the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and reconstruction "
-                             "on the IEC sphere phantom", settings=("spect_fwhm",))
-    return check_fwhm(spect_fwhm_mm, "the SPECT's resolution"), iterations
+        if network.config.deconvolution_iterations:
+            raise DblurDoseError("this CNN model deconvolves the SPECT before the network and needs its resolution: "
+                                 "give the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and "
+                                 "reconstruction on the IEC sphere phantom", settings=("spect_fwhm",))
+        return None
+    return check_fwhm(spect_fwhm_mm, "the SPECT's resolution")
 
 
 def _deconvolved_activity(bqml: Volume, activity: Volume, deconvolution: tuple[float, int] | None,
@@ -706,10 +717,11 @@ def _deconvolved_activity(bqml: Volume, activity: Volume, deconvolution: tuple[f
 
 def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tuple[str, ...], kernel, network,
                 plan, scale_electron_only: bool, device: str, step: Callable[[float, str], None],
-                cnn_activity: Volume | None = None) -> dict[str, Volume]:
+                cnn_activity: Volume | None = None, fwhm: float | None = None) -> dict[str, Volume]:
     """The DVK map (mGy/h), and the CNN's when asked, on the CT grid; allocation failures become user errors.
     ``cnn_activity``: the network's input activity (Bq/mL, CT grid) where it is not ``activity`` (a model that
-    deconvolves: then its residual base is that activity's DVK, convolved as the DVK method's)."""
+    deconvolves: then its residual base is that activity's DVK, convolved as the DVK method's). ``fwhm``: the
+    SPECT's resolution (mm), with which the CNN's map is made consistent with the SPECT's DVK."""
     from .physics.dvk import dvk_dose_rate
 
     fix = ("run on the CPU (more memory than a GPU), close other programs, or crop the CT to the SPECT field"
@@ -734,6 +746,13 @@ def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tupl
         with memory_errors_as_dblurdose("the CNN correction", fix, settings=settings):
             results["cnn"] = cnn_dose_rate(source, ct, density, base, device=device, model=network,
                                            max_bytes=plan.cnn_bytes if plan.on_host else None)
+        if fwhm is not None:
+            from .physics.consistency import consistent_dose_rate
+
+            step(0.95, "keeping the CNN's map consistent with the SPECT")
+            with memory_errors_as_dblurdose("the consistency step", fix, settings=settings):
+                results["cnn"] = results["cnn"].with_array(
+                    consistent_dose_rate(results["cnn"].array, dvk, density, fwhm, ct.spacing))
     return results
 
 
@@ -749,7 +768,7 @@ def _check_finite(results: dict[str, Volume]) -> None:
 
 def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, spect_units: str, kernel,
                        scale_electron_only: bool, hu_calibration: np.ndarray | None, network,
-                       deconvolution: tuple[float, int] | None = None) -> None:
+                       fwhm: float | None = None, deconvolution: tuple[float, int] | None = None) -> None:
     """What made each map, in its metadata (written into the output files' headers)."""
     from . import __version__
 
@@ -766,6 +785,8 @@ def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, 
         volume.metadata.update({**made_by, "method": method})
         if method == "cnn":
             volume.metadata["model_sha256"] = getattr(network, "sha256", "unknown")
+            if fwhm is not None:
+                volume.metadata["spect_fwhm_mm"] = f"{fwhm:g}"
+                volume.metadata["consistency"] = "with the SPECT's DVK at its FWHM (physics.consistency)"
             if deconvolution is not None:
-                volume.metadata["spect_fwhm_mm"] = f"{deconvolution[0]:g}"
                 volume.metadata["deconvolution"] = f"Richardson-Lucy, {deconvolution[1]} iterations"

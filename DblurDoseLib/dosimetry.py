@@ -506,12 +506,12 @@ def absorbed_dose(
     models = check_fit(fit)
     options = {**(dose_options or {}), "activity_range_mbq": activity_range_mbq}
     if method == "cnn":  # the model is read and verified before any registration
-        from .dose import deconvolution_of
+        from .dose import spect_resolution_of
         from .learning.inference import load_model
 
         # a model that deconvolves its input is refused here, before any work, without the SPECT's resolution
-        deconvolution_of(load_model(options.get("model"), device=options.get("device", "auto")),
-                         options.get("spect_fwhm_mm"), [])
+        spect_resolution_of(load_model(options.get("model"), device=options.get("device", "auto")),
+                            options.get("spect_fwhm_mm"), [])
     reference_ct = timepoints[0].ct
     warnings: list[str] = []
     if times.size > 1 and single_time_point is not None:

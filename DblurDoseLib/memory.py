@@ -143,6 +143,7 @@ def plan_memory(
     base_bytes: float | None = None,
     device_type: str = "cpu",
     deconvolve: bool = False,
+    consistent: bool = False,
 ) -> MemoryPlan:
     """Estimate the peak memory of :func:`~DblurDoseLib.dose.compute_dose_rate_maps` and split the budget.
 
@@ -170,6 +171,9 @@ def plan_memory(
     deconvolve : bool
         The CNN's model deconvolves the SPECT (Richardson-Lucy on the SPECT grid in float64, then its
         activity and DVK held on the CT grid beside the DVK method's).
+    consistent : bool
+        The CNN's map is made consistent with the SPECT (:mod:`DblurDoseLib.physics.consistency`: five
+        float32 volumes beside the two maps).
 
     Returns
     -------
@@ -215,7 +219,8 @@ def plan_memory(
         cnn_bytes = chunk_bytes(chunk, work)
         after = held + 2 * _F32 * n + ((3 * _F32 * w + 2 * _F32 * n) if resampled else 0.0)  # output, floor
         cnn_peak = max(cnn_held + (cnn_bytes if on_host else 0.0), after)
-    estimate = base_bytes + FIXED_BYTES + SAFETY_FACTOR * max(dvk_peak, cnn_peak)
+    consistency_peak = held + (7 * _F32 + 1) * n if consistent and "cnn" in methods else 0.0  # 2 maps, 5 + a mask
+    estimate = base_bytes + FIXED_BYTES + SAFETY_FACTOR * max(dvk_peak, cnn_peak, consistency_peak)
     return MemoryPlan(estimate, base_bytes, budget, dvk_bytes, cnn_bytes, chunk, on_host)
 
 

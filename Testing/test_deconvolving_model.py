@@ -19,7 +19,9 @@ from DblurDoseLib.learning.network import (
     save_model,
     zero_correction,
 )
+from DblurDoseLib.physics.consistency import consistent_dose_rate
 from DblurDoseLib.physics.deconvolution import deconvolved_on_grid, gaussian_blur
+from DblurDoseLib.physics.density import hu_to_density
 
 FWHM = 12.0
 
@@ -44,20 +46,44 @@ def scene(tmp_path_factory):
 
 
 def test_the_network_sees_the_deconvolved_spect_and_corrects_its_dvk(scene):
-    """With a zero correction the CNN map is the DVK of the deconvolved SPECT: sharper in the hot sphere than
-    the DVK method's, the same energy."""
+    """With a zero correction the CNN map is the DVK of the deconvolved SPECT, kept consistent with the SPECT
+    (physics.consistency): sharper in the hot sphere than the DVK method's, the same energy."""
     _, ct, spect, sphere, model = scene
     maps = compute_dose_rate_maps(spect, ct, ("dvk", "cnn"), model=model, spect_fwhm_mm=FWHM, device="cpu",
                                   activity_range_mbq=None)
     sharp = deconvolved_on_grid(spect, ct, FWHM, 8)
     base = compute_dose_rate_maps(sharp, ct, ("dvk",), device="cpu", activity_range_mbq=None)["dvk"].array
     dvk, cnn = maps["dvk"].array, maps["cnn"].array
-    np.testing.assert_allclose(cnn, base, rtol=1e-5, atol=1e-6 * base.max())
+    density = hu_to_density(ct.array)
+    expected = consistent_dose_rate(base, dvk, density, FWHM, ct.spacing)
+    np.testing.assert_allclose(cnn, expected, rtol=1e-5, atol=1e-6 * base.max())
+    assert not np.allclose(cnn, base, rtol=1e-3, atol=1e-3 * base.max())
     assert cnn[sphere].mean() > 1.1 * dvk[sphere].mean()  # the blur's loss in the sphere partly put back
+
     # activity kept: the deconvolution moves activity back from the air margin into the body, not more
     assert sharp.array.sum(dtype=np.float64) == pytest.approx(spect.array.sum(dtype=np.float64), rel=1e-4)
     assert maps["cnn"].metadata["spect_fwhm_mm"] == "12"
     assert "8 iterations" in maps["cnn"].metadata["deconvolution"]
+    assert "FWHM" in maps["cnn"].metadata["consistency"]
+
+
+def test_with_the_resolution_any_cnn_map_is_kept_consistent_with_the_spect(scene):
+    """A model that does not deconvolve, given the SPECT's resolution: its map is made consistent with the SPECT
+    (no warning that the resolution goes unused); without it the map is the network's own."""
+    _, ct, spect, sphere, _ = scene
+    plain = save_model(zero_correction(DblurDoseNet(ModelConfig(spacing=ct.spacing))), scene[0] / "plain.pt")
+    report: dict = {}
+    maps = compute_dose_rate_maps(spect, ct, ("dvk", "cnn"), model=plain, spect_fwhm_mm=FWHM, device="cpu",
+                                  activity_range_mbq=None, report=report)
+    raw = compute_dose_rate_maps(spect, ct, ("dvk", "cnn"), model=plain, device="cpu", activity_range_mbq=None)
+    dvk = maps["dvk"].array
+    np.testing.assert_allclose(raw["cnn"].array, dvk, rtol=1e-5, atol=1e-6 * dvk.max())  # zero correction
+    np.testing.assert_allclose(maps["cnn"].array, consistent_dose_rate(dvk, dvk, hu_to_density(ct.array), FWHM,
+                                                                       ct.spacing), rtol=1e-5, atol=1e-6 * dvk.max())
+    assert maps["cnn"].array[sphere].mean() > 1.03 * dvk[sphere].mean()  # one step toward the sharp truth
+    assert not any("resolution" in w for w in report["warnings"])
+    assert maps["cnn"].metadata["spect_fwhm_mm"] == "12" and "consistency" not in raw["cnn"].metadata
+    assert "deconvolution" not in maps["cnn"].metadata
 
 
 def test_a_deconvolving_model_needs_the_spect_resolution(scene, capsys):

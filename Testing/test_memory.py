@@ -163,3 +163,19 @@ def test_cli_memory_gb_refuses_with_exit_code_3(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3 and "GB budget" in err and "--memory-gb" in err, err
     assert not list((tmp_path / "out").glob("*.nrrd"))
+
+
+def test_the_consistency_step_is_counted_where_it_is_the_peak():
+    """The CNN map made consistent with the SPECT holds five more float32 volumes beside the two maps: on a
+    budget that slabs the DVK's FFT that step is the peak, on a large one the whole FFT stays the peak."""
+    from DblurDoseLib.memory import plan_memory
+
+    shape, n = (300, 512, 512), 300 * 512 * 512
+    args = (shape, (128, 128, 128), ("dvk", "cnn"), [(31, 31, 31)])
+    small = [plan_memory(*args, memory_gb=2, base_bytes=3e8, consistent=c).estimate for c in (False, True)]
+    assert small[1] - small[0] > 3 * 4 * n  # at least three float32 volumes more than the plain run's peak
+    large = [plan_memory(*args, memory_gb=64, base_bytes=3e8, consistent=c).estimate for c in (False, True)]
+    assert large[0] == large[1]
+    dvk_only = [plan_memory(*args[:2], ("dvk",), args[3], memory_gb=2, base_bytes=3e8, consistent=c).estimate
+                for c in (False, True)]
+    assert dvk_only[0] == dvk_only[1]  # no CNN map, nothing to keep consistent

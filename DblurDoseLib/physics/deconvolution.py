@@ -30,14 +30,15 @@ FWHM_RANGE_MM = (1.0, 40.0)
 _TINY = 1e-12
 
 
-def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float]) -> np.ndarray:
+def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float],
+                  dtype: type = np.float64) -> np.ndarray:
     """The ideal Gaussian imaging system: ``array`` [z, y, x] blurred by an isotropic Gaussian of FWHM
-    ``fwhm_mm`` (mm) on a grid of spacing ``spacing_xyz`` (mm), float64, reflected at the grid's edges (so
-    its sum is kept)."""
+    ``fwhm_mm`` (mm) on a grid of spacing ``spacing_xyz`` (mm), as ``dtype`` (float64, or float32 where
+    memory counts), reflected at the grid's edges (so its sum is kept)."""
     from scipy.ndimage import gaussian_filter
 
     sigma = [fwhm_mm * FWHM_TO_SIGMA / s for s in spacing_xyz[::-1]]
-    return gaussian_filter(np.asarray(array, dtype=np.float64), sigma, mode="reflect")
+    return gaussian_filter(np.asarray(array, dtype=dtype), sigma, mode="reflect")
 
 
 #: the fix :func:`check_fwhm` names by default: where a user's SPECT resolution comes from
