@@ -186,7 +186,19 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     assert len(asked) == 3
     # the files hold what the evaluation computed before (one function makes both)
     assert again["phantoms"]["p00"]["vois"]["lesion:lesion_1"]["cnn"]["signed_error"] == pytest.approx(rl20, abs=0.5)
+    # --consistent: the CNN's maps made consistent with the SPECT at the recorded chain's FWHM, as the dose
+    # command makes them; on a network that adds nothing (cnn = DVK) one step puts back part of the lesion's loss
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: plain)
+    results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", consistent=True, out=tmp_path / "c")
+    lesion = results["phantoms"]["p00"]["vois"]["lesion:lesion_1"]
+    assert lesion["cnn"]["signed_error"] == pytest.approx(lesion["dvk"]["signed_error"], abs=1e-3)
+    assert lesion["dvk"]["signed_error"] + 3 < lesion["consistent_cnn"]["signed_error"] < 0, lesion
+    assert "mean_error_vs_dvk" in results["summary"]["improvement"]
+    assert results["summary"]["improvement"]["consistent_cnn mean_error_vs_dvk"]["lesion"] > 10
+    assert "consistent_cnn" in (tmp_path / "c" / "report.md").read_text() and len(asked) == 3
     del manifest["phantoms"]["p00"]["spect"]
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DblurDoseError, match="records no SPECT chain"):
         evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", deconvolution=[20])
+    with pytest.raises(DblurDoseError, match="records no SPECT chain"):
+        evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", consistent=True)

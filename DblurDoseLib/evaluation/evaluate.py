@@ -103,6 +103,7 @@ def evaluate(
     family: str | None = None,
     split: str = "test",
     deconvolution: Sequence[int] = (),
+    consistent: bool = False,
 ) -> dict:
     """Evaluate every test phantom of a data set; returns (and writes) all numbers.
 
@@ -115,6 +116,8 @@ def evaluate(
     ``deconvolution``: for each number N the reference method ``dvk_rlN``, the DVK of each realisation's
     SPECT (its native grid) after N Richardson-Lucy iterations with a Gaussian of its chain's
     Gaussian-equivalent FWHM (:mod:`.deconvolution`; the chain as the manifest records it).
+    ``consistent``: for each CNN method M also ``consistent_M``, its maps made consistent with the SPECT at
+    the chain's FWHM as ``dose --spect-fwhm`` makes them (:func:`add_consistent`).
     """
     from ..io.volume import read_volume
     from ..learning.inference import load_model
@@ -150,10 +153,14 @@ def evaluate(
         truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
-        chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened else []
+        chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened or consistent else []
         inputs = {(n, r): deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
                   for n in sharpened for r, chain in enumerate(chains)}
         estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs)
+        if consistent:
+            resolutions = [chain_fwhm(c, fwhms, f"{key}: the resolution of realisation {r}'s SPECT chain",
+                                      "evaluate without the consistency step") for r, c in enumerate(chains)]
+            add_consistent(estimates, models, resolutions, density, hu.spacing)
         for n in deconvolution:
             estimates[f"dvk_rl{n}"] = [inputs[n, r][1] for r in range(n_real)]
         if out is not None:
@@ -231,18 +238,38 @@ def deconvolved_inputs(folder: Path, r: int, tag: str, iterations: int, chain: d
     ``data deconvolve`` made them, else computed from its native SPECT, as ``data deconvolve`` computes them
     (``fwhms``: the chains' FWHMs, kept across phantoms; ``saved``: called after a new measurement)."""
     from ..io.volume import read_volume
-    from ..physics.deconvolution import check_fwhm, deconvolved_on_grid
-    from .resolution import chain_resolution
+    from ..physics.deconvolution import deconvolved_on_grid
     from .spheres import dvk_map
 
     files = [folder / layout.deconvolved_file(stem, iterations, r, tag) for stem in ("spect", "dvk")]
     if all(f.is_file() for f in files):
         return read_volume(files[0]), read_volume(files[1]).array
-    fwhm = check_fwhm(chain_resolution(chain, fwhms, saved), f"{folder.name}: the resolution of realisation {r}'s "
-                      "SPECT chain", "leave this chain out of the deconvolution")
+    fwhm = chain_fwhm(chain, fwhms, f"{folder.name}: the resolution of realisation {r}'s SPECT chain",
+                      "leave this chain out of the deconvolution", saved)
     sharp = deconvolved_on_grid(read_volume(folder / layout.realisation_file("spect_native", r, tag)), hu, fwhm,
                                 iterations)
     return sharp, dvk_map(sharp, hu, device)
+
+
+def chain_fwhm(chain: dict, fwhms: dict, what: str, fix: str, saved: Callable[[], object] | None = None) -> float:
+    """A recorded chain's Gaussian-equivalent FWHM (mm): ``fwhms``' record, else measured (minutes) and added to
+    it (``saved`` called after); refused in one line naming ``what`` and ``fix`` where no Gaussian matches."""
+    from ..physics.deconvolution import check_fwhm
+    from .resolution import chain_resolution
+
+    return check_fwhm(chain_resolution(chain, fwhms, saved), what, fix)
+
+
+def add_consistent(maps: dict[str, list[np.ndarray]], models: dict, fwhms: Sequence[float], density: np.ndarray,
+                   spacing_xyz: Sequence[float]) -> None:
+    """For each CNN method M of ``models``, the method ``consistent_M``: its map of each realisation made
+    consistent with that realisation's DVK (``maps["dvk"]``) at its chain's FWHM (``fwhms``, mm, one per
+    realisation), as ``dose --spect-fwhm`` makes it (:func:`~DblurDoseLib.physics.consistency.consistent_dose_rate`)."""
+    from ..physics.consistency import consistent_dose_rate
+
+    for name in models:
+        maps[f"consistent_{name}"] = [consistent_dose_rate(y, d, density, f, spacing_xyz)
+                                      for y, d, f in zip(maps[name], maps["dvk"], fwhms)]
 
 
 def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, masks: dict, hu,
@@ -307,6 +334,9 @@ def summarise(results: dict) -> dict:
     table = {g: {m: {k: _mean(v) for k, v in rows.items()} for m, rows in ms.items()} for g, ms in groups.items()}
     summary: dict = {"table": table, "noise": {m: _mean(v) for m, v in noise.items()}, "improvement": {}}
     summary["improvement"] = _improvements(table, summary["noise"])
+    if any("consistent_cnn" in ms for ms in table.values()):
+        summary["improvement"].update({f"consistent_cnn {k}": v for k, v in
+                                       _improvements(table, summary["noise"], "consistent_cnn").items()})
     summary["power"] = {m: _mean(v) for m, v in power.items()}
     summary["correction"] = {m: _combine_diagnostics(diags) for m, diags in correction.items()}
     summary["lesion_sizes"] = lesion_size_table(results)
@@ -346,17 +376,18 @@ def lesion_size_table(results: dict) -> dict:
             for label, _, _ in LESION_SIZE_CLASSES if label in rows}
 
 
-def _improvements(table: dict, noise: dict) -> dict:
-    """The CNN's improvements (%) over the DVK and SPECT + MC: mean error and NRMSE per VOI group, noise."""
+def _improvements(table: dict, noise: dict, method: str = "cnn") -> dict:
+    """The improvements (%) of ``method`` (the CNN) over the DVK and SPECT + MC: mean error and NRMSE per VOI
+    group, noise."""
     improvement: dict = {}
     for base in ("dvk", "mc"):
         for metric in ("mean_error", "nrmse"):
             for g, ms in table.items():
-                if "cnn" in ms and base in ms and ms[base][metric] > 0:
-                    imp = (ms[base][metric] - ms["cnn"][metric]) / ms[base][metric] * 100.0
+                if method in ms and base in ms and ms[base][metric] > 0:
+                    imp = (ms[base][metric] - ms[method][metric]) / ms[base][metric] * 100.0
                     improvement.setdefault(f"{metric}_vs_{base}", {})[g] = imp
-        if base in noise and "cnn" in noise and noise[base] > 0:
-            improvement[f"noise_vs_{base}"] = (noise[base] - noise["cnn"]) / noise[base] * 100.0
+        if base in noise and method in noise and noise[base] > 0:
+            improvement[f"noise_vs_{base}"] = (noise[base] - noise[method]) / noise[base] * 100.0
     return improvement
 
 
@@ -409,8 +440,8 @@ def write_report(results: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     s = results["summary"]
-    methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: ("dvk", "mc", "cnn").index(m)
-                     if m in ("dvk", "mc", "cnn") else 9)
+    order = ("dvk", "mc", "cnn", "consistent_cnn")
+    methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: order.index(m) if m in order else 9)
     lines = [*_report_header(results), *_error_section(s, methods), *_drvh_section(s, methods),
              *_noise_section(results, methods), *_improvement_section(s), *_lesion_size_section(s, methods),
              *_energy_section(results, methods), *_correction_section(results),
@@ -574,6 +605,9 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--deconvolve", type=int, action="append", default=[], metavar="N",
                    help="also a reference that knows the blur: the DVK of the SPECT after N Richardson-Lucy iterations "
                         "with a Gaussian of its chain's Gaussian-equivalent FWHM; repeatable")
+    p.add_argument("--consistent", action="store_true",
+                   help="also each CNN's maps kept consistent with the SPECT at the chain's Gaussian-equivalent FWHM, "
+                        "as `dose --spect-fwhm` makes them (methods consistent_cnn, consistent_cnn_NAME)")
     g = p.add_argument_group("sphere phantom (no data set: six IEC spheres in water, whose true dose rate is exact)")
     g.add_argument("--spheres", action="store_true", help="evaluate on the sphere phantom instead of a data set")
     g.add_argument("--chain", action="append", metavar="CHAIN",
@@ -604,7 +638,7 @@ def cmd_evaluate(args) -> int:
     if not args.data:
         raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
-             family=args.family, split=args.split, deconvolution=args.deconvolve)
+             family=args.family, split=args.split, deconvolution=args.deconvolve, consistent=args.consistent)
     print(Path(args.out) / "report.md")
     return 0
 
@@ -622,6 +656,6 @@ def _evaluate_spheres(args, ablations: dict[str, str]) -> int:
     given = {k: v for k, v in (("contrast", args.contrast), ("counts", args.counts),
                                 ("realisations", args.realisations)) if v is not None}
     results = evaluate_spheres(models, args.chain or list(SPHERE_CHAINS), device=device,
-                               deconvolution=args.deconvolve, **given)
+                               deconvolution=args.deconvolve, consistent=args.consistent, **given)
     print(write_sphere_report(results, args.out))
     return 0

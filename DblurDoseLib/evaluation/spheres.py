@@ -218,7 +218,7 @@ def chain_acquisition(phantom: SpherePhantom, chain: str | dict):
 def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = tuple(SPHERE_CHAINS),
                      contrast: float = 8.0, counts: float = 1e7, realisations: int = 3, seed: int = 0,
                      device: str = "cpu", log: Callable[[str], None] = print,
-                     deconvolution: Sequence[int] = ()) -> dict:
+                     deconvolution: Sequence[int] = (), consistent: bool = False) -> dict:
     """The DVK and each model on the sphere phantom through each SPECT chain, against the exact truth.
 
     Parameters
@@ -238,6 +238,9 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         For each number N, the method ``dvk_rlN``: the DVK of the SPECT after N Richardson-Lucy iterations
         with a Gaussian of the chain's Gaussian-equivalent FWHM (:mod:`.deconvolution`: what a deconvolution
         that knows the blur recovers).
+    consistent : bool
+        For each model M also ``consistent_M``: its maps made consistent with the SPECT at the chain's
+        Gaussian-equivalent FWHM, as ``dose --spect-fwhm`` makes them.
 
     Returns
     -------
@@ -269,7 +272,8 @@ def evaluate_spheres(models: dict | None = None, chains: Sequence[str | dict] = 
         resolution = gaussian_equivalent_fwhm(chain, phantom, table)
         spects = sphere_spect(phantom, chain, counts, realisations, seed)
         results["chains"][_chain_name(chain)] = {
-            **_chain_results(phantom, truth, spects, models, device, deconvolution, resolution["fwhm_mm"]),
+            **_chain_results(phantom, truth, spects, models, device, deconvolution, resolution["fwhm_mm"],
+                             consistent),
             "resolution": resolution}
     return results
 
@@ -279,21 +283,23 @@ def _chain_name(chain: str | dict) -> str:
 
 
 def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volume], models: dict,
-                   device: str, deconvolution: Sequence[int] = (), fwhm_mm: float = float("nan")) -> dict:
+                   device: str, deconvolution: Sequence[int] = (), fwhm_mm: float = float("nan"),
+                   consistent: bool = False) -> dict:
     """One chain's numbers (:func:`evaluate_spheres`); ``deconvolution``: the Richardson-Lucy iterations of
     the ``dvk_rlN`` references, with a Gaussian of ``fwhm_mm`` (the chain's Gaussian-equivalent FWHM), which
-    a model that deconvolves its input is given too."""
+    a model that deconvolves its input is given too, as is the consistency step (``consistent``)."""
     from ..learning.inference import cnn_dose_rate
     from ..physics.deconvolution import check_fwhm, deconvolved_on_grid
     from ..physics.density import hu_to_density
-    from .evaluate import voi_errors
+    from .evaluate import add_consistent, voi_errors
     from .metrics import absorbed_power_ratio, correction_diagnostics, ensemble_noise_percent
 
     density = hu_to_density(phantom.hu.array).astype(np.float32)
     maps: dict[str, list[np.ndarray]] = {"dvk": [], **{name: [] for name in models}}
     sharpened = deconvolution_iterations(deconvolution, models)
-    if sharpened:
-        check_fwhm(fwhm_mm, "this SPECT chain's resolution", "evaluate this chain without deconvolution")
+    if sharpened or consistent:
+        check_fwhm(fwhm_mm, "this SPECT chain's resolution", "evaluate this chain without deconvolution or the "
+                   "consistency step")
     for spect in spects:
         dvk = dvk_map(spect, phantom.hu, device)
         maps["dvk"].append(dvk)
@@ -305,6 +311,8 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
             n = model.config.deconvolution_iterations
             source, base = sharp[n] if n else (spect, dvk)
             maps[name].append(cnn_dose_rate(source, phantom.hu, density, base, device, model).array)
+    if consistent:
+        add_consistent(maps, models, [fwhm_mm] * len(spects), density, phantom.hu.spacing)
     vois = {**phantom.spheres, "background": phantom.background}
     voxel_ml = phantom.hu.voxel_volume_ml
     out: dict = {"vois": {}, "power": {}, "noise": {}, "correction": {}}
