@@ -69,8 +69,7 @@ SETTING_LABELS = {
     "model": "no panel setting: the module uses the installed DblurDoseNet weights; another model file goes "
              "through the Python console, computeDoseRateMaps(..., model=path)",
     "device": '"Device" selector (Computation)',
-    "spect_fwhm": "no panel setting: from the Python console, computeDoseRateMaps(..., spect_fwhm_mm=FWHM in mm) "
-                  "keeps the CNN's map consistent with the SPECT (and feeds a model that deconvolves)",
+    "spect_fwhm": '"SPECT resolution (FWHM)" (Computation)',
     "memory_gb": "no panel setting: close other programs or crop the CT to the SPECT's field (Crop Volume "
                  "module); from the Python console, computeDoseRateMaps(..., memory_gb=...)",
     "out": "the output nodes: the module adds them to the scene (File > Save to keep them)",
@@ -350,6 +349,8 @@ class DblurDoseParameterNode:
     methodDvk / methodCnn / differenceMap - what to compute (the CNN ticked by default where its
         weights are installed).
     device - Auto (CUDA, then Apple MPS, then CPU), CPU or GPU.
+    spectFwhmMm - the SPECT's Gaussian-equivalent FWHM (mm; 0: not given): the CNN's map is then kept
+        consistent with the SPECT (DblurDoseLib.physics.consistency).
     electronOnlyScaling - density-scale only the electron part of the kernel.
     huCalibrationFile - optional HU-to-density table (CSV 'hu,density'); wired by hand.
     drvhBins - number of dose-rate bins of the histograms.
@@ -376,6 +377,7 @@ class DblurDoseParameterNode:
     methodCnn: bool = cnnShipped()
     differenceMap: bool = True
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
+    spectFwhmMm: Annotated[float, WithinRange(0.0, 40.0)] = 0.0
     electronOnlyScaling: bool = False
     huCalibrationFile: str = ""
     drvhBins: Annotated[int, WithinRange(10, 5000)] = 200
@@ -733,10 +735,11 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
     def process(self, spectNode, ctNode, segmentationNode=None, segmentIds=None, lineNode=None,
                 methods=("dvk",), device="auto", spectUnits=None, calibrationCpsPerMBq=None,
                 acquisitionDurationS=None, electronOnlyScaling=False, huCalibrationFile=None,
-                drvhBins=200, differenceMap=True, show=True, progress=None, reuse=()):
+                drvhBins=200, differenceMap=True, show=True, progress=None, reuse=(), spectFwhmMm=0.0):
         """Compute and add the outputs to the scene; returns ``DblurDoseLib.mrml.DoseRateResult``.
 
         ``reuse``: a previous result's ``nodes()``, refilled instead of new nodes being added.
+        ``spectFwhmMm``: the SPECT's Gaussian-equivalent FWHM (mm), given to the CNN when above 0.
 
         ``spectUnits``: 'bqml', 'kbqml', 'mbqml' or 'counts' (then calibration and duration are
         needed); None reads them from the image (assumes Bq/mL with a warning when it cannot).
@@ -755,6 +758,8 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
             from DblurDoseLib.physics.density import load_calibration
 
             options["hu_calibration"] = load_calibration(huCalibrationFile)
+        if spectFwhmMm and "cnn" in methods:
+            options["spect_fwhm_mm"] = float(spectFwhmMm)
         self.stopObservingLine()
         self.result = mrml.computeDoseRateMaps(
             spectNode, ctNode, segmentationNode, lineNode, methods=tuple(methods), device=device,
@@ -769,7 +774,8 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
             methods=methods, device=DEVICE_CHOICES[pn.device], spectUnits=SPECT_UNIT_CHOICES[pn.spectUnits],
             calibrationCpsPerMBq=pn.calibrationCpsPerMBq, acquisitionDurationS=pn.acquisitionDurationS,
             electronOnlyScaling=pn.electronOnlyScaling, huCalibrationFile=pn.huCalibrationFile or None,
-            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress, reuse=list(pn.doseRateOutputs))
+            drvhBins=pn.drvhBins, differenceMap=pn.differenceMap, progress=progress, reuse=list(pn.doseRateOutputs),
+            spectFwhmMm=pn.spectFwhmMm)
         pn.doseRateOutputs = result.nodes()
         return result
 
@@ -809,6 +815,8 @@ class DblurDoseLogic(ScriptedLoadableModuleLogic):
             from DblurDoseLib.physics.density import load_calibration
 
             options["hu_calibration"] = load_calibration(pn.huCalibrationFile)
+        if pn.spectFwhmMm and pn.methodCnn:
+            options["spect_fwhm_mm"] = float(pn.spectFwhmMm)
         rows = timePointRows(pn)
         result = mrml.computeAbsorbedDose(
             [(spect, ct, hours) for hours, spect, ct in rows], pn.segmentation,

@@ -270,7 +270,8 @@ def _absorbed_dose_parameters(module, nodes, times, **changes):
                     segmentIds=["kidney_left", "liver"], fitModel="Auto (AICc)", singleTimePoint="Hänscheid",
                     registration="None", administeredMBq=0.0, methodDvk=True, methodCnn=False, device="CPU",
                     spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
-                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, absorbedDoseOutputs=[])
+                    electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, absorbedDoseOutputs=[],
+                    spectFwhmMm=0.0)
     return types.SimpleNamespace(**{**defaults, **changes})
 
 
@@ -305,8 +306,26 @@ def _dose_rate_parameters(nodes, **changes):
                     segmentIds=["kidney_left", "liver"], profileLine=nodes["line"], methodDvk=True, methodCnn=False,
                     device="CPU", spectUnits="Bq/mL", calibrationCpsPerMBq=0.0, acquisitionDurationS=0.0,
                     electronOnlyScaling=False, huCalibrationFile="", drvhBins=50, differenceMap=True,
-                    doseRateOutputs=[])
+                    doseRateOutputs=[], spectFwhmMm=0.0)
     return types.SimpleNamespace(**{**defaults, **changes})
+
+
+def test_the_spect_resolution_reaches_the_cnn_and_only_the_cnn(module, monkeypatch):
+    """"SPECT resolution (FWHM)": given (above 0) with the CNN ticked, Apply and the absorbed dose hand it to the
+    library (the CNN's map is then kept consistent with the SPECT); 0 or the DVK alone hand nothing."""
+    from DblurDoseLib import mrml
+
+    calls = []
+    result = types.SimpleNamespace(nodes=lambda: [], stopObservingLine=lambda: None)
+    monkeypatch.setattr(mrml, "computeDoseRateMaps", lambda *a, **k: calls.append(k) or result)
+    monkeypatch.setattr(mrml, "computeAbsorbedDose", lambda *a, **k: calls.append(k) or result)
+    nodes = {"spect": None, "ct": None, "segmentation": None, "line": None}
+    logic = module.DblurDoseLogic()
+    for cnn, fwhm, expected in ((True, 12.5, 12.5), (True, 0.0, None), (False, 12.5, None)):
+        logic.processParameterNode(_dose_rate_parameters(nodes, methodCnn=cnn, methodDvk=True, spectFwhmMm=fwhm))
+        logic.processAbsorbedDose(_absorbed_dose_parameters(module, {"ct": None, "segmentation": None}, [],
+                                                            methodCnn=cnn, spectFwhmMm=fwhm))
+        assert [k.get("spect_fwhm_mm") for k in calls[-2:]] == [expected, expected]
 
 
 def _ids(scene) -> list:
