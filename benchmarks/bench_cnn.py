@@ -6,6 +6,8 @@ weights) whose working grid is the CT grid. Timed in one process:
 
 * DVK: the density-scaled DVK convolution (the CNN's input), ``dvk_dose_rate``;
 * CNN: ``cnn_dose_rate`` (scaling, shared-extractor slabs, U-Net, clamp/mask), whole volume;
+* consistency: the step ``dose --spect-fwhm`` adds after the CNN (``consistent_dose_rate``, two 3D
+  Gaussian blurs on the CT grid, numpy on the CPU whatever the device), FWHM 12 mm;
 * naive: the same model, every 11-slice pack through the module's ``forward`` one at a time
   (``predict_scaled(naive=True)``), timed on ``--naive-slices`` central output slices plus
   their 10 context slices and extrapolated linearly to all slices (every pack costs the same);
@@ -102,6 +104,14 @@ def bench_device(dev: str, model, ct, activity, density, kernel, args) -> None:
     naive = naive_runs[-1][2][z0 - rows.start: z0 - rows.start + n]
     err = float(np.abs(naive - fast).max() / max(np.abs(fast).max(), 1e-30))
     print(f"[{dev}] largest difference fast vs naive: {err:.1e} of the maximum", flush=True)
+    if dev == "cpu":
+        from DblurDoseLib.physics.consistency import consistent_dose_rate
+
+        cnn = cnn_runs[-1][2].array
+        steps = [timed(lambda: consistent_dose_rate(cnn, dvk, density, 12.0, ct.spacing)) for _ in range(args.repeats)]
+        t_step = statistics.median(r[0] for r in steps)
+        print(f"[cpu] consistency step (FWHM 12 mm) {t_step:.1f} s wall (median of {args.repeats}): "
+              f"{100 * t_step / (t_dvk + t_cnn):.0f}% of DVK + CNN", flush=True)
     if dev == "cuda":
         print(f"[cuda] peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
 
