@@ -22,6 +22,12 @@ DEMO_SPACING = (1.96, 1.96, 3.0)
 #: Stand-in SPECT blur when pytomography is missing: ME collimator resolution at ~15 cm, mm FWHM.
 DEMO_SPECT_FWHM_MM = 12.0
 DEMO_SPECT_VOXEL_MM = 4.8
+#: The simulated demo chain (:func:`demo_acquisition`) as ``dblurdose resolution --chain`` takes it, and its
+#: Gaussian-equivalent FWHM (mm) measured so (session 15): the demo knows its camera, so its CNN map is kept
+#: consistent with the SPECT at that resolution, as ``dose --spect-fwhm`` keeps a user's.
+DEMO_CHAIN = {"camera": "siemens-intevo-me", "n_views": 64, "voxel_mm": 4.8, "iterations": 4, "subsets": 8,
+              "postfilter_fwhm_mm": 0.0}
+DEMO_CHAIN_FWHM_MM = 14.0
 #: Monte Carlo decays for the demo's reference dose rate, sized to the demo's time budget of about
 #: a minute on 2 CPU cores (data sets use 3e7 to 1e8).
 DEMO_DECAYS = 1_500_000
@@ -51,6 +57,12 @@ def spect_like(activity: Volume, fwhm_mm: float = DEMO_SPECT_FWHM_MM, voxel_mm: 
     blurred = gaussian_filter(np.asarray(activity.array, dtype=np.float32), sigma, mode="constant")
     grid = grid_over(activity, (voxel_mm,) * 3, centred=True)  # the same field, centred
     return resample_activity(activity.with_array(blurred), grid)
+
+
+def demo_resolution(simulate: bool) -> float:
+    """The demo SPECT's Gaussian-equivalent FWHM (mm): the simulated chain's (:data:`DEMO_CHAIN_FWHM_MM`), or the
+    stand-in's own Gaussian."""
+    return DEMO_CHAIN_FWHM_MM if simulate else DEMO_SPECT_FWHM_MM
 
 
 def _has(module: str) -> bool:
@@ -193,7 +205,9 @@ def run_demo(
     if simulate:
         say(0.05, simulation_announcement("; pytomography"))
     spect = demo_spect(phantom.activity, phantom.density, seed, simulate, progress_part(say, 0.05, 0.45))
-    maps = compute_dose_rate_maps(spect, phantom.hu, methods, device=device, progress=progress_part(say, 0.5, 0.15))
+    fwhm = demo_resolution(simulate) if "cnn" in methods else None
+    maps = compute_dose_rate_maps(spect, phantom.hu, methods, device=device, progress=progress_part(say, 0.5, 0.15),
+                                  spect_fwhm_mm=fwhm)
     dose = {m: np.asarray(v.array) for m, v in maps.items()}
     truth = truth_unc = None
     if monte_carlo:
@@ -212,7 +226,9 @@ def run_demo(
                    **({"dose_rate_truth_mc.nrrd": truth} if monte_carlo else {})}
         write_demo_files(stage, phantom.labels, phantom.label_names, volumes)
         _write_tables_and_figures(stage, phantom, spect, dose, segments, stats)
-        notes = [_spect_note(simulate), _reference_note(monte_carlo, decays)]
+        notes = [_spect_note(simulate), _reference_note(monte_carlo, decays)] + ([
+            f"The CNN's map is kept consistent with the SPECT at its Gaussian-equivalent FWHM, {fwhm:g} mm "
+            "(dblurdose dose --spect-fwhm; measure your camera's with dblurdose resolution)."] if fwhm else [])
         _write_report(stage, f"Virtual patient seed {seed}, day 1 after 7.4 GBq, {grid_text(shape, spacing)}.",
                       notes, stats, errors)
     return Path(out) / "report.html"

@@ -74,3 +74,25 @@ def test_a_steps_progress_lands_in_its_part_of_the_run():
     fixed = demo.progress_part(run_progress, 0.8, 0.1, message="Monte Carlo")
     fixed(0.5)
     assert seen[-1] == (pytest.approx(0.85), "Monte Carlo")
+
+
+def test_the_demo_keeps_its_cnn_consistent_at_its_known_resolution(tmp_path, monkeypatch):
+    """The demo knows its camera: its CNN map is made with the SPECT's Gaussian-equivalent FWHM (the stand-in's
+    own Gaussian here), and the report says so; the DVK-only demo passes none."""
+    from DblurDoseLib import dose
+
+    seen, real = [], dose.compute_dose_rate_maps
+
+    def recorded(spect, ct, methods, **options):  # the CNN's map stood in by the DVK's: only the call is tested
+        seen.append((tuple(methods), options.get("spect_fwhm_mm")))
+        maps = real(spect, ct, ("dvk",), **{**options, "spect_fwhm_mm": None})
+        return {**maps, "cnn": maps["dvk"]} if "cnn" in methods else maps
+
+    monkeypatch.setattr(demo, "_has", lambda module: False)  # the stand-in SPECT, no Monte Carlo: seconds
+    monkeypatch.setattr(dose, "compute_dose_rate_maps", recorded)
+    for methods in (("dvk", "cnn"), ("dvk",)):
+        monkeypatch.setattr(dose, "available_methods", lambda methods=methods: methods)
+        report = demo.run_demo(tmp_path / "-".join(methods), device="cpu", shape=SMALL, spacing=SMALL_SPACING)
+        consistent = "kept consistent with the SPECT at its Gaussian-equivalent FWHM, 12 mm" in report.read_text()
+        assert consistent == ("cnn" in methods)
+    assert seen == [(("dvk", "cnn"), demo.DEMO_SPECT_FWHM_MM), (("dvk",), None)]

@@ -469,6 +469,18 @@ def test_paper_size_simulation_recovers_a_large_uniform_region():
     assert total_bq(image) == pytest.approx(total_bq(activity), rel=0.10)
 
 
+def test_the_demo_chains_measured_resolution_is_the_demo_acquisitions():
+    """demo.DEMO_CHAIN_FWHM_MM was measured (dblurdose resolution --chain) on demo.DEMO_CHAIN: that chain must
+    still be the demo's acquisition, or the FWHM must be measured again."""
+    from DblurDoseLib.demo import DEMO_CHAIN, demo_acquisition
+
+    acq, camera = demo_acquisition(), S.CAMERAS[DEMO_CHAIN["camera"]]
+    assert (acq.collimator, acq.n_views, acq.voxel_mm, acq.iterations, acq.subsets) == (
+        camera.collimator, DEMO_CHAIN["n_views"], DEMO_CHAIN["voxel_mm"], DEMO_CHAIN["iterations"],
+        DEMO_CHAIN["subsets"])
+    assert DEMO_CHAIN["postfilter_fwhm_mm"] == acq.postfilter_fwhm_mm == 0.0
+
+
 def test_demo_acquisition_is_in_the_training_mix_and_holds_the_patient():
     """The demo's reduced SPECT stays within the training mix (views, OSEM, voxel size), and
     its smaller matrix still holds the demo's virtual patient with room for the scatter tails."""
