@@ -222,7 +222,8 @@ def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list
     wanted = ("camera", "n_views", "voxel_mm")
     if not isinstance(plan, dict) or any(k not in plan for k in wanted):
         raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; "
-                             "deconvolution needs each chain: regenerate the data set with a newer dblurdose")
+                             "deconvolution and the consistency step need each chain: regenerate the data set with a newer "
+                             "dblurdose")
     if recon == "ood":
         return [{k: plan[k] for k in (*wanted, "iterations", "subsets", "postfilter_fwhm_mm") if k in plan}] * n_real
     recons = plan.get("reconstructions", [])
