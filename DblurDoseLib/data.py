@@ -528,7 +528,7 @@ def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str
     Path
         The data set folder.
     """
-    from .evaluation.evaluate import deconvolved_inputs, recorded_chains
+    from .evaluation.evaluate import deconvolved_inputs
     from .io.outputs import atomic_file
     from .io.volume import read_volume
     from .physics.deconvolution import check_iterations
@@ -550,7 +550,7 @@ def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str
         if not (folder / layout.realisation_file("spect_native", 0, tag)).is_file():
             continue  # this reconstruction was not made for this phantom
         hu = None
-        for r, chain in enumerate(recorded_chains(entry, key, n_real, recon)):
+        for r, chain in enumerate(layout.recorded_chains(entry, key, n_real, recon)):
             spect_file, dvk_file = (folder / layout.deconvolved_file(s, iterations, r, tag) for s in ("spect", "dvk"))
             if spect_file.is_file() and dvk_file.is_file():
                 continue

@@ -153,7 +153,7 @@ def evaluate(
         truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
-        chains = recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened or consistent else []
+        chains = layout.recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened or consistent else []
         inputs = {(n, r): deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
                   for n in sharpened for r, chain in enumerate(chains)}
         estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs)
@@ -213,23 +213,6 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
             source, base = deconvolved[n, r] if n else (spect, dvk)
             estimates.setdefault(name, []).append(cnn_dose_rate(source, hu, density, base, device, model).array)
     return estimates
-
-
-def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list[dict]:
-    """The SPECT chain of each realisation of a phantom, as its manifest entry records it: camera, views,
-    voxel size (mm) and the realisation's OSEM and post-filter; ``recon`` "ood": the out-of-mix chain."""
-    plan = entry.get("spect_ood" if recon == "ood" else "spect")
-    wanted = ("camera", "n_views", "voxel_mm")
-    if not isinstance(plan, dict) or any(k not in plan for k in wanted):
-        raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; "
-                             "deconvolution and the consistency step need each chain: regenerate the data set with a newer "
-                             "dblurdose")
-    if recon == "ood":
-        return [{k: plan[k] for k in (*wanted, "iterations", "subsets", "postfilter_fwhm_mm") if k in plan}] * n_real
-    recons = plan.get("reconstructions", [])
-    if len(recons) < n_real:
-        raise DblurDoseError(f"the manifest records {len(recons)} reconstructions for {key}'s {n_real} realisations")
-    return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
 
 
 def deconvolved_inputs(folder: Path, r: int, tag: str, iterations: int, chain: dict, fwhms: dict, hu,

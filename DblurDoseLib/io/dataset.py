@@ -207,3 +207,20 @@ def phantoms_in(manifest: dict, split: str, family: str | None = None) -> list[s
 def read_label_names(folder: str | os.PathLike) -> dict:
     """A phantom folder's ``labels.json``: ``{"label_names": {"value": name}, "info": {...}}``."""
     return json.loads((Path(folder) / LABEL_NAMES).read_text())
+
+
+def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list[dict]:
+    """The SPECT chain of each realisation of a phantom, as its manifest entry records it: camera, views,
+    voxel size (mm) and the realisation's OSEM and post-filter; ``recon`` "ood": the out-of-mix chain."""
+    plan = entry.get("spect_ood" if recon == "ood" else "spect")
+    wanted = ("camera", "n_views", "voxel_mm")
+    if not isinstance(plan, dict) or any(k not in plan for k in wanted):
+        raise DblurDoseError(f"the manifest records no SPECT chain (camera, views, voxel size) for {key}; "
+                             "deconvolution and the consistency step need each chain: regenerate the data set with a newer "
+                             "dblurdose")
+    if recon == "ood":
+        return [{k: plan[k] for k in (*wanted, "iterations", "subsets", "postfilter_fwhm_mm") if k in plan}] * n_real
+    recons = plan.get("reconstructions", [])
+    if len(recons) < n_real:
+        raise DblurDoseError(f"the manifest records {len(recons)} reconstructions for {key}'s {n_real} realisations")
+    return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
