@@ -110,8 +110,8 @@ class DataSettings:
         if first not in GENERATION_FIRST:
             raise DblurDoseError(f"unknown generation order {first!r}; use one of {', '.join(GENERATION_FIRST)}")
         split, held = self.split(), set(int(i) for i in self.held_out)
-        rank = {"train": 0, "val": 1, "test": 2} if first == "train" else {"val": 0, "test": 1, "train": 3}
-        return sorted(self.indices(), key=lambda i: (2.5 if i in held else rank[split[i]], i))
+        groups = ("train", "val", "test", "held out") if first == "train" else ("val", "test", "held out", "train")
+        return sorted(self.indices(), key=lambda i: (groups.index("held out" if i in held else split[i]), i))
 
 
 # TRAINING_MIX and OUT_OF_MIX (the acquisitions of training phantoms, and the one outside them) live with the

@@ -489,9 +489,8 @@ def compute_dose_rate_maps(
         from .learning.inference import load_model
 
         network = load_model(model, device=device)
-    fwhm = spect_resolution_of(network, spect_fwhm_mm, warnings)
+    fwhm = spect_resolution_of(network, spect_fwhm_mm, warnings)  # given wherever the model deconvolves
     iterations = network.config.deconvolution_iterations if network is not None else 0
-    deconvolution = (fwhm, iterations) if fwhm is not None and iterations else None
 
     def step(fraction: float, message: str) -> None:
         if progress is not None and progress(fraction, message) is False:
@@ -512,7 +511,7 @@ def compute_dose_rate_maps(
     activity, resampled, density = activity_on_ct(bqml, ct, hu, hu_calibration, warnings)
     total_mbq = resampled.inside_target_bq / 1e6
 
-    cnn_activity = _deconvolved_activity(bqml, activity, deconvolution, step)
+    cnn_activity = _deconvolved_activity(bqml, activity, fwhm, iterations, step)
     step(0.2, "DVK convolution")
     results = _dose_rates(activity, ct, density, methods, kernel, network, plan, scale_electron_only, device, step,
                           cnn_activity, fwhm)
@@ -522,7 +521,7 @@ def compute_dose_rate_maps(
     results = {m: v for m, v in results.items() if m in methods}
     _check_finite(results)
     _record_provenance(results, per_mbq, nuclide, spect_units, kernel, scale_electron_only, hu_calibration, network,
-                       fwhm, deconvolution)
+                       fwhm, iterations)
     if report is not None:
         report.update(
             total_activity_mbq=total_mbq,
@@ -700,19 +699,19 @@ def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str
                                  "give the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and "
                                  "reconstruction on the IEC sphere phantom", settings=("spect_fwhm",))
         return None
-    return check_fwhm(spect_fwhm_mm, "the SPECT's resolution")
+    return check_fwhm(spect_fwhm_mm, "the SPECT's resolution", settings=("spect_fwhm",))
 
 
-def _deconvolved_activity(bqml: Volume, activity: Volume, deconvolution: tuple[float, int] | None,
+def _deconvolved_activity(bqml: Volume, activity: Volume, fwhm: float | None, iterations: int,
                           step: Callable[[float, str], None]) -> Volume | None:
-    """The CNN's input activity (Bq/mL, on ``activity``'s CT grid) where its model deconvolves: ``bqml`` (the
-    SPECT's grid) after Richardson-Lucy at (FWHM mm, iterations) ``deconvolution``; else None."""
-    if deconvolution is None:
+    """The CNN's input activity (Bq/mL, on ``activity``'s CT grid) where its model deconvolves (``iterations``
+    above 0): ``bqml`` (the SPECT's grid) after that many Richardson-Lucy iterations at ``fwhm`` (mm); else None."""
+    if not iterations:
         return None
     from .physics.deconvolution import deconvolved_on_grid
 
     step(0.15, "deconvolving the SPECT for the CNN")
-    return deconvolved_on_grid(bqml, activity, *deconvolution)
+    return deconvolved_on_grid(bqml, activity, fwhm, iterations)
 
 
 def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tuple[str, ...], kernel, network,
@@ -768,7 +767,7 @@ def _check_finite(results: dict[str, Volume]) -> None:
 
 def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, spect_units: str, kernel,
                        scale_electron_only: bool, hu_calibration: np.ndarray | None, network,
-                       fwhm: float | None = None, deconvolution: tuple[float, int] | None = None) -> None:
+                       fwhm: float | None = None, iterations: int = 0) -> None:
     """What made each map, in its metadata (written into the output files' headers)."""
     from . import __version__
 
@@ -788,5 +787,5 @@ def _record_provenance(results: dict[str, Volume], per_mbq: bool, nuclide: str, 
             if fwhm is not None:
                 volume.metadata["spect_fwhm_mm"] = f"{fwhm:g}"
                 volume.metadata["consistency"] = "with the SPECT's DVK at its FWHM (physics.consistency)"
-            if deconvolution is not None:
-                volume.metadata["deconvolution"] = f"Richardson-Lucy, {deconvolution[1]} iterations"
+            if iterations:
+                volume.metadata["deconvolution"] = f"Richardson-Lucy, {iterations} iterations"

@@ -92,9 +92,10 @@ def test_a_deconvolving_model_needs_the_spect_resolution(scene, capsys):
         compute_dose_rate_maps(spect, ct, ("cnn",), model=model, device="cpu", activity_range_mbq=None)
     assert err.value.settings == ("spect_fwhm",)
     for bad in (0.2, 80.0, float("nan")):
-        with pytest.raises(DblurDoseError, match="1-40 mm"):
+        with pytest.raises(DblurDoseError, match="1-40 mm") as err:
             compute_dose_rate_maps(spect, ct, ("cnn",), model=model, device="cpu", activity_range_mbq=None,
                                    spect_fwhm_mm=bad)
+        assert err.value.settings == ("spect_fwhm",)  # the CLI names --spect-fwhm, the Slicer panel its field
     paths = {"spect": write_volume(spect, tmp / "spect.nrrd", overwrite=True),
              "ct": write_volume(ct, tmp / "ct.nrrd", overwrite=True)}
     assert run_dose(paths, tmp / "out", "--method", "cnn", "--model", str(model), "--device", "cpu",

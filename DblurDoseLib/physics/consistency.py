@@ -12,8 +12,9 @@ below them. One step of
 (a Landweber step on the blur, with its update itself low-passed by G; the residual taken in matter only,
 as no dose is reported in air) replaces the estimate's content at the scales G passes by the data's and
 keeps what lies below them: the true dose is a fixed point, a bias smooth on the scale of G (a warm organ
-raised by 10%) is removed, and away from the skin the estimate's energy becomes the DVK's. Measured on v03 phantoms with Monte Carlo truth (model card, session 15): it takes away
-the networks' warm-tissue excess and keeps their lesion recovery.
+raised by 10%) is removed, and away from the skin the estimate's energy becomes the DVK's. Measured on v03
+phantoms with Monte Carlo truth (model card, session 15): it takes away the networks' warm-tissue excess and
+keeps their lesion recovery.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from ..io.volume import Volume
 #: FWHM to standard deviation of a Gaussian: sigma = FWHM x FWHM_TO_SIGMA
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
-#: the resolutions (Gaussian-equivalent FWHM, mm) a deconvolution accepts: those the sphere measure resolves
+#: the resolutions (Gaussian-equivalent FWHM, mm) the library accepts (deconvolution, consistency): those the
+#: sphere measure resolves
 FWHM_RANGE_MM = (1.0, 40.0)
 
 #: smallest blurred estimate divided by (Bq/mL), so that empty voxels divide safely
@@ -45,9 +46,11 @@ def gaussian_blur(array: np.ndarray, fwhm_mm: float, spacing_xyz: Sequence[float
 MEASURE_FWHM = "measure it on the IEC sphere phantom (recovery coefficients) for this camera and reconstruction"
 
 
-def check_fwhm(fwhm_mm: float | None, what: str = "the SPECT's resolution", fix: str = MEASURE_FWHM) -> float:
-    """``fwhm_mm`` as a float if it is a Gaussian-equivalent FWHM a deconvolution accepts
-    (:data:`FWHM_RANGE_MM`, mm); else a one-line :class:`DblurDoseError` naming the range and ``fix``."""
+def check_fwhm(fwhm_mm: float | None, what: str = "the SPECT's resolution", fix: str = MEASURE_FWHM,
+               settings: tuple[str, ...] = ()) -> float:
+    """``fwhm_mm`` as a float if it is a Gaussian-equivalent FWHM the library accepts (:data:`FWHM_RANGE_MM`,
+    mm); else a one-line :class:`DblurDoseError` naming the range and ``fix`` (and ``settings``, the user's
+    settings that gave it)."""
     low, high = FWHM_RANGE_MM
     try:
         value = float(fwhm_mm)
@@ -55,7 +58,7 @@ def check_fwhm(fwhm_mm: float | None, what: str = "the SPECT's resolution", fix:
         value = float("nan")
     if not (math.isfinite(value) and low <= value <= high):
         raise DblurDoseError(f"{what} ({fwhm_mm} mm) lies outside {low:g}-{high:g} mm, the Gaussian-equivalent "
-                             f"FWHMs a deconvolution accepts; {fix}")
+                             f"FWHMs the sphere measure resolves; {fix}", settings=settings)
     return value
 
 
