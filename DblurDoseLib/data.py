@@ -537,7 +537,7 @@ def deconvolve_data_set(data_dir: str | os.PathLike, iterations: int, recon: str
     data_dir, tag = Path(data_dir), layout.recon_tag(recon)
     manifest = layout.read_manifest(data_dir, complete=False)
     table_path = data_dir / layout.RESOLUTION
-    table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+    table = layout.read_resolutions(data_dir)
 
     def save_table() -> None:
         with atomic_file(table_path, ".part.json") as tmp:

@@ -686,7 +686,8 @@ def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str
 
     With it the CNN's map is made consistent with the SPECT (:mod:`DblurDoseLib.physics.consistency`), and a
     model that deconvolves its input (``ModelConfig.deconvolution_iterations``) deconvolves at it; such a
-    model is refused without it, and a resolution given to a run without the CNN is warned of."""
+    model is refused without it; a model trained through that step (``train --consistent``) is warned of
+    without it, and a resolution given to a run without the CNN too."""
     from .physics.deconvolution import check_fwhm
 
     if network is None:
@@ -698,6 +699,11 @@ def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str
             raise DblurDoseError("this CNN model deconvolves the SPECT before the network and needs its resolution: "
                                  "give the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and "
                                  "reconstruction on the IEC sphere phantom", settings=("spect_fwhm",))
+        share = float((network.config.info or {}).get("consistent") or 0.0)
+        if share:
+            warnings.append(f"this CNN model was trained to be kept consistent with the SPECT ({share:.0%} of its "
+                            "loss on that map); without the SPECT's resolution (FWHM) it gives its own map, not "
+                            "the one it was trained for")
         return None
     return check_fwhm(spect_fwhm_mm, "the SPECT's resolution", settings=("spect_fwhm",))
 

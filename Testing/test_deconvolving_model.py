@@ -143,6 +143,8 @@ def test_training_reads_the_deconvolved_inputs_or_names_the_missing_step(tmp_pat
     sharp = load_cases(tmp_path, ["p00"], manifest, ModelConfig(spacing=ct.spacing, deconvolution_iterations=4),
                        tmp_path / "c2")
     assert float(plain[0].dvk.max()) == 2.0 and float(sharp[0].dvk.max()) == 6.0
+    # the consistency step's reference is the DVK of the SPECT as reconstructed, whatever the network reads
+    assert plain[0].reference is plain[0].dvk and float(sharp[0].reference.max()) == 2.0
     assert float(sharp[0].spect.max()) == 3.0
     with pytest.raises(DblurDoseError, match="no SPECT deconvolved with 9 Richardson-Lucy iterations"):
         load_cases(tmp_path, ["p00"], manifest, ModelConfig(spacing=ct.spacing, deconvolution_iterations=9),

@@ -180,9 +180,11 @@ def test_batches_come_from_training_phantoms_only(dataset, tmp_path):
     train_names, val_names = training.split_phantoms(manifest, seed=3)
     cases = training.load_cases(dataset, train_names, manifest, ModelConfig(spacing=SPACING), tmp_path)
     assert {c.phantom for c in cases} == set(train_names) and len(cases) == 2 * len(train_names)
-    x, dvk, truth, w = training.sample_batch(cases, np.random.default_rng(0), 2, 4, 32)
+    x, dvk, truth, w, reference, fwhm = training.sample_batch(cases, np.random.default_rng(0), 2, 4, 32)
     assert x.shape == (2, 2, 14, 32, 32) and dvk.shape == truth.shape == w.shape == (2, 1, 4, 32, 32)
     assert np.isin(w, np.float32([training.BODY_WEIGHT, training.OUTSIDE_WEIGHT])).all()
+    # without deconvolved inputs the consistency step's reference is the input DVK; no resolution was measured
+    assert np.array_equal(reference, dvk) and fwhm.shape == (2,) and np.isnan(fwhm).all()
 
 
 def test_bad_data_folders_are_refused(tmp_path):
@@ -377,7 +379,7 @@ def test_hot_patches_centre_on_the_hottest_voxels(dataset, tmp_path):
     patch, slab = 8, 2
 
     def centre_dose(fraction):
-        _, _, truth, _ = training.sample_batch(cases[:1], np.random.default_rng(1), 200, slab, patch, fraction)
+        truth = training.sample_batch(cases[:1], np.random.default_rng(1), 200, slab, patch, fraction).truth
         return float(np.mean(truth[:, 0, slab // 2, patch // 2, patch // 2]))
 
     assert centre_dose(0.9) > 2 * centre_dose(0.0)

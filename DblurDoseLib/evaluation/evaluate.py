@@ -137,8 +137,7 @@ def evaluate(
 
         check_iterations(deconvolution)
     # each chain's Gaussian-equivalent FWHM: the data set's record (data deconvolve), else measured once per run
-    resolution_file = data_dir / layout.RESOLUTION
-    fwhms: dict = json.loads(resolution_file.read_text()) if resolution_file.is_file() else {}
+    fwhms = layout.read_resolutions(data_dir)
     sharpened = deconvolution_iterations(deconvolution, models)
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",

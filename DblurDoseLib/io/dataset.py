@@ -30,6 +30,7 @@ reconstruction's tag: "" for the data set's own, ``_ood`` for the one outside th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -224,3 +225,21 @@ def recorded_chains(entry: dict, key: str, n_real: int, recon: str = "") -> list
     if len(recons) < n_real:
         raise DblurDoseError(f"the manifest records {len(recons)} reconstructions for {key}'s {n_real} realisations")
     return [{**{k: plan[k] for k in wanted}, **recons[r]} for r in range(n_real)]
+
+
+def read_resolutions(data_dir: str | os.PathLike) -> dict:
+    """The data set's :data:`RESOLUTION` table (:func:`resolution_key` -> the chain and its Gaussian-equivalent
+    FWHM, mm); empty where none was measured yet."""
+    path = Path(data_dir) / RESOLUTION
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def recorded_fwhms(table: dict, entry: dict, n_real: int, recon: str = "") -> list[float]:
+    """Each realisation's Gaussian-equivalent FWHM (mm) as ``table`` (:func:`read_resolutions`) records its
+    chain (:func:`recorded_chains`); NaN where the manifest records no chain or the table no measurement."""
+    try:
+        chains = recorded_chains(entry, "", n_real, recon)
+    except DblurDoseError:
+        return [math.nan] * n_real
+    values = (table.get(resolution_key(chain), {}).get("fwhm_mm") for chain in chains)
+    return [math.nan if v is None else float(v) for v in values]

@@ -35,6 +35,12 @@ comparisons, the model card) is the weighted MSE alone. Adam; learning rate by a
 schedule (warm-up to the peak over the first 5% of steps, then cosine decay; the default), or the
 paper's ReduceLROnPlateau (factor 0.2, patience 10 epochs) on the validation loss.
 
+Through the consistency step (``consistent`` = a share s > 0; :func:`batch_loss`): the loss is (1 - s) x the
+above on the network's map plus s x the same on that map kept consistent with the SPECT, as ``dose
+--spect-fwhm`` keeps it (:mod:`DblurDoseLib.learning.consistency`: each slab with the DVK of its SPECT as
+reconstructed, its density and its realisation's resolution from the data set's ``resolution.json``); the
+validation then also logs the kept map's weighted MSE (``val_mse_consistent``).
+
 Batch norm: the running statistics that validation and inference use are, at the end of every
 epoch, the plain average over its second half of batches (not PyTorch's momentum of 0.1, under
 which the last ten batches ruled them and the validation loss swung by 20% with the weights fixed).
@@ -67,7 +73,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -113,6 +119,19 @@ class _Case:
     dose_factor: float  # dose_scale / total activity
     tissue: np.ndarray  # flat indices of (a sample of) tissue voxels
     hot: np.ndarray  # flat indices of (a sample of) the hottest body voxels (true dose rate)
+    reference: np.ndarray  # the DVK of the SPECT as reconstructed (``dvk`` itself unless the inputs are deconvolved)
+    fwhm_mm: float  # the realisation's SPECT resolution as the data set records it (mm); NaN: not measured
+
+
+class Batch(NamedTuple):
+    """A training or validation batch of :func:`sample_batch`, float32 arrays."""
+
+    x: np.ndarray  # inputs [n, 2, slab + 10, P, P]: scaled SPECT, density (g/cm3)
+    dvk: np.ndarray  # the input DVK [n, 1, slab, P, P], scaled dose rate
+    truth: np.ndarray  # the label [n, 1, slab, P, P], scaled dose rate
+    weight: np.ndarray  # voxel weights [n, 1, slab, P, P]: BODY_WEIGHT or OUTSIDE_WEIGHT
+    reference: np.ndarray  # the DVK of the SPECT as reconstructed [n, 1, slab, P, P], scaled dose rate
+    fwhm_mm: np.ndarray  # [n] each slab's SPECT resolution (mm; NaN: not measured)
 
 
 # --- the data set ---------------------------------------------------------------------------
@@ -267,6 +286,7 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: Mode
         Arrays memory-mapped; realisations without activity are left out.
     """
     voxel_ml = float(np.prod(manifest["spacing"])) / 1000.0
+    resolutions = layout.read_resolutions(data_dir)
     cases = []
     for name in phantoms:
         folder = data_dir / name
@@ -277,15 +297,19 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: Mode
         hot = body[flat_truth[body] >= np.quantile(flat_truth[body], HOT_QUANTILE)] if body.size else body
         body, hot = (np.sort(np.random.default_rng(0).choice(v, 200_000, replace=False)) if v.size > 200_000 else v
                      for v in (body, hot))
-        for r in range(layout.realisations_of(manifest["phantoms"][name])):
+        entry = manifest["phantoms"][name]
+        fwhms = layout.recorded_fwhms(resolutions, entry, layout.realisations_of(entry))
+        for r, fwhm in enumerate(fwhms):
             spect, dvk = (_array(folder / path, cache) for path in _input_files(folder, r, config))
+            plain = layout.realisation_file("dvk", r)
+            reference = _array(folder / plain, cache) if config.deconvolution_iterations else dvk
             if not (spect.shape == dvk.shape == density.shape == truth.shape):
                 raise DblurDoseError(f"{folder}: volumes of realisation {r} are not on one grid; regenerate the phantom")
             total = float(np.sum(spect, dtype=np.float64)) * voxel_ml
             if not total > 0:
                 continue  # no activity: nothing to learn from this realisation
             cases.append(_Case(name, spect, dvk, density, truth, config.spect_scale_ml / total,
-                               config.dose_scale / total, body, hot))
+                               config.dose_scale / total, body, hot, reference, fwhm))
     return cases
 
 
@@ -304,7 +328,7 @@ def _input_files(folder: Path, realisation: int, config: ModelConfig) -> tuple[s
 
 
 def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, slab: int, patch: int,
-                 hot_fraction: float = HOT_FRACTION) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 hot_fraction: float = HOT_FRACTION) -> Batch:
     """A batch of random slabs (see the module docstring for centres and augmentation).
 
     Parameters
@@ -320,13 +344,14 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
 
     Returns
     -------
-    (ndarray, ndarray, ndarray, ndarray), float32
-        Inputs ``[n, 2, slab + 10, P, P]`` (scaled SPECT, density g/cm3), scaled DVK, scaled label and
-        voxel weights (BODY_WEIGHT or OUTSIDE_WEIGHT), each ``[n, 1, slab, P, P]``.
+    Batch
+        Inputs ``[n, 2, slab + 10, P, P]`` (scaled SPECT, density g/cm3); scaled DVK, scaled label, voxel
+        weights (BODY_WEIGHT or OUTSIDE_WEIGHT) and scaled reference DVK, each ``[n, 1, slab, P, P]``; each
+        slab's SPECT resolution (mm).
     """
     from .network import HALF
 
-    xs, dvks, truths, weights = [], [], [], []
+    xs, dvks, truths, weights, references, fwhms = [], [], [], [], [], []
     for _ in range(n_slabs):
         c = cases[rng.integers(len(cases))]
         nz, ny, nx = c.density.shape
@@ -346,8 +371,10 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
         dvk = c.dvk[out, ys, xs_] * np.float32(c.dose_factor)
         truth = c.truth[out, ys, xs_] * np.float32(c.dose_factor)
         w = np.where(c.density[out, ys, xs_] >= AIR_DENSITY_THRESHOLD, BODY_WEIGHT, OUTSIDE_WEIGHT).astype(np.float32)
+        reference = dvk if c.reference is c.dvk else c.reference[out, ys, xs_] * np.float32(c.dose_factor)
+        fwhms.append(c.fwhm_mm)
         # augmentation: the dose physics is unchanged by in-plane flips/transposition and a z flip
-        views = [x, dvk[None], truth[None], w[None]]
+        views = [x, dvk[None], truth[None], w[None], reference[None]]
         if rng.random() < 0.5:
             views = [v[:, ::-1] for v in views]
         for axis in (2, 3):
@@ -355,9 +382,9 @@ def sample_batch(cases: list[_Case], rng: np.random.Generator, n_slabs: int, sla
                 views = [np.flip(v, axis) for v in views]
         if rng.random() < 0.5:
             views = [v.swapaxes(2, 3) for v in views]
-        for store, v in zip((xs, dvks, truths, weights), views):
+        for store, v in zip((xs, dvks, truths, weights, references), views):
             store.append(np.ascontiguousarray(v, dtype=np.float32))
-    return tuple(np.stack(s) for s in (xs, dvks, truths, weights))
+    return Batch(*(np.stack(s) for s in (xs, dvks, truths, weights, references)), np.asarray(fwhms, np.float32))
 
 
 def validation_batches(val_cases: list[_Case], seed: int, n_slabs: int, slab: int, patch: int) -> list:
@@ -406,6 +433,25 @@ def training_loss(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor,
             denom = ref + RELATIVE_EPS * ref[body].mean().clamp_min(1e-12)
             loss = loss + relative_weight * (err[body] / denom[body]).square().mean()
     return loss
+
+
+def batch_loss(pred: torch.Tensor, batch: Batch, spacing_xyz: Sequence[float], relative_weight: float = RELATIVE_WEIGHT,
+               normalise_slabs: bool = False, consistent: float = 0.0) -> torch.Tensor:
+    """The loss of a batch of tensors: :func:`training_loss` of the network's map ``pred``, and with
+    ``consistent`` > 0 that share of it taken on the map kept consistent with the SPECT instead
+    (:func:`~DblurDoseLib.learning.consistency.consistent_slabs` with each slab's reference DVK, density and
+    resolution; ``spacing_xyz`` in mm): ``(1 - consistent) x raw + consistent x kept``."""
+    from .network import HALF
+
+    raw = training_loss(pred, batch.truth, batch.weight, batch.dvk, relative_weight, normalise_slabs)
+    if not consistent:
+        return raw
+    from .consistency import consistent_slabs
+
+    density = batch.x[:, 1:2, HALF:HALF + pred.shape[2]]
+    kept = consistent_slabs(pred, batch.reference, density, batch.fwhm_mm, spacing_xyz)
+    return (1.0 - consistent) * raw + consistent * training_loss(kept, batch.truth, batch.weight, batch.dvk,
+                                                                 relative_weight, normalise_slabs)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -459,7 +505,7 @@ def last_model_path(out_path: str | os.PathLike) -> Path:
 
 def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: float, schedule: str,
                    hot_fraction: float, relative_weight: float, warmup: float,
-                   freeze_batch_norm_from: int | None = None, floor_leak: float = 0.0) -> None:
+                   freeze_batch_norm_from: int | None = None, floor_leak: float = 0.0, consistent: float = 0.0) -> None:
     """Refuse option values that :func:`train` cannot use (before anything is read)."""
     named = (("epochs", epochs), ("batch size", batch_size), ("patch", patch), ("slab", slab))
     if freeze_batch_norm_from is not None:
@@ -481,6 +527,9 @@ def _check_options(*, epochs: int, batch_size: int, patch: int, slab: int, lr: f
         raise DblurDoseError(f"the relative-error weight must be 0 or more, got {relative_weight}")
     if not 0 <= floor_leak <= 1:
         raise DblurDoseError(f"the floor's gradient leak must be between 0 and 1, got {floor_leak}")
+    if not 0 <= consistent <= 1:
+        raise DblurDoseError(f"the share of the loss on the map kept consistent must be between 0 and 1, got "
+                             f"{consistent}")
     if not 0 < warmup < 1:
         raise DblurDoseError(f"the warm-up fraction must be between 0 and 1, got {warmup}")
 
@@ -595,6 +644,7 @@ class _Options:
     cpu_bf16: bool = False
     compile_step: bool = False
     floor_leak: float = 0.0
+    consistent: float = 0.0
 
 
 def _optimiser(net, options: _Options, local_steps: int):
@@ -619,9 +669,10 @@ def _optimiser(net, options: _Options, local_steps: int):
 #: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
 RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
                "label_decays", "relative_weight", "decoder_activation", "correction", "init_sha256",
-               "freeze_batch_norm_from", "normalise_slabs", "floor_leak", "extra_data")
+               "freeze_batch_norm_from", "normalise_slabs", "floor_leak", "extra_data", "consistent")
 #: what a checkpoint that lacks a resume key (an older version's) was made with; others: None
-RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0, "extra_data": []}
+RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0, "extra_data": [],
+                   "consistent": 0.0}
 #: a one-cycle schedule's length is part of its state
 RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
 
@@ -711,13 +762,20 @@ class Trainer:
         self.start, self.history, self.best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best"])
         self.say(self.start / self.options.epochs, f"resuming after epoch {self.start} from {ckpt_path}")
 
-    def _to_device(self, arrays):
+    def _to_device(self, batch: Batch) -> Batch:
         import torch
 
-        x, dvk, truth, w = (torch.from_numpy(a).to(self.ranks.device, non_blocking=True) for a in arrays)
+        batch = Batch(*(torch.from_numpy(a).to(self.ranks.device, non_blocking=True) for a in batch))
         if self.channels_last and self.net.extractor is not None:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, dvk, truth, w
+            batch = batch._replace(x=batch.x.contiguous(memory_format=torch.channels_last_3d))
+        return batch
+
+    def _loss(self, pred, batch: Batch, relative_weight: float | None = None, consistent: float | None = None):
+        """:func:`batch_loss` with the run's options (``relative_weight``, ``consistent``: others)."""
+        opts = self.options
+        return batch_loss(pred, batch, self.net.config.spacing,
+                          opts.relative_weight if relative_weight is None else relative_weight, opts.normalise_slabs
+                          if relative_weight is None else False, opts.consistent if consistent is None else consistent)
 
     def _autocast(self, training: bool = True):
         """Mixed precision where it is on; validation on the CPU stays float32, so that validation losses
@@ -727,25 +785,27 @@ class Trainer:
         on = self.use_amp and (training or self.ranks.device.type == "cuda")
         return torch.autocast(self.ranks.device.type, dtype=self.amp_dtype, enabled=on)
 
-    def validate(self) -> tuple[float | None, float | None]:
+    def validate(self) -> tuple[float | None, float | None, float | None]:
         """On the fixed validation batches, averaged over them and the processes: the loss
-        (:func:`training_loss`) and its weighted MSE alone (what :func:`validation_loss` reports,
-        comparable between runs whatever their relative weight); (None, None) without validation phantoms."""
+        (:func:`batch_loss`), its weighted MSE alone (what :func:`validation_loss` reports, comparable between
+        runs whatever their loss options) and, in a run trained through the consistency step, the weighted MSE
+        of the map kept consistent (else None); (None, None, None) without validation phantoms."""
         import torch
 
         if not self.val_batches:
-            return None, None
+            return None, None, None
         net = self.net.eval()
         with torch.no_grad(), self._autocast(training=False):
-            losses, mses = [], []
-            opts = self.options
+            losses, mses, kept = [], [], []
             for arrays in self.val_batches:
-                x, dvk, truth, w = self._to_device(arrays)
-                pred = net.forward_slab(x, dvk if net.residual else None)
-                mses.append(float(training_loss(pred, truth, w, dvk, 0.0)))
-                losses.append(float(training_loss(pred, truth, w, dvk, opts.relative_weight, opts.normalise_slabs))
-                              if opts.relative_weight or opts.normalise_slabs else mses[-1])
-        return self.ranks.mean(float(np.mean(losses))), self.ranks.mean(float(np.mean(mses)))
+                batch = self._to_device(arrays)
+                pred = net.forward_slab(batch.x, batch.dvk if net.residual else None)
+                mses.append(float(self._loss(pred, batch, 0.0, 0.0)))
+                losses.append(float(self._loss(pred, batch)))
+                if self.options.consistent:
+                    kept.append(float(self._loss(pred, batch, 0.0, 1.0)))
+        mean = [self.ranks.mean(float(np.mean(v))) if v else None for v in (losses, mses, kept)]
+        return mean[0], mean[1], mean[2]
 
     def _forward_train(self, x, dvk):
         """The training forward pass; a step that ``torch.compile`` cannot build is refused with its fix."""
@@ -776,11 +836,11 @@ class Trainer:
         for step in range(sizes.local_steps):
             if step == sizes.local_steps // 2 and not frozen:
                 _average_batch_norm_from_here(net)
-            x, dvk, truth, w = self._to_device(sample_batch(self.cases, rng, sizes.n_slabs, sizes.slab, sizes.patch,
-                                                            opts.hot_fraction))
+            batch = self._to_device(sample_batch(self.cases, rng, sizes.n_slabs, sizes.slab, sizes.patch,
+                                                 opts.hot_fraction))
             with self._autocast():
-                pred = self._forward_train(x, dvk if net.residual else None)
-            loss = training_loss(pred, truth, w, dvk, opts.relative_weight, opts.normalise_slabs)
+                pred = self._forward_train(batch.x, batch.dvk if net.residual else None)
+            loss = self._loss(pred, batch)
             if not torch.isfinite(loss):
                 raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower the "
                                      "learning rate or check the data set for NaN values")
@@ -825,25 +885,28 @@ class Trainer:
         opts = self.options
         t_start = time.perf_counter()
         if self.start == 0 and self.val_batches:  # the starting point of the validation curve
-            val_loss, val_mse = self.validate()
+            val_loss, val_mse, val_kept = self.validate()
             self.history = [{"epoch": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse,
+                             **({"val_mse_consistent": val_kept} if opts.consistent else {}),
                              "lr": opts.lr, "seconds": 0.0}]
         for epoch in range(self.start, opts.epochs):
             t0 = time.perf_counter()
             train_loss = self.train_epoch(epoch)
-            val_loss, val_mse = self.validate()
+            val_loss, val_mse, val_kept = self.validate()
             monitor = val_loss if val_loss is not None else train_loss
             if opts.schedule == "plateau":
                 self.scheduler.step(monitor)
             lr = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                                 "val_mse": val_mse, "lr": lr, "seconds": round(time.perf_counter() - t0, 2)})
+                                 "val_mse": val_mse, **({"val_mse_consistent": val_kept} if opts.consistent else {}),
+                                 "lr": lr, "seconds": round(time.perf_counter() - t0, 2)})
             improved = monitor < self.best
             self.best = min(self.best, monitor)
             info = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse}
             self.save(epoch + 1, out_path, info, improved)
             self.ranks.barrier()
-            val_text = f", validation {val_loss:.4g} (MSE {val_mse:.4g})" if val_loss is not None else ""
+            val_text = f", validation {val_loss:.4g} (MSE {val_mse:.4g}" + (
+                f", kept consistent {val_kept:.4g})" if val_kept is not None else ")") if val_loss is not None else ""
             self.say((epoch + 1) / opts.epochs, f"epoch {epoch + 1}/{opts.epochs}: training loss {train_loss:.4g}"
                                                 f"{val_text}, lr {lr:.2g}, {time.perf_counter() - t0:.1f} s"
                                                 + (" (best so far, saved)" if improved else ""))
@@ -932,6 +995,7 @@ def train(
     floor_leak: float = 0.0,
     extra_data: Sequence[str | os.PathLike] = (),
     deconvolve: int = 0,
+    consistent: float = 0.0,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -971,12 +1035,16 @@ def train(
     ``deconvolve``: train a network whose inputs are the SPECT after this many Richardson-Lucy iterations at its
     chain's resolution and that SPECT's DVK (``ModelConfig.deconvolution_iterations``; the files written by
     ``data deconvolve``, in every data set used); 0: the SPECT as reconstructed.
+    ``consistent``: the share (0-1) of the loss taken on the network's map kept consistent with the SPECT, as
+    ``dose --spect-fwhm`` keeps it (:func:`batch_loss`), at each realisation's resolution as the data set records
+    it (``resolution.json``, written by ``data deconvolve``; every training and validation volume needs one); the
+    rest on the network's own map, so that its content at the scales the step replaces stays anchored. 0: none.
     See the module docstring; the run itself is a :class:`Trainer`.
     """
     data_dir, out_path = Path(data_dir), Path(out_path)
     _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
                    hot_fraction=hot_fraction, relative_weight=relative_weight, warmup=warmup,
-                   freeze_batch_norm_from=freeze_batch_norm_from, floor_leak=floor_leak)
+                   freeze_batch_norm_from=freeze_batch_norm_from, floor_leak=floor_leak, consistent=consistent)
     ranks = _Ranks.start(device)
     say = partial(_say, progress or _print_progress, ranks.main)
     manifest = read_manifest(data_dir)
@@ -994,11 +1062,10 @@ def train(
     extra = _extra_cases(extra_data, data_dir, manifest, config, out_path)
     cases += [case for _, _, set_cases in extra for case in set_cases]
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
-    if not cases:
-        raise DblurDoseError("no training volume holds any activity; check the data set")
+    _check_cases(cases, val_cases, consistent)
     sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
     options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp,
-                       freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step, floor_leak)
+                       freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step, floor_leak, consistent)
     settings = {"data": str(data_dir.resolve()), "variant": variant, "spacing": list(config.spacing),
                 "batch_size": batch_size, "patch": sizes.patch, "slab": sizes.slab, "seed": seed,
                 "steps_per_epoch": sizes.steps_per_epoch, "train_phantoms": train_names, "val_phantoms": val_names,
@@ -1009,7 +1076,7 @@ def train(
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
                 "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak,
                 "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra],
-                "deconvolve": deconvolve}
+                "deconvolve": deconvolve, "consistent": consistent}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1017,6 +1084,18 @@ def train(
     trainer.fit(out_path)
     ranks.close()
     return out_path
+
+
+def _check_cases(cases: list[_Case], val_cases: list[_Case], consistent: float) -> None:
+    """Refuse a run without training volumes, or through the consistency step (``consistent`` > 0) where a
+    volume's SPECT resolution is not recorded."""
+    if not cases:
+        raise DblurDoseError("no training volume holds any activity; check the data set")
+    missing = sorted({c.phantom for c in cases + val_cases if consistent and not np.isfinite(c.fwhm_mm)})
+    if missing:
+        raise DblurDoseError(f"the data set records no SPECT resolution for {', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''} (resolution.json); measure each chain's first "
+                             "(data deconvolve records them), or train without the consistency step")
 
 
 def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manifest: dict, config: ModelConfig,
@@ -1152,6 +1231,10 @@ def add_train_arguments(subparser) -> None:
                         "resolution, and on that SPECT's DVK (files of `dblurdose data deconvolve --iterations N`); "
                         "using it then needs the SPECT's resolution (dose --spect-fwhm). Default 0: the SPECT as "
                         "reconstructed")
+    p.add_argument("--consistent", type=float, default=0.0, metavar="SHARE",
+                   help="train through the consistency step: this share (0-1) of the loss on the map kept consistent "
+                        "with the SPECT (as dose --spect-fwhm gives it) at each realisation's resolution recorded in "
+                        "the data set (data deconvolve measures them), the rest on the network's own map. Default 0")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -1177,7 +1260,7 @@ def cmd_train(args) -> int:
                  extra_data=args.extra_data,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
                  normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step,
-                 floor_leak=args.floor_leak, deconvolve=args.deconvolve)
+                 floor_leak=args.floor_leak, deconvolve=args.deconvolve, consistent=args.consistent)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

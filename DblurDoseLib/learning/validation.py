@@ -80,8 +80,8 @@ def _mean_loss(net, cases: list, seed: int, batch_size: int, slab: int, patch: i
     net.train(batch_statistics)  # no gradient and no optimiser: the weights stay; running statistics are not used
     losses = []
     with torch.no_grad():
-        for x, dvk, truth, w in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
-            x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in (x, dvk, truth, w))
+        for batch in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
+            x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in batch[:4])
             pred = net.forward_slab(x, dvk if net.residual else None)
             losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
     net.eval()
@@ -174,7 +174,7 @@ def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, p
     grads, losses = [], []
     for _ in range(batches):
         x, dvk, truth, w = (torch.from_numpy(a) for a in sample_batch(cases, rng, max(1, batch_size // slab), slab,
-                                                                      patch, hot_fraction))
+                                                                      patch, hot_fraction)[:4])
         loss = training_loss(model(x, dvk if net.residual else None), truth, w, dvk, relative_weight, normalise_slabs)
         net.zero_grad()
         loss.backward()
