@@ -440,18 +440,20 @@ def batch_loss(pred: torch.Tensor, batch: Batch, spacing_xyz: Sequence[float], r
     """The loss of a batch of tensors: :func:`training_loss` of the network's map ``pred``, and with
     ``consistent`` > 0 that share of it taken on the map kept consistent with the SPECT instead
     (:func:`~DblurDoseLib.learning.consistency.consistent_slabs` with each slab's reference DVK, density and
-    resolution; ``spacing_xyz`` in mm): ``(1 - consistent) x raw + consistent x kept``."""
+    resolution; ``spacing_xyz`` in mm), inside the slabs' :func:`~DblurDoseLib.learning.consistency.interior`
+    (near a slab's faces the slab's step is not the whole volume's): ``(1 - consistent) x raw + consistent x kept``."""
     from .network import HALF
 
     raw = training_loss(pred, batch.truth, batch.weight, batch.dvk, relative_weight, normalise_slabs)
     if not consistent:
         return raw
-    from .consistency import consistent_slabs
+    from .consistency import consistent_slabs, interior
 
     density = batch.x[:, 1:2, HALF:HALF + pred.shape[2]]
     kept = consistent_slabs(pred, batch.reference, density, batch.fwhm_mm, spacing_xyz)
-    return (1.0 - consistent) * raw + consistent * training_loss(kept, batch.truth, batch.weight, batch.dvk,
-                                                                 relative_weight, normalise_slabs)
+    inside = (slice(None), slice(None), *interior(pred.shape[2:], float(batch.fwhm_mm.max()), spacing_xyz))
+    return (1.0 - consistent) * raw + consistent * training_loss(
+        kept[inside], batch.truth[inside], batch.weight[inside], batch.dvk[inside], relative_weight, normalise_slabs)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -770,12 +772,14 @@ class Trainer:
             batch = batch._replace(x=batch.x.contiguous(memory_format=torch.channels_last_3d))
         return batch
 
-    def _loss(self, pred, batch: Batch, relative_weight: float | None = None, consistent: float | None = None):
-        """:func:`batch_loss` with the run's options (``relative_weight``, ``consistent``: others)."""
+    def _loss(self, pred, batch: Batch, mse_only: bool = False, consistent: float | None = None):
+        """:func:`batch_loss` with the run's options; ``mse_only``: the weighted MSE alone (no relative term, no
+        slab normalisation); ``consistent``: this share on the kept map instead of the run's."""
         opts = self.options
-        return batch_loss(pred, batch, self.net.config.spacing,
-                          opts.relative_weight if relative_weight is None else relative_weight, opts.normalise_slabs
-                          if relative_weight is None else False, opts.consistent if consistent is None else consistent)
+        share = opts.consistent if consistent is None else consistent
+        if mse_only:
+            return batch_loss(pred, batch, self.net.config.spacing, 0.0, False, share)
+        return batch_loss(pred, batch, self.net.config.spacing, opts.relative_weight, opts.normalise_slabs, share)
 
     def _autocast(self, training: bool = True):
         """Mixed precision where it is on; validation on the CPU stays float32, so that validation losses
@@ -800,10 +804,10 @@ class Trainer:
             for arrays in self.val_batches:
                 batch = self._to_device(arrays)
                 pred = net.forward_slab(batch.x, batch.dvk if net.residual else None)
-                mses.append(float(self._loss(pred, batch, 0.0, 0.0)))
+                mses.append(float(self._loss(pred, batch, mse_only=True, consistent=0.0)))
                 losses.append(float(self._loss(pred, batch)))
                 if self.options.consistent:
-                    kept.append(float(self._loss(pred, batch, 0.0, 1.0)))
+                    kept.append(float(self._loss(pred, batch, mse_only=True, consistent=1.0)))
         mean = [self.ranks.mean(float(np.mean(v))) if v else None for v in (losses, mses, kept)]
         return mean[0], mean[1], mean[2]
 
