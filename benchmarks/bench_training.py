@@ -9,7 +9,9 @@ ratios against the first row (the v0.1 training: 3D, slab 4) compare like with l
 "v0.2 autograd tap sums" is the v0.2 training step (``network.TAP_SUM_NODE = False``) for the
 row below it; the row "bf16" is ``train --cpu-bf16`` (the forward pass under bfloat16 autocast), for
 the 3D slab-8 row above it; the rows "compiled" are ``train --compile`` (the step built by
-torch.compile; its compile time falls in the warm-up round and is printed apart), without and with bf16.
+torch.compile; its compile time falls in the warm-up round and is printed apart), without and with bf16; the
+row "kept" is ``train --consistent 0.8`` (the loss also on the map kept consistent with the SPECT at 12 mm,
+:func:`~DblurDoseLib.learning.training.batch_loss`), for the bf16 slab-16 row above it.
 
     python benchmarks/bench_training.py [--threads 2] [--repeats 5] [--patch 64] [--batch 32]
 """
@@ -22,16 +24,16 @@ import time
 
 import torch
 
-from DblurDoseLib.learning import network
+from DblurDoseLib.learning import network, training
 from DblurDoseLib.learning.network import DblurDoseNet
 
 
 def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: bool = True, bf16: bool = False,
-              compiled: bool = False):
+              compiled: bool = False, kept: bool = False):
     """One training step as a function returning its (step, forward) seconds; ``tap_sum_node=False``:
     the v0.2 backward of the extractor's tap sums (autograd of slices); ``bf16``: the forward pass under
     bfloat16 autocast (``train --cpu-bf16``); ``compiled``: the forward (and so the backward) built by
-    torch.compile (``train --compile``)."""
+    torch.compile (``train --compile``); ``kept``: the loss of ``train --consistent 0.8``."""
     torch.manual_seed(0)
     net = DblurDoseNet(variant)
     net.unet.to(memory_format=torch.channels_last)
@@ -44,13 +46,19 @@ def make_step(variant: str, slab: int, patch: int, batch: int, tap_sum_node: boo
     if net.extractor is not None:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     dvk, truth = torch.rand(n, 1, slab, patch, patch), torch.rand(n, 1, slab, patch, patch)
+    weight = torch.full_like(truth, training.BODY_WEIGHT)
+    batch_ = training.Batch(x, dvk, truth, weight, dvk, torch.full((n,), 12.0))
+    spacing = (1.96, 1.96, 3.0)
 
     def step() -> tuple[float, float]:
         network.TAP_SUM_NODE = tap_sum_node
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             pred = forward(x, dvk)
-        loss = (pred.float() - truth).pow(2).mean()
+        if kept:
+            loss = training.batch_loss(pred, batch_, spacing, relative_weight=4.0, consistent=0.8)
+        else:
+            loss = (pred.float() - truth).pow(2).mean()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,12 +78,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} output slices of "
           f"{args.patch}x{args.patch}, median of {args.repeats} steps")
-    rows = [("dblurdose", 4, True, False, False), ("dblurdose", 8, False, False, False),
-            ("dblurdose", 8, True, False, False), ("dblurdose", 8, True, True, False),
-            ("dblurdose", 8, True, False, True), ("dblurdose", 8, True, True, True),
-            ("dblurdose", 16, True, False, False), ("2d", 4, True, False, False), ("2d", 8, True, False, False)]
-    steps = [make_step(variant, slab, args.patch, args.batch, node, bf16, compiled)
-             for variant, slab, node, bf16, compiled in rows]
+    rows = [("dblurdose", 4, True, False, False, False), ("dblurdose", 8, False, False, False, False),
+            ("dblurdose", 8, True, False, False, False), ("dblurdose", 8, True, True, False, False),
+            ("dblurdose", 8, True, False, True, False), ("dblurdose", 8, True, True, True, False),
+            ("dblurdose", 16, True, False, False, False), ("dblurdose", 16, True, True, False, False),
+            ("dblurdose", 16, True, True, False, True), ("2d", 4, True, False, False, False),
+            ("2d", 8, True, False, False, False)]
+    steps = [make_step(variant, slab, args.patch, args.batch, node, bf16, compiled, kept)
+             for variant, slab, node, bf16, compiled, kept in rows]
     times, warm = [[] for _ in rows], [0.0 for _ in rows]
     for i in range(args.repeats + 1):  # round robin: a change of machine load hits every row alike
         for k, (step, store) in enumerate(zip(steps, times)):
@@ -85,11 +95,11 @@ def main() -> None:
             else:
                 warm[k] = t[0]
     base = None
-    for (variant, slab, node, bf16, compiled), store, first in zip(rows, times, warm):
+    for (variant, slab, node, bf16, compiled, kept), store, first in zip(rows, times, warm):
         step, fwd = (statistics.median(t[k] for t in store) for k in (0, 1))
         base = base or step
         label = ((" (v0.2 autograd tap sums)" if not node else "") + (" compiled" if compiled else "")
-                 + (" bf16" if bf16 else ""))
+                 + (" bf16" if bf16 else "") + (" kept" if kept else ""))
         print(f"{variant:10s} slab {slab:2d}{label}: step {step:.2f} s (forward {fwd:.2f} s), "
               f"{1000 * step / args.batch:.0f} ms per output slice, {step / base:.2f}x the first row"
               + (f"; first step (compiling) {first:.0f} s" if compiled else ""))
