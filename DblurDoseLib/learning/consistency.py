@@ -4,7 +4,7 @@
 the camera resolves (``dose --spect-fwhm``). Training through it (``train --consistent``) takes the loss on
 the map a user will get, so that the network spends itself on what the step keeps, the content finer than
 the camera's resolution, and is not pulled by what the step replaces anyway. This module is the same
-step, ``E_x = E_y + G * (E_dvk - G * E_y)`` in energy per volume with the residual in matter only, as
+step, ``E_x = E_y + G * (E_dvk - G * E_y)`` in energy per volume in soft tissue only, as
 torch operations: the Gaussian G separable, truncated and mirrored at the edges as
 :func:`~DblurDoseLib.physics.deconvolution.gaussian_blur` (scipy's ``reflect``) does, so that on a whole
 volume the two agree (tested). On a slab, the mirror stands in for the slices beyond it, and near the slab's
@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..physics.consistency import soft_tissue
 from ..physics.deconvolution import FWHM_TO_SIGMA
 from ..physics.density import AIR_DENSITY_THRESHOLD
 
@@ -91,7 +92,7 @@ def consistent_slabs(estimate: torch.Tensor, dvk: torch.Tensor, density: torch.T
     dvk : Tensor, [n, 1, z, y, x]
         The DVK dose rate of the measured SPECT (not of a deconvolved one) on the same slabs.
     density : Tensor, [n, 1, z, y, x]
-        Mass density (g/cm3); air keeps ``estimate``.
+        Mass density (g/cm3); outside soft tissue (air, lung, bone) ``estimate`` is kept.
     fwhm_mm : Tensor, [n]
         Each slab's SPECT resolution, its chain's Gaussian-equivalent FWHM (mm).
     spacing_xyz : sequence of float
@@ -100,8 +101,8 @@ def consistent_slabs(estimate: torch.Tensor, dvk: torch.Tensor, density: torch.T
     Returns
     -------
     Tensor, [n, 1, z, y, x]
-        Float32, ``E_y + G * (E_dvk - G * E_y)`` in energy per volume (the residual in matter only) over the
-        density, never negative; ``estimate`` in air.
+        Float32, ``E_y + G * (E_dvk - G * E_y)`` in energy per volume (the residual and the update in soft
+        tissue only) over the density, never negative; ``estimate`` outside soft tissue.
     """
     import torch
 
@@ -110,11 +111,12 @@ def consistent_slabs(estimate: torch.Tensor, dvk: torch.Tensor, density: torch.T
         spacing_zyx = torch.tensor([float(s) for s in spacing_xyz[::-1]], device=estimate.device)
         sigma = fwhm_mm.to(estimate)[:, None] * FWHM_TO_SIGMA / spacing_zyx[None]
         body = density >= AIR_DENSITY_THRESHOLD
+        tissue = soft_tissue(density)
         rho = torch.where(body, density.float(), torch.zeros_like(estimate))
         energy = estimate * rho
-        residual = torch.where(body, dvk.float() * rho - gaussian_blur_slabs(energy, sigma), 0.0)
-        energy = (energy + gaussian_blur_slabs(residual, sigma)).clamp_min(0.0)
-        return torch.where(body, energy / rho.clamp_min(AIR_DENSITY_THRESHOLD), estimate)
+        residual = torch.where(tissue, dvk.float() * rho - gaussian_blur_slabs(energy, sigma), 0.0)
+        energy = (energy + torch.where(tissue, gaussian_blur_slabs(residual, sigma), 0.0)).clamp_min(0.0)
+        return torch.where(tissue, energy / rho.clamp_min(AIR_DENSITY_THRESHOLD), estimate)
 
 
 def interior(shape_zyx: Sequence[int], fwhm_mm: float, spacing_xyz: Sequence[float]) -> tuple[slice, slice, slice]:

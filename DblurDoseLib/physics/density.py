@@ -29,6 +29,10 @@ DEFAULT_CALIBRATION: tuple[tuple[float, float], ...] = (
 
 #: Voxels below this density are treated as air: no dose is reported there (paper: 0.1 g/cm3).
 AIR_DENSITY_THRESHOLD = 0.1
+#: The Monte Carlo's media by density (g/cm3; :data:`DblurDoseLib.physics.montecarlo.MEDIA`): lung below
+#: LUNG_DENSITY_MAX, bone above BONE_DENSITY_MIN, adipose and soft tissue between.
+LUNG_DENSITY_MAX = 0.80
+BONE_DENSITY_MIN = 1.12
 
 
 def load_calibration(path: str | os.PathLike) -> np.ndarray:

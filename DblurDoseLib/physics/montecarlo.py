@@ -50,6 +50,7 @@ import numpy as np
 
 from ..errors import DblurDoseError
 from ..io.volume import Volume
+from .density import BONE_DENSITY_MIN, LUNG_DENSITY_MAX
 from .nuclides import DEFAULT_CUTOFF_KEV, ELECTRON, PHOTON, get_nuclide, sample_decay_particles
 
 MEV_TO_J = 1.602176634e-13
@@ -64,9 +65,9 @@ OMPMC_AIR_DENSITY = 0.044
 #: 0.2%, I-value 75 vs 63 eV), so fat-density voxels are transported as water.
 MEDIA: tuple[tuple[float, str, str], ...] = (
     (0.15, "air", "AIR521ICRU"),
-    (0.80, "lung", "LUNG521ICRU"),
+    (LUNG_DENSITY_MAX, "lung", "LUNG521ICRU"),
     (0.985, "adipose", "H2O521ICRU"),
-    (1.12, "soft tissue", "ICRUTISSUE521ICRU"),
+    (BONE_DENSITY_MIN, "soft tissue", "ICRUTISSUE521ICRU"),
     (np.inf, "bone", "ICRPBONE521ICRU"),
 )
 SOFT_TISSUE_MEDIUM = "ICRUTISSUE521ICRU"
