@@ -173,7 +173,7 @@ def plan_memory(
         activity and DVK held on the CT grid beside the DVK method's).
     consistent : bool
         The CNN's map is made consistent with the SPECT (:mod:`DblurDoseLib.physics.consistency`: five
-        float32 volumes beside the two maps).
+        float32 volumes and two masks beside the two maps).
 
     Returns
     -------
@@ -219,7 +219,7 @@ def plan_memory(
         cnn_bytes = chunk_bytes(chunk, work)
         after = held + 2 * _F32 * n + ((3 * _F32 * w + 2 * _F32 * n) if resampled else 0.0)  # output, floor
         cnn_peak = max(cnn_held + (cnn_bytes if on_host else 0.0), after)
-    consistency_peak = held + (7 * _F32 + 1) * n if consistent and "cnn" in methods else 0.0  # 2 maps, 5 + a mask
+    consistency_peak = held + (7 * _F32 + 2) * n if consistent and "cnn" in methods else 0.0  # 2 maps, 5 + 2 masks
     estimate = base_bytes + FIXED_BYTES + SAFETY_FACTOR * max(dvk_peak, cnn_peak, consistency_peak)
     return MemoryPlan(estimate, base_bytes, budget, dvk_bytes, cnn_bytes, chunk, on_host)
 

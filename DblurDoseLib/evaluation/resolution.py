@@ -128,7 +128,7 @@ def chain_resolution(chain: dict, table: dict, saved: Callable[[], object] | Non
     ``resolution.json``: :func:`~DblurDoseLib.io.dataset.resolution_key` -> its record) or measured
     (:func:`gaussian_equivalent_fwhm`, minutes) and added to it; ``saved`` is then called, so that a long run
     keeps each measurement. NaN where the chain lies outside 1-40 mm."""
-    from ..io.dataset import resolution_key
+    from ..io.dataset import recorded_fwhm, resolution_key
 
     key = resolution_key(chain)
     if key not in table:
@@ -136,8 +136,7 @@ def chain_resolution(chain: dict, table: dict, saved: Callable[[], object] | Non
         table[key] = {"chain": chain, **{k: v for k, v in measured.items() if k != "recovery"}}
         if saved is not None:
             saved()
-    value = table[key].get("fwhm_mm")
-    return float("nan") if value is None else float(value)
+    return recorded_fwhm(table, chain)
 
 
 def fwhm_from_recovery(recovery: dict[float, float], contrast: float = 8.0) -> dict:

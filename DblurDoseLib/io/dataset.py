@@ -234,12 +234,18 @@ def read_resolutions(data_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def recorded_fwhm(table: dict, chain: dict) -> float:
+    """A chain's Gaussian-equivalent FWHM (mm) as ``table`` (:func:`read_resolutions`) records it; NaN where it
+    holds no measurement of the chain, or one that no Gaussian matched."""
+    value = table.get(resolution_key(chain), {}).get("fwhm_mm")
+    return math.nan if value is None else float(value)
+
+
 def recorded_fwhms(table: dict, entry: dict, n_real: int, recon: str = "") -> list[float]:
-    """Each realisation's Gaussian-equivalent FWHM (mm) as ``table`` (:func:`read_resolutions`) records its
-    chain (:func:`recorded_chains`); NaN where the manifest records no chain or the table no measurement."""
+    """:func:`recorded_fwhm` of each realisation's chain (:func:`recorded_chains`); NaN throughout where the
+    manifest records no chain."""
     try:
         chains = recorded_chains(entry, "", n_real, recon)
     except DblurDoseError:
         return [math.nan] * n_real
-    values = (table.get(resolution_key(chain), {}).get("fwhm_mm") for chain in chains)
-    return [math.nan if v is None else float(v) for v in values]
+    return [recorded_fwhm(table, chain) for chain in chains]

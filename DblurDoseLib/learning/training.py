@@ -301,8 +301,8 @@ def load_cases(data_dir: Path, phantoms: list[str], manifest: dict, config: Mode
         fwhms = layout.recorded_fwhms(resolutions, entry, layout.realisations_of(entry))
         for r, fwhm in enumerate(fwhms):
             spect, dvk = (_array(folder / path, cache) for path in _input_files(folder, r, config))
-            plain = layout.realisation_file("dvk", r)
-            reference = _array(folder / plain, cache) if config.deconvolution_iterations else dvk
+            reference = _array(folder / layout.realisation_file("dvk", r), cache) if config.deconvolution_iterations \
+                else dvk
             if not (spect.shape == dvk.shape == density.shape == truth.shape):
                 raise DblurDoseError(f"{folder}: volumes of realisation {r} are not on one grid; regenerate the phantom")
             total = float(np.sum(spect, dtype=np.float64)) * voxel_ml
@@ -1095,7 +1095,7 @@ def _check_cases(cases: list[_Case], val_cases: list[_Case], consistent: float) 
     volume's SPECT resolution is not recorded."""
     if not cases:
         raise DblurDoseError("no training volume holds any activity; check the data set")
-    missing = sorted({c.phantom for c in cases + val_cases if consistent and not np.isfinite(c.fwhm_mm)})
+    missing = sorted({c.phantom for c in cases + val_cases if not np.isfinite(c.fwhm_mm)}) if consistent else []
     if missing:
         raise DblurDoseError(f"the data set records no SPECT resolution for {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''} (resolution.json); measure each chain's first "

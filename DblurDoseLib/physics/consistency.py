@@ -65,7 +65,8 @@ def consistent_dose_rate(estimate: np.ndarray, dvk: np.ndarray, density: np.ndar
     update -= gaussian_blur(energy, fwhm, spacing_xyz, np.float32)
     update[~tissue] = 0.0  # the DVK's energy is the blurred truth's in soft tissue only (module docstring)
     update = gaussian_blur(update, fwhm, spacing_xyz, np.float32)
-    energy += np.where(tissue, update, np.float32(0.0))
+    update[~tissue] = 0.0  # and lung and bone keep the estimate
+    energy += update
     del update
     np.maximum(energy, 0.0, out=energy)
     energy /= np.maximum(rho, np.float32(AIR_DENSITY_THRESHOLD))
