@@ -1098,8 +1098,8 @@ def _check_cases(cases: list[_Case], val_cases: list[_Case], consistent: float) 
     missing = sorted({c.phantom for c in cases + val_cases if not np.isfinite(c.fwhm_mm)}) if consistent else []
     if missing:
         raise DblurDoseError(f"the data set records no SPECT resolution for {', '.join(missing[:5])}"
-                             f"{' ...' if len(missing) > 5 else ''} (resolution.json); measure each chain's first "
-                             "(data deconvolve records them), or train without the consistency step")
+                             f"{' ...' if len(missing) > 5 else ''} (resolution.json); measure each chain's resolution "
+                             "first (data deconvolve records them), or train without the consistency step")
 
 
 def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manifest: dict, config: ModelConfig,
