@@ -117,6 +117,19 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     val = evaluate.evaluate(tmp_path, split="val", log=lambda m: None, device="cpu", out=tmp_path / "val")
     assert val["split"] == "val" and list(val["phantoms"]) == ["p00"]
     assert "validation phantoms: p00" in (tmp_path / "val" / "report.md").read_text()
+    # a phantom the data job has not finished (SPECT, no truth) is refused, unless left out by index
+    unfinished = tmp_path / dataset.phantom_key(1)
+    unfinished.mkdir()
+    write_volume(Volume(truth, spacing), unfinished / dataset.realisation_file("spect", 0))
+    manifest["phantoms"]["p01"] = {"split": "val", "realisations": 2}
+    (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DblurDoseError, match="p01 are not finished"):
+        evaluate.evaluate(tmp_path, split="val", log=lambda m: None, device="cpu")
+    chosen = evaluate.evaluate(tmp_path, split="val", phantoms=[0], log=lambda m: None, device="cpu")
+    assert list(chosen["phantoms"]) == ["p00"]
+    assert chosen["phantoms"]["p00"]["vois"]["kidney_left"]["dvk"]["mean_error"] == pytest.approx(15.0, rel=1e-4)
+    with pytest.raises(DblurDoseError, match="p03 is not among the validation phantoms .*p00, p01"):
+        evaluate.evaluate(tmp_path, split="val", phantoms=[0, 3], log=lambda m: None, device="cpu")
     with pytest.raises(DblurDoseError, match="has no test phantoms"):
         evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
 

@@ -91,6 +91,7 @@ def test_unknown_chains_and_bad_settings_are_refused():
     ["evaluate"],  # neither a data set nor the sphere phantom
     ["evaluate", "--spheres", "--data", "somewhere"],  # both: one would be ignored
     ["evaluate", "--spheres", "--split", "val"],
+    ["evaluate", "--spheres", "--phantoms", "1,9"],
     ["evaluate", "--data", "somewhere", "--counts", "3e6"],  # a sphere setting without the sphere phantom
     ["evaluate", "--data", "somewhere", "--chain", "in-mix"],
 ])

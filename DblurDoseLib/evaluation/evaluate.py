@@ -104,6 +104,7 @@ def evaluate(
     split: str = "test",
     deconvolution: Sequence[int] = (),
     consistent: bool = False,
+    phantoms: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate every test phantom of a data set; returns (and writes) all numbers.
 
@@ -118,6 +119,8 @@ def evaluate(
     Gaussian-equivalent FWHM (:mod:`.deconvolution`; the chain as the manifest records it).
     ``consistent``: for each CNN method M also ``consistent_M``, its maps made consistent with the SPECT at
     the chain's FWHM as ``dose --spect-fwhm`` makes them (:func:`add_consistent`).
+    ``phantoms``: only these phantoms of ``split``, by index (e.g. those finished while the data set grows;
+    the report names them); ``None``: all of them, each of which must be finished.
     """
     from ..io.volume import read_volume
     from ..learning.inference import load_model
@@ -126,7 +129,7 @@ def evaluate(
     data_dir = Path(data_dir)
     manifest = layout.read_manifest(data_dir, complete=False)
     families = {k: family_of(v) for k, v in manifest["phantoms"].items()}
-    tests = _phantoms_to_evaluate(data_dir, manifest, family, recon, split)
+    tests = _phantoms_to_evaluate(data_dir, manifest, family, recon, split, phantoms)
     tag = layout.recon_tag(recon)
     models = {"cnn": load_model(model_path, device=device)}
     for name, path in (ablations or {}).items():
@@ -172,17 +175,29 @@ def evaluate(
     return results
 
 
-def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, recon: str, split: str = "test") -> list[str]:
-    """The data set's phantoms of ``split`` (and ``family``), refused when there are none or one lacks
-    the reconstructions asked for."""
+def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, recon: str, split: str = "test",
+                          phantoms: Sequence[int] | None = None) -> list[str]:
+    """The data set's phantoms of ``split`` (and ``family``; only ``phantoms``, by index, unless None), refused
+    when there are none, one is not of the split, or one is unfinished or lacks the reconstructions asked for."""
     if split not in ("test", "val"):
         raise DblurDoseError(f"cannot evaluate the {split!r} split; choose test or val")
     tests = layout.phantoms_in(manifest, split, family)
+    name = "test" if split == "test" else "validation"
     if not tests:
         which = f" of the {family!r} family" if family else ""
-        name = "test" if split == "test" else "validation"
         raise DblurDoseError(f"{data_dir} has no {name} phantoms{which}; generate the data set with {name} phantoms"
                              + (" (its held-out phantoms are the shapes family)" if family else ""))
+    if phantoms is not None:
+        chosen = [layout.phantom_key(i) for i in phantoms]
+        foreign = [k for k in chosen if k not in tests]
+        if foreign:
+            raise DblurDoseError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not among the {name} "
+                                 f"phantoms of {data_dir} ({', '.join(tests)}); choose among those")
+        tests = chosen
+    unfinished = [k for k in tests if not (data_dir / k / layout.truth_file()).exists()]
+    if unfinished:
+        raise DblurDoseError(f"{data_dir}: phantoms {', '.join(unfinished)} are not finished (no Monte Carlo truth); "
+                             "let the data job finish them, or evaluate only the finished ones")
     first = layout.realisation_file("spect", 0, layout.recon_tag(recon))
     missing = [k for k in tests if not (data_dir / k / first).exists()]
     if missing:
@@ -584,6 +599,9 @@ def add_evaluate_arguments(sub) -> None:
                         "per family); shapes-family phantoms come from `data generate --held-out`")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the test phantoms (final figures) or the validation phantoms (to compare training choices)")
+    p.add_argument("--phantoms", metavar="RANGE",
+                   help="only these phantoms of the split, by index (e.g. 1,9: those finished while the data set "
+                        "grows; the report names them; default: all, each finished)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--deconvolve", type=int, action="append", default=[], metavar="N",
                    help="also a reference that knows the blur: the DVK of the SPECT after N Richardson-Lucy iterations "
@@ -611,7 +629,7 @@ def cmd_evaluate(args) -> int:
         ablations[name] = path
     sphere_options = [args.chain, args.contrast, args.counts, args.realisations]
     if args.spheres:
-        if args.data or args.recon != "standard" or args.family or args.split != "test":
+        if args.data or args.recon != "standard" or args.family or args.split != "test" or args.phantoms:
             raise DblurDoseError("the sphere phantom is evaluated without a data set: leave out the data set and the "
                                  "choice of its phantoms and reconstructions, or evaluate them apart")
         return _evaluate_spheres(args, ablations)
@@ -621,7 +639,8 @@ def cmd_evaluate(args) -> int:
     if not args.data:
         raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
-             family=args.family, split=args.split, deconvolution=args.deconvolve, consistent=args.consistent)
+             family=args.family, split=args.split, deconvolution=args.deconvolve, consistent=args.consistent,
+             phantoms=layout.parse_range(args.phantoms) if args.phantoms else None)
     print(Path(args.out) / "report.md")
     return 0
 
