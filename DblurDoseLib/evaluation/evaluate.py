@@ -629,7 +629,7 @@ def cmd_evaluate(args) -> int:
         ablations[name] = path
     sphere_options = [args.chain, args.contrast, args.counts, args.realisations]
     if args.spheres:
-        if args.data or args.recon != "standard" or args.family or args.split != "test" or args.phantoms:
+        if args.data or args.recon != "standard" or args.family or args.split != "test" or args.phantoms is not None:
             raise DblurDoseError("the sphere phantom is evaluated without a data set: leave out the data set and the "
                                  "choice of its phantoms and reconstructions, or evaluate them apart")
         return _evaluate_spheres(args, ablations)
@@ -640,7 +640,7 @@ def cmd_evaluate(args) -> int:
         raise DblurDoseError("name the data set to evaluate, or ask for the sphere phantom (which needs none)")
     evaluate(args.data, args.model, ablations, args.out, args.device, recon="" if args.recon == "standard" else args.recon,
              family=args.family, split=args.split, deconvolution=args.deconvolve, consistent=args.consistent,
-             phantoms=layout.parse_range(args.phantoms) if args.phantoms else None)
+             phantoms=None if args.phantoms is None else layout.parse_range(args.phantoms))
     print(Path(args.out) / "report.md")
     return 0
 

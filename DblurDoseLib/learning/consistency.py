@@ -115,7 +115,7 @@ def consistent_slabs(estimate: torch.Tensor, dvk: torch.Tensor, density: torch.T
         rho = torch.where(body, density.float(), torch.zeros_like(estimate))
         energy = estimate * rho
         residual = torch.where(tissue, dvk.float() * rho - gaussian_blur_slabs(energy, sigma), 0.0)
-        energy = (energy + torch.where(tissue, gaussian_blur_slabs(residual, sigma), 0.0)).clamp_min(0.0)
+        energy = (energy + gaussian_blur_slabs(residual, sigma)).clamp_min(0.0)  # kept in soft tissue only, below
         return torch.where(tissue, energy / rho.clamp_min(AIR_DENSITY_THRESHOLD), estimate)
 
 

@@ -64,9 +64,7 @@ def consistent_dose_rate(estimate: np.ndarray, dvk: np.ndarray, density: np.ndar
     update = np.asarray(dvk, dtype=np.float32) * rho
     update -= gaussian_blur(energy, fwhm, spacing_xyz, np.float32)
     update[~tissue] = 0.0  # the DVK's energy is the blurred truth's in soft tissue only (module docstring)
-    update = gaussian_blur(update, fwhm, spacing_xyz, np.float32)
-    update[~tissue] = 0.0  # and lung and bone keep the estimate
-    energy += update
+    energy += gaussian_blur(update, fwhm, spacing_xyz, np.float32)  # outside soft tissue replaced by the estimate below
     del update
     np.maximum(energy, 0.0, out=energy)
     energy /= np.maximum(rho, np.float32(AIR_DENSITY_THRESHOLD))
