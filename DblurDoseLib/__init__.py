@@ -29,8 +29,8 @@ Conventions used throughout the library (read these before adding a module):
 """
 
 #: The package version, written only here (pyproject.toml reads it; ``dblurdose --version``, provenance
-#: and DICOM SoftwareVersions print it). Its major.minor follow the shipped weights' model card (v0.2).
-__version__ = "0.2.0"
+#: and DICOM SoftwareVersions print it). Its major.minor follow the shipped weights' model card (v0.3).
+__version__ = "0.3.0"
 
 from pathlib import Path as _Path
 

@@ -37,8 +37,9 @@ def demo_acquisition():
     """The paper's acquisition at reduced cost, within the training mix (data.TRAINING_MIX).
 
     64 views (paper: 128), OSEM 4 iterations x 8 subsets (32 subset updates, as 8 x 4 would give,
-    at half the cost: an iteration projects every view once; the shipped v0.2 weights saw 8 x 4 and
-    16 x 4, and on the demo patient their errors with 4 x 8 stay close), a 96 x 96 x 81 matrix of
+    at half the cost: an iteration projects every view once; 4 x 8 lies in the shipped v0.3 weights'
+    training mix, and the v0.2 weights, which saw 8 x 4 and 16 x 4 only, gave close errors with it on the
+    demo patient), a 96 x 96 x 81 matrix of
     4.8 mm (461 mm across, wider than the virtual patient; paper: 128 x 128) and projections of the
     phantom on the reconstruction grid (no 2x finer projection grid).
     """

@@ -1,5 +1,7 @@
 """DblurDoseNet: architecture, the shared-extractor slab forward, BN folding, saving and loading."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -184,23 +186,42 @@ def test_v02_config_maps_to_the_v02_network():
         ModelConfig(correction="log")
 
 
-def test_shipped_v02_file_gives_the_v02_computation():
-    """The shipped v0.2 weights load as v0.2's network and its output is, bit for bit, the U-Net's
-    output on the extractor's features plus the DVK (v0.2's formula); inference takes the same path."""
-    from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH, predict_scaled
+def test_a_v02_file_gives_the_v02_computation(tmp_path):
+    """A model file of v0.2 and before (no architecture keys in its config) loads as v0.2's network and its
+    output is, bit for bit, the U-Net's output on the extractor's features plus the DVK (v0.2's formula);
+    inference takes the same path, fast as naive."""
+    from DblurDoseLib.learning.inference import predict_scaled
+    from DblurDoseLib.learning.network import FORMAT, LEGACY_CONFIG, _digest
 
-    if not DEFAULT_MODEL_PATH.is_file():
-        pytest.skip("no shipped weights in this installation")
-    model = load_model_file(DEFAULT_MODEL_PATH)
+    model = random_model(V02)
+    cfg = {k: v for k, v in asdict(model.config).items() if k not in LEGACY_CONFIG}
+    cfg["spacing"] = list(cfg["spacing"])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "config": cfg, "state_dict": state, "sha256": _digest(cfg, state)},
+               tmp_path / "v02.pt")
+    model = load_model_file(tmp_path / "v02.pt")
     assert (model.config.decoder_activation, model.config.correction) == ("relu", "additive")
     torch.manual_seed(0)
     x, dvk = torch.rand(1, 2, PACK, 32, 32), torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x, dvk), model.unet(model.extractor(x)) + dvk)
     spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
-    fast = predict_scaled(model, spect, rho, dv)
-    naive = predict_scaled(model, spect, rho, dv, naive=True)
-    np.testing.assert_allclose(fast, naive, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_file_takes_the_same_path_fast_as_naive():
+    """The shipped weights through inference's fast path (shared extractor, folded batch norms) give the
+    naive slice-by-slice result."""
+    from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH, predict_scaled
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no shipped weights in this installation")
+    model = load_model_file(DEFAULT_MODEL_PATH)
+    torch.manual_seed(0)
+    spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
+    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
+                               rtol=1e-4, atol=1e-5)
 
 
 def _decoder_features_and_correction(model, x):

@@ -180,17 +180,23 @@ def test_the_consistency_step_helps_the_shipped_cnn_on_the_spheres(shipped_in_mi
 #: issue 21's lesion target, on the spheres of 5 mL and more: the CNN's error of the mean at most this share of
 #: the DVK's (the paper: lesions' mean error 55% lower than the DVK's)
 SPHERE_TARGET = 0.45
+#: shipped weights recorded (model card) as missing that target, by the SHA-256 the card names: strict, each
+#: must still miss it as recorded; weights not listed here must meet it
+MISSES_SPHERE_TARGET = {
+    "0b12195642eeb4172a8299d706489345dcfc960a084bb8e81d0283308fdee399": "v0.2: 0.95, 0.76, 0.74 of the DVK's error",
+    "02d5cc25668ef2020888de7bb4d67e18130d6b841d4aed0de2a682803514ecce": "v0.3: 0.94, 0.79, 0.73 of the DVK's error",
+}
 
 
 @pytest.mark.slow
 def test_shipped_cnn_meets_the_lesion_target_on_spheres_of_5_ml_and_more(shipped_in_mix):
     """Issue 21: on the spheres of 5.6, 11 and 26 mL the CNN's error of the mean is at most 0.45 of the DVK's
-    (v0.2: 0.95, 0.76 and 0.74 of it: it recovers a quarter at most; under 2.6 mL nothing)."""
+    (v0.2: 0.95, 0.76 and 0.74 of it: it recovers a quarter at most; under 2.6 mL nothing; v0.3: 0.94, 0.79, 0.73)."""
     model, results = shipped_in_mix
     vois = results["chains"]["in-mix"]["vois"]
     shares = {name: abs(vois[name]["cnn"]["signed_error"]) / abs(vois[name]["dvk"]["signed_error"])
               for name in ("sphere_22mm", "sphere_28mm", "sphere_37mm")}
-    if model.config.correction == "additive":  # strict: the v0.2 weights must still miss it, as recorded
+    if model.sha256 in MISSES_SPHERE_TARGET:  # strict: these weights must still miss it, as recorded
         assert max(shares.values()) > SPHERE_TARGET, shares
-        pytest.xfail(f"the v0.2 weights (additive correction) recover at most a quarter of the DVK's loss: {shares}")
+        pytest.xfail(f"the shipped weights ({MISSES_SPHERE_TARGET[model.sha256]}) miss it: {shares}")
     assert max(shares.values()) <= SPHERE_TARGET, shares

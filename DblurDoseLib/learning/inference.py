@@ -309,7 +309,8 @@ def cnn_dose_rate(
         out = _postprocess(out, density)
     # Safeguard: the correction may lower a tissue voxel's DVK dose rate by at most 1 - TISSUE_FLOOR.
     # Tissue near activity always receives dose (photons reach everywhere), so a zero there is an
-    # overshoot of the network, never physics (v0.2: 0.6% of the demo's soft tissue, truth ~1 mGy/h).
+    # overshoot of the network, never physics (v0.2: 0.6% of the demo's soft tissue, truth ~1 mGy/h;
+    # v0.3, trained with the floored correction, nearly never meets it: model card).
     floor = np.maximum(dvk, np.float32(0))
     floor *= np.float32(TISSUE_FLOOR)
     out = np.maximum(out, floor, out=out if out.dtype == np.float32 else None)
