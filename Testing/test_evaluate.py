@@ -93,6 +93,9 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     assert "mc" not in kidney and results["families"] == {"p00": "anatomical"}
     # energy: the DVK deposits 1.1 and 1.2 times the truth's power (density 1 everywhere)
     assert phantom["power"]["dvk"] == pytest.approx(1.15, rel=1e-5)
+    assert phantom["power_by_medium"]["dvk"] == pytest.approx({"soft tissue": 1.15}, rel=1e-5)  # all soft tissue
+    assert phantom["power_share"]["soft tissue"] == pytest.approx(1.0) and phantom["power_share"]["lung"] == 0
+    assert results["summary"]["power_by_medium"]["dvk"]["soft tissue"] == pytest.approx(1.15, rel=1e-5)
     # a stand-in CNN that returns the DVK corrects by one constant (zero) everywhere but on its first slice, held
     # at the floor, where the truth is 1/1.1 and 1/1.2 of the DVK (an overshoot): flagged with the truth it misses
     tissue = truth > 0
@@ -107,6 +110,7 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     report = (tmp_path / "report" / "report.md").read_text()
     for heading in ("## Lesions by size", "## Energy", "## CNN correction in tissue"):
         assert heading in report
+    assert "| soft tissue | 1.000 | 1.150 |" in report and "| lung |" not in report
     with pytest.raises(DblurDoseError, match="have no spect_ood_r0.nrrd.*out-of-mix"):
         evaluate.evaluate(tmp_path, recon="ood", log=lambda m: None, device="cpu")
     # training choices are compared on the validation phantoms, never on the test phantoms

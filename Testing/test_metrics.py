@@ -111,6 +111,26 @@ def test_line_profile_samples_the_right_voxels():
     np.testing.assert_allclose(values, np.arange(20), atol=1e-5)
 
 
+def test_absorbed_power_by_medium_finds_where_the_energy_differs():
+    """A map that doubles the truth in lung only: twice the truth's power in lung, the truth's in soft tissue and
+    bone; the whole-body ratio is 1 plus the lung's share of the truth's power; the media cover the body."""
+    from DblurDoseLib.evaluation.metrics import absorbed_power_by_medium, absorbed_power_ratio, power_media
+
+    rng = np.random.default_rng(1)
+    density = rng.choice([0.001, 0.3, 1.0, 1.04, 1.5], size=(6, 12, 12)).astype(np.float32)
+    truth = rng.uniform(0.5, 5.0, density.shape)
+    media = power_media(density)
+    body = density >= 0.1
+    assert not (media["lung"] & media["soft tissue"]).any() and not (media["soft tissue"] & media["bone"]).any()
+    np.testing.assert_array_equal(media["lung"] | media["soft tissue"] | media["bone"], body)
+    estimate = np.where(media["lung"], 2 * truth, truth)
+    ratios = absorbed_power_by_medium(estimate, truth, density)
+    assert ratios == pytest.approx({"lung": 2.0, "soft tissue": 1.0, "bone": 1.0}, rel=1e-12)
+    lung_share = (truth * density)[media["lung"]].sum() / (truth * density)[body].sum()
+    assert absorbed_power_ratio(estimate, truth, density) == pytest.approx(1 + lung_share, rel=1e-12)
+    assert set(absorbed_power_by_medium(truth, truth, np.ones_like(density))) == {"soft tissue"}  # no lung, no bone
+
+
 def test_absorbed_power_ratio_weighs_by_mass_and_leaves_out_air():
     from DblurDoseLib.evaluation.metrics import absorbed_power_ratio
 

@@ -24,6 +24,8 @@ from ..simulation.anatomy import LESION_SIZE_CLASSES_ML
 from ..simulation.vois import LESION_PREFIX, evaluation_vois
 from .metrics import (
     DR_LEVELS,
+    POWER_MEDIA,
+    absorbed_power_by_medium,
     absorbed_power_ratio,
     correction_diagnostics,
     drvh,
@@ -32,6 +34,7 @@ from .metrics import (
     line_profile,
     line_through,
     nrmse,
+    power_media,
     segment_statistics,
 )
 
@@ -274,11 +277,12 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
                      n_real: int, density: np.ndarray, corrections: dict[str, str]) -> dict:
     """One phantom's numbers: per VOI and method the errors averaged over realisations; the ensemble
     noise in background spheres of the healthy liver and spleen (two realisations or more); each
-    method's whole-body absorbed power over the truth's (mean over realisations); and for each
+    method's whole-body absorbed power over the truth's, and in each medium (lung, soft tissue, bone;
+    mean over realisations), with the truth's share of its power in each medium; and for each
     residual CNN (``corrections``: method -> its correction kind) the share of tissue at the floor
     (mean), whether the truth there is as low (:func:`correction_diagnostics` with the truth), and the
     largest share under one constant correction (largest over realisations)."""
-    phantom: dict = {"vois": {}, "noise": {}, "power": {}, "correction": {}}
+    phantom: dict = {"vois": {}, "noise": {}, "power": {}, "power_by_medium": {}, "correction": {}}
     for voi, mask in masks.items():
         phantom["vois"][voi] = {
             method: {k: _mean(voi_errors(e, truth, mask, hu.voxel_volume_ml)[k] for e in maps)
@@ -288,6 +292,11 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
         }
     for method, maps in estimates.items():
         phantom["power"][method] = _mean(absorbed_power_ratio(e, truth, density) for e in maps)
+        by_medium = [absorbed_power_by_medium(e, truth, density) for e in maps]
+        phantom["power_by_medium"][method] = {m: _mean(r.get(m) for r in by_medium) for m in POWER_MEDIA
+                                              if any(m in r for r in by_medium)}
+    phantom["power_share"] = {m: absorbed_power_ratio(np.where(mask, truth, 0), truth, density)
+                              for m, mask in power_media(density).items()}
     for method, kind in corrections.items():
         phantom["correction"][method] = _combine_diagnostics(
             correction_diagnostics(e, d, density, kind, truth=truth) for e, d in zip(estimates[method], estimates["dvk"]))
@@ -313,11 +322,8 @@ def summarise(results: dict) -> dict:
     """Averages per VOI group and method, and the CNN's improvements over DVK and SPECT+MC (%)."""
     groups: dict[str, dict[str, dict[str, list[float]]]] = {}
     noise: dict[str, list[float]] = {}
-    power: dict[str, list[float]] = {}
     correction: dict[str, list[dict]] = {}
     for phantom in results["phantoms"].values():
-        for method, value in phantom.get("power", {}).items():
-            power.setdefault(method, []).append(value)
         for method, diag in phantom.get("correction", {}).items():
             correction.setdefault(method, []).append(diag)
         for voi, methods in phantom["vois"].items():
@@ -335,10 +341,25 @@ def summarise(results: dict) -> dict:
     if any("consistent_cnn" in ms for ms in table.values()):
         summary["improvement"].update({f"consistent_cnn {k}": v for k, v in
                                        _improvements(table, summary["noise"], "consistent_cnn").items()})
-    summary["power"] = {m: _mean(v) for m, v in power.items()}
+    summary["power"], summary["power_by_medium"] = _power_means(results["phantoms"].values())
     summary["correction"] = {m: _combine_diagnostics(diags) for m, diags in correction.items()}
     summary["lesion_sizes"] = lesion_size_table(results)
     return summary
+
+
+def _power_means(phantoms) -> tuple[dict, dict]:
+    """Each method's absorbed power over the truth's, whole-body and per medium, averaged over ``phantoms``
+    (their ``power`` and ``power_by_medium``)."""
+    power: dict[str, list[float]] = {}
+    by_medium: dict[str, dict[str, list[float]]] = {}
+    for phantom in phantoms:
+        for method, value in phantom.get("power", {}).items():
+            power.setdefault(method, []).append(value)
+        for method, media in phantom.get("power_by_medium", {}).items():
+            for medium, value in media.items():
+                by_medium.setdefault(method, {}).setdefault(medium, []).append(value)
+    return ({m: _mean(v) for m, v in power.items()},
+            {m: {medium: _mean(v) for medium, v in media.items()} for m, media in by_medium.items()})
 
 
 def _combine_diagnostics(diagnostics) -> dict:
@@ -533,6 +554,16 @@ def _energy_section(results: dict, methods: list[str]) -> list[str]:
         lines.append(f"| {key} | " + " | ".join(f"{ph['power'].get(m, float('nan')):.3f}" for m in methods) + " |")
     mean = results["summary"].get("power", {})
     lines.append("| mean | " + " | ".join(f"{mean.get(m, float('nan')):.3f}" for m in methods) + " |")
+    by_medium = results["summary"].get("power_by_medium", {})
+    media = [m for m in POWER_MEDIA if any(m in by_medium.get(x, {}) for x in methods)]
+    if media:
+        shares = {m: _mean(ph.get("power_share", {}).get(m) for ph in results["phantoms"].values()) for m in media}
+        lines += ["", "Per medium (mean over phantoms): each method's absorbed power there over the truth's there; the "
+                  "truth's share of its whole-body power. The consistency step acts in soft tissue only.", "",
+                  "| medium | truth's share | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for m in media:
+            lines.append(f"| {m} | {shares[m]:.3f} | "
+                         + " | ".join(f"{by_medium.get(x, {}).get(m, float('nan')):.3f}" for x in methods) + " |")
     return lines
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import DblurDoseError
 from ..io.volume import Volume
 from ..learning.inference import TISSUE_FLOOR
-from ..physics.density import AIR_DENSITY_THRESHOLD
+from ..physics.consistency import soft_tissue
+from ..physics.density import AIR_DENSITY_THRESHOLD, BONE_DENSITY_MIN, LUNG_DENSITY_MAX
 
 if TYPE_CHECKING:
     from ..geometry.segments import Segment
@@ -411,7 +412,8 @@ def drvh_table(dose_maps: dict[str, np.ndarray], segments: Sequence[Segment], n_
     return rows
 
 
-def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray) -> float:
+def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray,
+                         region: np.ndarray | None = None) -> float:
     """Whole-body absorbed power of ``estimate`` over that of ``truth`` (dimensionless): the energy check.
 
     Parameters
@@ -420,6 +422,8 @@ def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.nd
         Dose-rate maps of one shape and unit (e.g. mGy/h).
     density : np.ndarray
         Mass density, g/cm3, same shape; voxels under the air threshold are left out.
+    region : np.ndarray of bool, optional
+        Only these voxels (of the body); default the whole body.
 
     Returns
     -------
@@ -429,10 +433,51 @@ def absorbed_power_ratio(estimate: np.ndarray, truth: np.ndarray, density: np.nd
         energy. NaN where the truth deposits none.
     """
     body = np.asarray(density) >= AIR_DENSITY_THRESHOLD
+    if region is not None:
+        body &= np.asarray(region, dtype=bool)
     rho = np.asarray(density, dtype=np.float64)[body]
     est = float(np.dot(np.asarray(estimate, dtype=np.float64)[body], rho))
     tru = float(np.dot(np.asarray(truth, dtype=np.float64)[body], rho))
     return est / tru if tru > 0 else float("nan")
+
+
+#: the media of :func:`power_media`, in density order
+POWER_MEDIA = ("lung", "soft tissue", "bone")
+
+
+def power_media(density: np.ndarray) -> dict[str, np.ndarray]:
+    """The body's voxels by the Monte Carlo's media (:data:`DblurDoseLib.physics.montecarlo.MEDIA`), as boolean
+    masks: "lung" (from the air threshold to :data:`~DblurDoseLib.physics.density.LUNG_DENSITY_MAX` g/cm3), "soft
+    tissue" (adipose and soft tissue: where the consistency step acts, :func:`~DblurDoseLib.physics.consistency.
+    soft_tissue`) and "bone" (above :data:`~DblurDoseLib.physics.density.BONE_DENSITY_MIN`)."""
+    density = np.asarray(density)
+    masks = ((density >= AIR_DENSITY_THRESHOLD) & (density < LUNG_DENSITY_MAX), soft_tissue(density),
+             density > BONE_DENSITY_MIN)
+    return dict(zip(POWER_MEDIA, masks))
+
+
+def absorbed_power_by_medium(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray) -> dict[str, float]:
+    """Where a map's energy differs from the truth's: :func:`absorbed_power_ratio` in each medium of
+    :func:`power_media` (dimensionless; media where the truth deposits nothing are left out).
+
+    Parameters
+    ----------
+    estimate, truth : np.ndarray
+        Dose-rate maps of one shape and unit (e.g. mGy/h).
+    density : np.ndarray
+        Mass density, g/cm3, same shape.
+
+    Returns
+    -------
+    dict
+        Medium -> the estimate's absorbed power there over the truth's there.
+    """
+    out = {}
+    for medium, mask in power_media(density).items():
+        ratio = absorbed_power_ratio(estimate, truth, density, region=mask)
+        if np.isfinite(ratio):
+            out[medium] = ratio
+    return out
 
 
 #: a CNN voxel within this factor of the tissue floor counts as at the floor (the floored and ratio
