@@ -290,13 +290,14 @@ def _phantom_results(estimates: dict[str, list[np.ndarray]], truth: np.ndarray, 
                                *(f"DR{lv}_error" for lv in DR_LEVELS))}
             for method, maps in estimates.items()
         }
+    media = power_media(density)  # once per phantom: every map shares its density
     for method, maps in estimates.items():
         phantom["power"][method] = _mean(absorbed_power_ratio(e, truth, density) for e in maps)
-        by_medium = [absorbed_power_by_medium(e, truth, density) for e in maps]
+        by_medium = [absorbed_power_by_medium(e, truth, density, media) for e in maps]
         phantom["power_by_medium"][method] = {m: _mean(r.get(m) for r in by_medium) for m in POWER_MEDIA
                                               if any(m in r for r in by_medium)}
     phantom["power_share"] = {m: absorbed_power_ratio(np.where(mask, truth, 0), truth, density)
-                              for m, mask in power_media(density).items()}
+                              for m, mask in media.items()}
     for method, kind in corrections.items():
         phantom["correction"][method] = _combine_diagnostics(
             correction_diagnostics(e, d, density, kind, truth=truth) for e, d in zip(estimates[method], estimates["dvk"]))

@@ -446,17 +446,19 @@ POWER_MEDIA = ("lung", "soft tissue", "bone")
 
 
 def power_media(density: np.ndarray) -> dict[str, np.ndarray]:
-    """The body's voxels by the Monte Carlo's media (:data:`DblurDoseLib.physics.montecarlo.MEDIA`), as boolean
-    masks: "lung" (from the air threshold to :data:`~DblurDoseLib.physics.density.LUNG_DENSITY_MAX` g/cm3), "soft
-    tissue" (adipose and soft tissue: where the consistency step acts, :func:`~DblurDoseLib.physics.consistency.
-    soft_tissue`) and "bone" (above :data:`~DblurDoseLib.physics.density.BONE_DENSITY_MIN`)."""
+    """The body's voxels by medium, as boolean masks, on the density bounds of :mod:`DblurDoseLib.physics.density`
+    (those of the Monte Carlo's lung, soft-tissue and bone media): "lung" (from the air threshold to
+    :data:`~DblurDoseLib.physics.density.LUNG_DENSITY_MAX` g/cm3), "soft tissue" (adipose and soft tissue: where the
+    consistency step acts, :func:`~DblurDoseLib.physics.consistency.soft_tissue`) and "bone" (above
+    :data:`~DblurDoseLib.physics.density.BONE_DENSITY_MIN`)."""
     density = np.asarray(density)
     masks = ((density >= AIR_DENSITY_THRESHOLD) & (density < LUNG_DENSITY_MAX), soft_tissue(density),
              density > BONE_DENSITY_MIN)
     return dict(zip(POWER_MEDIA, masks))
 
 
-def absorbed_power_by_medium(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray) -> dict[str, float]:
+def absorbed_power_by_medium(estimate: np.ndarray, truth: np.ndarray, density: np.ndarray,
+                             media: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Where a map's energy differs from the truth's: :func:`absorbed_power_ratio` in each medium of
     :func:`power_media` (dimensionless; media where the truth deposits nothing are left out).
 
@@ -466,6 +468,8 @@ def absorbed_power_by_medium(estimate: np.ndarray, truth: np.ndarray, density: n
         Dose-rate maps of one shape and unit (e.g. mGy/h).
     density : np.ndarray
         Mass density, g/cm3, same shape.
+    media : dict, optional
+        ``power_media(density)``, when the caller already has it (several maps on one density).
 
     Returns
     -------
@@ -473,7 +477,7 @@ def absorbed_power_by_medium(estimate: np.ndarray, truth: np.ndarray, density: n
         Medium -> the estimate's absorbed power there over the truth's there.
     """
     out = {}
-    for medium, mask in power_media(density).items():
+    for medium, mask in (power_media(density) if media is None else media).items():
         ratio = absorbed_power_ratio(estimate, truth, density, region=mask)
         if np.isfinite(ratio):
             out[medium] = ratio
