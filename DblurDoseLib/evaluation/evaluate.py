@@ -37,6 +37,7 @@ from .metrics import (
     power_media,
     segment_statistics,
 )
+from .targets import check_targets
 
 #: VOI groups as in the paper's Fig. 7.
 VOI_GROUPS = ("lesion", "kidney_left", "kidney_right", "liver", "healthy_liver", "spleen", "lumbar_L2_L5")
@@ -345,6 +346,9 @@ def summarise(results: dict) -> dict:
     summary["power"], summary["power_by_medium"] = _power_means(results["phantoms"].values())
     summary["correction"] = {m: _combine_diagnostics(diags) for m, diags in correction.items()}
     summary["lesion_sizes"] = lesion_size_table(results)
+    checked = {"summary": summary, "phantoms": results["phantoms"]}
+    summary["targets"] = {m: check_targets(checked, m) for m in ("cnn", "consistent_cnn")
+                          if any(m in ms for ms in table.values())}
     return summary
 
 
@@ -462,7 +466,8 @@ def write_report(results: dict, out: Path) -> Path:
     s = results["summary"]
     order = ("dvk", "mc", "cnn", "consistent_cnn")
     methods = sorted({m for g in s["table"].values() for m in g}, key=lambda m: order.index(m) if m in order else 9)
-    lines = [*_report_header(results), *_error_section(s, methods), *_drvh_section(s, methods),
+    lines = [*_report_header(results), *_error_section(s, methods), *_targets_section(s),
+             *_drvh_section(s, methods),
              *_noise_section(results, methods), *_improvement_section(s), *_lesion_size_section(s, methods),
              *_energy_section(results, methods), *_correction_section(results),
              *_family_section(results.get("summary_by_family", {}), methods), *_ablation_section(s, methods)]
@@ -494,6 +499,21 @@ def _error_section(s: dict, methods: list[str]) -> list[str]:
             row = s["table"][g]
             lines.append(f"| {g} | " + " | ".join(_fmt(row.get(m, {}).get("mean_error")) for m in methods) + " | "
                          + " | ".join(f"{row.get(m, {}).get('nrmse', float('nan')):.3f}" for m in methods) + " |")
+    return lines
+
+
+def _targets_section(s: dict) -> list[str]:
+    """The targets (:mod:`~DblurDoseLib.evaluation.targets`) for the CNN and the CNN kept consistent, met or not."""
+    checked = s.get("targets", {})
+    if not checked:
+        return []
+    methods = list(checked)
+    verdict = {True: "met", False: "not met", None: "not checked"}
+    lines = ["", "## Targets: the paper's gains over the DVK and the bounds of a usable map", "",
+             "| target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for i, row in enumerate(checked[methods[0]]):
+        lines.append(f"| {row['target']} | " + " | ".join(f"{checked[m][i]['value']}: {verdict[checked[m][i]['met']]}"
+                                                            for m in methods) + " |")
     return lines
 
 
