@@ -127,6 +127,16 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     val = evaluate.evaluate(tmp_path, split="val", log=lambda m: None, device="cpu", out=tmp_path / "val")
     assert val["split"] == "val" and list(val["phantoms"]) == ["p00"]
     assert "validation phantoms: p00" in (tmp_path / "val" / "report.md").read_text()
+    # the fit of a model on what it was trained on: the training phantoms, named as such
+    manifest["phantoms"]["p00"]["split"] = "train"
+    (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
+    fit = evaluate.evaluate(tmp_path, split="train", log=lambda m: None, device="cpu", out=tmp_path / "fit")
+    assert fit["phantoms"]["p00"]["vois"]["kidney_left"]["dvk"]["mean_error"] == pytest.approx(15.0, rel=1e-4)
+    assert "training phantoms: p00" in (tmp_path / "fit" / "report.md").read_text()
+    with pytest.raises(DblurDoseError, match="cannot evaluate the 'all' split; choose test, val or train"):
+        evaluate.evaluate(tmp_path, split="all", log=lambda m: None, device="cpu")
+    manifest["phantoms"]["p00"]["split"] = "val"
+    (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     # a phantom the data job has not finished (SPECT, no truth) is refused, unless left out by index
     unfinished = tmp_path / dataset.phantom_key(1)
     unfinished.mkdir()

@@ -42,6 +42,8 @@ from .targets import check_targets
 #: VOI groups as in the paper's Fig. 7.
 VOI_GROUPS = ("lesion", "kidney_left", "kidney_right", "liver", "healthy_liver", "spleen", "lumbar_L2_L5")
 SPHERE_RADIUS_MM = 15.0
+#: the data set's splits that can be evaluated, and their names in messages and reports
+SPLIT_NAMES = {"test": "test", "val": "validation", "train": "training"}
 #: lesion size classes of the evaluation (voxelised true volume, mL): (label, lower bound inclusive, upper
 #: bound exclusive); the phantoms' classes (:data:`LESION_SIZE_CLASSES_ML`) and what falls under them
 LESION_SIZE_CLASSES = ((f"under {LESION_SIZE_CLASSES_ML[0][0]:g} mL", 0.0, LESION_SIZE_CLASSES_ML[0][0]),
@@ -116,8 +118,10 @@ def evaluate(
     "ood" (those outside the training mix, ``spect_ood_r*``, from ``data generate --out-of-mix``).
     ``family``: only the test phantoms of this virtual-patient family ("anatomical", or "shapes":
     ``data generate --held-out``); ``None``: all, with the summary also given per family.
-    ``split``: "test" (the held-out phantoms, for the final figures) or "val" (the validation
-    phantoms: compare training choices there, never on the test phantoms).
+    ``split``: "test" (the held-out phantoms, for the final figures), "val" (the validation
+    phantoms: compare training choices there, never on the test phantoms) or "train" (the training
+    phantoms: how well a model fits what it was trained on, against which its error on unseen phantoms
+    tells underfitting from a generalisation gap; their labels carry the training's Monte Carlo noise).
     ``deconvolution``: for each number N the reference method ``dvk_rlN``, the DVK of each realisation's
     SPECT (its native grid) after N Richardson-Lucy iterations with a Gaussian of its chain's
     Gaussian-equivalent FWHM (:mod:`.deconvolution`; the chain as the manifest records it).
@@ -183,10 +187,10 @@ def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, re
                           phantoms: Sequence[int] | None = None) -> list[str]:
     """The data set's phantoms of ``split`` (and ``family``; only ``phantoms``, by index, unless None), refused
     when there are none, one is not of the split, or one is unfinished or lacks the reconstructions asked for."""
-    if split not in ("test", "val"):
-        raise DblurDoseError(f"cannot evaluate the {split!r} split; choose test or val")
+    if split not in SPLIT_NAMES:
+        raise DblurDoseError(f"cannot evaluate the {split!r} split; choose test, val or train")
     tests = layout.phantoms_in(manifest, split, family)
-    name = "test" if split == "test" else "validation"
+    name = SPLIT_NAMES[split]
     if not tests:
         which = f" of the {family!r} family" if family else ""
         raise DblurDoseError(f"{data_dir} has no {name} phantoms{which}; generate the data set with {name} phantoms"
@@ -483,7 +487,7 @@ def _report_header(results: dict) -> list[str]:
     """The report's title and what was evaluated: data set, reconstructions, model, phantoms by family."""
     return ["# DblurDose evaluation", "", f"Data: `{results['data']}` ({results.get('recon', 'standard')} "
             f"reconstructions); model: `{results['model']}`; "
-            f"{'validation' if results.get('split') == 'val' else 'test'} phantoms: {', '.join(results['phantoms'])}"
+            f"{SPLIT_NAMES[results.get('split', 'test')]} phantoms: {', '.join(results['phantoms'])}"
             + "".join(f" ({fam}: {', '.join(k for k, f in results.get('families', {}).items() if f == fam)})"
                       for fam in sorted(set(results.get("families", {}).values()))) + "."]
 
@@ -649,8 +653,9 @@ def add_evaluate_arguments(sub) -> None:
     p.add_argument("--family", choices=("anatomical", "shapes"),
                    help="only the test phantoms of this virtual-patient family (default: all, also summarised "
                         "per family); shapes-family phantoms come from `data generate --held-out`")
-    p.add_argument("--split", choices=("test", "val"), default="test",
-                   help="the test phantoms (final figures) or the validation phantoms (to compare training choices)")
+    p.add_argument("--split", choices=tuple(SPLIT_NAMES), default="test",
+                   help="the test phantoms (final figures), the validation phantoms (to compare training choices) "
+                        "or the training phantoms (how well a model fits its own data)")
     p.add_argument("--phantoms", metavar="RANGE",
                    help="only these phantoms of the split, by index (e.g. 1,9: those finished while the data set "
                         "grows; the report names them; default: all, each finished)")
