@@ -1,6 +1,8 @@
 """Monte Carlo dose rate (ompmc): decay sampling, phase-space files, energy bookkeeping, agreement
 with the dose-voxel kernel in water, reproducibility. Transport tests need the optional ompmc."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,31 @@ def test_nested_batches_make_the_full_label_and_noisier_partial_ones():
     assert unc[2000] / unc[8000] == pytest.approx(2.0, rel=0.25)  # sqrt(4x the decays)
     with pytest.raises(DblurDoseError, match="decay per batch"):
         mc.nested_monte_carlo_dose_rate(act, rho, 3, n_batches=4)
+
+
+def test_the_temporary_folders_of_killed_runs_are_removed_and_no_others(tmp_path):
+    """A transport run killed before its cleanup leaves hundreds of MB in its temporary folder; the next run
+    removes the folders whose process (on this host) is gone, and leaves those of live processes, of other
+    hosts and without a record."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    host = socket.gethostname()
+    owners = {"killed": {"host": host, "pid": done.pid}, "live": {"host": host, "pid": os.getpid()},
+              "elsewhere": {"host": host + "-other", "pid": done.pid}}
+    for name, owner in owners.items():
+        folder = tmp_path / (mc.WORKDIR_PREFIX + name)
+        folder.mkdir()
+        (folder / mc.WORKDIR_OWNER).write_text(json.dumps(owner))
+        (folder / "chunk0.IAEAphsp").write_bytes(b"\0" * 1000)
+    (tmp_path / (mc.WORKDIR_PREFIX + "unrecorded")).mkdir()
+    (tmp_path / "user-folder").mkdir()
+    (tmp_path / "user-folder" / mc.WORKDIR_OWNER).write_text(json.dumps(owners["killed"]))
+    removed = mc.remove_stale_workdirs(tmp_path)
+    assert [p.name for p in removed] == [mc.WORKDIR_PREFIX + "killed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [mc.WORKDIR_PREFIX + n for n in ("live", "elsewhere", "unrecorded")] + ["user-folder"])

@@ -14,7 +14,8 @@ start inside the phantom are transported from where they start. So:
    goes to a log file that is shown only on failure);
 4. large runs are split into chunks of at most ``max_particles`` particles, one child each, so
    the phase-space file and ompmc's copy of it stay bounded (2e7 particles = 580 MB); the
-   temporary files are removed afterwards.
+   temporary files are removed afterwards, and those of a run that was killed (hundreds of MB
+   each) by the next run in the same folder (:func:`remove_stale_workdirs`).
 
 Units: ompmc returns the mean energy deposited per history (MeV, ``output_dose=False``); this
 module converts to dose itself with the exact MeV-to-J factor (ompmc's own dose output uses
@@ -37,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,10 @@ from ..errors import DblurDoseError
 from ..io.volume import Volume
 from .density import BONE_DENSITY_MIN, LUNG_DENSITY_MAX
 from .nuclides import DEFAULT_CUTOFF_KEV, ELECTRON, PHOTON, get_nuclide, sample_decay_particles
+
+#: the prefix of a transport run's temporary folder, and the file in it that names its host and process
+WORKDIR_PREFIX = "dblurdose-mc-"
+WORKDIR_OWNER = "owner.json"
 
 MEV_TO_J = 1.602176634e-13
 ELECTRON_REST_MEV = 0.51099895
@@ -477,8 +483,10 @@ def transport(
     variance = np.zeros(geometry.shape, dtype=np.float64)
     entered = escaped = unscored = 0.0
     n_particles = 0
-    tmp = Path(tempfile.mkdtemp(prefix="dblurdose-mc-", dir=workdir))
+    remove_stale_workdirs(workdir)
+    tmp = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=workdir))
     try:
+        (tmp / WORKDIR_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         np.savez(tmp / "geometry.npz", x=geometry.x_bounds, y=geometry.y_bounds, z=geometry.z_bounds,
                  density=geometry.density, material=geometry.material)
         for chunk, batch in enumerate(batches):
@@ -519,6 +527,47 @@ def transport(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TransportResult(energy, variance, entered, escaped, unscored, n_particles, time.perf_counter() - t0)
+
+
+def remove_stale_workdirs(workdir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary folders of transport runs that were killed before they could clean up.
+
+    A run's folder (``dblurdose-mc-*`` in ``workdir``, default the system's temporary folder) names its
+    host and process; it is stale when that process, on this host, no longer exists. Folders of live
+    processes, of other hosts (a shared folder) and without that record are left alone.
+
+    Parameters
+    ----------
+    workdir : str or os.PathLike, optional
+        The folder the runs make their temporary folders in.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    parent = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+    host, removed = socket.gethostname(), []
+    for folder in parent.glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = json.loads((folder / WORKDIR_OWNER).read_text())
+            stale = owner["host"] == host and not _process_exists(int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no record (or being written): not ours to judge
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _run_child(tmp: Path, job: dict, threads: int, report: Callable[[float], bool]) -> dict:
