@@ -33,7 +33,9 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another user's counts): the test by which a lock or a
+    temporary folder left by a killed run is told from a live run's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,7 +126,7 @@ class OutputFolder:
         except OSError:
             pid_text, host = "", ""
         pid = int(pid_text) if pid_text.isdigit() else -1
-        if host == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+        if host == socket.gethostname() and pid > 0 and not pid_alive(pid):
             lock.unlink(missing_ok=True)  # left by a run that was killed: take it over
             return
         raise DblurDoseError(

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DblurDoseError
+from ..io.outputs import pid_alive
 from ..io.volume import Volume
 from .density import BONE_DENSITY_MIN, LUNG_DENSITY_MAX
 from .nuclides import DEFAULT_CUTOFF_KEV, ELECTRON, PHOTON, get_nuclide, sample_decay_particles
@@ -551,23 +552,13 @@ def remove_stale_workdirs(workdir: str | os.PathLike | None = None) -> list[Path
     for folder in parent.glob(WORKDIR_PREFIX + "*"):
         try:
             owner = json.loads((folder / WORKDIR_OWNER).read_text())
-            stale = owner["host"] == host and not _process_exists(int(owner["pid"]))
+            stale = owner["host"] == host and not pid_alive(int(owner["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # no record (or being written): not ours to judge
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _run_child(tmp: Path, job: dict, threads: int, report: Callable[[float], bool]) -> dict:
