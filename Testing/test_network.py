@@ -186,11 +186,20 @@ def test_v02_config_maps_to_the_v02_network():
         ModelConfig(correction="log")
 
 
+def assert_fast_equals_naive(model) -> None:
+    """Inference's fast path (shared extractor, folded batch norms) gives the naive slice-by-slice result on a
+    random 12 x 32 x 32 volume."""
+    from DblurDoseLib.learning.inference import predict_scaled
+
+    spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
+    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_a_v02_file_gives_the_v02_computation(tmp_path):
     """A model file of v0.2 and before (no architecture keys in its config) loads as v0.2's network and its
     output is, bit for bit, the U-Net's output on the extractor's features plus the DVK (v0.2's formula);
     inference takes the same path, fast as naive."""
-    from DblurDoseLib.learning.inference import predict_scaled
     from DblurDoseLib.learning.network import FORMAT, LEGACY_CONFIG, _digest
 
     model = random_model(V02)
@@ -205,23 +214,19 @@ def test_a_v02_file_gives_the_v02_computation(tmp_path):
     x, dvk = torch.rand(1, 2, PACK, 32, 32), torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x, dvk), model.unet(model.extractor(x)) + dvk)
-    spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
-    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
-                               rtol=1e-4, atol=1e-5)
+    assert_fast_equals_naive(model)
 
 
 def test_shipped_file_takes_the_same_path_fast_as_naive():
     """The shipped weights through inference's fast path (shared extractor, folded batch norms) give the
     naive slice-by-slice result."""
-    from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH, predict_scaled
+    from DblurDoseLib.learning.inference import DEFAULT_MODEL_PATH
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped weights in this installation")
     model = load_model_file(DEFAULT_MODEL_PATH)
     torch.manual_seed(0)
-    spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
-    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
-                               rtol=1e-4, atol=1e-5)
+    assert_fast_equals_naive(model)
 
 
 def _decoder_features_and_correction(model, x):

@@ -40,8 +40,8 @@ def check_targets(results: dict, method: str = "cnn") -> list[dict]:
         diagnostics per residual model, ``floor_share`` a fraction).
     method : str
         The map checked: "cnn", "consistent_cnn", an ablation's "cnn_NAME" or "consistent_cnn_NAME". The
-        floor is the residual
-        network's ("cnn"'s, or the ablation's own), which the consistency step leaves in place.
+        floor is the residual network's ("cnn"'s, or the ablation's own), which the consistency step leaves
+        in place.
 
     Returns
     -------
