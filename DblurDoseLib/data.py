@@ -3,8 +3,8 @@
 The folder's layout (file names, the manifest) is :mod:`DblurDoseLib.io.dataset`'s. All volumes are
 gzip-compressed NRRD, float32 (labels int16); nothing is stored at reduced precision. The manifest holds
 the settings, seeds, software versions, timings, the train/val/test split, and each phantom's family:
-"anatomical" (phantom.py) or "shapes" (phantom_shapes.py, the ``held_out`` indices, always test
-phantoms). Test phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
+"anatomical" (phantom.py), "shapes" (phantom_shapes.py: the ``held_out`` indices, always test phantoms,
+and the ``shapes`` indices, always training ones) or "water" (phantom_water.py, always training). Test phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
 the same patient and count level acquired and reconstructed outside the training mix (OUT_OF_MIX; the
 ``_ood`` files). A part whose files all exist is skipped on resume (``done.json`` keeps the timings).
 
@@ -14,6 +14,7 @@ or an existing scheduler's address), so a site with a cluster can generate hundr
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -64,6 +65,10 @@ class DataSettings:
     held_out: list[int] = field(default_factory=list)  # made by the "shapes" family; always test, not in n_test
     #: made by the "water" family (simulation.phantom_water): always training, truth the DVK of the true activity
     water: list[int] = field(default_factory=list)
+    #: made by the "shapes" family, but always training (acquired like the other training phantoms): a more
+    #: varied training set; in a data set of their own (``--extra-data``), the held-out family of another
+    #: stays a measure of generalisation for networks trained without them
+    shapes: list[int] = field(default_factory=list)
     #: validation phantoms ("val" split): acquired from the training mix like training phantoms, but with a
     #: truth of ``test_decays`` so that label-noise and training choices are judged against a clean truth
     n_val: int = 0
@@ -72,33 +77,44 @@ class DataSettings:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
 
     def indices(self) -> list[int]:
-        """Every phantom of the data set: ``phantoms``, ``held_out`` and ``water``."""
-        return sorted(set(int(i) for i in (*self.phantoms, *self.held_out, *self.water)))
+        """Every phantom of the data set: ``phantoms``, ``held_out``, ``water`` and ``shapes``."""
+        return sorted(set(int(i) for i in (*self.phantoms, *self.held_out, *self.water, *self.shapes)))
 
     def family(self, index: int) -> str:
-        """The virtual-patient family of phantom ``index``: "shapes" if held out, "water" if a water
-        phantom, else "anatomical"."""
+        """The virtual-patient family of phantom ``index``: "shapes" if held out or a shapes training
+        phantom, "water" if a water phantom, else "anatomical"."""
         if int(index) in set(int(i) for i in self.water):
             return "water"
-        return "shapes" if int(index) in set(int(i) for i in self.held_out) else "anatomical"
+        return "shapes" if int(index) in set(int(i) for i in (*self.held_out, *self.shapes)) else "anatomical"
 
     def split(self) -> dict[int, str]:
         """Train/val/test by whole phantom (never by slice), chosen by the data-set seed; held-out
-        (shapes-family) phantoms are always "test" and water-family ones always "train"; neither counts in
-        ``n_test``. The "val"
-        phantoms follow the test ones in the same permutation (at least one phantom stays "train")."""
-        held, water = set(int(i) for i in self.held_out), set(int(i) for i in self.water)
-        for other, what in ((held, "held out"), (set(int(i) for i in self.phantoms), "patient-like")):
-            if other & water:
-                raise DblurDoseError(f"phantoms {sorted(other & water)} are both {what} and water phantoms; give each "
+        (shapes-family) phantoms are always "test", water-family and shapes training ones always "train";
+        none counts in ``n_test``. The "val" phantoms follow the test ones in the same permutation (at least one
+        phantom stays "train")."""
+        held, water, shapes = (set(int(i) for i in v) for v in (self.held_out, self.water, self.shapes))
+        groups = {"anatomical": set(int(i) for i in self.phantoms), "held-out": held, "water": water,
+                  "shapes training": shapes}
+        for first, second in itertools.combinations(groups, 2):
+            both = groups[first] & groups[second]
+            if both and (first, second) != ("anatomical", "held-out"):  # held out of the anatomical indices: allowed
+                raise DblurDoseError(f"phantoms {sorted(both)} are both {first} and {second} phantoms; give each "
                                      "index one family")
         rng = np.random.default_rng(self.seed)
-        order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms if int(i) not in held | water))]
+        order = [int(i) for i in rng.permutation(sorted(i for i in self.phantoms
+                                                          if int(i) not in held | water | shapes))]
         n_test = min(self.n_test, max(len(order) - 1, 0))
         n_val = min(self.n_val, max(len(order) - n_test - 1, 0))
         test = set(order[:n_test]) | held
         val = set(order[n_test:n_test + n_val])
         return {i: ("test" if i in test else "val" if i in val else "train") for i in self.indices()}
+
+    def plan(self) -> dict[str, dict]:
+        """Every phantom the data set will hold, as its manifest's ``plan`` records it from the start: phantom
+        key -> ``{"seed", "split", "family"}`` (the same seed and family make the same virtual patient in any
+        data set; :func:`~DblurDoseLib.io.dataset.virtual_patients`)."""
+        return {layout.phantom_key(i): {"seed": self.phantom_seed(i), "split": split, "family": self.family(i)}
+                for i, split in self.split().items()}
 
     def generation_order(self, first: str = "train") -> list[int]:
         """Every phantom in the order a data job makes them (index order within each group).
@@ -461,10 +477,12 @@ def generate(out: str | os.PathLike, settings: DataSettings, workers: int = 1, s
         "software": _software_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": " ".join(sys.argv),
+        "plan": settings.plan(),  # every phantom's patient from the start, made or not (io.dataset.virtual_patients)
         "phantoms": {},
     }
     if manifest_path.exists():
         manifest["phantoms"] = json.loads(manifest_path.read_text()).get("phantoms", {})
+    manifest_path.write_text(json.dumps(manifest, indent=1))
 
     def record(result: dict) -> None:
         key = layout.phantom_key(result["index"])
@@ -569,7 +587,7 @@ def add_data_arguments(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, help="data step (generate, deconvolve)")
     g = dsub.add_parser("generate", help="generate or resume a data set")
     g.add_argument("--out", required=True, help="data folder (outside git)")
-    g.add_argument("--phantoms", help="phantom indices, e.g. 0-13 (default 0-13, or none with --water)")
+    g.add_argument("--phantoms", help="phantom indices, e.g. 0-13 (default 0-13, or none with --water or --shapes)")
     g.add_argument("--realisations", type=int, default=3, help="Poisson realisations per phantom")
     g.add_argument("--decays", type=float, default=3e7, help="Monte Carlo decays for training truth")
     g.add_argument("--test-decays", type=float, default=1e8, help="Monte Carlo decays for test truth")
@@ -597,6 +615,11 @@ def add_data_arguments(sub) -> None:
     g.add_argument("--held-out", default="",
                    help="extra phantom indices, e.g. 14-17, made by the differently built 'shapes' family "
                         "(DblurDoseLib.simulation.phantom_shapes): always test phantoms, for `dblurdose evaluate --family shapes`")
+    g.add_argument("--shapes", default="",
+                   help="indices of 'shapes'-family TRAINING phantoms, e.g. 40-59 (acquired like the other training "
+                        "phantoms): a more varied training set, best in a data set of its own (`dblurdose train "
+                        "--extra-data`) so that the held-out family of another data set stays unseen by networks "
+                        "trained without it; with the same --seed, use indices no other data set uses")
     g.add_argument("--validation", type=int, default=0, metavar="N",
                    help="N validation phantoms: SPECT from the training mix, truth of --test-decays (a clean "
                         "validation loss for `dblurdose train`)")
@@ -650,12 +673,13 @@ def cmd_data(args) -> int:
     if args.validation < 0:
         raise DblurDoseError("the number of validation phantoms must be 0 or more")
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 and not args.scheduler else None
-    phantoms = args.phantoms if args.phantoms is not None else ("" if args.water else "0-13")
+    phantoms = args.phantoms if args.phantoms is not None else ("" if args.water or args.shapes else "0-13")
     settings = DataSettings(phantoms=parse_range(phantoms) if phantoms else [], realisations=args.realisations,
                             decays=args.decays, water=parse_range(args.water) if args.water else [],
                             test_decays=args.test_decays, spect_mc_decays=args.spect_mc_decays, counts=(low, high),
                             seed=args.seed, threads=threads, mix=args.mix, out_of_mix=args.out_of_mix,
                             held_out=parse_range(args.held_out) if args.held_out else [], n_val=args.validation,
+                            shapes=parse_range(args.shapes) if args.shapes else [],
                             **PRESETS[args.preset])
     for name, value, what in (("n_views", args.views, "SPECT views"), ("iterations", args.iterations, "OSEM iterations"),
                               ("subsets", args.subsets, "OSEM subsets")):

@@ -1,6 +1,7 @@
 """The held-out "shapes" family of virtual patients, and its place in data sets and evaluation."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,13 +154,29 @@ def test_held_out_phantoms_are_test_and_not_counted():
     assert held.family(6) == "shapes" and held.family(0) == "anatomical" and held.indices() == list(range(8))
 
 
-def test_cli_held_out_reaches_the_settings(monkeypatch, tmp_path):
+def test_shapes_training_phantoms_are_train_and_one_family_per_index():
+    plain = data.DataSettings(phantoms=list(range(6)), n_test=2, held_out=[6])
+    more = data.DataSettings(phantoms=list(range(6)), n_test=2, held_out=[6], shapes=[7, 8])
+    split = more.split()
+    assert split[7] == split[8] == "train" and more.family(7) == more.family(6) == "shapes"
+    assert {i: split[i] for i in range(7)} == plain.split()  # the other phantoms' split does not move
+    assert more.indices() == list(range(9)) and more.generation_order("test")[-2:] == [7, 8]
+    alone = data.DataSettings(phantoms=[], shapes=[40, 41])
+    assert alone.split() == {40: "train", 41: "train"}
+    for clash in ({"held_out": [7]}, {"water": [8]}, {"phantoms": [7]}):
+        with pytest.raises(DblurDoseError, match="one family"):
+            data.DataSettings(**{"phantoms": [0], "shapes": [7, 8], **clash}).split()
+
+
+def test_cli_held_out_and_shapes_reach_the_settings(monkeypatch, tmp_path):
     from DblurDoseLib.cli import main
 
-    seen = {}
-    monkeypatch.setattr(data, "generate", lambda out, settings, **kw: seen.setdefault("s", settings) and out)
+    seen = []
+    monkeypatch.setattr(data, "generate", lambda out, settings, **kw: seen.append(settings) or out)
     assert main(["data", "generate", "--out", str(tmp_path), "--small", "--held-out", "14-15"]) == 0
-    assert seen["s"].held_out == [14, 15]
+    assert seen[-1].held_out == [14, 15] and seen[-1].shapes == []
+    assert main(["data", "generate", "--out", str(tmp_path), "--small", "--shapes", "40-42"]) == 0
+    assert seen[-1].shapes == [40, 41, 42] and seen[-1].phantoms == []  # no anatomical phantoms unless asked
 
 
 def _fake_physics(monkeypatch):
@@ -180,13 +197,22 @@ def test_data_set_makes_held_out_phantoms_with_the_shapes_family(tmp_path, monke
     distributed = pytest.importorskip("distributed")
     _fake_physics(monkeypatch)
     small = {**data.SMALL, "shape": (24, 48, 48), "spacing": (10.4, 10.4, 16.25)}
-    settings = data.DataSettings(phantoms=[0], held_out=[1], n_test=0, realisations=1, **small)
+    settings = data.DataSettings(phantoms=[0], held_out=[1], shapes=[2], n_test=0, realisations=1, mix=True,
+                                 **small)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
         path = data.generate(tmp_path, settings, scheduler=c.scheduler_address, log=lambda m: None)
     manifest = json.loads(path.read_text())
-    assert manifest["phantoms"]["p01"]["family"] == "shapes" and manifest["phantoms"]["p01"]["split"] == "test"
-    assert manifest["phantoms"]["p00"]["family"] == "anatomical" and manifest["phantoms"]["p00"]["split"] == "train"
-    assert manifest["settings"]["held_out"] == [1]
+    phantoms = manifest["phantoms"]
+    assert phantoms["p01"]["family"] == "shapes" and phantoms["p01"]["split"] == "test"
+    assert phantoms["p00"]["family"] == "anatomical" and phantoms["p00"]["split"] == "train"
+    assert phantoms["p02"]["family"] == "shapes" and phantoms["p02"]["split"] == "train"
+    assert manifest["settings"]["held_out"] == [1] and manifest["settings"]["shapes"] == [2]
+    assert manifest["plan"] == settings.plan() and manifest["plan"]["p02"]["family"] == "shapes"
+    # a shapes training phantom is acquired from the training mix and labelled as the other training phantoms
+    assert phantoms["p02"]["spect"] == data.phantom_draws(settings, 2, "train")["spect"]
+    assert phantoms["p02"]["spect"] != data.phantom_draws(replace(settings, mix=False), 2, "train")["spect"]
+    assert "spect_ood" not in phantoms["p02"] and not list((tmp_path / "p02").glob("mc_spect*"))
+    assert json.loads((tmp_path / "p02" / "labels.json").read_text())["info"]["family"] == "shapes"
     meta = json.loads((tmp_path / "p01" / "labels.json").read_text())
     assert meta["info"]["family"] == "shapes"
     assert meta["info"]["seed"] == settings.phantom_seed(1)

@@ -68,7 +68,7 @@ def test_water_phantoms_are_training_phantoms_and_leave_the_other_split_alone():
     assert with_water.family(0) == "anatomical"
     with pytest.raises(DblurDoseError, match="one family"):
         data.DataSettings(phantoms=[0, 1], held_out=[5], water=[5]).split()
-    with pytest.raises(DblurDoseError, match="patient-like and water"):  # never a silent change of family
+    with pytest.raises(DblurDoseError, match="anatomical and water"):  # never a silent change of family
         data.DataSettings(phantoms=[0, 1, 2], water=[2, 3]).split()
 
 

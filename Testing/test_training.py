@@ -751,3 +751,40 @@ def test_a_deconvolving_network_trains_and_validates_on_the_deconvolved_inputs(d
     assert base == pytest.approx(0.0, abs=1e-9) and dvk > 1e-3
     assert model == pytest.approx(validation.validation_loss(out, data, seed=0, **{k: v for k, v in opts.items()
                                                                                   if k != "seeds"}), rel=1e-5)
+
+
+def test_an_extra_data_set_never_trains_on_a_patient_that_judges_the_network(tmp_path, monkeypatch):
+    """A training phantom of an extra data set that is the same virtual patient (seed and family) as a
+    validation or test phantom of the training data set, made or only planned, is refused; one of another
+    index, or of another family with the same seed, joins."""
+    from DblurDoseLib import data
+    from DblurDoseLib.io import dataset as layout
+
+    settings = data.DataSettings(phantoms=[0, 1, 2, 3], n_test=1, n_val=1, held_out=[5])
+    main = {"plan": settings.plan(), "phantoms": {}, "spacing": list(SPACING)}
+    split = settings.split()
+    judged = layout.virtual_patients(main)
+    assert sorted(judged.values()) == sorted(f"p{i:02d}" for i, s in split.items() if s in ("val", "test"))
+    assert (settings.phantom_seed(5), "shapes") in judged  # planned, not made yet
+    old = {"phantoms": {"p03": {"seed": 7, "split": "test"}, "p04": {"seed": 8}}}  # a manifest without a plan
+    assert layout.virtual_patients(old) == {(7, "anatomical"): "p03"}
+    test = next(i for i, s in split.items() if s == "test" and i != 5)
+
+    def extra_set(name, families):  # index -> family of its training phantoms, drawn with the main set's seed
+        extra = tmp_path / name
+        extra.mkdir()
+        kw = {"phantoms": [i for i, f in families.items() if f == "anatomical"],
+              "shapes": [i for i, f in families.items() if f == "shapes"]}
+        other = data.DataSettings(n_test=0, **kw)
+        entries = {f"p{i:02d}": {**data.phantom_draws(other, i, "train"), "index": i} for i in families}
+        (extra / "manifest.json").write_text(json.dumps({"phantoms": entries, "spacing": list(SPACING)}))
+        return extra
+
+    monkeypatch.setattr(training, "load_cases", lambda *a, **k: [])
+    for families, leaked in (({5: "shapes", 6: "shapes"}, "p05"), ({test: "anatomical"}, f"p{test:02d}")):
+        with pytest.raises(DblurDoseError, match=f"training phantom {leaked} is the same virtual patient.*{leaked}"):
+            training._extra_cases([extra_set(f"leak{leaked}", families)], tmp_path / "main", main, None,
+                                  tmp_path / "m.pt")
+    fine = extra_set("fine", {6: "shapes", test: "shapes"})  # the test patient's seed, another family's generator
+    (_, names, _), = training._extra_cases([fine], tmp_path / "main", main, None, tmp_path / "m.pt")
+    assert names == sorted(["p06", f"p{test:02d}"])

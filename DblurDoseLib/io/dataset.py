@@ -194,6 +194,23 @@ def family_of(entry: dict) -> str:
     return entry.get("family", "anatomical")
 
 
+def virtual_patients(manifest: dict, splits: tuple[str, ...] = ("val", "test")) -> dict[tuple[int, str], str]:
+    """The virtual patients of a data set's phantoms in ``splits``: those its ``plan`` lists (every phantom,
+    made or not) and those made (all that older manifests, without a plan, tell).
+
+    A phantom is drawn from its seed (the data set's base seed and its index) by its family's generator:
+    the same seed and family make the same patient, whatever the data set.
+
+    Returns
+    -------
+    dict
+        ``(seed, family)`` -> phantom key (``"p27"``).
+    """
+    entries = [*manifest.get("plan", {}).items(), *manifest.get("phantoms", {}).items()]
+    return {(int(entry["seed"]), family_of(entry)): key for key, entry in entries
+            if split_of(entry) in splits and "seed" in entry}
+
+
 def realisations_of(entry: dict) -> int:
     """The number of SPECT realisations of a manifest's phantom entry (1 where unrecorded)."""
     return int(entry.get("realisations", 1))

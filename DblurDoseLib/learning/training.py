@@ -1106,8 +1106,9 @@ def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manife
                  out_path: Path) -> list[tuple[str, list[str], list]]:
     """(resolved path, training phantom keys, training volumes) of each extra data set (:func:`train`);
     refused where it is the training data set itself or given twice, its voxel spacing is not the training
-    data set's, or it has no training phantom."""
-    out = []
+    data set's, it has no training phantom, or one of them is a validation or test patient of the training
+    data set (:func:`~DblurDoseLib.io.dataset.virtual_patients`)."""
+    out, judged = [], layout.virtual_patients(manifest)
     for path in extra_data:
         path = Path(path)
         if path.resolve() in [data_dir.resolve(), *(Path(p) for p, _, _ in out)]:
@@ -1119,6 +1120,13 @@ def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manife
         names = layout.phantoms_in(extra, "train")
         if not names:
             raise DblurDoseError(f"{path} holds no training phantom; give a data set with training phantoms")
+        for name in names:  # a patient that judges the network must never be trained on
+            entry = extra["phantoms"][name]
+            judge = judged.get((int(entry.get("seed", -1)), layout.family_of(entry)))
+            if judge is not None:
+                raise DblurDoseError(f"{path}'s training phantom {name} is the same virtual patient (seed and family) "
+                                     f"as {judge}, a validation or test phantom of {data_dir}; generate it with "
+                                     "indices that data set does not use, or another --seed")
         out.append((str(path.resolve()), names,
                     load_cases(path, names, extra, config, _cache_dir(path, out_path), layout.truth_file())))
     return out
