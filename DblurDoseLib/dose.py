@@ -685,8 +685,8 @@ def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str
     """The SPECT's Gaussian-equivalent FWHM (mm, checked) where the CNN runs and it is given, else None.
 
     With it the CNN's map is made consistent with the SPECT (:mod:`DblurDoseLib.physics.consistency`), and a
-    model that deconvolves its input (``ModelConfig.deconvolution_iterations``) deconvolves at it; such a
-    model is refused without it; a model trained through that step (``train --consistent``) is warned of
+    model that deconvolves its input (``ModelConfig.deconvolution_iterations``) deconvolves at it and one with
+    the resolution input (``ModelConfig.fwhm_input``) takes it; such models are refused without it; a model trained through that step (``train --consistent``) is warned of
     without it, and a resolution given to a run without the CNN too."""
     from .physics.deconvolution import check_fwhm
 
@@ -695,10 +695,12 @@ def spect_resolution_of(network, spect_fwhm_mm: float | None, warnings: list[str
             warnings.append("the SPECT's resolution (FWHM) is ignored: only the CNN method uses it")
         return None
     if spect_fwhm_mm is None:
-        if network.config.deconvolution_iterations:
-            raise DblurDoseError("this CNN model deconvolves the SPECT before the network and needs its resolution: "
-                                 "give the SPECT's Gaussian-equivalent FWHM (mm), measured for this camera and "
-                                 "reconstruction on the IEC sphere phantom", settings=("spect_fwhm",))
+        if network.config.deconvolution_iterations or network.config.fwhm_input:
+            how = "deconvolves the SPECT before the network" if network.config.deconvolution_iterations else \
+                "takes the SPECT's resolution as an input"
+            raise DblurDoseError(f"this CNN model {how} and needs its resolution: give the SPECT's "
+                                 "Gaussian-equivalent FWHM (mm), measured for this camera and reconstruction on the "
+                                 "IEC sphere phantom", settings=("spect_fwhm",))
         share = float((network.config.info or {}).get("consistent") or 0.0)
         if share:
             warnings.append(f"this CNN model was trained to be kept consistent with the SPECT ({share:.0%} of its "
@@ -750,7 +752,7 @@ def _dose_rates(activity: Volume, ct: Volume, density: np.ndarray, methods: tupl
         step(0.8, "CNN correction")
         with memory_errors_as_dblurdose("the CNN correction", fix, settings=settings):
             results["cnn"] = cnn_dose_rate(source, ct, density, base, device=device, model=network,
-                                           max_bytes=plan.cnn_bytes if plan.on_host else None)
+                                           max_bytes=plan.cnn_bytes if plan.on_host else None, fwhm_mm=fwhm)
         if fwhm is not None:
             from .physics.consistency import consistent_dose_rate
 

@@ -126,7 +126,7 @@ def test_a_model_trained_through_the_step_is_warned_of_without_the_resolution():
     from DblurDoseLib.dose import spect_resolution_of
 
     def network(info):
-        return SimpleNamespace(config=SimpleNamespace(deconvolution_iterations=0, info=info))
+        return SimpleNamespace(config=SimpleNamespace(deconvolution_iterations=0, fwhm_input=False, info=info))
 
     warnings = []
     assert spect_resolution_of(network({"consistent": 0.8}), None, warnings) is None
@@ -164,3 +164,33 @@ def test_the_kept_loss_is_taken_where_the_slab_step_is_the_volume_step():
     whole = rms(slab - volume[12:20]) / rms(truth[12:20])
     inner = rms(slab[inside] - volume[12:20][inside]) / rms(truth[12:20][inside])
     assert inner < 0.6 * whole and whole > 0.01  # 0.024 against 0.052 here; on v03's p04 0.009 against 0.028
+
+
+def test_a_network_with_the_resolution_input_fine_tunes_from_one_without_it(dataset, tmp_path):
+    """train(fwhm_input=True) from a model without the input starts as that model (its validation loss before
+    the first step is the start's), learns an input that depends on each realisation's recorded FWHM (9 and
+    14 mm here), keeps it in the model file, resumes only with it, and needs every chain's resolution."""
+    from DblurDoseLib.learning import validation
+    from DblurDoseLib.learning.network import load_model_file
+
+    data = _dataset_with_resolutions(dataset, tmp_path)
+    quiet = {"progress": lambda f, m: None}
+    start = training.train(data, tmp_path / "plain.pt", **quiet, **{**FAST, "epochs": 1})
+    out = training.train(data, tmp_path / "fwhm.pt", init=start, fwhm_input=True, **quiet, **{**FAST, "epochs": 1})
+    history = torch.load(training.checkpoint_path(out), weights_only=True)["history"]
+    before = validation.validation_loss(start, data, seed=FAST["seed"], batch_size=FAST["batch_size"],
+                                        slab=FAST["slab"], patch=FAST["patch"])
+    assert history[0]["val_mse"] == pytest.approx(before, rel=1e-4)
+    model = load_model_file(out)
+    assert model.config.fwhm_input and model.blur.weight.abs().max() > 0
+    after = validation.validation_loss(out, data, seed=FAST["seed"], batch_size=FAST["batch_size"],
+                                       slab=FAST["slab"], patch=FAST["patch"])
+    assert after == pytest.approx(history[-1]["val_mse"], rel=1e-4)  # validate gives it each volume's FWHM
+    with pytest.raises(DblurDoseError, match="other settings.*fwhm_input"):
+        training.train(data, out, init=start, **quiet, **{**FAST, "epochs": 1})
+    with pytest.raises(DblurDoseError, match="takes the SPECT's resolution as an input; fine-tune it with"):
+        training.train(data, tmp_path / "no.pt", init=out, fwhm_input=False, **quiet, **FAST)
+    unmeasured = _dataset_with_resolutions(dataset, tmp_path / "u", record=False)
+    with pytest.raises(DblurDoseError, match=r"records no SPECT resolution for p01.*the resolution input"):
+        training.train(unmeasured, tmp_path / "no.pt", fwhm_input=True, **quiet, **FAST)
+    assert not (tmp_path / "no.pt").exists()

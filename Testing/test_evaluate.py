@@ -79,9 +79,10 @@ def test_evaluate_reads_the_data_set_layout(tmp_path, monkeypatch):
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     from types import SimpleNamespace
 
-    stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio", deconvolution_iterations=0))
+    stand_in = SimpleNamespace(residual=True, config=SimpleNamespace(correction="ratio", deconvolution_iterations=0,
+                                                                      fwhm_input=False))
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: stand_in)
-    def stand_in_cnn(spect, hu, density, dvk, device, model):  # the DVK, held at the floor on the first slice
+    def stand_in_cnn(spect, hu, density, dvk, device, model, **kw):  # the DVK, held at the floor on the first slice
         return hu.with_array(np.concatenate([0.05 * dvk[:1], dvk[1:]]).astype(np.float32))
 
     monkeypatch.setattr(inference, "cnn_dose_rate", stand_in_cnn)
@@ -188,9 +189,9 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     asked = []
     monkeypatch.setattr(resolution, "gaussian_equivalent_fwhm", lambda c: asked.append(c) or {"fwhm_mm": fwhm})
-    plain = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0))
+    plain = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0, fwhm_input=False))
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: plain)
-    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
+    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model, **kw: hu.with_array(dvk))
     results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu", out=tmp_path / "report", deconvolution=[20])
     assert asked == [{**chain, **recon}]
     lesion = results["phantoms"]["p00"]["vois"]["lesion:lesion_1"]
@@ -199,7 +200,8 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     assert "dvk_rl20" in (tmp_path / "report" / "report.md").read_text()
     rl20 = lesion["dvk_rl20"]["signed_error"]
     # a model that deconvolves gets the deconvolved SPECT and its DVK (a stand-in returning its base: dvk_rl20)
-    sharp = SimpleNamespace(residual=True, config=SimpleNamespace(correction="floored", deconvolution_iterations=20))
+    sharp = SimpleNamespace(residual=True, config=SimpleNamespace(correction="floored", deconvolution_iterations=20,
+                                                                   fwhm_input=False))
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: sharp)
     results = evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
     lesion = results["phantoms"]["p00"]["vois"]["lesion:lesion_1"]
@@ -229,6 +231,15 @@ def test_the_deconvolution_reference_uses_each_realisations_recorded_chain(tmp_p
     assert "mean_error_vs_dvk" in results["summary"]["improvement"]
     assert results["summary"]["improvement"]["consistent_cnn mean_error_vs_dvk"]["lesion"] > 10
     assert "consistent_cnn" in (tmp_path / "c" / "report.md").read_text() and len(asked) == 3
+    # a model that takes the resolution as an input gets each realisation's recorded chain FWHM, none other does
+    given = []
+    conditioned = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0, fwhm_input=True))
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: conditioned)
+    monkeypatch.setattr(inference, "cnn_dose_rate",
+                        lambda spect, hu, density, dvk, device, model, fwhm_mm=None: given.append(fwhm_mm)
+                        or hu.with_array(dvk))
+    evaluate.evaluate(tmp_path, log=lambda m: None, device="cpu")
+    assert given == [fwhm] and len(asked) == 3
     del manifest["phantoms"]["p00"]["spect"]
     (tmp_path / dataset.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DblurDoseError, match="records no SPECT chain"):

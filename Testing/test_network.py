@@ -186,14 +186,51 @@ def test_v02_config_maps_to_the_v02_network():
         ModelConfig(correction="log")
 
 
-def assert_fast_equals_naive(model) -> None:
+def assert_fast_equals_naive(model, fwhm_mm=None) -> None:
     """Inference's fast path (shared extractor, folded batch norms) gives the naive slice-by-slice result on a
     random 12 x 32 x 32 volume."""
     from DblurDoseLib.learning.inference import predict_scaled
 
     spect, rho, dv = torch.rand(12, 32, 32).numpy(), (0.5 + torch.rand(12, 32, 32)).numpy(), torch.rand(12, 32, 32).numpy()
-    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv), predict_scaled(model, spect, rho, dv, naive=True),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predict_scaled(model, spect, rho, dv, fwhm_mm=fwhm_mm),
+                               predict_scaled(model, spect, rho, dv, naive=True, fwhm_mm=fwhm_mm), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["dblurdose", "2d"])
+def test_the_resolution_input_starts_as_the_network_without_it_and_conditions_each_slab(variant, tmp_path):
+    """A network with the resolution input (ModelConfig.fwhm_input) holding another's weights is that network
+    for every FWHM until its input layer learns; then its output depends on the FWHM, each slab of a batch at its
+    own (slab forward = per-pack forward with per-slab FWHMs), fast inference equals naive, the file keeps it,
+    and a missing FWHM is refused."""
+    from DblurDoseLib.learning.inference import predict_scaled
+
+    plain = random_model(variant)
+    with_fwhm = DblurDoseNet(ModelConfig(variant=variant, fwhm_input=True)).eval()
+    missing, unexpected = with_fwhm.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["blur.bias", "blur.weight"] and not unexpected
+    x, dvk = torch.rand(2, 2, PACK + 3, 32, 32), torch.rand(2, 1, 4, 32, 32)
+    with torch.no_grad():
+        want = plain.forward_slab(x, dvk)
+        for fwhm in (8.0, 15.0, torch.tensor([9.0, 14.0])):
+            assert torch.equal(with_fwhm.forward_slab(x, dvk, fwhm), want)
+        nn.init.normal_(with_fwhm.blur.weight, std=0.3)
+        nn.init.normal_(with_fwhm.blur.bias, std=0.1)
+        sharp, blurry = with_fwhm.forward_slab(x, dvk, 8.0), with_fwhm.forward_slab(x, dvk, 15.0)
+        assert (sharp - blurry).abs().max() > 1e-3 * blurry.abs().max()
+        both = with_fwhm.forward_slab(x, dvk, torch.tensor([8.0, 15.0]))
+        torch.testing.assert_close(both, torch.cat([sharp[:1], blurry[1:]]))
+        for k in range(4):
+            torch.testing.assert_close(with_fwhm(x[:, :, k:k + PACK], dvk[:, :, k], torch.tensor([8.0, 15.0])),
+                                       both[:, :, k], rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)
+    assert_fast_equals_naive(with_fwhm, fwhm_mm=11.0)
+    loaded = load_model_file(save_model(with_fwhm, tmp_path / "fwhm.pt"))
+    assert loaded.config.fwhm_input and torch.equal(loaded.blur.weight, with_fwhm.blur.weight)
+    rho = np.ones((12, 32, 32), np.float32)
+    for fwhm in (None, float("nan")):
+        with pytest.raises(DblurDoseError, match="takes the SPECT's resolution as an input: give the SPECT's"):
+            predict_scaled(loaded, rho, rho, rho, fwhm_mm=fwhm)
+    assert not DblurDoseNet(ModelConfig(variant=variant)).config.fwhm_input  # off unless asked
 
 
 def test_a_v02_file_gives_the_v02_computation(tmp_path):

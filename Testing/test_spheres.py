@@ -121,8 +121,8 @@ def test_the_consistency_step_on_the_spheres(monkeypatch):
     and the energy the blur took to the air."""
     from DblurDoseLib.learning import inference
 
-    plain = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0))
-    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model: hu.with_array(dvk))
+    plain = SimpleNamespace(residual=False, config=SimpleNamespace(deconvolution_iterations=0, fwhm_input=False))
+    monkeypatch.setattr(inference, "cnn_dose_rate", lambda spect, hu, density, dvk, device, model, **kw: hu.with_array(dvk))
     chain = sp.evaluate_spheres({"cnn": plain}, ["fwhm=12"], realisations=1, log=lambda m: None,
                                 consistent=True)["chains"]["fwhm=12"]
     for name in ("sphere_28mm", "sphere_37mm"):

@@ -150,6 +150,7 @@ def evaluate(
     # each chain's Gaussian-equivalent FWHM: the data set's record (data deconvolve), else measured once per run
     fwhms = layout.read_resolutions(data_dir)
     sharpened = deconvolution_iterations(deconvolution, models)
+    by_fwhm = any(m.config.fwhm_input for m in models.values())  # a model that takes the chain's FWHM as an input
     results: dict = {"data": str(data_dir), "recon": recon or "standard", "split": split, "phantoms": {},
                      "model": str(model_path or "shipped"), "family": family or "all",
                      "families": {k: families[k] for k in tests}}
@@ -163,13 +164,15 @@ def evaluate(
         truth = read_volume(folder / layout.truth_file()).array
         masks = vois(labels, meta)
         n_real = layout.realisations_of(manifest["phantoms"][key])
-        chains = layout.recorded_chains(manifest["phantoms"][key], key, n_real, recon) if sharpened or consistent else []
+        chains = (layout.recorded_chains(manifest["phantoms"][key], key, n_real, recon)
+                  if sharpened or consistent or by_fwhm else [])
         inputs = {(n, r): deconvolved_inputs(folder, r, tag, n, chain, fwhms, hu, device)
                   for n in sharpened for r, chain in enumerate(chains)}
-        estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs)
+        resolutions = [chain_fwhm(c, fwhms, f"{key}: the resolution of realisation {r}'s SPECT chain",
+                                  "evaluate without the consistency step and models that take the resolution")
+                       for r, c in enumerate(chains)] if consistent or by_fwhm else None
+        estimates = _phantom_estimates(folder, n_real, tag, hu, density, models, device, inputs, resolutions)
         if consistent:
-            resolutions = [chain_fwhm(c, fwhms, f"{key}: the resolution of realisation {r}'s SPECT chain",
-                                      "evaluate without the consistency step") for r, c in enumerate(chains)]
             add_consistent(estimates, models, resolutions, density, hu.spacing)
         for n in deconvolution:
             estimates[f"dvk_rl{n}"] = [inputs[n, r][1] for r in range(n_real)]
@@ -215,10 +218,12 @@ def _phantoms_to_evaluate(data_dir: Path, manifest: dict, family: str | None, re
 
 
 def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndarray, models: dict,
-                       device: str, deconvolved: dict | None = None) -> dict[str, list[np.ndarray]]:
+                       device: str, deconvolved: dict | None = None,
+                       fwhms: Sequence[float] | None = None) -> dict[str, list[np.ndarray]]:
     """Dose-rate maps (mGy/h) of one test phantom per method and realisation: the DVK, SPECT + MC
     where the data set holds it, and each model's CNN correction (a model that deconvolves on its inputs in
-    ``deconvolved``: (iterations, realisation) -> :func:`deconvolved_inputs`)."""
+    ``deconvolved``: (iterations, realisation) -> :func:`deconvolved_inputs`; one that takes the resolution
+    given each realisation's chain FWHM in ``fwhms``, mm)."""
     from ..io.volume import read_volume
     from ..learning.inference import cnn_dose_rate
 
@@ -233,7 +238,9 @@ def _phantom_estimates(folder: Path, n_real: int, tag: str, hu, density: np.ndar
         for name, model in models.items():
             n = model.config.deconvolution_iterations
             source, base = deconvolved[n, r] if n else (spect, dvk)
-            estimates.setdefault(name, []).append(cnn_dose_rate(source, hu, density, base, device, model).array)
+            fwhm = fwhms[r] if fwhms else None
+            estimates.setdefault(name, []).append(cnn_dose_rate(source, hu, density, base, device, model,
+                                                                fwhm_mm=fwhm).array)
     return estimates
 
 

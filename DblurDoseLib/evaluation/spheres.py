@@ -297,9 +297,9 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
     density = hu_to_density(phantom.hu.array).astype(np.float32)
     maps: dict[str, list[np.ndarray]] = {"dvk": [], **{name: [] for name in models}}
     sharpened = deconvolution_iterations(deconvolution, models)
-    if sharpened or consistent:
-        check_fwhm(fwhm_mm, "this SPECT chain's resolution", "evaluate this chain without deconvolution or the "
-                   "consistency step")
+    if sharpened or consistent or any(m.config.fwhm_input for m in models.values()):
+        check_fwhm(fwhm_mm, "this SPECT chain's resolution", "evaluate this chain without deconvolution, the "
+                   "consistency step or models that take the resolution")
     for spect in spects:
         dvk = dvk_map(spect, phantom.hu, device)
         maps["dvk"].append(dvk)
@@ -310,7 +310,8 @@ def _chain_results(phantom: SpherePhantom, truth: np.ndarray, spects: list[Volum
         for name, model in models.items():
             n = model.config.deconvolution_iterations
             source, base = sharp[n] if n else (spect, dvk)
-            maps[name].append(cnn_dose_rate(source, phantom.hu, density, base, device, model).array)
+            maps[name].append(cnn_dose_rate(source, phantom.hu, density, base, device, model,
+                                            fwhm_mm=fwhm_mm if model.config.fwhm_input else None).array)
     if consistent:
         add_consistent(maps, models, [fwhm_mm] * len(spects), density, phantom.hu.spacing)
     vois = {**phantom.spheres, "background": phantom.background}

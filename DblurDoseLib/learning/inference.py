@@ -146,6 +146,7 @@ def predict_scaled(
     precision: str = "float32",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
+    fwhm_mm: float | None = None,
 ) -> np.ndarray:
     """The network on scaled arrays; the scaled output, post-processed (:func:`~.network.postprocess`).
 
@@ -167,6 +168,9 @@ def predict_scaled(
         Working memory for a chunk of slices, bytes (default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
     progress : callable, optional
         Called with the fraction of slices done.
+    fwhm_mm : float, optional
+        The SPECT's Gaussian-equivalent FWHM (mm): needed by a model with the resolution input
+        (``ModelConfig.fwhm_input``), ignored by others.
 
     Returns
     -------
@@ -185,6 +189,7 @@ def predict_scaled(
         raise DblurDoseError(f"the {precision} precision is for CUDA GPUs only; use float32 on {dev.type}",
                              settings=("device",))
     nz, ny, nx = spect.shape
+    model.require_fwhm(fwhm_mm)
     if not (spect.shape == density.shape == dvk.shape):
         raise ValueError(f"shapes differ: SPECT {spect.shape}, density {density.shape}, DVK {dvk.shape}")
     spect_all = torch.from_numpy(np.ascontiguousarray(spect, dtype=np.float32))  # no whole-volume stack: chunks
@@ -208,7 +213,7 @@ def predict_scaled(
             x = x.unsqueeze(0).to(dev)  # [1, 2, s + 10, y, x]
             dv = dvk_all[start:stop].to(dev)
             if naive:
-                result = net(x, dv[None])[0]  # [1, y, x]
+                result = net(x, dv[None], fwhm_mm)[0]  # [1, y, x]
             else:
                 if net.extractor is not None and dev.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -219,7 +224,7 @@ def predict_scaled(
                     f = feats[b: b + unet_batch]
                     if dev.type == "cpu":
                         f = f.contiguous(memory_format=torch.channels_last)
-                    parts.append(net.unet(f).float()[:, 0])
+                    parts.append(net.unet(net.condition(f, fwhm_mm)).float()[:, 0])
                 result = net.correct(torch.cat(parts), dv)
             rho = rho_all[start:stop].to(dev)
             out[start:stop] = postprocess(result.float(), rho).cpu().numpy()
@@ -239,6 +244,7 @@ def cnn_dose_rate(
     precision: str = "float32",
     max_bytes: float | None = None,
     progress: Callable[[float], object] | None = None,
+    fwhm_mm: float | None = None,
 ) -> Volume:
     """The DblurDoseNet dose rate on the CT grid (the module docstring gives the steps).
 
@@ -260,6 +266,9 @@ def cnn_dose_rate(
         Working memory for the network's chunks, bytes (default: :func:`~DblurDoseLib.devices.memory_budget_bytes`).
     progress : callable, optional
         Called with the fraction done.
+    fwhm_mm : float, optional
+        The SPECT's Gaussian-equivalent FWHM (mm): needed by a model with the resolution input
+        (``ModelConfig.fwhm_input``), ignored by others.
 
     Returns
     -------
@@ -272,6 +281,7 @@ def cnn_dose_rate(
     dev = resolve_device(device)
     if model is None:
         model = load_model(device=dev)
+    model.require_fwhm(fwhm_mm)  # before any work
     density = np.asarray(density, dtype=np.float32)
     dvk = np.asarray(dvk, dtype=np.float32)
     if not (activity.shape == ct.shape == density.shape == dvk.shape):
@@ -298,7 +308,7 @@ def cnn_dose_rate(
     spect_s = act * np.float32(cfg.spect_scale_ml / total_bq)
     dvk_s = dv * np.float32(cfg.dose_scale / total_bq)
     out = predict_scaled(model, spect_s, rho, dvk_s, dev, precision=precision, max_bytes=max_bytes,
-                         progress=progress)
+                         progress=progress, fwhm_mm=fwhm_mm)
     del spect_s, dvk_s  # whole-volume copies: freed before the steps below (see DblurDoseLib.memory)
     out *= np.float32(total_bq / cfg.dose_scale)
     if work is not None:

@@ -31,6 +31,13 @@ Variants (same training): ``"dblurdose"`` (the paper's network), ``"no_residual"
 not added), ``"2d"`` (no depth extractor: the 11 SPECT and 11 density slices are 22 channels,
 SPECT first, into the same 2D U-Net; residual kept).
 
+Resolution input (``ModelConfig.fwhm_input``): the SPECT's Gaussian-equivalent FWHM (mm; the chain's
+blur, :mod:`DblurDoseLib.evaluation.resolution`) scales and shifts each of the U-Net's input channels,
+``f (1 + a(w)) + b(w)`` with ``a, b`` linear in ``w = (FWHM - FWHM_CENTRE_MM) / FWHM_SPREAD_MM`` and zero
+at the start, so that a network fine-tuned from one without it starts as that network. A network trained on
+one chain applies that chain's deblurring to every input (pilot Zs, model card, session 13); this lets one
+network deblur each chain by its own blur. Such a model needs the FWHM wherever it runs.
+
 Scaling (:class:`ModelConfig`): with ``A`` the total activity of the input volume (Bq),
 scaled SPECT = concentration (Bq/mL) x ``spect_scale_ml`` / A, scaled dose rate =
 dose rate (mGy/h) x ``dose_scale`` / A; density stays in g/cm3. Both factors are per volume,
@@ -82,6 +89,8 @@ FORMAT_VERSION = 1
 LEAK = 0.1
 WIDTHS = (16, 32, 64, 128)  # U-Net encoder widths; the bottleneck keeps the last
 OUTPUT_INIT_STD = 0.01  # initial weights of the 1x1 output layer (scaled units; see UNet2D)
+#: the resolution input's centre and spread (mm): the training mix's chains lie at 8-16 mm (model card)
+FWHM_CENTRE_MM, FWHM_SPREAD_MM = 12.0, 4.0
 #: the second extractor conv's three outputs per pack as sums of (tap j, M-map shift) terms; "first" is
 #: w0 p0[k] (+ bias), "last" w2 R[k] (see DepthExtractor._conv2_shared)
 TAP_SUMS = (("first", (1, 0), (2, 2)), ((0, 0), (1, 2), (2, 4)), ((0, 2), (1, 4), "last"))
@@ -113,6 +122,9 @@ class ModelConfig:
     #: Gaussian-equivalent FWHM, :mod:`DblurDoseLib.physics.deconvolution`) and its DVK: the FWHM is then
     #: needed at inference
     deconvolution_iterations: int = 0
+    #: the SPECT's Gaussian-equivalent FWHM conditions the U-Net's input (module docstring); the FWHM is
+    #: then needed at inference
+    fwhm_input: bool = False
     version: int = FORMAT_VERSION
     #: free-form provenance (data set, epochs, losses, ...), JSON-serialisable
     info: dict = field(default_factory=dict)
@@ -377,7 +389,13 @@ class DblurDoseNet(nn.Module):
         self.config = ModelConfig(variant=config) if isinstance(config, str) else config
         self.variant = self.config.variant
         self.extractor = None if self.variant == "2d" else DepthExtractor()
-        self.unet = UNet2D(2 * PACK if self.variant == "2d" else 16, self.config.decoder_activation)
+        channels = 2 * PACK if self.variant == "2d" else 16
+        self.unet = UNet2D(channels, self.config.decoder_activation)
+        #: the resolution input (config.fwhm_input): per-channel scale and shift of the U-Net's input, zero at start
+        self.blur = nn.Linear(1, 2 * channels) if self.config.fwhm_input else None
+        if self.blur is not None:
+            nn.init.zeros_(self.blur.weight)
+            nn.init.zeros_(self.blur.bias)
         #: training only (the "floored" correction): the gradient that still reaches the output below the
         #: floor, as a share of the additive correction's (see :meth:`correct`); 0: the plain floored gradient
         self.floor_leak = 0.0
@@ -386,26 +404,55 @@ class DblurDoseNet(nn.Module):
     def residual(self) -> bool:
         return self.variant != "no_residual"
 
-    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
-        """One output slice per pack: ``x [B, 2, 11, Y, X]``, ``dvk [B, 1, Y, X]`` -> ``[B, 1, Y, X]``."""
+    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None = None,
+                fwhm: torch.Tensor | float | None = None) -> torch.Tensor:
+        """One output slice per pack: ``x [B, 2, 11, Y, X]``, ``dvk [B, 1, Y, X]`` -> ``[B, 1, Y, X]``;
+        ``fwhm``: the SPECT's FWHM (mm), one for all or ``[B]``, for a model with the resolution input."""
         if self.extractor is None:
             if x.shape[2] != PACK:
                 raise ValueError(f"a pack has {PACK} slices, got {x.shape[2]}")
             features = x.reshape(x.shape[0], 2 * PACK, *x.shape[3:])  # SPECT slices, then density
         else:
             features = self.extractor(x)
-        return self.correct(self.unet(features), dvk)
+        return self.correct(self.unet(self.condition(features, fwhm)), dvk)
 
-    def forward_slab(self, x: torch.Tensor, dvk: torch.Tensor | None = None) -> torch.Tensor:
-        """All packs of a slab: ``x [B, 2, S + 10, Y, X]``, ``dvk [B, 1, S, Y, X]`` -> ``[B, 1, S, Y, X]``.
+    def forward_slab(self, x: torch.Tensor, dvk: torch.Tensor | None = None,
+                     fwhm: torch.Tensor | float | None = None) -> torch.Tensor:
+        """All packs of a slab: ``x [B, 2, S + 10, Y, X]``, ``dvk [B, 1, S, Y, X]`` -> ``[B, 1, S, Y, X]``;
+        ``fwhm`` (mm) one for all or ``[B]``, as in :meth:`forward`.
 
-        Output k equals ``forward(x[:, :, k:k + 11], dvk[:, :, k])``; the U-Net runs on all
+        Output k equals ``forward(x[:, :, k:k + 11], dvk[:, :, k], fwhm)``; the U-Net runs on all
         ``B * S`` slices as one batch.
         """
         nb, _, nz, ny, nx = x.shape
         s = nz - (PACK - 1)
         features = self.slab_features(x).transpose(1, 2).reshape(nb * s, -1, ny, nx)
+        if self.blur is not None and fwhm is not None:  # one FWHM per slab -> one per slice of the batch
+            fwhm = torch.as_tensor(fwhm, dtype=torch.float32, device=x.device).reshape(-1).expand(nb)
+            fwhm = fwhm.repeat_interleave(s)
+        features = self.condition(features, fwhm)
         return self.correct(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
+
+    def require_fwhm(self, fwhm: object) -> None:
+        """Refuse a missing FWHM (None, or a number that is not finite) where the model takes the SPECT's
+        resolution as an input."""
+        if isinstance(fwhm, (int, float)) and not math.isfinite(fwhm):
+            fwhm = None
+        if self.blur is not None and fwhm is None:
+            raise DblurDoseError("this CNN model takes the SPECT's resolution as an input: give the SPECT's "
+                                 "Gaussian-equivalent FWHM (mm), measured for this camera and reconstruction on "
+                                 "the IEC sphere phantom", settings=("spect_fwhm",))
+
+    def condition(self, features: torch.Tensor, fwhm: torch.Tensor | float | None) -> torch.Tensor:
+        """The U-Net's input ``[N, C, Y, X]`` conditioned on the SPECT's FWHM (mm; one for all, or ``[N]``):
+        ``features (1 + a) + b`` (module docstring); unchanged for a model without the resolution input."""
+        self.require_fwhm(fwhm)
+        if self.blur is None:
+            return features
+        w = torch.as_tensor(fwhm, dtype=torch.float32, device=features.device).reshape(-1, 1)
+        film = self.blur((w - FWHM_CENTRE_MM) / FWHM_SPREAD_MM).to(features.dtype)
+        scale, shift = film.expand(features.shape[0], -1)[..., None, None].chunk(2, dim=1)
+        return features * (1 + scale) + shift
 
     def correct(self, out: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
         """The dose rate (scaled) from the U-Net's output ``out`` and the DVK (same shape).
@@ -472,8 +519,8 @@ class SlabForward(nn.Module):
         super().__init__()
         self.inner = net
 
-    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None) -> torch.Tensor:
-        return self.inner.forward_slab(x, dvk)
+    def forward(self, x: torch.Tensor, dvk: torch.Tensor | None, fwhm: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner.forward_slab(x, dvk, fwhm)
 
 
 def fuse_for_inference(model: DblurDoseNet) -> DblurDoseNet:

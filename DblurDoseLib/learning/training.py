@@ -671,10 +671,10 @@ def _optimiser(net, options: _Options, local_steps: int):
 #: run settings a checkpoint must share with the run that resumes it (one-cycle: also RESUME_ONECYCLE_KEYS)
 RESUME_KEYS = ("variant", "spacing", "patch", "slab", "seed", "train_phantoms", "val_phantoms", "schedule",
                "label_decays", "relative_weight", "decoder_activation", "correction", "init_sha256",
-               "freeze_batch_norm_from", "normalise_slabs", "floor_leak", "extra_data", "consistent")
+               "freeze_batch_norm_from", "normalise_slabs", "floor_leak", "extra_data", "consistent", "fwhm_input")
 #: what a checkpoint that lacks a resume key (an older version's) was made with; others: None
 RESUME_DEFAULTS = {"schedule": "plateau", "normalise_slabs": False, "floor_leak": 0.0, "extra_data": [],
-                   "consistent": 0.0}
+                   "consistent": 0.0, "fwhm_input": False}
 #: a one-cycle schedule's length is part of its state
 RESUME_ONECYCLE_KEYS = ("epochs", "steps_per_epoch", "lr")
 
@@ -716,7 +716,11 @@ class Trainer:
         torch.manual_seed(options.seed)
         self.net = DblurDoseNet(config)
         if initial is not None:  # fine-tuning: start from trained weights (train's init)
-            self.net.load_state_dict(initial)
+            # a start without the resolution input keeps this network's zero one: it begins as the start
+            missing, _ = self.net.load_state_dict(initial, strict=self.net.blur is None)
+            unexpected = set(initial) - set(self.net.state_dict())
+            if unexpected or any(not k.startswith("blur.") for k in missing):
+                self.net.load_state_dict(initial)  # the strict load's own error: not this network's weights
         self.net = self.net.to(dev)
         self.net.floor_leak = options.floor_leak
         self.channels_last = dev.type == "cpu" and sizes.patch >= 64
@@ -803,7 +807,7 @@ class Trainer:
             losses, mses, kept = [], [], []
             for arrays in self.val_batches:
                 batch = self._to_device(arrays)
-                pred = net.forward_slab(batch.x, batch.dvk if net.residual else None)
+                pred = net.forward_slab(batch.x, batch.dvk if net.residual else None, batch.fwhm_mm)
                 mses.append(float(self._loss(pred, batch, mse_only=True, consistent=0.0)))
                 losses.append(float(self._loss(pred, batch)))
                 if self.options.consistent:
@@ -811,10 +815,10 @@ class Trainer:
         mean = [self.ranks.mean(float(np.mean(v))) if v else None for v in (losses, mses, kept)]
         return mean[0], mean[1], mean[2]
 
-    def _forward_train(self, x, dvk):
+    def _forward_train(self, x, dvk, fwhm):
         """The training forward pass; a step that ``torch.compile`` cannot build is refused with its fix."""
         try:
-            return self.model(x, dvk)
+            return self.model(x, dvk, fwhm if self.net.blur is not None else None)
         except Exception as exc:
             if not self.options.compile_step or not type(exc).__module__.startswith("torch._"):
                 raise
@@ -843,7 +847,7 @@ class Trainer:
             batch = self._to_device(sample_batch(self.cases, rng, sizes.n_slabs, sizes.slab, sizes.patch,
                                                  opts.hot_fraction))
             with self._autocast():
-                pred = self._forward_train(batch.x, batch.dvk if net.residual else None)
+                pred = self._forward_train(batch.x, batch.dvk if net.residual else None, batch.fwhm_mm)
             loss = self._loss(pred, batch)
             if not torch.isfinite(loss):
                 raise DblurDoseError(f"the training loss became {float(loss)} at epoch {epoch + 1}; lower the "
@@ -1000,6 +1004,7 @@ def train(
     extra_data: Sequence[str | os.PathLike] = (),
     deconvolve: int = 0,
     consistent: float = 0.0,
+    fwhm_input: bool | None = None,
 ) -> Path:
     """Train a DblurDoseNet on ``data_dir``; writes the model file ``out_path`` and returns its path.
 
@@ -1043,7 +1048,11 @@ def train(
     ``dose --spect-fwhm`` keeps it (:func:`batch_loss`), at each realisation's resolution as the data set records
     it (``resolution.json``, written by ``data deconvolve``; every training and validation volume needs one); the
     rest on the network's own map, so that its content at the scales the step replaces stays anchored. 0: none.
-    See the module docstring; the run itself is a :class:`Trainer`.
+    ``fwhm_input``: a network that takes each realisation's SPECT resolution as an input
+    (``ModelConfig.fwhm_input``; recorded as for ``consistent``); fine-tuned from a model without it, the input
+    starts at zero (the run begins as that model). Default: the ``init`` model's, else without.
+    See the module docstring; the run itself is a :class:`Trainer`. Long because its signature and its
+    recorded settings name every training option, one per line.
     """
     data_dir, out_path = Path(data_dir), Path(out_path)
     _check_options(epochs=epochs, batch_size=batch_size, patch=patch, slab=slab, lr=lr, schedule=schedule,
@@ -1056,7 +1065,7 @@ def train(
                                              val_phantoms)
     start = _initial_model(init, variant, tuple(manifest["spacing"]), decoder_activation, correction)
     config = _run_config(start, variant, tuple(manifest["spacing"]), decoder_activation, correction, floor_leak,
-                         deconvolve)
+                         deconvolve, fwhm_input)
     decoder_activation, correction = config.decoder_activation, config.correction
     cache = _cache_dir(data_dir, out_path)
     say(0.0, f"reading {len(train_names)} training and {len(val_names)} validation phantoms "
@@ -1066,7 +1075,7 @@ def train(
     extra = _extra_cases(extra_data, data_dir, manifest, config, out_path)
     cases += [case for _, _, set_cases in extra for case in set_cases]
     val_cases = load_cases(data_dir, val_names, manifest, config, cache)
-    _check_cases(cases, val_cases, consistent)
+    _check_cases(cases, val_cases, bool(consistent) or config.fwhm_input)
     sizes = _sizes(cases, val_cases, batch_size, slab, patch, steps_per_epoch, ranks.world)
     options = _Options(epochs, lr, seed, schedule, warmup, patience, hot_fraction, relative_weight, amp,
                        freeze_batch_norm_from, normalise_slabs, cpu_bf16, compile_step, floor_leak, consistent)
@@ -1079,8 +1088,8 @@ def train(
                 "init": str(init) if init else None, "init_sha256": start.sha256 if start is not None else None,
                 "freeze_batch_norm_from": freeze_batch_norm_from, "normalise_slabs": normalise_slabs,
                 "cpu_bf16": cpu_bf16, "compile_step": compile_step, "floor_leak": floor_leak,
-                "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra],
-                "deconvolve": deconvolve, "consistent": consistent}
+                "extra_data": [{"data": path, "phantoms": names} for path, names, _ in extra], "deconvolve": deconvolve,
+                "consistent": consistent, "fwhm_input": config.fwhm_input}
     trainer = Trainer(config, cases, val_cases, sizes, options, ranks, settings, say,
                       start.state_dict() if start is not None else None)
     if resume:
@@ -1090,16 +1099,17 @@ def train(
     return out_path
 
 
-def _check_cases(cases: list[_Case], val_cases: list[_Case], consistent: float) -> None:
-    """Refuse a run without training volumes, or through the consistency step (``consistent`` > 0) where a
-    volume's SPECT resolution is not recorded."""
+def _check_cases(cases: list[_Case], val_cases: list[_Case], needs_fwhm: bool) -> None:
+    """Refuse a run without training volumes, or one that needs the SPECT's resolution (``needs_fwhm``: the
+    consistency step, or the resolution input) where a volume's is not recorded."""
     if not cases:
         raise DblurDoseError("no training volume holds any activity; check the data set")
-    missing = sorted({c.phantom for c in cases + val_cases if not np.isfinite(c.fwhm_mm)}) if consistent else []
+    missing = sorted({c.phantom for c in cases + val_cases if not np.isfinite(c.fwhm_mm)}) if needs_fwhm else []
     if missing:
         raise DblurDoseError(f"the data set records no SPECT resolution for {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''} (resolution.json); measure each chain's resolution "
-                             "first (data deconvolve records them), or train without the consistency step")
+                             "first (data deconvolve records them), or do without the consistency step "
+                             "and the resolution input")
 
 
 def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manifest: dict, config: ModelConfig,
@@ -1133,16 +1143,22 @@ def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manife
 
 
 def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activation: str | None,
-                correction: str | None, floor_leak: float, deconvolve: int = 0):
+                correction: str | None, floor_leak: float, deconvolve: int = 0, fwhm_input: bool | None = None):
     """The network to train: the asked options, else those of the model ``start`` (fine-tuning), else
     ModelConfig's defaults; a floor leak is refused where there is no floor (another correction, or none).
-    ``deconvolve``: the Richardson-Lucy iterations of its inputs, whatever ``start`` used (same weights)."""
+    ``deconvolve``: the Richardson-Lucy iterations of its inputs, whatever ``start`` used (same weights).
+    ``fwhm_input``: the resolution input (None: ``start``'s, else without); a start with it cannot drop it."""
     from .network import ModelConfig
 
     options = {"decoder_activation": decoder_activation, "correction": correction}
     if start is not None:  # unset options: the init model's
         options = {k: v or getattr(start.config, k) for k, v in options.items()}
+    had = bool(start is not None and start.config.fwhm_input)
+    if had and fwhm_input is False:
+        raise DblurDoseError("the --init model takes the SPECT's resolution as an input; fine-tune it with that input, "
+                             "or start from a model without it")
     config = ModelConfig(variant=variant, spacing=spacing, deconvolution_iterations=deconvolve,
+                         fwhm_input=had if fwhm_input is None else bool(fwhm_input),
                          **{k: v for k, v in options.items() if v})
     if floor_leak and variant == "no_residual":
         raise DblurDoseError("a gradient leak through the floor needs a network that corrects the DVK, not the "
@@ -1247,6 +1263,10 @@ def add_train_arguments(subparser) -> None:
                    help="train through the consistency step: this share (0-1) of the loss on the map kept consistent "
                         "with the SPECT (as dose --spect-fwhm gives it) at each realisation's resolution recorded in "
                         "the data set (data deconvolve measures them), the rest on the network's own map. Default 0")
+    p.add_argument("--fwhm-input", action="store_true", default=None,
+                   help="a network that takes each SPECT's resolution (its chain's FWHM, recorded in the data set by "
+                        "data deconvolve) as an input, so that it deblurs each chain by its own blur; using it needs "
+                        "dose --spect-fwhm. Fine-tuned from a model without it (--init), it starts as that model")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too (no mixed precision)")
@@ -1272,7 +1292,8 @@ def cmd_train(args) -> int:
                  extra_data=args.extra_data,
                  init=args.init, freeze_batch_norm_from=args.freeze_batch_norm_from,
                  normalise_slabs=args.normalise_slabs, cpu_bf16=args.cpu_bf16, compile_step=args.compile_step,
-                 floor_leak=args.floor_leak, deconvolve=args.deconvolve, consistent=args.consistent)
+                 floor_leak=args.floor_leak, deconvolve=args.deconvolve, consistent=args.consistent,
+                 fwhm_input=args.fwhm_input)
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0

@@ -26,6 +26,7 @@ from ..io.dataset import read_manifest
 from .training import (
     HOT_FRACTION,
     _cache_dir,
+    _check_cases,
     _freeze_batch_norm,
     load_cases,
     sample_batch,
@@ -82,7 +83,8 @@ def _mean_loss(net, cases: list, seed: int, batch_size: int, slab: int, patch: i
     with torch.no_grad():
         for batch in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
             x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in batch[:4])
-            pred = net.forward_slab(x, dvk if net.residual else None)
+            fwhm = torch.from_numpy(batch.fwhm_mm).to(device) if net.config.fwhm_input else None
+            pred = net.forward_slab(x, dvk if net.residual else None, fwhm)
             losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
     net.eval()
     return float(np.mean(losses))
@@ -96,7 +98,9 @@ def _model_and_cases(model_path: str | os.PathLike, data_dir: str | os.PathLike,
     manifest = read_manifest(data_dir)
     net = _load_net(model_path, manifest, device)
     names = _phantom_names(manifest, data_dir, phantoms, seed)
-    return net, load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    cases = load_cases(data_dir, names, manifest, net.config, _cache_dir(data_dir, Path(str(model_path))))
+    _check_cases(cases, [], net.config.fwhm_input)  # a model with the resolution input needs each volume's
+    return net, cases
 
 
 def _phantom_names(manifest: dict, data_dir: Path, phantoms: list[int] | None, seed: int) -> list[str]:
@@ -173,9 +177,11 @@ def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, p
     rng = np.random.default_rng(seed)
     grads, losses = [], []
     for _ in range(batches):
-        x, dvk, truth, w = (torch.from_numpy(a) for a in sample_batch(cases, rng, max(1, batch_size // slab), slab,
-                                                                      patch, hot_fraction)[:4])
-        loss = training_loss(model(x, dvk if net.residual else None), truth, w, dvk, relative_weight, normalise_slabs)
+        batch = sample_batch(cases, rng, max(1, batch_size // slab), slab, patch, hot_fraction)
+        x, dvk, truth, w = (torch.from_numpy(a) for a in batch[:4])
+        fwhm = torch.from_numpy(batch.fwhm_mm) if net.config.fwhm_input else None
+        loss = training_loss(model(x, dvk if net.residual else None, fwhm), truth, w, dvk, relative_weight,
+                             normalise_slabs)
         net.zero_grad()
         loss.backward()
         grads.append(torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]).double())
