@@ -716,11 +716,10 @@ class Trainer:
         torch.manual_seed(options.seed)
         self.net = DblurDoseNet(config)
         if initial is not None:  # fine-tuning: start from trained weights (train's init)
-            # a start without the resolution input keeps this network's zero one: it begins as the start
-            missing, _ = self.net.load_state_dict(initial, strict=self.net.blur is None)
-            unexpected = set(initial) - set(self.net.state_dict())
-            if unexpected or any(not k.startswith("blur.") for k in missing):
-                self.net.load_state_dict(initial)  # the strict load's own error: not this network's weights
+            if self.net.blur is not None and "blur.weight" not in initial:
+                # a start without the resolution input: the input stays at zero, so the run begins as the start
+                initial = {**initial, **{k: v for k, v in self.net.state_dict().items() if k.startswith("blur.")}}
+            self.net.load_state_dict(initial)
         self.net = self.net.to(dev)
         self.net.floor_leak = options.floor_leak
         self.channels_last = dev.type == "cpu" and sizes.patch >= 64
