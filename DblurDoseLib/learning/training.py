@@ -1135,7 +1135,7 @@ def _extra_cases(extra_data: Sequence[str | os.PathLike], data_dir: Path, manife
             if judge is not None:
                 raise DblurDoseError(f"{path}'s training phantom {name} is the same virtual patient (seed and family) "
                                      f"as {judge}, a validation or test phantom of {data_dir}; generate it with "
-                                     "indices that data set does not use, or another --seed")
+                                     "indices that data set does not use, or another base seed")
         out.append((str(path.resolve()), names,
                     load_cases(path, names, extra, config, _cache_dir(path, out_path), layout.truth_file())))
     return out
@@ -1154,8 +1154,8 @@ def _run_config(start, variant: str, spacing: tuple[float, ...], decoder_activat
         options = {k: v or getattr(start.config, k) for k, v in options.items()}
     had = bool(start is not None and start.config.fwhm_input)
     if had and fwhm_input is False:
-        raise DblurDoseError("the --init model takes the SPECT's resolution as an input; fine-tune it with that input, "
-                             "or start from a model without it")
+        raise DblurDoseError("the model to start from takes the SPECT's resolution as an input; fine-tune it with that "
+                             "input, or start from a model without it")
     config = ModelConfig(variant=variant, spacing=spacing, deconvolution_iterations=deconvolve,
                          fwhm_input=had if fwhm_input is None else bool(fwhm_input),
                          **{k: v for k, v in options.items() if v})
