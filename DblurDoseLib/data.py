@@ -4,7 +4,8 @@ The folder's layout (file names, the manifest) is :mod:`DblurDoseLib.io.dataset`
 gzip-compressed NRRD, float32 (labels int16); nothing is stored at reduced precision. The manifest holds
 the settings, seeds, software versions, timings, the train/val/test split, and each phantom's family:
 "anatomical" (phantom.py), "shapes" (phantom_shapes.py: the ``held_out`` indices, always test phantoms,
-and the ``shapes`` indices, always training ones) or "water" (phantom_water.py, always training). Test phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
+and the ``shapes`` indices, always training ones) or "water" (phantom_water.py, always training). Test
+phantoms also hold the "SPECT + MC" method (``mc_spect_r*``) and, with ``out_of_mix``,
 the same patient and count level acquired and reconstructed outside the training mix (OUT_OF_MIX; the
 ``_ood`` files). A part whose files all exist is skipped on resume (``done.json`` keeps the timings).
 

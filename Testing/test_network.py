@@ -230,7 +230,12 @@ def test_the_resolution_input_starts_as_the_network_without_it_and_conditions_ea
     for fwhm in (None, float("nan")):
         with pytest.raises(DblurDoseError, match="takes the SPECT's resolution as an input: give the SPECT's"):
             predict_scaled(loaded, rho, rho, rho, fwhm_mm=fwhm)
+    with pytest.raises(DblurDoseError, match=r"resolution \(0.0 mm\) lies outside 1-40 mm"):
+        predict_scaled(loaded, rho, rho, rho, fwhm_mm=0.0)
     assert not DblurDoseNet(ModelConfig(variant=variant)).config.fwhm_input  # off unless asked
+    for bad in ("yes", 1, None):
+        with pytest.raises(DblurDoseError, match="fwhm_input must be true or false"):
+            ModelConfig(fwhm_input=bad)
 
 
 def test_a_v02_file_gives_the_v02_computation(tmp_path):

@@ -68,6 +68,7 @@ from torch import nn
 
 from ..errors import DblurDoseError
 from ..io.outputs import atomic_file
+from ..physics.deconvolution import MEASURE_FWHM, check_fwhm
 from ..physics.density import AIR_DENSITY_THRESHOLD
 
 PACK = 11  # slices per input pack
@@ -143,6 +144,8 @@ class ModelConfig:
         if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 0:
             raise DblurDoseError(f"the model config's deconvolution iterations must be a whole number >= 0, got {n!r}")
         self.deconvolution_iterations = int(n)
+        if not isinstance(self.fwhm_input, bool):
+            raise DblurDoseError(f"the model config's fwhm_input must be true or false, got {self.fwhm_input!r}")
         if self.pack != PACK:
             raise DblurDoseError(f"this version handles packs of {PACK} slices, the model file says {self.pack}")
 
@@ -434,21 +437,22 @@ class DblurDoseNet(nn.Module):
         return self.correct(self.unet(features).view(nb, s, 1, ny, nx).transpose(1, 2), dvk)
 
     def require_fwhm(self, fwhm: object) -> None:
-        """Refuse a missing FWHM (None, or a number that is not finite) where the model takes the SPECT's
-        resolution as an input."""
-        if isinstance(fwhm, (int, float)) and not math.isfinite(fwhm):
-            fwhm = None
-        if self.blur is not None and fwhm is None:
+        """Where the model takes the SPECT's resolution as an input: refuse a missing FWHM (None or NaN) and
+        a number the library does not accept (:func:`~DblurDoseLib.physics.deconvolution.check_fwhm`); a
+        tensor (training's FWHM per slab) passes."""
+        if self.blur is None or isinstance(fwhm, torch.Tensor):
+            return
+        if fwhm is None or (isinstance(fwhm, (int, float)) and not math.isfinite(fwhm)):
             raise DblurDoseError("this CNN model takes the SPECT's resolution as an input: give the SPECT's "
-                                 "Gaussian-equivalent FWHM (mm), measured for this camera and reconstruction on "
-                                 "the IEC sphere phantom", settings=("spect_fwhm",))
+                                 f"Gaussian-equivalent FWHM (mm); {MEASURE_FWHM}", settings=("spect_fwhm",))
+        check_fwhm(fwhm, settings=("spect_fwhm",))
 
     def condition(self, features: torch.Tensor, fwhm: torch.Tensor | float | None) -> torch.Tensor:
         """The U-Net's input ``[N, C, Y, X]`` conditioned on the SPECT's FWHM (mm; one for all, or ``[N]``):
         ``features (1 + a) + b`` (module docstring); unchanged for a model without the resolution input."""
-        self.require_fwhm(fwhm)
         if self.blur is None:
             return features
+        self.require_fwhm(fwhm)
         w = torch.as_tensor(fwhm, dtype=torch.float32, device=features.device).reshape(-1, 1)
         film = self.blur((w - FWHM_CENTRE_MM) / FWHM_SPREAD_MM).to(features.dtype)
         scale, shift = film.expand(features.shape[0], -1)[..., None, None].chunk(2, dim=1)

@@ -817,7 +817,7 @@ class Trainer:
     def _forward_train(self, x, dvk, fwhm):
         """The training forward pass; a step that ``torch.compile`` cannot build is refused with its fix."""
         try:
-            return self.model(x, dvk, fwhm if self.net.blur is not None else None)
+            return self.model(x, dvk, fwhm)  # the FWHMs go unused by a network without the resolution input
         except Exception as exc:
             if not self.options.compile_step or not type(exc).__module__.startswith("torch._"):
                 raise

@@ -83,8 +83,7 @@ def _mean_loss(net, cases: list, seed: int, batch_size: int, slab: int, patch: i
     with torch.no_grad():
         for batch in validation_batches(cases, seed, max(1, batch_size // slab), slab, patch):
             x, dvk, truth, w = (torch.from_numpy(a).to(device) for a in batch[:4])
-            fwhm = torch.from_numpy(batch.fwhm_mm).to(device) if net.config.fwhm_input else None
-            pred = net.forward_slab(x, dvk if net.residual else None, fwhm)
+            pred = net.forward_slab(x, dvk if net.residual else None, torch.from_numpy(batch.fwhm_mm).to(device))
             losses.append(float(training_loss(pred, truth, w, dvk, relative_weight=0)))
     net.eval()
     return float(np.mean(losses))
@@ -179,9 +178,8 @@ def gradient_noise(model_path: str | os.PathLike, data_dir: str | os.PathLike, p
     for _ in range(batches):
         batch = sample_batch(cases, rng, max(1, batch_size // slab), slab, patch, hot_fraction)
         x, dvk, truth, w = (torch.from_numpy(a) for a in batch[:4])
-        fwhm = torch.from_numpy(batch.fwhm_mm) if net.config.fwhm_input else None
-        loss = training_loss(model(x, dvk if net.residual else None, fwhm), truth, w, dvk, relative_weight,
-                             normalise_slabs)
+        loss = training_loss(model(x, dvk if net.residual else None, torch.from_numpy(batch.fwhm_mm)), truth, w, dvk,
+                             relative_weight, normalise_slabs)
         net.zero_grad()
         loss.backward()
         grads.append(torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]).double())
